@@ -1,0 +1,86 @@
+"""Connections to the database that holds the message store and projector's tables.
+
+Every connection gets ``search_path=message_store,public``: Message DB's functions call each other
+by unqualified name, so only its own role finds them without it. JIT is turned off because the
+planner's estimates switch it on for every batch read, where it costs more than it saves.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import psycopg
+from psycopg_pool import AsyncConnectionPool
+
+from projector.errors import DatabaseUnavailableError
+
+SESSION_SETTINGS = (
+    "SELECT set_config('search_path', 'message_store,public', false),"
+    " set_config('jit', 'off', false)"
+)
+DEFAULT_CONNECT_TIMEOUT = 10.0
+
+
+def describe(url: str) -> str:
+    """The URL with any password masked, for messages and logs."""
+    try:
+        params = psycopg.conninfo.conninfo_to_dict(url)
+    except psycopg.ProgrammingError:
+        return "<unparseable database URL>"
+    host = params.get("host") or "localhost"
+    user, port, dbname = params.get("user") or "", params.get("port") or 5432, params.get("dbname")
+    return f"{user}@{host}:{port}/{dbname or ''}"
+
+
+def unavailable(url: str, exc: Exception) -> DatabaseUnavailableError:
+    """The one error users see for a database that is down, unreachable or refuses us."""
+    reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return DatabaseUnavailableError(
+        f"cannot connect to the database {describe(url)}: {reason} "
+        "(check --database-url / PROJECTOR_DATABASE_URL and that the server is running)"
+    )
+
+
+async def configure(conn: psycopg.AsyncConnection[object]) -> None:
+    await conn.execute(SESSION_SETTINGS)
+    await conn.commit()
+
+
+async def connect(
+    url: str, *, connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
+) -> psycopg.AsyncConnection[object]:
+    """One configured connection, outside any pool (for LISTEN and one-off commands)."""
+    try:
+        conn = await psycopg.AsyncConnection.connect(
+            url, connect_timeout=max(1, math.ceil(connect_timeout))
+        )
+    except psycopg.OperationalError as exc:
+        raise unavailable(url, exc) from exc
+    await configure(conn)
+    return conn
+
+
+@asynccontextmanager
+async def open_pool(
+    url: str, *, max_size: int, connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
+) -> AsyncIterator[AsyncConnectionPool[psycopg.AsyncConnection[object]]]:
+    """A pool of configured connections; a bad URL or a down server fails here, clearly."""
+    # A direct connection first: the pool would only report a timeout, not why it failed.
+    probe = await connect(url, connect_timeout=connect_timeout)
+    await probe.close()
+    pool: AsyncConnectionPool[psycopg.AsyncConnection[object]] = AsyncConnectionPool(
+        url,
+        min_size=1,
+        max_size=max_size,
+        configure=configure,
+        open=False,
+        timeout=connect_timeout,
+        name="projector",
+    )
+    await pool.open(wait=True, timeout=connect_timeout)
+    try:
+        yield pool
+    finally:
+        await pool.close()

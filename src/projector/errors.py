@@ -1,0 +1,42 @@
+"""projector's exceptions: one root, each subclass a thing a user can cause and fix."""
+
+from __future__ import annotations
+
+
+class ProjectorError(Exception):
+    """projector stopped because of a problem it can explain; the message says what to change."""
+
+    def __init__(self, message: str | None = None) -> None:
+        super().__init__(message or self.__doc__ or type(self).__name__)
+
+
+class ConfigurationError(ProjectorError):
+    """A setting is missing or out of range; fix the flag, the PROJECTOR_* variable or .env."""
+
+
+class InvalidNameError(ConfigurationError):
+    """A category or group name is empty or has characters the message store does not allow."""
+
+
+class HandlerImportError(ConfigurationError):
+    """The MODULE:ATTR given to `projector run` does not name a Projection."""
+
+
+class DatabaseUnavailableError(ProjectorError):
+    """The database cannot be reached; check the URL, the server and the network."""
+
+
+class SchemaMissingError(ProjectorError):
+    """A table or function projector needs is not in the database; the message names the command."""
+
+
+class MessageStoreError(ProjectorError):
+    """The message store refused a read or a write."""
+
+
+class WrongExpectedVersionError(MessageStoreError):
+    """A write expected a stream version the stream is not at."""
+
+
+class HandlerError(ProjectorError):
+    """A projection handler raised; the message names the stream and the event."""

@@ -1,0 +1,169 @@
+"""Events as projector hands them to handlers, and Message DB's stream-name rules.
+
+A stream name is ``category-id``: the category is everything before the first ``-``, the id
+everything after it, and the cardinal id is the id up to its first ``+`` (compound ids).
+Consumer-group members partition streams by ``hash_64(cardinal_id)``, as Message DB does.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import uuid
+from datetime import datetime
+from typing import Any
+
+from projector.errors import InvalidNameError
+
+_CATEGORY_RE = re.compile(r"[A-Za-z0-9_.:+]+")
+_GROUP_RE = re.compile(r"[A-Za-z0-9_.:]+")
+MAX_NAME_LENGTH = 200
+
+
+def category(stream_name: str) -> str:
+    """The category of a stream: everything before the first ``-``."""
+    return stream_name.partition("-")[0]
+
+
+def stream_id(stream_name: str) -> str | None:
+    """The id of a stream: everything after the first ``-``, or None when there is none."""
+    _, dash, rest = stream_name.partition("-")
+    return rest if dash else None
+
+
+def cardinal_id(stream_name: str) -> str | None:
+    """The id up to its first ``+``, which decides a stream's consumer-group member."""
+    id_ = stream_id(stream_name)
+    return None if id_ is None else id_.partition("+")[0]
+
+
+def hash_64(value: str) -> int:
+    """Message DB's ``hash_64``: the first 8 bytes of md5 as a signed big-endian integer."""
+    digest = hashlib.md5(value.encode(), usedforsecurity=False).digest()
+    return int.from_bytes(digest[:8], "big", signed=True)
+
+
+def consumer_group_member(stream_name: str, group_size: int) -> int | None:
+    """The member of a group of ``group_size`` that owns a stream, or None for id-less names."""
+    id_ = cardinal_id(stream_name)
+    # Postgres' MOD keeps the dividend's sign; Message DB takes @ (abs) of the hash first.
+    return None if id_ is None else abs(hash_64(id_)) % group_size
+
+
+def validate_category(name: str) -> str:
+    """Return ``name`` if it is a category the store can hold, else raise InvalidNameError."""
+    if not name or len(name) > MAX_NAME_LENGTH or not _CATEGORY_RE.fullmatch(name):
+        raise InvalidNameError(
+            f"category {name!r} is not valid: use 1-{MAX_NAME_LENGTH} characters from "
+            "A-Z a-z 0-9 _ . : + (no '-', which separates a category from a stream id)"
+        )
+    return name
+
+
+def validate_group(name: str) -> str:
+    """Return ``name`` if it is a usable group name, else raise InvalidNameError."""
+    if not name or len(name) > MAX_NAME_LENGTH or not _GROUP_RE.fullmatch(name):
+        raise InvalidNameError(
+            f"group {name!r} is not valid: use 1-{MAX_NAME_LENGTH} characters from "
+            "A-Z a-z 0-9 _ . : (no '-', which projector uses for <group>-<member>)"
+        )
+    return name
+
+
+class Event:
+    """One message of the store, as read by a source.
+
+    ``data``, ``metadata`` and ``id`` are decoded on first access: a catch-up with a handler that
+    looks only at ``type`` or positions never pays for JSON decoding.
+    """
+
+    __slots__ = (
+        "_data",
+        "_data_json",
+        "_id",
+        "_metadata",
+        "_metadata_json",
+        "global_position",
+        "position",
+        "stream_name",
+        "time",
+        "type",
+    )
+
+    global_position: int
+    position: int
+    stream_name: str
+    type: str
+    time: datetime
+
+    def __init__(
+        self,
+        global_position: int,
+        position: int,
+        time: datetime,
+        stream_name: str,
+        type: str,
+        data: str | None,
+        metadata: str | None,
+        id: str | uuid.UUID,
+    ) -> None:
+        self.global_position = global_position
+        self.position = position
+        self.time = time
+        self.stream_name = stream_name
+        self.type = type
+        self._data_json = data
+        self._metadata_json = metadata
+        self._id = id
+        self._data: Any = _UNDECODED
+        self._metadata: Any = _UNDECODED
+
+    @property
+    def id(self) -> uuid.UUID:
+        if not isinstance(self._id, uuid.UUID):
+            self._id = uuid.UUID(self._id)
+        return self._id
+
+    @property
+    def data(self) -> Any:
+        """The decoded JSON data (Message DB stores an object; older writers may store null)."""
+        if self._data is _UNDECODED:
+            self._data = _decode(self._data_json)
+        return self._data
+
+    @property
+    def metadata(self) -> Any:
+        """The decoded JSON metadata, or None when the message has none."""
+        if self._metadata is _UNDECODED:
+            self._metadata = _decode(self._metadata_json)
+        return self._metadata
+
+    @property
+    def category(self) -> str:
+        return category(self.stream_name)
+
+    def __repr__(self) -> str:
+        return (
+            f"Event(stream_name={self.stream_name!r}, position={self.position}, "
+            f"global_position={self.global_position}, type={self.type!r})"
+        )
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Event):
+            return NotImplemented
+        return (self.global_position, self.stream_name, self.position) == (
+            other.global_position,
+            other.stream_name,
+            other.position,
+        )
+
+    def __hash__(self) -> int:
+        return hash((self.global_position, self.stream_name, self.position))
+
+
+_UNDECODED: Any = object()
+
+
+def _decode(text: str | None) -> Any:
+    return None if text is None else json.loads(text)

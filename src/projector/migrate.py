@@ -1,0 +1,67 @@
+"""Creating projector's tables (Alembic, ``migrations/``) and, on request, a message store."""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+
+import psycopg
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import create_engine
+
+from projector import database
+
+_PACKAGE_MIGRATIONS = Path(str(resources.files("projector"))) / "migrations"
+# In a source checkout (editable install) migrations/ sits at the top of the repository.
+_SOURCE_MIGRATIONS = Path(__file__).resolve().parents[2] / "migrations"
+
+
+def migrations_dir() -> Path:
+    """Where the Alembic scripts are: inside the wheel, or at the top of a source checkout."""
+    for candidate in (_PACKAGE_MIGRATIONS, _SOURCE_MIGRATIONS):
+        if (candidate / "env.py").is_file():
+            return candidate
+    raise FileNotFoundError("projector's migrations/ folder is missing from this installation")
+
+
+def _alembic_config() -> Config:
+    config = Config()
+    config.set_main_option("script_location", str(migrations_dir()))
+    return config
+
+
+def _sync_connect(url: str) -> psycopg.Connection[tuple[object, ...]]:
+    try:
+        return psycopg.connect(url, connect_timeout=int(database.DEFAULT_CONNECT_TIMEOUT))
+    except psycopg.OperationalError as exc:
+        raise database.unavailable(url, exc) from exc
+
+
+def upgrade(url: str, revision: str = "head") -> None:
+    """Bring projector's own tables (schema ``projector``) up to ``revision``."""
+    _sync_connect(url).close()  # fail with our message before SQLAlchemy wraps the error
+    engine = create_engine("postgresql+psycopg://", creator=lambda: _sync_connect(url))
+    try:
+        with engine.begin() as connection:
+            config = _alembic_config()
+            config.attributes["connection"] = connection
+            command.upgrade(config, revision)
+    finally:
+        engine.dispose()
+
+
+def message_store_sql() -> str:
+    """projector's own Message DB-compatible store, written from Message DB's interface."""
+    return (resources.files("projector") / "sql" / "message_store.sql").read_text()
+
+
+def install_message_store(url: str) -> bool:
+    """Create a Message DB-compatible store; False (and nothing touched) when one exists."""
+    with _sync_connect(url) as conn:
+        present = conn.execute("SELECT to_regclass('message_store.messages')").fetchone()
+        if present is not None and present[0] is not None:
+            return False
+        # One script, sent with the simple query protocol (no parameters, many statements).
+        conn.execute(message_store_sql().encode())
+        return True

@@ -1,0 +1,164 @@
+"""What users write: a `Projection`, its handler, and the result a handler may return."""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+
+from projector.errors import ConfigurationError, HandlerImportError
+from projector.events import Event, validate_category, validate_group
+
+
+@dataclass(frozen=True, slots=True)
+class StreamResult:
+    """How far a handler got with the events of one call; returning None means all of them.
+
+    Use the constructors: `all_processed()`, `none_processed()`, `partially_processed(n)` and
+    `skip_to(position)`. Events not processed are offered again in the stream's next call.
+    """
+
+    processed: int | None = None
+    next_position: int | None = None
+
+    @classmethod
+    def all_processed(cls) -> StreamResult:
+        return cls()
+
+    @classmethod
+    def none_processed(cls) -> StreamResult:
+        """Handle nothing now: the same events (and any newer) come back after a short pause."""
+        return cls(processed=0)
+
+    @classmethod
+    def partially_processed(cls, count: int) -> StreamResult:
+        """The first ``count`` events were handled."""
+        if count < 0:
+            raise ValueError("partially_processed needs a count of 0 or more")
+        return cls(processed=count)
+
+    @classmethod
+    def skip_to(cls, position: int) -> StreamResult:
+        """Everything below stream ``position`` is handled, including events not yet read.
+
+        For a handler that knows its stream's version (e.g. it wrote to it): later events
+        below ``position`` are dropped instead of delivered.
+        """
+        return cls(next_position=position)
+
+    def next_position_after(self, events: Sequence[Event]) -> int:
+        """The stream position to expect next after a call that was given ``events``."""
+        if self.next_position is not None:
+            return self.next_position
+        if self.processed is None or self.processed >= len(events):
+            return events[-1].position + 1
+        return events[self.processed].position
+
+
+StreamHandler = Callable[[str, list[Event]], Awaitable[StreamResult | None]]
+EventHandler = Callable[[Event], Awaitable[None]]
+
+
+class Projection:
+    """A named set of handlers that keeps a read model up to date.
+
+    Register either one stream handler, called with a stream's events in order::
+
+        @projection.handler
+        async def handle(stream_name: str, events: list[Event]) -> None: ...
+
+    or one handler per event type (types with no handler are skipped)::
+
+        @projection.on("Deposited")
+        async def deposited(event: Event) -> None: ...
+    """
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        categories: Sequence[str] = (),
+        handler: StreamHandler | None = None,
+    ) -> None:
+        self.name = validate_group(name)
+        self.categories = tuple(validate_category(c) for c in categories)
+        self._stream_handler = handler
+        self._event_handlers: dict[str, EventHandler] = {}
+
+    def __repr__(self) -> str:
+        return f"Projection({self.name!r})"
+
+    def handler(self, fn: StreamHandler) -> StreamHandler:
+        """Register the stream handler (decorator)."""
+        _require_coroutine(fn)
+        if self._stream_handler is not None or self._event_handlers:
+            raise ConfigurationError(f"projection {self.name!r} already has handlers")
+        self._stream_handler = fn
+        return fn
+
+    def on(self, event_type: str) -> Callable[[EventHandler], EventHandler]:
+        """Register a handler for one event type (decorator)."""
+
+        def register(fn: EventHandler) -> EventHandler:
+            _require_coroutine(fn)
+            if self._stream_handler is not None:
+                raise ConfigurationError(f"projection {self.name!r} already has a stream handler")
+            if event_type in self._event_handlers:
+                raise ConfigurationError(f"projection {self.name!r} already handles {event_type!r}")
+            self._event_handlers[event_type] = fn
+            return fn
+
+        return register
+
+    async def handle(self, stream_name: str, events: list[Event]) -> int:
+        """Run the handler for one stream's events; return the stream position to expect next."""
+        if self._stream_handler is not None:
+            result = await self._stream_handler(stream_name, events)
+            return (result or StreamResult()).next_position_after(events)
+        for event in events:
+            typed = self._event_handlers.get(event.type)
+            if typed is not None:
+                await typed(event)
+        return events[-1].position + 1
+
+    def check_ready(self) -> None:
+        """Raise ConfigurationError unless a handler is registered."""
+        if self._stream_handler is None and not self._event_handlers:
+            raise ConfigurationError(
+                f"projection {self.name!r} has no handler: decorate an async function with "
+                f"@{self.name}.handler or @{self.name}.on('EventType')"
+            )
+
+
+def _require_coroutine(fn: Callable[..., object]) -> None:
+    if not inspect.iscoroutinefunction(fn):
+        raise ConfigurationError(f"handler {fn.__qualname__} must be an async function")
+
+
+def load_projection(target: str) -> Projection:
+    """Import ``MODULE:ATTR`` and return the Projection it names."""
+    module_name, colon, attr = target.partition(":")
+    if not colon or not module_name or not attr:
+        raise HandlerImportError(f"{target!r} is not MODULE:ATTR (e.g. shop.projections:balances)")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise HandlerImportError(
+            f"cannot import module {module_name!r} from {target!r}: {exc} "
+            "(is it installed, or on PYTHONPATH / in the current directory?)"
+        ) from exc
+    value = module
+    for part in attr.split("."):
+        try:
+            value = getattr(value, part)
+        except AttributeError:
+            raise HandlerImportError(
+                f"module {module_name!r} has no attribute {attr!r} (from {target!r})"
+            ) from None
+    if not isinstance(value, Projection):
+        raise HandlerImportError(
+            f"{target!r} is a {type(value).__name__}, not a projector.Projection"
+        )
+    value.check_ready()
+    return value
