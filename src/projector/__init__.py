@@ -1,0 +1,32 @@
+"""projector: keeps read models up to date from a Message DB-style event store in Postgres."""
+
+from projector.errors import (
+    ConfigurationError,
+    DatabaseUnavailableError,
+    HandlerError,
+    HandlerImportError,
+    InvalidNameError,
+    MessageStoreError,
+    ProjectorError,
+    SchemaMissingError,
+    WrongExpectedVersionError,
+)
+from projector.events import Event
+from projector.projection import Projection, StreamResult
+from projector.store import write_message
+
+__all__ = [
+    "ConfigurationError",
+    "DatabaseUnavailableError",
+    "Event",
+    "HandlerError",
+    "HandlerImportError",
+    "InvalidNameError",
+    "MessageStoreError",
+    "Projection",
+    "ProjectorError",
+    "SchemaMissingError",
+    "StreamResult",
+    "WrongExpectedVersionError",
+    "write_message",
+]

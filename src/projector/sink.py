@@ -28,6 +28,7 @@ import anyio
 from anyio.abc import TaskGroup
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
+from projector.errors import HandlerError
 from projector.events import Event
 
 SpanHandler = Callable[[str, list[Event]], Awaitable[int]]
@@ -168,6 +169,7 @@ class StreamsSink:
         self._ready_out: MemoryObjectReceiveStream[_Stream]
         self._ready_in, self._ready_out = anyio.create_memory_object_stream[_Stream](math.inf)
         self._task_group: TaskGroup | None = None
+        self._worker_scopes: list[anyio.CancelScope] = []
         self._stopping = False
         self._busy = 0
         self._idle = anyio.Event()
@@ -201,6 +203,8 @@ class StreamsSink:
     ) -> bool | None:
         assert self._task_group is not None
         self._task_group.cancel_scope.cancel()
+        for scope in self._worker_scopes:
+            scope.cancel()
         return await self._task_group.__aexit__(exc_type, exc, tb)
 
     def lane(self, name: str) -> Lane:
@@ -215,13 +219,16 @@ class StreamsSink:
 
         Returns whether every running call finished in time.
         """
-        self._stopping = True
-        self._ready_in.close()
+        self._stop_scheduling()
         if self._busy:
             self._idle = anyio.Event()
             with anyio.move_on_after(grace_period):
                 await self._idle.wait()
         return self._busy == 0
+
+    def _stop_scheduling(self) -> None:
+        self._stopping = True
+        self._ready_in.close()
 
     # -- scheduling -------------------------------------------------------------------------
 
@@ -253,12 +260,16 @@ class StreamsSink:
             self._ready_in.send_nowait(stream)
 
     async def _work(self) -> None:
-        async for stream in self._ready_out:
-            stream.queued = False
-            if self._stopping:
-                break
-            if stream.buffer:
-                await self._run(stream)
+        # Shielded: cancelling the owner (a signal) must not cut a handler call short. `stop`
+        # lets running calls finish within its grace period; leaving the sink cancels the rest.
+        with anyio.CancelScope(shield=True) as scope:
+            self._worker_scopes.append(scope)
+            async for stream in self._ready_out:
+                stream.queued = False
+                if self._stopping:
+                    break
+                if stream.buffer:
+                    await self._run(stream)
 
     async def _run(self, stream: _Stream) -> None:
         events, stream.buffer = stream.buffer, []
@@ -266,6 +277,12 @@ class StreamsSink:
         self._busy += 1
         try:
             next_position = await self._handle(stream.name, events)
+        except Exception as exc:
+            self._stop_scheduling()
+            raise HandlerError(
+                f"handler failed on stream {stream.name!r} at position {events[0].position} "
+                f"(global {events[0].global_position}): {exc!r}"
+            ) from exc
         finally:
             stream.busy = False
             self._busy -= 1

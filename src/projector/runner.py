@@ -1,0 +1,167 @@
+"""Wiring and lifecycle of a projector process: pool, sources, sink, checkpoints, shutdown.
+
+Stopping is cancellation (see `serve`): the sources stop reading at once, handler calls already
+running get ``shutdown_timeout`` seconds to finish, and the checkpoint is committed once more,
+shielded and time-boxed, whatever ended the run (a signal, a handler error, caught-up).
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+from collections.abc import Awaitable, Callable
+from functools import partial
+
+import anyio
+
+from projector import database
+from projector.checkpoints import DEFAULT_FLUSH_TIMEOUT, Checkpoints, CheckpointWriter
+from projector.errors import ConfigurationError
+from projector.projection import Projection
+from projector.settings import Settings
+from projector.sink import Lane, StreamsSink
+from projector.source import CategorySource
+from projector.store import MessageStore
+
+logger = logging.getLogger(__name__)
+
+FIRST_POSITION = 1  # Message DB's global positions start at 1
+
+
+class Runner:
+    """Keeps one projection up to date with its categories, for one group."""
+
+    def __init__(self, projection: Projection, settings: Settings) -> None:
+        self.projection = projection
+        self.settings = settings
+        self.categories = settings.categories or projection.categories
+        self.group = settings.group or projection.name
+        if not self.categories:
+            raise ConfigurationError(
+                "no category to read: pass --category NAME (or PROJECTOR_CATEGORIES=a,b), "
+                f"or give Projection({projection.name!r}, categories=[...])"
+            )
+        if not settings.database_url:
+            raise ConfigurationError(
+                "no database: pass --database-url postgresql://... or set PROJECTOR_DATABASE_URL"
+            )
+        self.database_url = settings.database_url
+
+    async def run(self) -> None:
+        """Project until cancelled (or, with ``until_caught_up``, until caught up)."""
+        settings = self.settings
+        async with database.open_pool(
+            self.database_url,
+            max_size=settings.pool_size,
+            connect_timeout=settings.connect_timeout,
+        ) as pool:
+            store = MessageStore(pool)
+            checkpoints = Checkpoints(pool, self.group)
+            await store.check_schema()
+            await checkpoints.check_schema()
+            writer = CheckpointWriter(checkpoints, interval=settings.checkpoint_interval)
+            for category in self.categories:
+                writer.start_at(category, await self._start_position(store, checkpoints, category))
+            try:
+                await self._project(store, writer)
+            finally:
+                with anyio.move_on_after(DEFAULT_FLUSH_TIMEOUT, shield=True):
+                    await writer.flush()
+
+    async def _project(self, store: MessageStore, writer: CheckpointWriter) -> None:
+        settings = self.settings
+        sink = StreamsSink(
+            self.projection.handle,
+            max_concurrent_streams=settings.max_concurrent_streams,
+            max_read_ahead=settings.max_read_ahead,
+        )
+        async with sink:
+            lanes = {category: sink.lane(category) for category in self.categories}
+            sources = [
+                CategorySource(
+                    store,
+                    lanes[category],
+                    category,
+                    position=writer.completed[category],
+                    batch_size=settings.batch_size,
+                    tail_sleep=settings.tail_sleep,
+                    on_handled=partial(writer.advance, category),
+                )
+                for category in self.categories
+            ]
+            try:
+                await self._pump(sources, writer, list(lanes.values()))
+            finally:
+                with anyio.CancelScope(shield=True):
+                    await sink.stop(grace_period=settings.shutdown_timeout)
+
+    async def _pump(
+        self, sources: list[CategorySource], writer: CheckpointWriter, lanes: list[Lane]
+    ) -> None:
+        stop_at_tail = self.settings.until_caught_up
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(writer.run, name="projector-checkpoint-writer")
+            async with anyio.create_task_group() as readers:
+                for source in sources:
+                    readers.start_soon(
+                        partial(source.run, stop_at_tail=stop_at_tail),
+                        name=f"projector-source-{source.category}",
+                    )
+            # Only reached with until_caught_up: every source has read to its tail.
+            for lane in lanes:
+                await lane.wait_empty()
+            logger.info(
+                "group %s caught up",
+                self.group,
+                extra={"action": "caught_up", "group": self.group, **writer.completed},
+            )
+            tasks.cancel_scope.cancel()
+
+    async def _start_position(
+        self, store: MessageStore, checkpoints: Checkpoints, category: str
+    ) -> int:
+        position = await checkpoints.load(category)
+        origin = "checkpoint"
+        if position is None and self.settings.from_tail:
+            head = await store.category_head(category)
+            position = FIRST_POSITION if head is None else head + 1
+            origin = "tail"
+            # Committed now, so a restart without --from-tail does not replay history.
+            await checkpoints.commit({category: position})
+        elif position is None:
+            position, origin = FIRST_POSITION, "beginning"
+        logger.info(
+            "group %s starts %s at %d (from the %s)",
+            self.group,
+            category,
+            position,
+            origin,
+            extra={
+                "action": "source_started",
+                "group": self.group,
+                "category": category,
+                "position": position,
+                "origin": origin,
+            },
+        )
+        return position
+
+
+async def serve(main: Callable[[], Awaitable[None]]) -> None:
+    """Run ``main`` until it returns or SIGINT/SIGTERM arrives, which cancels it gracefully."""
+    async with anyio.create_task_group() as tasks:
+
+        async def stop_on_signal() -> None:
+            with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                async for signum in signals:
+                    logger.info(
+                        "received %s, stopping",
+                        signal.Signals(signum).name,
+                        extra={"action": "stopping", "signal": signal.Signals(signum).name},
+                    )
+                    tasks.cancel_scope.cancel()
+                    return
+
+        tasks.start_soon(stop_on_signal, name="projector-signals")
+        await main()
+        tasks.cancel_scope.cancel()

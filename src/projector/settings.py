@@ -1,0 +1,108 @@
+"""Every setting of projector, documented once, here.
+
+Each has an environment variable ``PROJECTOR_<NAME>`` (also read from a ``.env`` file in the
+working directory) and a ``--<name>`` flag on the commands that use it; flags win over the
+environment, which wins over ``.env``, which wins over the defaults below.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from projector.errors import ConfigurationError
+from projector.events import validate_category, validate_group
+
+
+class Settings(BaseSettings):
+    """projector's settings; see the README's reference for the same list with examples."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="PROJECTOR_", env_file=".env", extra="ignore", frozen=True
+    )
+
+    database_url: str | None = Field(
+        None, description="libpq URL of the database holding the message store"
+    )
+    group: str | None = Field(
+        None, description="checkpoint group name (default: the projection's name)"
+    )
+    categories: Annotated[tuple[str, ...], NoDecode] = Field(
+        (), description="categories to read, comma-separated (default: the projection's own)"
+    )
+    batch_size: int = Field(500, ge=1, le=100_000, description="events per read")
+    tail_sleep: float = Field(
+        0.1, gt=0, le=3600, description="seconds to sleep after a read finds nothing new"
+    )
+    max_concurrent_streams: int = Field(
+        10, ge=1, le=10_000, description="handler calls running at once, across all streams"
+    )
+    max_read_ahead: int = Field(
+        3, ge=1, le=1_000, description="batches per category read but not yet fully handled"
+    )
+    checkpoint_interval: float = Field(
+        5.0, gt=0, le=3600, description="seconds between checkpoint commits (when moved)"
+    )
+    shutdown_timeout: float = Field(
+        10.0, ge=0, le=3600, description="seconds a stop waits for running handler calls"
+    )
+    from_tail: bool = Field(
+        False, description="a group with no checkpoint starts at the tail, skipping history"
+    )
+    until_caught_up: bool = Field(
+        False, description="exit 0 once every category is read to its tail and checkpointed"
+    )
+    pool_size: int = Field(
+        4, ge=1, le=1_000, description="most database connections projector itself opens"
+    )
+    connect_timeout: float = Field(
+        10.0, gt=0, le=600, description="seconds to wait for a database connection"
+    )
+    log_level: str = Field("INFO", description="DEBUG, INFO, WARNING or ERROR")
+
+    @field_validator("categories", mode="before")
+    @classmethod
+    def _split_categories(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return tuple(part.strip() for part in value.split(",") if part.strip())
+        return value
+
+    @field_validator("categories")
+    @classmethod
+    def _check_categories(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(validate_category(c) for c in value)
+
+    @field_validator("group")
+    @classmethod
+    def _check_group(cls, value: str | None) -> str | None:
+        return None if value is None else validate_group(value)
+
+    @field_validator("log_level")
+    @classmethod
+    def _check_log_level(cls, value: str) -> str:
+        level = value.upper()
+        if level not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
+            raise ValueError("must be one of DEBUG, INFO, WARNING, ERROR")
+        return level
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Settings from flags (``overrides``; None means not given), the environment and .env."""
+    given = {name: value for name, value in overrides.items() if value is not None}
+    try:
+        return Settings(**given)
+    except ValidationError as exc:
+        raise ConfigurationError(_describe(exc)) from None
+
+
+def _describe(exc: ValidationError) -> str:
+    error = exc.errors()[0]
+    name = str(error["loc"][0]) if error["loc"] else "settings"
+    message = str(error["msg"]).removeprefix("Value error, ")
+    flag = "--" + name.replace("_", "-")
+    return (
+        f"setting {name} ({flag} / PROJECTOR_{name.upper()}) is invalid: {message} "
+        f"(got {error.get('input')!r})"
+    )

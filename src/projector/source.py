@@ -1,0 +1,109 @@
+"""The source: one polling loop per category, feeding batches to the sink in global order.
+
+Only an empty read counts as the tail: a short batch is followed by an immediate read, so a
+catch-up never sleeps between batches. The loop sleeps ``tail_sleep`` after an empty read, and
+`wake` cuts that sleep short (for a notification that new events were written).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from typing import Protocol
+
+import anyio
+
+from projector.events import Event
+
+logger = logging.getLogger(__name__)
+
+
+class CategoryReader(Protocol):
+    async def read_category(self, category: str, position: int, batch_size: int) -> list[Event]: ...
+
+
+class BatchSink(Protocol):
+    async def submit(self, events: Sequence[Event], on_completed: Callable[[], None]) -> None: ...
+
+
+class CategorySource:
+    """Reads one category from ``position`` on and submits each non-empty batch to ``sink``.
+
+    ``on_handled(position)`` is called, in order, once every event below ``position`` has been
+    handled; it is what moves the checkpoint.
+    """
+
+    def __init__(
+        self,
+        reader: CategoryReader,
+        sink: BatchSink,
+        category: str,
+        *,
+        position: int,
+        batch_size: int,
+        tail_sleep: float,
+        on_handled: Callable[[int], None],
+    ) -> None:
+        self.category = category
+        self.position = position  # the next global position to read
+        self._reader = reader
+        self._sink = sink
+        self._batch_size = batch_size
+        self._tail_sleep = tail_sleep
+        self._on_handled = on_handled
+        self._wakeup = anyio.Event()
+        self.reached_tail = anyio.Event()
+
+    def wake(self) -> None:
+        """Read again now if the loop is sleeping at the tail."""
+        self._wakeup.set()
+
+    async def run(self, *, stop_at_tail: bool = False) -> None:
+        """Poll forever (cancel to stop), or until the first empty read with ``stop_at_tail``."""
+        while True:
+            events = await self._reader.read_category(
+                self.category, self.position, self._batch_size
+            )
+            if events:
+                await self._submit(events)
+                continue
+            self._at_tail()
+            if stop_at_tail:
+                return
+            await self._sleep()
+
+    async def _submit(self, events: list[Event]) -> None:
+        next_position = events[-1].global_position + 1
+        self.position = next_position
+        logger.debug(
+            "read %d events of %s up to %d",
+            len(events),
+            self.category,
+            next_position - 1,
+            extra={
+                "action": "source_batch_read",
+                "category": self.category,
+                "count": len(events),
+                "position": next_position,
+            },
+        )
+        await self._sink.submit(events, lambda: self._on_handled(next_position))
+
+    def _at_tail(self) -> None:
+        if not self.reached_tail.is_set():
+            logger.info(
+                "%s read to its tail at %d",
+                self.category,
+                self.position,
+                extra={
+                    "action": "source_tail_reached",
+                    "category": self.category,
+                    "position": self.position,
+                },
+            )
+            self.reached_tail.set()
+
+    async def _sleep(self) -> None:
+        with anyio.move_on_after(self._tail_sleep):
+            await self._wakeup.wait()
+        self._wakeup = anyio.Event()
