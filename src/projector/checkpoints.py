@@ -7,12 +7,10 @@ position from the sink's in-order batch completions, so it can never pass an unf
 from __future__ import annotations
 
 import logging
-from typing import Any
 
 import anyio
-import psycopg
-from psycopg_pool import AsyncConnectionPool
 
+from projector.database import Pool
 from projector.errors import SchemaMissingError
 
 logger = logging.getLogger(__name__)
@@ -32,7 +30,6 @@ TABLE_PRESENT = "SELECT to_regclass('projector.checkpoints') IS NOT NULL"
 
 DEFAULT_FLUSH_TIMEOUT = 10.0
 
-Pool = AsyncConnectionPool[psycopg.AsyncConnection[Any]]
 
 
 class Checkpoints:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 import psycopg
 from psycopg_pool import AsyncConnectionPool
@@ -21,6 +22,9 @@ SESSION_SETTINGS = (
     " set_config('jit', 'off', false)"
 )
 DEFAULT_CONNECT_TIMEOUT = 10.0
+
+Connection = psycopg.AsyncConnection[tuple[Any, ...]]
+Pool = AsyncConnectionPool[Connection]
 
 
 def describe(url: str) -> str:
@@ -43,14 +47,14 @@ def unavailable(url: str, exc: Exception) -> DatabaseUnavailableError:
     )
 
 
-async def configure(conn: psycopg.AsyncConnection[object]) -> None:
+async def configure(conn: Connection) -> None:
     await conn.execute(SESSION_SETTINGS)
     await conn.commit()
 
 
 async def connect(
     url: str, *, connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
-) -> psycopg.AsyncConnection[object]:
+) -> Connection:
     """One configured connection, outside any pool (for LISTEN and one-off commands)."""
     try:
         conn = await psycopg.AsyncConnection.connect(
@@ -65,12 +69,12 @@ async def connect(
 @asynccontextmanager
 async def open_pool(
     url: str, *, max_size: int, connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
-) -> AsyncIterator[AsyncConnectionPool[psycopg.AsyncConnection[object]]]:
+) -> AsyncIterator[Pool]:
     """A pool of configured connections; a bad URL or a down server fails here, clearly."""
     # A direct connection first: the pool would only report a timeout, not why it failed.
     probe = await connect(url, connect_timeout=connect_timeout)
     await probe.close()
-    pool: AsyncConnectionPool[psycopg.AsyncConnection[object]] = AsyncConnectionPool(
+    pool: Pool = AsyncConnectionPool(
         url,
         min_size=1,
         max_size=max_size,

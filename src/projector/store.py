@@ -10,12 +10,10 @@ from __future__ import annotations
 
 import json
 import uuid
-from typing import Any
 
-import psycopg
 from psycopg import errors as pg_errors
-from psycopg_pool import AsyncConnectionPool
 
+from projector.database import Connection, Pool
 from projector.errors import MessageStoreError, SchemaMissingError, WrongExpectedVersionError
 from projector.events import Event
 
@@ -48,8 +46,6 @@ SELECT message_store.write_message(
 )
 """
 
-AnyConnection = psycopg.AsyncConnection[Any]
-Pool = AsyncConnectionPool[psycopg.AsyncConnection[Any]]
 
 
 class MessageStore:
@@ -85,7 +81,7 @@ class MessageStore:
 
 
 async def write_message(
-    conn: AnyConnection,
+    conn: Connection,
     stream_name: str,
     type: str,
     data: object,

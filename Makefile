@@ -1,0 +1,29 @@
+# The two commands a newcomer needs: `make demo` and `make test` (see README.md).
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+.PHONY: demo test lint bench clean
+
+$(BIN)/projector: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $@
+
+demo: $(BIN)/projector
+	$(BIN)/projector demo
+
+# pytest exits 5 when it collected no test: that is a failure here, like any non-zero code.
+test: $(BIN)/projector
+	$(BIN)/pytest
+
+lint: $(BIN)/projector
+	$(BIN)/ruff check src tests bench
+	$(BIN)/mypy --strict src
+
+bench: $(BIN)/projector
+	$(BIN)/python -m bench catchup
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

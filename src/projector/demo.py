@@ -1,0 +1,108 @@
+"""``projector demo``: write sample account events and project them into a balances table.
+
+The projection here is also the README's example of an idempotent handler: each account row
+remembers the last stream position it applied, so a redelivered event changes nothing.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import uuid
+
+import anyio
+from psycopg_pool import AsyncConnectionPool
+
+from projector import Event, Projection, write_message
+from projector.database import Pool, configure, connect
+
+CATEGORY = "account"
+
+CREATE_TABLE = """
+CREATE TABLE IF NOT EXISTS demo_balances (
+    account_id text PRIMARY KEY,
+    balance bigint NOT NULL,
+    version bigint NOT NULL
+)
+"""
+
+# Only the events above the row's version count, so a redelivered span is applied once.
+APPLY = """
+INSERT INTO demo_balances AS b (account_id, balance, version)
+VALUES (%(account_id)s, (SELECT sum(d) FROM unnest(%(deltas)s::bigint[]) AS d), %(version)s)
+ON CONFLICT (account_id) DO UPDATE
+SET balance = b.balance + (
+        SELECT coalesce(sum(u.d), 0)
+        FROM unnest(%(positions)s::bigint[], %(deltas)s::bigint[]) AS u(p, d)
+        WHERE u.p > b.version
+    ),
+    version = greatest(b.version, EXCLUDED.version)
+"""
+
+balances = Projection("demo_balances", categories=[CATEGORY])
+_pools: dict[str, Pool] = {}
+
+
+async def _pool() -> Pool:
+    """One pool per process for the read model, from the same URL projector reads."""
+    url = os.environ["PROJECTOR_DATABASE_URL"]
+    if url not in _pools:
+        pool: Pool = AsyncConnectionPool(
+            url, min_size=1, max_size=4, configure=configure, open=False
+        )
+        await pool.open(wait=True)
+        _pools[url] = pool
+    return _pools[url]
+
+
+@balances.handler
+async def apply_balances(stream_name: str, events: list[Event]) -> None:
+    params = {
+        "account_id": stream_name.partition("-")[2],
+        "positions": [e.position for e in events],
+        "deltas": [_amount(e) for e in events],
+        "version": events[-1].position,
+    }
+    pool = await _pool()
+    async with pool.connection() as conn:
+        await conn.execute(APPLY, params)
+
+
+def _amount(event: Event) -> int:
+    amount = int(event.data["amount"])
+    return -amount if event.type == "Withdrawn" else amount
+
+
+async def write_sample_events(url: str, *, accounts: int, events: int, seed: int = 7) -> None:
+    """``events`` deposits and withdrawals spread over ``accounts`` account streams."""
+    rng = random.Random(seed)  # noqa: S311 (sample data, not secrets)
+    conn = await connect(url)
+    async with conn, conn.transaction():
+        await conn.execute(CREATE_TABLE)
+        for _ in range(events):
+            account = f"{CATEGORY}-{uuid.UUID(int=rng.randrange(accounts))}"
+            kind = rng.choice(("Deposited", "Deposited", "Withdrawn"))
+            await write_message(conn, account, kind, {"amount": rng.randrange(1, 100)})
+
+
+async def check_balances(url: str) -> tuple[int, int, int]:
+    """(accounts, total balance in the read model, total computed straight from the events)."""
+    conn = await connect(url)
+    async with conn:
+        cursor = await conn.execute("SELECT count(*), coalesce(sum(balance), 0) FROM demo_balances")
+        accounts, projected = await cursor.fetchone() or (0, 0)
+        cursor = await conn.execute(
+            "SELECT coalesce(sum(CASE WHEN type = 'Withdrawn' THEN -1 ELSE 1 END"
+            " * (data->>'amount')::bigint), 0)"
+            " FROM message_store.messages WHERE message_store.category(stream_name) = %s",
+            (CATEGORY,),
+        )
+        (expected,) = await cursor.fetchone() or (0,)
+    return int(accounts), int(projected), int(expected)
+
+
+async def close_pools() -> None:
+    with anyio.CancelScope(shield=True):
+        for pool in _pools.values():
+            await pool.close()
+        _pools.clear()
