@@ -16,28 +16,33 @@ from projector.errors import SchemaMissingError
 logger = logging.getLogger(__name__)
 
 LOAD = """
-SELECT position FROM projector.checkpoints WHERE group_name = %(group)s AND category = %(category)s
+SELECT position FROM projector.checkpoints
+WHERE group_name = %(group)s AND member = %(member)s AND category = %(category)s
 """
 
 COMMIT = """
-INSERT INTO projector.checkpoints (group_name, category, position, updated_at)
-VALUES (%(group)s, %(category)s, %(position)s, now())
-ON CONFLICT (group_name, category)
-DO UPDATE SET position = EXCLUDED.position, updated_at = EXCLUDED.updated_at
+INSERT INTO projector.checkpoints (group_name, member, group_size, category, position, updated_at)
+VALUES (%(group)s, %(member)s, %(size)s, %(category)s, %(position)s, now())
+ON CONFLICT (group_name, member, category)
+DO UPDATE SET position = EXCLUDED.position, group_size = EXCLUDED.group_size,
+              updated_at = EXCLUDED.updated_at
 """
 
 TABLE_PRESENT = "SELECT to_regclass('projector.checkpoints') IS NOT NULL"
 
-DEFAULT_FLUSH_TIMEOUT = 10.0
+DEFAULT_FLUSH_TIMEOUT = 10.0  # seconds the last commit of a stopping runner may take
 
 
 
 class Checkpoints:
-    """Loads and commits one group's checkpoints."""
+    """Loads and commits the checkpoints of one member of a group (a plain group: 0 of 1)."""
 
-    def __init__(self, pool: Pool, group: str) -> None:
+    def __init__(self, pool: Pool, group: str, *, member: int = 0, size: int = 1) -> None:
         self._pool = pool
         self.group = group
+        self.member = member
+        self.size = size
+        self.name = group if size == 1 else f"{group}-{member}"
 
     async def check_schema(self) -> None:
         async with self._pool.connection() as conn:
@@ -49,7 +54,7 @@ class Checkpoints:
 
     async def load(self, category: str) -> int | None:
         async with self._pool.connection() as conn:
-            params = {"group": self.group, "category": category}
+            params = {"group": self.group, "member": self.member, "category": category}
             row = await (await conn.execute(LOAD, params)).fetchone()
         return None if row is None else int(row[0])
 
@@ -57,7 +62,13 @@ class Checkpoints:
         """Write several categories' positions in one transaction."""
         async with self._pool.connection() as conn, conn.transaction():
             for category, position in positions.items():
-                params = {"group": self.group, "category": category, "position": position}
+                params = {
+                    "group": self.group,
+                    "member": self.member,
+                    "size": self.size,
+                    "category": category,
+                    "position": position,
+                }
                 await conn.execute(COMMIT, params)
 
 
@@ -100,12 +111,12 @@ class CheckpointWriter:
         for category, position in moved.items():
             logger.info(
                 "checkpoint %s/%s committed at %d",
-                self._checkpoints.group,
+                self._checkpoints.name,
                 category,
                 position,
                 extra={
                     "action": "checkpoint_committed",
-                    "group": self._checkpoints.group,
+                    "group": self._checkpoints.name,
                     "category": category,
                     "position": position,
                 },

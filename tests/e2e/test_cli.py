@@ -1,0 +1,214 @@
+"""The `projector` command as a user runs it: a separate process, stopped with SIGTERM."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import anyio
+import psycopg
+import pytest
+
+from tests.support.projecting import write_events
+
+PROJECTOR = [sys.executable, "-m", "projector"]
+
+HANDLERS = """
+import anyio, os
+from projector import Event, Projection
+
+balances = Projection("balances")
+
+@balances.handler
+async def handle(stream_name: str, events: list[Event]) -> None:
+    await anyio.sleep(float(os.environ.get("HANDLER_DELAY", "0")))
+    with open(os.environ["HANDLED_FILE"], "a") as out:
+        for event in events:
+            out.write(f"{stream_name} {event.position} {event.global_position}\\n")
+
+not_a_projection = 42
+"""
+
+
+@pytest.fixture
+def workdir(tmp_path: Path) -> Path:
+    (tmp_path / "shop_projections.py").write_text(textwrap.dedent(HANDLERS))
+    return tmp_path
+
+
+def projector(
+    workdir: Path, *args: str, env: dict[str, str] | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*PROJECTOR, *args],
+        cwd=workdir,
+        env={**os.environ, "HANDLED_FILE": str(workdir / "handled.txt"), **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def handled(workdir: Path) -> list[tuple[str, int, int]]:
+    path = workdir / "handled.txt"
+    lines = path.read_text().splitlines() if path.exists() else []
+    return [(s, int(p), int(g)) for s, p, g in (line.split() for line in lines)]
+
+
+def committed(url: str, group: str, category: str) -> int | None:
+    with psycopg.connect(url) as conn:
+        row = conn.execute(
+            "SELECT position FROM projector.checkpoints"
+            " WHERE checkpoint_name = %s AND category = %s",
+            (group, category),
+        ).fetchone()
+    return None if row is None else int(row[0])
+
+
+def test_migrate_then_run_until_caught_up_projects_every_event(
+    workdir: Path, empty_database_url: str
+) -> None:
+    migrated = projector(
+        workdir, "migrate", "--message-store", "--database-url", empty_database_url
+    )
+    assert migrated.returncode == 0, migrated.stderr
+    anyio.run(write_events, empty_database_url, {f"account-{i}": 3 for i in range(30)})
+
+    run = projector(
+        workdir,
+        "run",
+        "shop_projections:balances",
+        "--category",
+        "account",
+        "--until-caught-up",
+        env={"PROJECTOR_DATABASE_URL": empty_database_url, "PROJECTOR_CHECKPOINT_INTERVAL": "0.1"},
+    )
+
+    assert run.returncode == 0, run.stderr
+    events = handled(workdir)
+    assert len(events) == 90
+    for i in range(30):
+        assert [p for s, p, _ in events if s == f"account-{i}"] == [0, 1, 2]
+    assert committed(empty_database_url, "balances", "account") == max(g for *_, g in events) + 1
+    assert "action=caught_up" in run.stderr
+
+
+def test_sigterm_lets_running_handlers_finish_and_commits_the_checkpoint(
+    workdir: Path, own_store_url: str
+) -> None:
+    anyio.run(write_events, own_store_url, {f"account-{i}": 1 for i in range(200)})
+    process = subprocess.Popen(
+        [
+            *PROJECTOR,
+            "run",
+            "shop_projections:balances",
+            "-c",
+            "account",
+            "--batch-size",
+            "20",
+            "--checkpoint-interval",
+            "3600",
+            "--database-url",
+            own_store_url,
+        ],
+        cwd=workdir,
+        env={**os.environ, "HANDLED_FILE": str(workdir / "handled.txt"), "HANDLER_DELAY": "0.05"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 30
+    while len(handled(workdir)) < 40 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=30)
+
+    assert process.returncode == 0, stderr
+    position = committed(own_store_url, "balances", "account")
+    assert position is not None, stderr
+    assert position > 20, stderr
+    done = {g for *_, g in handled(workdir)}
+    assert set(range(1, position)) <= done, "the checkpoint passed an unhandled event"
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (
+            ["run", "missing_module:balances", "-c", "account"],
+            "cannot import module 'missing_module'",
+        ),
+        (["run", "shop_projections:nothing", "-c", "account"], "has no attribute 'nothing'"),
+        (
+            ["run", "shop_projections:not_a_projection", "-c", "account"],
+            "not a projector.Projection",
+        ),
+        (
+            ["run", "shop_projections:balances", "-c", "bad-name"],
+            "category 'bad-name' is not valid",
+        ),
+        (["run", "shop_projections:balances", "-c", "account", "--group", "a b"], "group 'a b'"),
+        (["run", "shop_projections:balances", "-c", "account", "--batch-size", "0"], "batch_size"),
+        (["run", "shop_projections:balances", "-c", "account", "--tail-sleep", "-1"], "tail_sleep"),
+    ],
+)
+def test_bad_input_is_one_clear_line_and_exit_code_2(
+    workdir: Path, args: list[str], message: str
+) -> None:
+    result = projector(workdir, *args, "--database-url", "postgresql://nobody@127.0.0.1:1/none")
+
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1
+    assert result.stderr.startswith("error: ")
+    assert message in result.stderr
+
+
+def test_a_database_that_is_down_is_one_clear_line_and_nothing_written(workdir: Path) -> None:
+    result = projector(
+        workdir,
+        "run",
+        "shop_projections:balances",
+        "-c",
+        "account",
+        "--database-url",
+        "postgresql://nobody@127.0.0.1:1/none",
+        "--connect-timeout",
+        "2",
+    )
+
+    assert result.returncode == 1
+    assert result.stderr.startswith("error: cannot connect to the database nobody@127.0.0.1:1/none")
+    assert result.stderr.count("\n") == 1
+    assert not (workdir / "handled.txt").exists()
+
+
+def test_a_database_without_projector_tables_names_the_migrate_command(
+    workdir: Path, empty_database_url: str
+) -> None:
+    assert (
+        projector(
+            workdir, "migrate", "--message-store", "--database-url", empty_database_url
+        ).returncode
+        == 0
+    )
+    with psycopg.connect(empty_database_url, autocommit=True) as conn:
+        conn.execute("DROP SCHEMA projector CASCADE")
+
+    result = projector(
+        workdir,
+        "run",
+        "shop_projections:balances",
+        "-c",
+        "account",
+        "--database-url",
+        empty_database_url,
+    )
+
+    assert result.returncode == 1
+    assert "run `projector migrate`" in result.stderr
