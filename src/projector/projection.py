@@ -83,6 +83,8 @@ class Projection:
     ) -> None:
         self.name = validate_group(name)
         self.categories = tuple(validate_category(c) for c in categories)
+        if handler is not None:
+            _require_coroutine(handler)
         self._stream_handler = handler
         self._event_handlers: dict[str, EventHandler] = {}
 

@@ -18,7 +18,7 @@ memory follows what is in flight, not how many streams exist.
 from __future__ import annotations
 
 import math
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable, Sequence
 from itertools import pairwise
 from types import TracebackType
@@ -36,6 +36,7 @@ SpanHandler = Callable[[str, list[Event]], Awaitable[int]]
 ``events[-1].position + 1`` when all were handled, less when only some were, more to skip ahead."""
 
 DEFAULT_STALL_DELAY = 0.1
+MAX_SKIP_HINTS = 100_000  # forgotten streams whose handler asked to skip ahead (skip_to)
 
 
 class _Batch:
@@ -164,6 +165,9 @@ class StreamsSink:
         self._max_read_ahead = max_read_ahead
         self._stall_delay = stall_delay
         self._streams: dict[str, _Stream] = {}
+        # A stream that skipped ahead must keep its position after it is forgotten, or its
+        # own later events (the usual reason to skip) would be delivered. Oldest hints go first.
+        self._skip_hints: OrderedDict[str, int] = OrderedDict()
         self._lanes: dict[str, Lane] = {}
         self._ready_in: MemoryObjectSendStream[_Stream]
         self._ready_out: MemoryObjectReceiveStream[_Stream]
@@ -221,7 +225,8 @@ class StreamsSink:
         """
         self._stop_scheduling()
         if self._busy:
-            self._idle = anyio.Event()
+            if self._idle.is_set():
+                self._idle = anyio.Event()
             with anyio.move_on_after(grace_period):
                 await self._idle.wait()
         return self._busy == 0
@@ -245,10 +250,10 @@ class StreamsSink:
             stream = streams.get(name)
             if stream is None:
                 stream = streams[name] = _Stream(name)
+                stream.next_position = self._skip_hints.pop(name, None)
             needed = stream.accept(span)
             if needed is None:
-                if stream.forgettable:
-                    del streams[name]
+                self._forget_if_idle(stream)
                 continue
             batch.remaining += 1
             stream.pending.append((batch, needed, lane))
@@ -295,8 +300,17 @@ class StreamsSink:
                 self._enqueue(stream)
             else:
                 self._stall(stream)
-        elif stream.forgettable:
-            del self._streams[stream.name]
+        else:
+            self._forget_if_idle(stream, skipped=next_position > events[-1].position + 1)
+
+    def _forget_if_idle(self, stream: _Stream, *, skipped: bool = False) -> None:
+        if not stream.forgettable:
+            return
+        del self._streams[stream.name]
+        if skipped and stream.next_position is not None:
+            self._skip_hints[stream.name] = stream.next_position
+            if len(self._skip_hints) > MAX_SKIP_HINTS:
+                self._skip_hints.popitem(last=False)
 
     def _stall(self, stream: _Stream) -> None:
         # A call that handled nothing is asked again after a pause, not in a hot loop.
