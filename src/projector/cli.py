@@ -7,12 +7,13 @@ import os
 import sys
 from collections.abc import Callable, Coroutine, Iterator
 from contextlib import contextmanager
+from functools import partial
 from typing import Any, TypeVar
 
 import anyio
 import click
 
-from projector import logs, migrate
+from projector import demo, logs, migrate
 from projector.errors import ConfigurationError, HandlerError, ProjectorError
 from projector.projection import load_projection
 from projector.runner import Runner, serve
@@ -142,6 +143,39 @@ def migrate_command(message_store: bool, **flags: Any) -> None:
             click.echo("message store created" if created else "message store already present")
         migrate.upgrade(url)
         click.echo("projector tables are up to date")
+
+
+@main.command("demo")
+@settings_options("database_url", "log_level")
+@click.option("--events", default=2000, show_default=True, help="sample events to write")
+@click.option("--accounts", default=100, show_default=True, help="account streams to use")
+def demo_command(events: int, accounts: int, **flags: Any) -> None:
+    """Write sample account events and project them into a balances table.
+
+    Without a database URL, runs projector's own local PostgreSQL cluster (kept between runs).
+    """
+    with reporting_errors():
+        settings = load_settings(**_given(flags))
+        logs.configure(settings.log_level)
+        url = settings.database_url
+        if url is None:
+            url, data_dir = demo.local_database()
+            click.echo(f"local PostgreSQL cluster in {data_dir}")
+        migrate.install_message_store(url)
+        migrate.upgrade(url)
+        counted, projected, expected = anyio.run(
+            partial(demo.run, url, accounts=accounts, events=events)
+        )
+    verdict = "matches" if projected == expected else "DOES NOT match"
+    click.echo(
+        f"wrote {events} events to up to {accounts} account streams; demo_balances has "
+        f"{counted} accounts, total {projected}, which {verdict} the total of all events "
+        f"({expected})\n"
+        f"project them yourself:\n"
+        f"  export PROJECTOR_DATABASE_URL='{url}'\n"
+        f"  projector run projector.demo:balances --until-caught-up"
+    )
+    sys.exit(0 if projected == expected else 1)
 
 
 def _given(flags: dict[str, Any]) -> dict[str, Any]:

@@ -9,14 +9,21 @@ from __future__ import annotations
 import os
 import random
 import uuid
+from pathlib import Path
 
 import anyio
+import psycopg
+from psycopg import conninfo, sql
 from psycopg_pool import AsyncConnectionPool
 
 from projector import Event, Projection, write_message
 from projector.database import Pool, configure, connect
+from projector.localpg import LocalCluster, default_data_dir
+from projector.runner import Runner
+from projector.settings import Settings
 
 CATEGORY = "account"
+DATABASE = "projector_demo"
 
 CREATE_TABLE = """
 CREATE TABLE IF NOT EXISTS demo_balances (
@@ -106,3 +113,31 @@ async def close_pools() -> None:
         for pool in _pools.values():
             await pool.close()
         _pools.clear()
+
+
+def local_database() -> tuple[str, Path]:
+    """The URL of the demo database in projector's own local cluster, started if need be."""
+    cluster = LocalCluster(default_data_dir())
+    server_url = cluster.ensure_running()
+    with psycopg.connect(server_url, autocommit=True) as conn:
+        exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (DATABASE,))
+        if exists.fetchone() is None:
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(DATABASE)))
+    return conninfo.make_conninfo(server_url, dbname=DATABASE), cluster.data_dir
+
+
+async def run(url: str, *, accounts: int, events: int) -> tuple[int, int, int]:
+    """Write sample events, project them until caught up; return `check_balances`' figures."""
+    os.environ["PROJECTOR_DATABASE_URL"] = url  # the handler's read-model pool uses it
+    await write_sample_events(url, accounts=accounts, events=events)
+    settings = Settings(
+        _env_file=None,  # type: ignore[call-arg]
+        database_url=url,
+        until_caught_up=True,
+        checkpoint_interval=0.5,
+    )
+    try:
+        await Runner(balances, settings).run()
+    finally:
+        await close_pools()
+    return await check_balances(url)

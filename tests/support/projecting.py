@@ -46,7 +46,9 @@ async def write_events(url: str, streams: dict[str, int], *, writers: int = 4) -
             versions: dict[str, int] = defaultdict(lambda: -1)
             for chunk in _chunks(share, 50):
                 async with conn.transaction():
-                    for name in chunk:
+                    # write_message locks each category for the rest of the transaction:
+                    # taking them in one order keeps concurrent writers from deadlocking.
+                    for name in sorted(chunk, key=lambda n: n.partition("-")[0]):
                         version = versions[name]
                         await write_message(
                             conn, name, "Counted", {"n": version + 1}, expected_version=version

@@ -1,0 +1,281 @@
+"""A PostgreSQL cluster of our own, run from the local server binaries (``pg_config --bindir``).
+
+The tests start throwaway clusters (durability off, deleted afterwards); ``projector demo`` keeps
+one in a data folder and re-attaches to it on every run. Each start takes a free port on
+127.0.0.1, since other sessions share the machine, and connections from loopback are trusted,
+as is usual for a local development cluster.
+
+PostgreSQL refuses to run as root, so as root every server command runs as the ``postgres`` OS
+user, which owns the data folder and must be able to reach it: root's home is closed to it,
+hence the defaults under /tmp and /var/tmp.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import shlex
+import shutil
+import socket
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from types import TracebackType
+from typing import Self
+
+from projector.errors import ConfigurationError
+
+SERVER_USER = "postgres"
+DEFAULT_START_TIMEOUT = 30.0
+DEFAULT_INITDB_TIMEOUT = 120.0
+
+_ADDRESS = "127.0.0.1"
+_NO_DURABILITY = ("fsync=off", "synchronous_commit=off", "full_page_writes=off")
+_PORT_ATTEMPTS = 3
+_TAIL_LINES = 8
+
+
+def default_data_dir() -> Path:
+    """Where the demo keeps its cluster between runs."""
+    if os.geteuid() == 0:
+        # A shared folder: init() refuses it when another user got there first.
+        return Path("/var/tmp/projector-demo-pg")  # noqa: S108
+    return Path.home() / ".cache" / "projector" / "pg"
+
+
+def server_bindir() -> Path:
+    """The folder holding initdb, pg_ctl and postgres."""
+    missing = ConfigurationError(
+        "PostgreSQL server binaries not found (pg_config --bindir): "
+        "install postgresql or set PROJECTOR_DATABASE_URL"
+    )
+    pg_config = shutil.which("pg_config")
+    if pg_config is None:
+        raise missing
+    # Debian's pg_config also answers where only the client library is installed.
+    result = subprocess.run([pg_config, "--bindir"], capture_output=True, text=True, check=False)
+    bindir = Path(result.stdout.strip())
+    if result.returncode != 0 or not all(
+        (bindir / name).is_file() for name in ("initdb", "pg_ctl", "postgres")
+    ):
+        raise missing
+    return bindir
+
+
+class LocalCluster:
+    """A data folder and, while it runs, its server; ``with`` starts (or re-attaches) and stops."""
+
+    def __init__(
+        self,
+        data_dir: Path,
+        *,
+        durable: bool = True,
+        bindir: Path | None = None,
+        start_timeout: float = DEFAULT_START_TIMEOUT,
+    ) -> None:
+        self.data_dir = data_dir
+        self.durable = durable
+        self.bindir = bindir or server_bindir()
+        self.start_timeout = start_timeout
+        # Kept after a stop: the next start asks for the same port.
+        self.port: int | None = None
+        self._uid, self._gid = _server_account()
+
+    @property
+    def url(self) -> str:
+        """A libpq URL for the ``postgres`` database as the ``postgres`` superuser."""
+        if self.port is None:
+            raise RuntimeError(f"the cluster in {self.data_dir} has not been started")
+        return f"postgresql://{SERVER_USER}@{_ADDRESS}:{self.port}/postgres"
+
+    @property
+    def log_file(self) -> Path:
+        """The server's log (``pg_ctl -l``), appended to by every start."""
+        return self.data_dir / "server.log"
+
+    def init(self) -> None:
+        """Create the cluster, once: a folder that already holds one is left as it is."""
+        if (self.data_dir / "PG_VERSION").is_file():
+            return
+        self.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self._claim_data_dir()
+        result = self._run(
+            *(str(self.bindir / "initdb"), "-D", str(self.data_dir), "-U", SERVER_USER),
+            *("--auth=trust", "--encoding=UTF8", "--locale=C", "--no-sync", "--no-instructions"),
+            timeout=DEFAULT_INITDB_TIMEOUT,
+        )
+        if result.returncode != 0:
+            raise ConfigurationError(
+                f"initdb failed in {self.data_dir}: {_tail(result.stderr)} "
+                f"(choose a data folder the {_account_name()} user can create and reach)"
+            )
+
+    def start(self) -> None:
+        """Start the server on a loopback port and a unix socket in the data folder.
+
+        A restart takes the port back when it is still free, so clients keep their URL.
+        """
+        for attempt in range(_PORT_ATTEMPTS):
+            port = self.port if attempt == 0 and self.port is not None else _free_port()
+            result = self._pg_ctl("start", "-l", str(self.log_file), "-o", self._options(port))
+            if result.returncode == 0:
+                self.port = port
+                return
+            # The port is free when chosen, but another process may bind it before postgres does.
+            if "Address already in use" not in self._log_tail():
+                break
+        raise ConfigurationError(
+            f"PostgreSQL did not start from {self.data_dir}: "
+            f"{_tail(result.stderr)} {self._log_tail()} (see {self.log_file})"
+        )
+
+    def stop(self) -> None:
+        """Stop the server, cutting sessions short (``-m fast``); a stopped one is left so."""
+        if self.running_port() is not None:
+            result = self._pg_ctl("stop", "-m", "fast")
+            if result.returncode != 0:
+                raise ConfigurationError(
+                    f"pg_ctl could not stop the server in {self.data_dir}: {_tail(result.stderr)}"
+                )
+
+    def running_port(self) -> int | None:
+        """The port of a live, ready server on this data folder; None when none runs.
+
+        postmaster.pid holds, one a line: pid, data folder, start time, port, socket folder,
+        listen address, shared memory key, status.
+        """
+        try:
+            lines = (self.data_dir / "postmaster.pid").read_text().splitlines()
+        except FileNotFoundError:
+            return None
+        if len(lines) < 8 or lines[7].strip() != "ready" or not _alive(int(lines[0])):
+            return None
+        return int(lines[3])
+
+    def ensure_running(self) -> str:
+        """Create the cluster if needed, re-attach to its server or start one; return the URL."""
+        self.init()
+        port = self.running_port()
+        if port is None:
+            self.start()
+        else:
+            self.port = port
+        return self.url
+
+    def __enter__(self) -> Self:
+        self.ensure_running()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    def _claim_data_dir(self) -> None:
+        """Make the server user own the data folder, unless someone else already does."""
+        owner = os.lstat(self.data_dir).st_uid
+        if self.data_dir.is_symlink() or owner not in (os.geteuid(), self._uid):
+            raise ConfigurationError(
+                f"{self.data_dir} is a symlink or belongs to another user: "
+                "remove it or choose another data folder"
+            )
+        if self._uid is not None and self._gid is not None:
+            os.chown(self.data_dir, self._uid, self._gid, follow_symlinks=False)
+
+    def _options(self, port: int) -> str:
+        settings = [f"listen_addresses={_ADDRESS}"]
+        if not self.durable:
+            settings.extend(_NO_DURABILITY)
+        args = ["-p", str(port), "-k", str(self.data_dir)]
+        for setting in settings:
+            args.extend(("-c", setting))
+        # pg_ctl hands these to a shell.
+        return shlex.join(args)
+
+    def _pg_ctl(self, *args: str) -> subprocess.CompletedProcess[str]:
+        wait = ("-w", "-t", str(round(self.start_timeout)))
+        pg_ctl = str(self.bindir / "pg_ctl")
+        return self._run(
+            pg_ctl, *args, "-D", str(self.data_dir), *wait, timeout=self.start_timeout + 5
+        )
+
+    def _run(self, *args: str, timeout: float) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            args,
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=timeout,
+            cwd=self.data_dir,
+            user=self._uid,
+            group=self._gid,
+            # Otherwise the server would keep root's supplementary groups.
+            extra_groups=None if self._uid is None else [],
+        )
+
+    def _log_tail(self) -> str:
+        try:
+            return _tail(self.log_file.read_text(errors="replace"))
+        except FileNotFoundError:
+            return ""
+
+
+@contextmanager
+def temporary_cluster(*, start_timeout: float = DEFAULT_START_TIMEOUT) -> Iterator[LocalCluster]:
+    """A started cluster in a new temporary folder, durability off; stopped and deleted on exit."""
+    bindir = server_bindir()
+    # As root, the default temp dir may sit in root's home, which the server user cannot enter.
+    parent = "/tmp" if os.geteuid() == 0 else None  # noqa: S108
+    data_dir = Path(tempfile.mkdtemp(prefix="projector-pg-", dir=parent))
+    try:
+        with LocalCluster(
+            data_dir, durable=False, bindir=bindir, start_timeout=start_timeout
+        ) as cluster:
+            yield cluster
+    finally:
+        shutil.rmtree(data_dir)
+
+
+def _server_account() -> tuple[int | None, int | None]:
+    """The uid and gid to run the server commands as; None and None to run as ourselves."""
+    if os.geteuid() != 0:
+        return None, None
+    try:
+        account = pwd.getpwnam(SERVER_USER)
+    except KeyError:
+        raise ConfigurationError(
+            f"PostgreSQL refuses to run as root and there is no {SERVER_USER!r} OS user: "
+            f"create it (adduser --system {SERVER_USER}) or run as another user"
+        ) from None
+    return account.pw_uid, account.pw_gid
+
+
+def _account_name() -> str:
+    return SERVER_USER if os.geteuid() == 0 else pwd.getpwuid(os.geteuid()).pw_name
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind((_ADDRESS, 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # it exists, under another user
+    return True
+
+
+def _tail(text: str) -> str:
+    """The last lines of a command's output or a log, on one line for an error message."""
+    return " | ".join(line.strip() for line in text.strip().splitlines()[-_TAIL_LINES:])

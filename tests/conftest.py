@@ -1,0 +1,107 @@
+"""Database fixtures for every integration and end-to-end test.
+
+``database_url`` runs a test once per store flavour: ``own`` (projector's Message DB-compatible
+store) and ``messagedb`` (the real Eventide Message DB). Both have projector's tables. To pin a
+test to one flavour:
+``@pytest.mark.parametrize("store_kind", ["messagedb"], ids=["store=messagedb"], indirect=True)``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import ExitStack
+
+import pytest
+
+from projector import migrate
+from projector.localpg import LocalCluster, temporary_cluster
+from tests.support import messagedb
+from tests.support.postgres import (
+    PgServer,
+    Unavailable,
+    give_up,
+    open_server,
+    require_server_binaries,
+)
+
+STORE_KINDS = ("own", "messagedb")
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[PgServer]:
+    """The session's server: PROJECTOR_TEST_DATABASE_URL, Docker, or a throwaway cluster."""
+    with ExitStack() as stack:
+        try:
+            server = open_server(stack)
+        except Unavailable as exc:
+            give_up(str(exc))
+        yield server
+
+
+@pytest.fixture(scope="session")
+def own_template(pg_server: PgServer) -> Iterator[str]:
+    """projector's own message store and tables, built once per session."""
+
+    def install(url: str) -> None:
+        migrate.install_message_store(url)
+        migrate.upgrade(url)
+
+    with pg_server.template(install) as name:
+        yield name
+
+
+@pytest.fixture(scope="session")
+def messagedb_template(pg_server: PgServer, pytestconfig: pytest.Config) -> Iterator[str]:
+    """Eventide Message DB (from npm, cached in .cache/) and projector's tables, built once."""
+    try:
+        scripts = messagedb.database_scripts(pytestconfig.rootpath / ".cache" / "message-db")
+    except Unavailable as exc:
+        give_up(str(exc))
+
+    def install(url: str) -> None:
+        messagedb.install(url, scripts)
+        migrate.upgrade(url)
+
+    with pg_server.template(install) as name:
+        yield name
+
+
+@pytest.fixture(params=STORE_KINDS, ids=[f"store={kind}" for kind in STORE_KINDS])
+def store_kind(request: pytest.FixtureRequest) -> str:
+    kind: str = request.param
+    return kind
+
+
+@pytest.fixture
+def database_url(
+    pg_server: PgServer, store_kind: str, request: pytest.FixtureRequest
+) -> Iterator[str]:
+    """A database of the test's own, cloned from ``store_kind``'s template."""
+    template: str = request.getfixturevalue(f"{store_kind}_template")
+    with pg_server.database(template=template) as url:
+        yield url
+
+
+@pytest.fixture
+def own_store_url(pg_server: PgServer, own_template: str) -> Iterator[str]:
+    """A database of the test's own with projector's own message store and tables."""
+    with pg_server.database(template=own_template) as url:
+        yield url
+
+
+@pytest.fixture
+def empty_database_url(pg_server: PgServer) -> Iterator[str]:
+    """A new database with nothing installed in it."""
+    with pg_server.database() as url:
+        yield url
+
+
+@pytest.fixture
+def throwaway_cluster() -> Iterator[LocalCluster]:
+    """A started server of the test's own, to stop and restart at will; stopped at teardown."""
+    try:
+        require_server_binaries()
+    except Unavailable as exc:
+        give_up(str(exc))
+    with temporary_cluster() as cluster:
+        yield cluster

@@ -1,0 +1,1 @@
+"""Helpers shared by the test suites; the database fixtures themselves live in tests/conftest.py."""

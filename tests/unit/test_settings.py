@@ -1,0 +1,90 @@
+"""Settings come from flags, then PROJECTOR_* variables, then .env, then defaults."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from projector.errors import ConfigurationError, InvalidNameError
+from projector.settings import Settings, load_settings
+
+
+@pytest.fixture(autouse=True)
+def clean_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    for name in Settings.model_fields:
+        monkeypatch.delenv(f"PROJECTOR_{name.upper()}", raising=False)
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def test_defaults_are_the_documented_ones() -> None:
+    settings = load_settings()
+
+    assert settings.batch_size == 500
+    assert settings.tail_sleep == 0.1
+    assert settings.max_concurrent_streams == 10
+    assert settings.max_read_ahead == 3
+    assert settings.checkpoint_interval == 5.0
+    assert settings.categories == ()
+    assert settings.database_url is None
+
+
+def test_flags_win_over_the_environment_which_wins_over_dotenv(
+    monkeypatch: pytest.MonkeyPatch, clean_environment: Path
+) -> None:
+    (clean_environment / ".env").write_text(
+        "PROJECTOR_BATCH_SIZE=11\nPROJECTOR_TAIL_SLEEP=0.5\nPROJECTOR_GROUP=from_dotenv\n"
+    )
+    monkeypatch.setenv("PROJECTOR_BATCH_SIZE", "22")
+    monkeypatch.setenv("PROJECTOR_TAIL_SLEEP", "0.25")
+
+    settings = load_settings(batch_size=33, tail_sleep=None)
+
+    assert settings.batch_size == 33
+    assert settings.tail_sleep == 0.25
+    assert settings.group == "from_dotenv"
+
+
+def test_categories_are_comma_separated_in_the_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("PROJECTOR_CATEGORIES", "account, invoice:command ,")
+
+    assert load_settings().categories == ("account", "invoice:command")
+
+
+def test_durations_are_decimal_seconds(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PROJECTOR_CHECKPOINT_INTERVAL", "0.2")
+
+    assert load_settings(tail_sleep="0.05").checkpoint_interval == 0.2
+
+
+@pytest.mark.parametrize(
+    ("overrides", "named"),
+    [
+        ({"batch_size": 0}, "--batch-size / PROJECTOR_BATCH_SIZE"),
+        ({"max_concurrent_streams": 0}, "--max-concurrent-streams"),
+        ({"max_read_ahead": -1}, "PROJECTOR_MAX_READ_AHEAD"),
+        ({"tail_sleep": 0}, "PROJECTOR_TAIL_SLEEP"),
+        ({"checkpoint_interval": "soon"}, "PROJECTOR_CHECKPOINT_INTERVAL"),
+        ({"log_level": "LOUD"}, "one of DEBUG, INFO, WARNING, ERROR"),
+    ],
+)
+def test_an_out_of_range_setting_names_its_flag_and_variable(
+    overrides: dict[str, object], named: str
+) -> None:
+    with pytest.raises(ConfigurationError, match="invalid") as caught:
+        load_settings(**overrides)
+
+    assert named in str(caught.value)
+    assert "\n" not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [{"categories": "account-1"}, {"categories": "a b"}, {"group": "g-1"}, {"group": ""}],
+)
+def test_unsafe_category_and_group_names_are_refused(overrides: dict[str, object]) -> None:
+    with pytest.raises(InvalidNameError):
+        load_settings(**overrides)
