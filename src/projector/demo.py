@@ -13,7 +13,7 @@ from pathlib import Path
 
 import anyio
 import psycopg
-from psycopg import conninfo, sql
+from psycopg import sql
 from psycopg_pool import AsyncConnectionPool
 
 from projector import Event, Projection, write_message
@@ -123,7 +123,7 @@ def local_database() -> tuple[str, Path]:
         exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (DATABASE,))
         if exists.fetchone() is None:
             conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(DATABASE)))
-    return conninfo.make_conninfo(server_url, dbname=DATABASE), cluster.data_dir
+    return f"{server_url.rpartition('/')[0]}/{DATABASE}", cluster.data_dir
 
 
 async def run(url: str, *, accounts: int, events: int) -> tuple[int, int, int]:
