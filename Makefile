@@ -19,7 +19,7 @@ test: $(BIN)/projector
 	$(BIN)/pytest
 
 lint: $(BIN)/projector
-	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff check .
 	$(BIN)/mypy --strict src
 
 bench: $(BIN)/projector

@@ -1,7 +1,9 @@
-"""Checkpoints: per group and category, the next global position to read.
+"""Checkpoints: per group member and category, the next global position to read.
 
 Every event below a committed checkpoint has been handled. The writer only ever learns of a
 position from the sink's in-order batch completions, so it can never pass an unfinished batch.
+Loads and commits go through the connection that holds the member's lock (see `lease`): a
+runner that lost its lock cannot commit.
 """
 
 from __future__ import annotations
@@ -9,9 +11,12 @@ from __future__ import annotations
 import logging
 
 import anyio
+import psycopg
 
-from projector.database import Pool
+from projector import database
+from projector.database import Connection
 from projector.errors import SchemaMissingError
+from projector.lease import member_name
 
 logger = logging.getLogger(__name__)
 
@@ -33,43 +38,48 @@ TABLE_PRESENT = "SELECT to_regclass('projector.checkpoints') IS NOT NULL"
 DEFAULT_FLUSH_TIMEOUT = 10.0  # seconds the last commit of a stopping runner may take
 
 
+async def check_schema(conn: Connection) -> None:
+    """Raise SchemaMissingError unless projector's tables exist."""
+    row = await (await conn.execute(TABLE_PRESENT)).fetchone()
+    if row is None or not row[0]:
+        raise SchemaMissingError(
+            "projector's tables are missing (projector.checkpoints): run `projector migrate`"
+        )
+
 
 class Checkpoints:
     """Loads and commits the checkpoints of one member of a group (a plain group: 0 of 1)."""
 
-    def __init__(self, pool: Pool, group: str, *, member: int = 0, size: int = 1) -> None:
-        self._pool = pool
+    def __init__(self, conn: Connection, group: str, *, member: int = 0, size: int = 1) -> None:
+        self._conn = conn
         self.group = group
         self.member = member
         self.size = size
-        self.name = group if size == 1 else f"{group}-{member}"
-
-    async def check_schema(self) -> None:
-        async with self._pool.connection() as conn:
-            row = await (await conn.execute(TABLE_PRESENT)).fetchone()
-        if row is None or not row[0]:
-            raise SchemaMissingError(
-                "projector's tables are missing (projector.checkpoints): run `projector migrate`"
-            )
+        self.name = member_name(group, member, size)
 
     async def load(self, category: str) -> int | None:
-        async with self._pool.connection() as conn:
-            params = {"group": self.group, "member": self.member, "category": category}
-            row = await (await conn.execute(LOAD, params)).fetchone()
+        params = {"group": self.group, "member": self.member, "category": category}
+        try:
+            row = await (await self._conn.execute(LOAD, params)).fetchone()
+        except psycopg.OperationalError as exc:
+            raise database.unavailable_during("loading checkpoints", exc) from exc
         return None if row is None else int(row[0])
 
     async def commit(self, positions: dict[str, int]) -> None:
         """Write several categories' positions in one transaction."""
-        async with self._pool.connection() as conn, conn.transaction():
-            for category, position in positions.items():
-                params = {
-                    "group": self.group,
-                    "member": self.member,
-                    "size": self.size,
-                    "category": category,
-                    "position": position,
-                }
-                await conn.execute(COMMIT, params)
+        try:
+            async with self._conn.transaction():
+                for category, position in positions.items():
+                    params = {
+                        "group": self.group,
+                        "member": self.member,
+                        "size": self.size,
+                        "category": category,
+                        "position": position,
+                    }
+                    await self._conn.execute(COMMIT, params)
+        except psycopg.OperationalError as exc:
+            raise database.unavailable_during("committing a checkpoint", exc) from exc
 
 
 class CheckpointWriter:

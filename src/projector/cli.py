@@ -17,7 +17,7 @@ from projector import demo, logs, migrate
 from projector.errors import ConfigurationError, HandlerError, ProjectorError
 from projector.projection import load_projection
 from projector.runner import Runner, serve
-from projector.settings import Settings, load_settings
+from projector.settings import Settings, flag_for, load_settings
 
 logger = logging.getLogger("projector")
 
@@ -27,6 +27,9 @@ RUN_SETTINGS = (
     "database_url",
     "categories",
     "group",
+    "consumer_group_member",
+    "consumer_group_size",
+    "no_standby",
     "batch_size",
     "tail_sleep",
     "max_concurrent_streams",
@@ -59,14 +62,17 @@ def _option(name: str) -> Callable[[F], F]:
     help_text = f"{field.description} [env {env}; default {default}]"
     if name == "categories":
         return click.option(
-            "--category", "-c", "categories", multiple=True, help=help_text.replace(
-                "comma-separated", "repeat the flag"
-            )
+            "--category",
+            "-c",
+            "categories",
+            multiple=True,
+            help=help_text.replace("comma-separated", "repeat the flag"),
         )
-    flag = "--" + name.replace("_", "-")
+    flag = flag_for(name)
     if field.annotation is bool:
         return click.option(flag, name, is_flag=True, default=None, help=help_text)
-    kind: type = field.annotation if field.annotation in (int, float) else str  # type: ignore[assignment]
+    annotation = field.annotation
+    kind: type = int if annotation in (int, int | None) else float if annotation is float else str
     return click.option(flag, name, type=kind, default=None, help=help_text)
 
 

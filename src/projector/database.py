@@ -47,18 +47,29 @@ def unavailable(url: str, exc: Exception) -> DatabaseUnavailableError:
     )
 
 
+def unavailable_during(doing: str, exc: Exception) -> DatabaseUnavailableError:
+    """The error for a connection that failed mid-run."""
+    reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return DatabaseUnavailableError(f"lost the database while {doing}: {reason}")
+
+
 async def configure(conn: Connection) -> None:
     await conn.execute(SESSION_SETTINGS)
     await conn.commit()
 
 
 async def connect(
-    url: str, *, connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
+    url: str,
+    *,
+    connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
+    application_name: str = "projector",
 ) -> Connection:
-    """One configured connection, outside any pool (for LISTEN and one-off commands)."""
+    """One configured connection, outside any pool (for locks and one-off commands)."""
     try:
         conn = await psycopg.AsyncConnection.connect(
-            url, connect_timeout=max(1, math.ceil(connect_timeout))
+            url,
+            connect_timeout=max(1, math.ceil(connect_timeout)),
+            application_name=application_name,
         )
     except psycopg.OperationalError as exc:
         raise unavailable(url, exc) from exc

@@ -10,13 +10,15 @@ from __future__ import annotations
 import logging
 import signal
 from collections.abc import Awaitable, Callable
+from contextlib import AsyncExitStack
 from functools import partial
 
 import anyio
 
-from projector import database
+from projector import checkpoints, database, groups
 from projector.checkpoints import DEFAULT_FLUSH_TIMEOUT, Checkpoints, CheckpointWriter
-from projector.errors import ConfigurationError
+from projector.errors import ConfigurationError, ProjectorError
+from projector.lease import MemberLease
 from projector.projection import Projection
 from projector.settings import Settings
 from projector.sink import Lane, StreamsSink
@@ -24,8 +26,6 @@ from projector.source import CategorySource
 from projector.store import MessageStore
 
 logger = logging.getLogger(__name__)
-
-FIRST_POSITION = 1  # Message DB's global positions start at 1
 
 
 class Runner:
@@ -50,25 +50,66 @@ class Runner:
     async def run(self) -> None:
         """Project until cancelled (or, with ``until_caught_up``, until caught up)."""
         settings = self.settings
-        async with database.open_pool(
-            self.database_url,
-            max_size=settings.pool_size,
-            connect_timeout=settings.connect_timeout,
-        ) as pool:
-            store = MessageStore(pool)
-            checkpoints = Checkpoints(pool, self.group)
+        async with AsyncExitStack() as stack:
+            pool = await stack.enter_async_context(
+                database.open_pool(
+                    self.database_url,
+                    max_size=settings.pool_size,
+                    connect_timeout=settings.connect_timeout,
+                )
+            )
+            store = MessageStore(pool, member=settings.member, size=settings.group_size)
             await store.check_schema()
-            await checkpoints.check_schema()
-            writer = CheckpointWriter(checkpoints, interval=settings.checkpoint_interval)
-            for category in self.categories:
-                writer.start_at(category, await self._start_position(store, checkpoints, category))
+            lease = await stack.enter_async_context(
+                MemberLease(
+                    self.database_url,
+                    self.group,
+                    member=settings.member,
+                    size=settings.group_size,
+                    connect_timeout=settings.connect_timeout,
+                )
+            )
+            writer = await self._checkpoint_writer(store, lease)
             try:
-                await self._project(store, writer)
-            finally:
-                with anyio.move_on_after(DEFAULT_FLUSH_TIMEOUT, shield=True):
-                    await writer.flush()
+                await self._project(store, writer, lease)
+            except BaseException:
+                await self._final_flush(writer, failing=True)
+                raise
+            await self._final_flush(writer, failing=False)
 
-    async def _project(self, store: MessageStore, writer: CheckpointWriter) -> None:
+    async def _checkpoint_writer(self, store: MessageStore, lease: MemberLease) -> CheckpointWriter:
+        """Take the member's lock, check the group's size, and load where each category starts."""
+        settings = self.settings
+        await checkpoints.check_schema(lease.connection)
+        await lease.acquire(standby=not settings.no_standby)
+        await groups.check_size(lease.connection, self.group, settings.group_size)
+        member_checkpoints = Checkpoints(
+            lease.connection, self.group, member=settings.member, size=settings.group_size
+        )
+        writer = CheckpointWriter(member_checkpoints, interval=settings.checkpoint_interval)
+        for category in self.categories:
+            position = await self._start_position(store, member_checkpoints, category)
+            writer.start_at(category, position)
+        return writer
+
+    async def _final_flush(self, writer: CheckpointWriter, *, failing: bool) -> None:
+        """The last commit, shielded and time-boxed; while failing, its own error is logged so
+        that the error that stopped the run is the one reported."""
+        with anyio.move_on_after(DEFAULT_FLUSH_TIMEOUT, shield=True):
+            try:
+                await writer.flush()
+            except ProjectorError as exc:
+                if not failing:
+                    raise
+                logger.error(
+                    "the last checkpoint commit failed: %s",
+                    exc,
+                    extra={"action": "checkpoint_commit_failed"},
+                )
+
+    async def _project(
+        self, store: MessageStore, writer: CheckpointWriter, lease: MemberLease
+    ) -> None:
         settings = self.settings
         sink = StreamsSink(
             self.projection.handle,
@@ -90,17 +131,22 @@ class Runner:
                 for category in self.categories
             ]
             try:
-                await self._pump(sources, writer, list(lanes.values()))
+                await self._pump(sources, writer, lease, list(lanes.values()))
             finally:
                 with anyio.CancelScope(shield=True):
                     await sink.stop(grace_period=settings.shutdown_timeout)
 
     async def _pump(
-        self, sources: list[CategorySource], writer: CheckpointWriter, lanes: list[Lane]
+        self,
+        sources: list[CategorySource],
+        writer: CheckpointWriter,
+        lease: MemberLease,
+        lanes: list[Lane],
     ) -> None:
         stop_at_tail = self.settings.until_caught_up
         async with anyio.create_task_group() as tasks:
             tasks.start_soon(writer.run, name="projector-checkpoint-writer")
+            tasks.start_soon(lease.watch, name="projector-lease-watch")
             async with anyio.create_task_group() as readers:
                 for source in sources:
                     readers.start_soon(
@@ -118,27 +164,27 @@ class Runner:
             tasks.cancel_scope.cancel()
 
     async def _start_position(
-        self, store: MessageStore, checkpoints: Checkpoints, category: str
+        self, store: MessageStore, member_checkpoints: Checkpoints, category: str
     ) -> int:
-        position = await checkpoints.load(category)
+        position = await member_checkpoints.load(category)
         origin = "checkpoint"
         if position is None and self.settings.from_tail:
             head = await store.category_head(category)
-            position = FIRST_POSITION if head is None else head + 1
+            position = groups.FIRST_POSITION if head is None else head + 1
             origin = "tail"
             # Committed now, so a restart without --from-tail does not replay history.
-            await checkpoints.commit({category: position})
+            await member_checkpoints.commit({category: position})
         elif position is None:
-            position, origin = FIRST_POSITION, "beginning"
+            position, origin = groups.FIRST_POSITION, "beginning"
         logger.info(
-            "group %s starts %s at %d (from the %s)",
-            self.group,
+            "%s starts %s at %d (from the %s)",
+            member_checkpoints.name,
             category,
             position,
             origin,
             extra={
                 "action": "source_started",
-                "group": self.group,
+                "group": member_checkpoints.name,
                 "category": category,
                 "position": position,
                 "origin": origin,

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from projector.errors import ConfigurationError
@@ -31,6 +31,22 @@ class Settings(BaseSettings):
     )
     categories: Annotated[tuple[str, ...], NoDecode] = Field(
         (), description="categories to read, comma-separated (default: the projection's own)"
+    )
+    consumer_group_member: int | None = Field(
+        None,
+        ge=0,
+        description="this process's member number in a consumer group (0 to size - 1)",
+        json_schema_extra={"flag": "--member"},
+    )
+    consumer_group_size: int | None = Field(
+        None,
+        ge=1,
+        le=10_000,
+        description="members in the consumer group; each takes its share of the streams",
+        json_schema_extra={"flag": "--group-size"},
+    )
+    no_standby: bool = Field(
+        False, description="exit at once, instead of waiting, when the member already runs"
     )
     batch_size: int = Field(500, ge=1, le=100_000, description="events per read")
     tail_sleep: float = Field(
@@ -87,6 +103,30 @@ class Settings(BaseSettings):
             raise ValueError("must be one of DEBUG, INFO, WARNING, ERROR")
         return level
 
+    @model_validator(mode="after")
+    def _check_member(self) -> Settings:
+        member, size = self.consumer_group_member, self.consumer_group_size
+        if (member is None) != (size is None):
+            raise ConfigurationError(
+                "a consumer group member needs both --member (PROJECTOR_CONSUMER_GROUP_MEMBER) "
+                "and --group-size (PROJECTOR_CONSUMER_GROUP_SIZE)"
+            )
+        if member is not None and size is not None and member >= size:
+            raise ConfigurationError(
+                f"--member {member} is out of range for --group-size {size}: "
+                f"members are numbered 0 to {size - 1}"
+            )
+        return self
+
+    @property
+    def member(self) -> int:
+        """This process's member number; a plain group is member 0 of 1."""
+        return self.consumer_group_member or 0
+
+    @property
+    def group_size(self) -> int:
+        return self.consumer_group_size or 1
+
 
 def load_settings(**overrides: Any) -> Settings:
     """Settings from flags (``overrides``; None means not given), the environment and .env."""
@@ -97,11 +137,18 @@ def load_settings(**overrides: Any) -> Settings:
         raise ConfigurationError(_describe(exc)) from None
 
 
+def flag_for(name: str) -> str:
+    """The command-line flag of a setting."""
+    extra = Settings.model_fields[name].json_schema_extra
+    flag = extra.get("flag") if isinstance(extra, dict) else None
+    return str(flag) if flag else "--" + name.replace("_", "-")
+
+
 def _describe(exc: ValidationError) -> str:
     error = exc.errors()[0]
     name = str(error["loc"][0]) if error["loc"] else "settings"
+    flag = flag_for(name) if name in Settings.model_fields else "--" + name
     message = str(error["msg"]).removeprefix("Value error, ")
-    flag = "--" + name.replace("_", "-")
     return (
         f"setting {name} ({flag} / PROJECTOR_{name.upper()}) is invalid: {message} "
         f"(got {error.get('input')!r})"

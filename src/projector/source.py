@@ -14,12 +14,13 @@ from typing import Protocol
 import anyio
 
 from projector.events import Event
+from projector.store import Read
 
 logger = logging.getLogger(__name__)
 
 
 class CategoryReader(Protocol):
-    async def read_category(self, category: str, position: int, batch_size: int) -> list[Event]: ...
+    async def read_category(self, category: str, position: int, batch_size: int) -> Read: ...
 
 
 class BatchSink(Protocol):
@@ -61,19 +62,20 @@ class CategorySource:
     async def run(self, *, stop_at_tail: bool = False) -> None:
         """Poll forever (cancel to stop), or until the first empty read with ``stop_at_tail``."""
         while True:
-            events = await self._reader.read_category(
-                self.category, self.position, self._batch_size
-            )
-            if events:
-                await self._submit(events)
+            read = await self._reader.read_category(self.category, self.position, self._batch_size)
+            if read.events:
+                await self._submit(read)
                 continue
+            if read.next_position > self.position:
+                # Nothing for us, but the position moves past other members' events.
+                await self._submit(read)
             self._at_tail()
             if stop_at_tail:
                 return
             await self._sleep()
 
-    async def _submit(self, events: list[Event]) -> None:
-        next_position = events[-1].global_position + 1
+    async def _submit(self, read: Read) -> None:
+        events, next_position = read.events, read.next_position
         self.position = next_position
         logger.debug(
             "read %d events of %s up to %d",

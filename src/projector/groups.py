@@ -1,0 +1,202 @@
+"""A group's checkpoints as a whole: the size check, listing, setting, resetting, rebalancing.
+
+Every change here takes the locks of the members it touches (see `lease`) for its transaction:
+it refuses while a runner holds one, and no runner can start until it commits.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from projector.checkpoints import COMMIT
+from projector.database import Connection
+from projector.errors import ConfigurationError
+from projector.events import validate_category, validate_group
+from projector.lease import MemberBusyError, busy_members, member_name
+
+FIRST_POSITION = 1  # Message DB's global positions start at 1
+
+GROUP_SIZES = """
+SELECT DISTINCT group_size FROM projector.checkpoints WHERE group_name = %(group)s
+"""
+
+LIST = """
+SELECT group_name, member, group_size, category, position, updated_at
+FROM projector.checkpoints
+WHERE %(group)s::text IS NULL OR group_name = %(group)s
+ORDER BY group_name, category, member
+"""
+
+LOCK_GROUP_ROWS = """
+SELECT group_name, member, group_size, category, position, updated_at
+FROM projector.checkpoints WHERE group_name = %(group)s
+ORDER BY category, member
+FOR UPDATE
+"""
+
+DELETE_GROUP = "DELETE FROM projector.checkpoints WHERE group_name = %(group)s"
+
+
+class GroupSizeMismatchError(ConfigurationError):
+    """A member was started with a group size other than its group's checkpoints were written
+    with."""
+
+
+@dataclass(frozen=True, slots=True)
+class CheckpointRow:
+    group: str
+    member: int
+    size: int
+    category: str
+    position: int
+    updated_at: datetime
+
+    @property
+    def name(self) -> str:
+        return member_name(self.group, self.member, self.size)
+
+
+@dataclass(frozen=True, slots=True)
+class RebalancePlan:
+    """What a rebalance does: every category restarts, for each new member, at ``positions``."""
+
+    group: str
+    old_size: int
+    new_size: int
+    positions: dict[str, int]
+    replaced: list[CheckpointRow]
+    notes: list[str]
+
+
+async def check_size(conn: Connection, group: str, size: int) -> None:
+    """Raise GroupSizeMismatchError unless the group's checkpoints were written at ``size``."""
+    rows = await (await conn.execute(GROUP_SIZES, {"group": group})).fetchall()
+    sizes = sorted(int(row[0]) for row in rows)
+    if sizes and sizes != [size]:
+        raise GroupSizeMismatchError(
+            f"group {group!r} has checkpoints for a group of size {sizes[-1]}, but this runner "
+            f"was started with size {size}: stop every member, run "
+            f"`projector rebalance --group {group} --size {size}`, then start them again"
+        )
+
+
+async def list_checkpoints(conn: Connection, group: str | None = None) -> list[CheckpointRow]:
+    rows = await (await conn.execute(LIST, {"group": group})).fetchall()
+    return [CheckpointRow(*row) for row in rows]
+
+
+async def set_checkpoint(
+    conn: Connection, group: str, category: str, position: int, *, member: int = 0
+) -> CheckpointRow:
+    """Set one member's position in one category (the member must not be running)."""
+    validate_group(group)
+    validate_category(category)
+    if position < 0:
+        raise ConfigurationError(f"position {position} is negative: give 0 or more")
+    async with conn.transaction():
+        rows = await _lock_group(conn, group, range(member, member + 1))
+        size = max((row.size for row in rows), default=1)
+        if member >= size:
+            raise ConfigurationError(
+                f"group {group!r} has {size} member(s), numbered 0 to {size - 1}; "
+                f"there is no member {member}"
+            )
+        params = {
+            "group": group,
+            "member": member,
+            "size": size,
+            "category": category,
+            "position": position,
+        }
+        await conn.execute(COMMIT, params)
+    return (await _rows_of(conn, group, member, category))[0]
+
+
+async def reset_group(conn: Connection, group: str) -> list[CheckpointRow]:
+    """Delete every checkpoint of a group (no member may be running); return what was there."""
+    validate_group(group)
+    async with conn.transaction():
+        rows = await _lock_group(conn, group)
+        await conn.execute(DELETE_GROUP, {"group": group})
+    return rows
+
+
+async def rebalance(conn: Connection, group: str, size: int, *, dry_run: bool) -> RebalancePlan:
+    """Restart a group at ``size`` members, each category from the lowest old checkpoint."""
+    validate_group(group)
+    if size < 1:
+        raise ConfigurationError(f"--size {size} is too small: a group has at least 1 member")
+    async with conn.transaction() as transaction:
+        rows = await _lock_group(conn, group, extra_members=size)
+        if not rows:
+            raise ConfigurationError(
+                f"group {group!r} has no checkpoints, so there is nothing to rebalance: "
+                f"start its members with --group-size {size}"
+            )
+        plan = _plan(group, size, rows)
+        if dry_run:
+            transaction.force_rollback = True
+        else:
+            await conn.execute(DELETE_GROUP, {"group": group})
+            for category, position in plan.positions.items():
+                for member in range(size):
+                    params = {
+                        "group": group,
+                        "member": member,
+                        "size": size,
+                        "category": category,
+                        "position": position,
+                    }
+                    await conn.execute(COMMIT, params)
+    return plan
+
+
+def _plan(group: str, size: int, rows: list[CheckpointRow]) -> RebalancePlan:
+    old_size = max(row.size for row in rows)
+    positions: dict[str, int] = {}
+    notes: list[str] = []
+    for category in sorted({row.category for row in rows}):
+        members = {row.member: row.position for row in rows if row.category == category}
+        missing = sorted(set(range(old_size)) - set(members))
+        if missing:
+            # A member that never checkpointed this category has handled none of it.
+            notes.append(
+                f"{category}: member(s) {', '.join(map(str, missing))} had no checkpoint, "
+                "so every member starts it from the beginning"
+            )
+            positions[category] = FIRST_POSITION
+        else:
+            positions[category] = min(members.values())
+    return RebalancePlan(group, old_size, size, positions, rows, notes)
+
+
+async def _lock_group(
+    conn: Connection,
+    group: str,
+    members: range | None = None,
+    *,
+    extra_members: int = 0,
+) -> list[CheckpointRow]:
+    """Lock a group's rows and its members (all of them unless ``members``); refuse if busy."""
+    rows = [
+        CheckpointRow(*row)
+        for row in await (await conn.execute(LOCK_GROUP_ROWS, {"group": group})).fetchall()
+    ]
+    if members is None:
+        known = max((max(row.size, row.member + 1) for row in rows), default=1)
+        members = range(max(known, extra_members))
+    busy = await busy_members(conn, group, members)
+    if busy:
+        raise MemberBusyError(
+            f"group {group!r} is running: {'; '.join(busy)}. Stop every member first"
+        )
+    return rows
+
+
+async def _rows_of(conn: Connection, group: str, member: int, category: str) -> list[CheckpointRow]:
+    return [
+        row
+        for row in await list_checkpoints(conn, group)
+        if row.member == member and row.category == category
+    ]

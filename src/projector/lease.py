@@ -1,0 +1,171 @@
+"""One runner per group member: a Postgres advisory lock held for the life of the process.
+
+Why an advisory lock and not a lease table: the server releases a session's lock the moment the
+session ends, however the process died (kill -9 included, or a network cut once TCP notices),
+with no heartbeat writes, no expiry to tune and no clock to trust. A standby polls for the lock
+and takes over as soon as it is free. The price: the lock lives on one connection, which must be
+a real session (not a transaction-mode pooler such as PgBouncer's), and which projector also
+uses for its checkpoint commits, so a runner that lost its lock cannot commit a checkpoint.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from types import TracebackType
+from typing import Self
+
+import anyio
+import psycopg
+
+from projector import database
+from projector.database import Connection
+from projector.errors import DatabaseUnavailableError, ProjectorError
+from projector.events import hash_64
+
+logger = logging.getLogger(__name__)
+
+TRY_LOCK = "SELECT pg_try_advisory_lock(%(key)s)"
+TRY_XACT_LOCK = "SELECT pg_try_advisory_xact_lock(%(key)s)"
+# A bigint advisory lock shows in pg_locks as classid (high 32 bits) and objid (low 32 bits).
+HOLDER = """
+SELECT a.application_name, coalesce(a.client_addr::text, 'local'), a.pid
+FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
+WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1
+  AND l.classid = %(classid)s::oid AND l.objid = %(objid)s::oid
+LIMIT 1
+"""
+PING = "SELECT 1"
+
+DEFAULT_STANDBY_POLL = 1.0
+DEFAULT_WATCH_INTERVAL = 2.0
+
+
+class MemberBusyError(ProjectorError):
+    """The group member is already running in another process."""
+
+
+class LeaseLostError(ProjectorError):
+    """The connection holding this member's lock broke; another runner may take over."""
+
+
+def lock_key(group: str, member: int) -> int:
+    """The advisory lock key of one member (a plain group is member 0)."""
+    return hash_64(f"projector/{group}/{member}")
+
+
+def member_name(group: str, member: int, size: int) -> str:
+    return group if size == 1 else f"{group}-{member}"
+
+
+async def holder(conn: Connection, group: str, member: int) -> str:
+    """Who holds a member's lock, for messages: application name, address and backend pid."""
+    unsigned = lock_key(group, member) & 0xFFFF_FFFF_FFFF_FFFF
+    params = {"classid": unsigned >> 32, "objid": unsigned & 0xFFFF_FFFF}
+    row = await (await conn.execute(HOLDER, params)).fetchone()
+    if row is None:
+        return "holder unknown"
+    return f"{row[0] or 'unnamed'} from {row[1]}, backend pid {row[2]}"
+
+
+async def busy_members(conn: Connection, group: str, members: range) -> list[str]:
+    """Members of ``group`` that a runner holds now, described; takes their locks for the rest
+    of ``conn``'s transaction, so none can start meanwhile."""
+    busy = []
+    for member in members:
+        row = await (await conn.execute(TRY_XACT_LOCK, {"key": lock_key(group, member)})).fetchone()
+        if row is None or not row[0]:
+            busy.append(f"member {member} ({await holder(conn, group, member)})")
+    return busy
+
+
+class MemberLease:
+    """Holds one member's lock on a connection of its own; use as ``async with``."""
+
+    def __init__(
+        self,
+        url: str,
+        group: str,
+        *,
+        member: int = 0,
+        size: int = 1,
+        connect_timeout: float = database.DEFAULT_CONNECT_TIMEOUT,
+    ) -> None:
+        self._url = url
+        self.group = group
+        self.member = member
+        self.name = member_name(group, member, size)
+        self._connect_timeout = connect_timeout
+        self._conn: Connection | None = None
+
+    @property
+    def connection(self) -> Connection:
+        """The lock's connection (autocommit); checkpoint commits go through it."""
+        if self._conn is None:
+            raise RuntimeError("the lease is not held")
+        return self._conn
+
+    async def __aenter__(self) -> Self:
+        application = f"projector {self.name} {socket.gethostname()} pid {os.getpid()}"
+        self._conn = await database.connect(
+            self._url, connect_timeout=self._connect_timeout, application_name=application
+        )
+        await self._conn.set_autocommit(True)
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._conn is not None:
+            with anyio.CancelScope(shield=True):
+                await self._conn.close()  # ends the session, which releases the lock
+
+    async def acquire(self, *, standby: bool, poll: float = DEFAULT_STANDBY_POLL) -> None:
+        """Take the member's lock; wait for it as a hot standby, or raise MemberBusyError."""
+        conn, waiting = self.connection, False
+        while not await self._try_lock(conn):
+            running = await holder(conn, self.group, self.member)
+            if not standby:
+                raise MemberBusyError(
+                    f"{self.name} is already running ({running}): stop it first, "
+                    "or start without --no-standby to wait as its hot standby"
+                )
+            if not waiting:
+                waiting = True
+                logger.info(
+                    "%s is running elsewhere (%s); waiting as its standby",
+                    self.name,
+                    running,
+                    extra={"action": "standby_waiting", "member": self.name, "holder": running},
+                )
+            await anyio.sleep(poll)
+        logger.info(
+            "%s acquired", self.name, extra={"action": "member_acquired", "member": self.name}
+        )
+
+    async def watch(self, *, interval: float = DEFAULT_WATCH_INTERVAL) -> None:
+        """Raise LeaseLostError as soon as the lock's connection fails; cancel to stop."""
+        while True:
+            await anyio.sleep(interval)
+            try:
+                await self.connection.execute(PING)
+            except psycopg.OperationalError as exc:
+                raise LeaseLostError(
+                    f"lost the database session holding {self.name}'s lock ({exc}); "
+                    "stopping so that only one runner projects it"
+                ) from exc
+
+    async def _try_lock(self, conn: Connection) -> bool:
+        try:
+            row = await (
+                await conn.execute(TRY_LOCK, {"key": lock_key(self.group, self.member)})
+            ).fetchone()
+        except psycopg.OperationalError as exc:
+            raise DatabaseUnavailableError(
+                f"lost the database while taking {self.name}'s lock: {exc}"
+            ) from exc
+        return bool(row and row[0])
