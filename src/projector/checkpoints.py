@@ -102,6 +102,11 @@ class CheckpointWriter:
         self._completed[category] = position
 
     @property
+    def name(self) -> str:
+        """The checkpoints' owner: ``<group>`` or ``<group>-<member>``."""
+        return self._checkpoints.name
+
+    @property
     def completed(self) -> dict[str, int]:
         return dict(self._completed)
 

@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import logging
 import os
 import sys
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from contextlib import contextmanager
 from functools import partial
 from typing import Any, TypeVar
 
 import anyio
 import click
+from rich.console import Console
+from rich.table import Table
 
-from projector import demo, logs, migrate
+from projector import database, demo, groups, logs, migrate
+from projector.database import Connection
 from projector.errors import ConfigurationError, HandlerError, ProjectorError
 from projector.projection import load_projection
 from projector.runner import Runner, serve
@@ -22,6 +27,7 @@ from projector.settings import Settings, flag_for, load_settings
 logger = logging.getLogger("projector")
 
 F = TypeVar("F", bound=Callable[..., Any])
+T = TypeVar("T")
 
 RUN_SETTINGS = (
     "database_url",
@@ -182,6 +188,111 @@ def demo_command(events: int, accounts: int, **flags: Any) -> None:
         f"  projector run projector.demo:balances --until-caught-up"
     )
     sys.exit(0 if projected == expected else 1)
+
+
+async def _on_connection(url: str, work: Callable[[Connection], Awaitable[T]]) -> T:
+    conn = await database.connect(url)
+    async with conn:
+        return await work(conn)
+
+
+def _database_call(flags: dict[str, Any], work: Callable[[Connection], Awaitable[T]]) -> T:
+    """Run ``work`` on one connection to the database the flags or environment name."""
+    settings = load_settings(**_given(flags))
+    logs.configure(settings.log_level)
+    return anyio.run(_on_connection, _require_url(settings), work)
+
+
+@main.command()
+@click.option("--group", required=True, help="the consumer group to resize")
+@click.option("--size", type=int, required=True, help="its new number of members")
+@click.option("--dry-run", is_flag=True, help="print what would change, change nothing")
+@settings_options("database_url", "log_level")
+def rebalance(group: str, size: int, dry_run: bool, **flags: Any) -> None:
+    """Change a consumer group's size (every member must be stopped).
+
+    Each category restarts, for every new member, from the lowest checkpoint of the old ones:
+    events between it and a member's old checkpoint are delivered again.
+    """
+    with reporting_errors():
+        plan = _database_call(
+            flags, partial(groups.rebalance, group=group, size=size, dry_run=dry_run)
+        )
+    verb = "would restart" if dry_run else "restarted"
+    click.echo(f"group {group}: {plan.old_size} -> {plan.new_size} members")
+    for category, position in plan.positions.items():
+        click.echo(f"  {category}: members 0..{size - 1} {verb} at {position}")
+    for note in plan.notes:
+        click.echo(f"  note: {note}")
+    if dry_run:
+        click.echo("dry run: nothing changed")
+
+
+@main.group()
+def checkpoints() -> None:
+    """Show or change checkpoints (members of the group must be stopped to change them)."""
+
+
+@checkpoints.command("list")
+@click.option("--group", help="only this group")
+@click.option("--json", "as_json", is_flag=True, help="one JSON object per line")
+@settings_options("database_url", "log_level")
+def checkpoints_list(group: str | None, as_json: bool, **flags: Any) -> None:
+    """Every checkpoint: group, member, category, position, size, last written."""
+    with reporting_errors():
+        rows = _database_call(flags, partial(groups.list_checkpoints, group=group))
+    if as_json:
+        for row in rows:
+            click.echo(
+                json.dumps({**dataclasses.asdict(row), "updated_at": row.updated_at.isoformat()})
+            )
+        return
+    table = Table("group", "member", "category", "position", "size", "last written", box=None)
+    for row in rows:
+        table.add_row(
+            row.group,
+            str(row.member),
+            row.category,
+            str(row.position),
+            str(row.size),
+            row.updated_at.isoformat(timespec="seconds"),
+        )
+    Console().print(table)
+
+
+@checkpoints.command("set")
+@click.option("--group", required=True)
+@click.option("--category", required=True)
+@click.option("--position", type=int, required=True, help="the next global position to read")
+@click.option("--member", type=int, default=0, show_default=True)
+@settings_options("database_url", "log_level")
+def checkpoints_set(group: str, category: str, position: int, member: int, **flags: Any) -> None:
+    """Set where a member resumes in a category (skip ahead, or replay from an earlier point)."""
+    with reporting_errors():
+        row = _database_call(
+            flags,
+            partial(
+                groups.set_checkpoint,
+                group=group,
+                category=category,
+                position=position,
+                member=member,
+            ),
+        )
+    click.echo(f"{row.name} {row.category}: next position {row.position}")
+
+
+@checkpoints.command("reset")
+@click.option("--group", required=True)
+@click.option("--yes", is_flag=True, help="do not ask for confirmation")
+@settings_options("database_url", "log_level")
+def checkpoints_reset(group: str, yes: bool, **flags: Any) -> None:
+    """Delete every checkpoint of a group: its members start again from the beginning."""
+    if not yes:
+        click.confirm(f"delete every checkpoint of group {group!r}?", abort=True)
+    with reporting_errors():
+        rows = _database_call(flags, partial(groups.reset_group, group=group))
+    click.echo(f"deleted {len(rows)} checkpoint(s) of group {group}")
 
 
 def _given(flags: dict[str, Any]) -> dict[str, Any]:

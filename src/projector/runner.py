@@ -157,9 +157,9 @@ class Runner:
             for lane in lanes:
                 await lane.wait_empty()
             logger.info(
-                "group %s caught up",
-                self.group,
-                extra={"action": "caught_up", "group": self.group, **writer.completed},
+                "%s caught up",
+                writer.name,
+                extra={"action": "caught_up", "group": writer.name, **writer.completed},
             )
             tasks.cancel_scope.cancel()
 
