@@ -9,13 +9,14 @@ runner that lost its lock cannot commit.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 import anyio
 import psycopg
 
 from projector import database
 from projector.database import Connection
-from projector.errors import SchemaMissingError
+from projector.errors import DatabaseUnavailableError, SchemaMissingError
 from projector.lease import member_name
 
 logger = logging.getLogger(__name__)
@@ -33,25 +34,31 @@ DO UPDATE SET position = EXCLUDED.position, group_size = EXCLUDED.group_size,
               updated_at = EXCLUDED.updated_at
 """
 
-TABLE_PRESENT = "SELECT to_regclass('projector.checkpoints') IS NOT NULL"
+TABLES_PRESENT = """
+SELECT to_regclass('projector.checkpoints') IS NOT NULL
+   AND to_regclass('projector.parked_streams') IS NOT NULL
+"""
 
 DEFAULT_FLUSH_TIMEOUT = 10.0  # seconds the last commit of a stopping runner may take
 
 
 async def check_schema(conn: Connection) -> None:
     """Raise SchemaMissingError unless projector's tables exist."""
-    row = await (await conn.execute(TABLE_PRESENT)).fetchone()
+    row = await (await conn.execute(TABLES_PRESENT)).fetchone()
     if row is None or not row[0]:
         raise SchemaMissingError(
-            "projector's tables are missing (projector.checkpoints): run `projector migrate`"
+            "projector's tables are missing or out of date (projector.checkpoints, "
+            "projector.parked_streams): run `projector migrate`"
         )
 
 
 class Checkpoints:
     """Loads and commits the checkpoints of one member of a group (a plain group: 0 of 1)."""
 
-    def __init__(self, conn: Connection, group: str, *, member: int = 0, size: int = 1) -> None:
-        self._conn = conn
+    def __init__(
+        self, connection: Callable[[], Connection], group: str, *, member: int = 0, size: int = 1
+    ) -> None:
+        self._connection = connection  # the lease's current connection
         self.group = group
         self.member = member
         self.size = size
@@ -60,7 +67,7 @@ class Checkpoints:
     async def load(self, category: str) -> int | None:
         params = {"group": self.group, "member": self.member, "category": category}
         try:
-            row = await (await self._conn.execute(LOAD, params)).fetchone()
+            row = await (await self._connection().execute(LOAD, params)).fetchone()
         except psycopg.OperationalError as exc:
             raise database.unavailable_during("loading checkpoints", exc) from exc
         return None if row is None else int(row[0])
@@ -68,7 +75,8 @@ class Checkpoints:
     async def commit(self, positions: dict[str, int]) -> None:
         """Write several categories' positions in one transaction."""
         try:
-            async with self._conn.transaction():
+            conn = self._connection()
+            async with conn.transaction():
                 for category, position in positions.items():
                     params = {
                         "group": self.group,
@@ -77,7 +85,7 @@ class Checkpoints:
                         "category": category,
                         "position": position,
                     }
-                    await self._conn.execute(COMMIT, params)
+                    await conn.execute(COMMIT, params)
         except psycopg.OperationalError as exc:
             raise database.unavailable_during("committing a checkpoint", exc) from exc
 
@@ -111,10 +119,22 @@ class CheckpointWriter:
         return dict(self._completed)
 
     async def run(self) -> None:
-        """Commit on the interval, forever; cancel to stop (then call ``flush``)."""
+        """Commit on the interval, forever; cancel to stop (then call ``flush``).
+
+        A commit that fails because the database is away is logged and tried again at the next
+        tick: the positions stay in memory, and the sources decide when an outage is too long.
+        """
         while True:
             await anyio.sleep(self._interval)
-            await self.flush()
+            try:
+                await self.flush()
+            except DatabaseUnavailableError as exc:
+                logger.warning(
+                    "checkpoint commit failed, retrying in %g s: %s",
+                    self._interval,
+                    exc,
+                    extra={"action": "checkpoint_commit_failed", "group": self.name},
+                )
 
     async def flush(self) -> None:
         """Commit every position that moved since the last commit."""

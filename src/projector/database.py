@@ -7,15 +7,23 @@ planner's estimates switch it on for every batch read, where it costs more than 
 
 from __future__ import annotations
 
+import logging
 import math
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, TypeVar
 
+import anyio
 import psycopg
 from psycopg_pool import AsyncConnectionPool
 
 from projector.errors import DatabaseUnavailableError
+from projector.failures import RetryPolicy
+
+logger = logging.getLogger(__name__)
+T = TypeVar("T")
+# Reconnect attempts: quick at first (a restart takes seconds), then every few seconds.
+_RECONNECT = RetryPolicy(base=0.2, cap=5.0)
 
 SESSION_SETTINGS = (
     "SELECT set_config('search_path', 'message_store,public', false),"
@@ -45,6 +53,49 @@ def unavailable(url: str, exc: Exception) -> DatabaseUnavailableError:
         f"cannot connect to the database {describe(url)}: {reason} "
         "(check --database-url / PROJECTOR_DATABASE_URL and that the server is running)"
     )
+
+
+async def outlasting(operation: Callable[[], Awaitable[T]], *, doing: str, limit: float) -> T:
+    """Run ``operation``, retrying it with backoff while the database is unavailable, for up to
+    ``limit`` seconds of outage; each attempt is logged once (action ``reconnecting``)."""
+    started: float | None = None
+    attempt = 0
+    while True:
+        try:
+            result = await operation()
+        except DatabaseUnavailableError as exc:
+            now = anyio.current_time()
+            started = now if started is None else started
+            if now - started > limit:
+                raise DatabaseUnavailableError(
+                    f"the database stayed unavailable for more than {limit:g} s while {doing} "
+                    f"(outage_limit): {exc}"
+                ) from exc
+            attempt += 1
+            delay = _RECONNECT.backoff(attempt)
+            logger.warning(
+                "database unavailable while %s (attempt %d), retrying in %.1f s: %s",
+                doing,
+                attempt,
+                delay,
+                exc,
+                extra={
+                    "action": "reconnecting",
+                    "doing": doing,
+                    "attempt": attempt,
+                    "delay": round(delay, 3),
+                },
+            )
+            await anyio.sleep(delay)
+            continue
+        if attempt:
+            logger.info(
+                "database reachable again while %s after %d attempt(s)",
+                doing,
+                attempt,
+                extra={"action": "reconnected", "doing": doing, "attempts": attempt},
+            )
+        return result
 
 
 def unavailable_during(doing: str, exc: Exception) -> DatabaseUnavailableError:

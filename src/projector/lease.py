@@ -20,7 +20,7 @@ import anyio
 import psycopg
 
 from projector import database
-from projector.database import Connection
+from projector.database import Connection, outlasting
 from projector.errors import DatabaseUnavailableError, ProjectorError
 from projector.events import hash_64
 
@@ -107,12 +107,16 @@ class MemberLease:
         return self._conn
 
     async def __aenter__(self) -> Self:
+        self._conn = await self._connect()
+        return self
+
+    async def _connect(self) -> Connection:
         application = f"projector {self.name} {socket.gethostname()} pid {os.getpid()}"
-        self._conn = await database.connect(
+        conn = await database.connect(
             self._url, connect_timeout=self._connect_timeout, application_name=application
         )
-        await self._conn.set_autocommit(True)
-        return self
+        await conn.set_autocommit(True)
+        return conn
 
     async def __aexit__(
         self,
@@ -147,17 +151,36 @@ class MemberLease:
             "%s acquired", self.name, extra={"action": "member_acquired", "member": self.name}
         )
 
-    async def watch(self, *, interval: float = DEFAULT_WATCH_INTERVAL) -> None:
-        """Raise LeaseLostError as soon as the lock's connection fails; cancel to stop."""
+    async def watch(self, *, outage_limit: float, interval: float = DEFAULT_WATCH_INTERVAL) -> None:
+        """Check the lock's session every ``interval`` s; when it broke, take the lock again on a
+        new one (retrying for up to ``outage_limit`` s). Raise LeaseLostError if another runner
+        took the member meanwhile. Cancel to stop."""
         while True:
             await anyio.sleep(interval)
             try:
                 await self.connection.execute(PING)
             except psycopg.OperationalError as exc:
-                raise LeaseLostError(
-                    f"lost the database session holding {self.name}'s lock ({exc}); "
-                    "stopping so that only one runner projects it"
-                ) from exc
+                logger.warning(
+                    "lost the session holding %s's lock: %s",
+                    self.name,
+                    exc,
+                    extra={"action": "member_lock_lost", "member": self.name},
+                )
+                await outlasting(
+                    self._retake, doing=f"taking {self.name}'s lock again", limit=outage_limit
+                )
+
+    async def _retake(self) -> None:
+        old, self._conn = self._conn, await self._connect()
+        if old is not None:
+            await old.close()
+        try:
+            await self.acquire(standby=False)
+        except MemberBusyError as exc:
+            raise LeaseLostError(
+                f"another runner took over {self.name} while the database was away ({exc}); "
+                "stopping so that only one runner projects it"
+            ) from exc
 
     async def _try_lock(self, conn: Connection) -> bool:
         try:

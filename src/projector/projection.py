@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 from projector.errors import ConfigurationError, HandlerImportError
 from projector.events import Event, validate_category, validate_group
+from projector.failures import RetryPolicy
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +64,9 @@ EventHandler = Callable[[Event], Awaitable[None]]
 class Projection:
     """A named set of handlers that keeps a read model up to date.
 
+    ``retry`` sets how its failing streams are retried and what happens when retries run out
+    (settings given by flag or environment win over it).
+
     Register either one stream handler, called with a stream's events in order::
 
         @projection.handler
@@ -80,8 +84,10 @@ class Projection:
         *,
         categories: Sequence[str] = (),
         handler: StreamHandler | None = None,
+        retry: RetryPolicy | None = None,
     ) -> None:
         self.name = validate_group(name)
+        self.retry = retry
         self.categories = tuple(validate_category(c) for c in categories)
         if handler is not None:
             _require_coroutine(handler)

@@ -19,8 +19,10 @@ from projector import checkpoints, database, groups
 from projector.checkpoints import DEFAULT_FLUSH_TIMEOUT, Checkpoints, CheckpointWriter
 from projector.errors import ConfigurationError, ProjectorError
 from projector.lease import MemberLease
+from projector.parked import ParkedStreams
 from projector.projection import Projection
-from projector.settings import Settings
+from projector.recovery import Recovery
+from projector.settings import Settings, retry_policy
 from projector.sink import Lane, StreamsSink
 from projector.source import CategorySource
 from projector.store import MessageStore
@@ -70,8 +72,20 @@ class Runner:
                 )
             )
             writer = await self._checkpoint_writer(store, lease)
+            parked = ParkedStreams(
+                pool, self.group, member=settings.member, size=settings.group_size
+            )
+            recovery = Recovery(
+                retry_policy(settings, self.projection.retry),
+                parked,
+                store,
+                self.projection.handle,
+                group=writer.name,
+                batch_size=settings.batch_size,
+                handler_timeout=settings.handler_timeout,
+            )
             try:
-                await self._project(store, writer, lease)
+                await self._project(store, writer, lease, recovery, await parked.owned())
             except BaseException:
                 await self._final_flush(writer, failing=True)
                 raise
@@ -84,7 +98,7 @@ class Runner:
         await lease.acquire(standby=not settings.no_standby)
         await groups.check_size(lease.connection, self.group, settings.group_size)
         member_checkpoints = Checkpoints(
-            lease.connection, self.group, member=settings.member, size=settings.group_size
+            lambda: lease.connection, self.group, member=settings.member, size=settings.group_size
         )
         writer = CheckpointWriter(member_checkpoints, interval=settings.checkpoint_interval)
         for category in self.categories:
@@ -108,13 +122,21 @@ class Runner:
                 )
 
     async def _project(
-        self, store: MessageStore, writer: CheckpointWriter, lease: MemberLease
+        self,
+        store: MessageStore,
+        writer: CheckpointWriter,
+        lease: MemberLease,
+        recovery: Recovery,
+        parked: frozenset[str],
     ) -> None:
         settings = self.settings
         sink = StreamsSink(
             self.projection.handle,
             max_concurrent_streams=settings.max_concurrent_streams,
             max_read_ahead=settings.max_read_ahead,
+            on_failure=recovery.on_failure,
+            handler_timeout=settings.handler_timeout,
+            parked=parked,
         )
         async with sink:
             lanes = {category: sink.lane(category) for category in self.categories}
@@ -127,11 +149,12 @@ class Runner:
                     batch_size=settings.batch_size,
                     tail_sleep=settings.tail_sleep,
                     on_handled=partial(writer.advance, category),
+                    outage_limit=settings.outage_limit,
                 )
                 for category in self.categories
             ]
             try:
-                await self._pump(sources, writer, lease, list(lanes.values()))
+                await self._pump(sources, writer, lease, recovery, sink, list(lanes.values()))
             finally:
                 with anyio.CancelScope(shield=True):
                     await sink.stop(grace_period=settings.shutdown_timeout)
@@ -141,12 +164,22 @@ class Runner:
         sources: list[CategorySource],
         writer: CheckpointWriter,
         lease: MemberLease,
+        recovery: Recovery,
+        sink: StreamsSink,
         lanes: list[Lane],
     ) -> None:
         stop_at_tail = self.settings.until_caught_up
         async with anyio.create_task_group() as tasks:
             tasks.start_soon(writer.run, name="projector-checkpoint-writer")
-            tasks.start_soon(lease.watch, name="projector-lease-watch")
+            tasks.start_soon(
+                partial(lease.watch, outage_limit=self.settings.outage_limit),
+                name="projector-lease-watch",
+            )
+            tasks.start_soon(recovery.serve_retries, sink, name="projector-parked-retries")
+            tasks.start_soon(
+                partial(recovery.report_stuck, sink, stuck_after=self.settings.stuck_after),
+                name="projector-stuck-report",
+            )
             async with anyio.create_task_group() as readers:
                 for source in sources:
                     readers.start_soon(

@@ -14,6 +14,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from projector.errors import ConfigurationError
 from projector.events import validate_category, validate_group
+from projector.failures import OnExhausted, RetryPolicy
 
 
 class Settings(BaseSettings):
@@ -69,6 +70,26 @@ class Settings(BaseSettings):
     )
     until_caught_up: bool = Field(
         False, description="exit 0 once every category is read to its tail and checkpointed"
+    )
+    on_failure: OnExhausted = Field(
+        OnExhausted.PARK,
+        description="when a stream's retries run out: park it (others go on) or stop the run",
+    )
+    retry_base: float = Field(
+        0.5, gt=0, le=3600, description="seconds of the first retry delay (doubling, jittered)"
+    )
+    retry_cap: float = Field(60.0, gt=0, le=86_400, description="longest retry delay, seconds")
+    retry_max_attempts: int = Field(
+        8, ge=1, le=1_000, description="failed calls in a row before a stream is parked/stops"
+    )
+    handler_timeout: float | None = Field(
+        120.0, gt=0, description="seconds before a handler call is cancelled as failed"
+    )
+    stuck_after: float = Field(
+        60.0, gt=0, description="seconds running or failing before a stream is reported stuck"
+    )
+    outage_limit: float = Field(
+        300.0, gt=0, description="seconds the database may stay unreachable before projector exits"
     )
     pool_size: int = Field(
         4, ge=1, le=1_000, description="most database connections projector itself opens"
@@ -126,6 +147,20 @@ class Settings(BaseSettings):
     @property
     def group_size(self) -> int:
         return self.consumer_group_size or 1
+
+
+def retry_policy(settings: Settings, default: RetryPolicy | None) -> RetryPolicy:
+    """The projection's own policy (or the defaults), with the settings the user gave on top."""
+    base = default or RetryPolicy(
+        settings.retry_base, settings.retry_cap, settings.retry_max_attempts, settings.on_failure
+    )
+    given = settings.model_fields_set
+    return RetryPolicy(
+        settings.retry_base if "retry_base" in given else base.base,
+        settings.retry_cap if "retry_cap" in given else base.cap,
+        settings.retry_max_attempts if "retry_max_attempts" in given else base.max_attempts,
+        settings.on_failure if "on_failure" in given else base.on_exhausted,
+    )
 
 
 def load_settings(**overrides: Any) -> Settings:

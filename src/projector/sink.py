@@ -13,6 +13,11 @@ spans and runs them on a fixed set of workers, so that:
 
 A stream's state is forgotten as soon as no buffered event and no incomplete batch needs it, so
 memory follows what is in flight, not how many streams exist.
+
+A failed call is the business of that stream alone: ``on_failure`` decides (see `failures`)
+whether it is retried after a delay (its batches, and so the checkpoint, wait; other streams go
+on until read-ahead is full), parked (its events, now and later, are dropped and its batches
+released, until `hold` and `release` bring it back) or the run stops.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from __future__ import annotations
 import math
 from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from itertools import pairwise
 from types import TracebackType
 from typing import Self
@@ -30,10 +36,22 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 
 from projector.errors import HandlerError
 from projector.events import Event
+from projector.failures import Decision, HandlerTimeout, Park, Retry, Stop
 
 SpanHandler = Callable[[str, list[Event]], Awaitable[int]]
 """Handles one stream's events (in stream order) and returns the stream position to expect next:
 ``events[-1].position + 1`` when all were handled, less when only some were, more to skip ahead."""
+
+FailureHandler = Callable[[str, list[Event], Exception, int], Awaitable[Decision]]
+"""Decides what to do after a failed call: given the stream, the call's events, the error and the
+number of failed calls in a row (1 for the first)."""
+
+
+async def stop_on_failure(
+    stream_name: str, events: list[Event], error: Exception, attempt: int
+) -> Decision:
+    return Stop(str(error))
+
 
 DEFAULT_STALL_DELAY = 0.1
 MAX_SKIP_HINTS = 100_000  # forgotten streams whose handler asked to skip ahead (skip_to)
@@ -49,7 +67,18 @@ class _Batch:
 
 
 class _Stream:
-    __slots__ = ("buffer", "busy", "name", "next_position", "pending", "queued")
+    __slots__ = (
+        "buffer",
+        "busy",
+        "busy_since",
+        "failing_since",
+        "failures",
+        "held",
+        "name",
+        "next_position",
+        "pending",
+        "queued",
+    )
 
     def __init__(self, name: str) -> None:
         self.name = name
@@ -58,6 +87,10 @@ class _Stream:
         self.pending: deque[tuple[_Batch, int, Lane]] = deque()  # (batch, position needed, lane)
         self.busy = False
         self.queued = False
+        self.held = False  # buffer events, run nothing (a parked stream being replayed)
+        self.failures = 0  # failed calls in a row
+        self.busy_since: float | None = None
+        self.failing_since: float | None = None
 
     def accept(self, events: list[Event]) -> int | None:
         """Buffer the events not yet handled; return the highest such position, if any."""
@@ -85,7 +118,17 @@ class _Stream:
 
     @property
     def forgettable(self) -> bool:
-        return not (self.buffer or self.pending or self.busy or self.queued)
+        return not (self.buffer or self.pending or self.busy or self.queued or self.held)
+
+
+@dataclass(frozen=True, slots=True)
+class TroubledStream:
+    """A stream whose current call, or run of failures, has lasted ``seconds``."""
+
+    stream_name: str
+    state: str  # "running" or "failing"
+    seconds: float
+    failures: int
 
 
 def _ascending(events: list[Event]) -> bool:
@@ -157,6 +200,9 @@ class StreamsSink:
         max_concurrent_streams: int,
         max_read_ahead: int,
         stall_delay: float = DEFAULT_STALL_DELAY,
+        on_failure: FailureHandler = stop_on_failure,
+        handler_timeout: float | None = None,
+        parked: frozenset[str] = frozenset(),
     ) -> None:
         if max_concurrent_streams < 1 or max_read_ahead < 1:
             raise ValueError("max_concurrent_streams and max_read_ahead must be at least 1")
@@ -164,6 +210,9 @@ class StreamsSink:
         self._workers = max_concurrent_streams
         self._max_read_ahead = max_read_ahead
         self._stall_delay = stall_delay
+        self._on_failure = on_failure
+        self._handler_timeout = handler_timeout
+        self._parked: set[str] = set(parked)
         self._streams: dict[str, _Stream] = {}
         # A stream that skipped ahead must keep its position after it is forgotten, or its
         # own later events (the usual reason to skip) would be delivered. Oldest hints go first.
@@ -189,6 +238,26 @@ class StreamsSink:
     def tracked_streams(self) -> int:
         """Streams the sink holds state for (buffered events or incomplete batches)."""
         return len(self._streams)
+
+    @property
+    def parked_streams(self) -> frozenset[str]:
+        return frozenset(self._parked)
+
+    def troubled(self, *, longer_than: float) -> list[TroubledStream]:
+        """Streams running one call, or failing, for more than ``longer_than`` seconds."""
+        now, found = anyio.current_time(), []
+        for stream in self._streams.values():
+            if stream.busy_since is not None and now - stream.busy_since > longer_than:
+                found.append(
+                    TroubledStream(stream.name, "running", now - stream.busy_since, stream.failures)
+                )
+            elif stream.failing_since is not None and now - stream.failing_since > longer_than:
+                found.append(
+                    TroubledStream(
+                        stream.name, "failing", now - stream.failing_since, stream.failures
+                    )
+                )
+        return found
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -246,7 +315,10 @@ class StreamsSink:
             else:
                 span.append(event)
         streams = self._streams
+        parked = self._parked
         for name, span in spans.items():
+            if name in parked:
+                continue
             stream = streams.get(name)
             if stream is None:
                 stream = streams[name] = _Stream(name)
@@ -260,7 +332,7 @@ class StreamsSink:
             self._enqueue(stream)
 
     def _enqueue(self, stream: _Stream) -> None:
-        if not (stream.busy or stream.queued or self._stopping):
+        if not (stream.busy or stream.queued or stream.held or self._stopping):
             stream.queued = True
             self._ready_in.send_nowait(stream)
 
@@ -278,33 +350,66 @@ class StreamsSink:
 
     async def _run(self, stream: _Stream) -> None:
         events, stream.buffer = stream.buffer, []
-        stream.busy = True
+        stream.busy, stream.busy_since = True, anyio.current_time()
         self._busy += 1
+        failure: Exception | None = None
         try:
-            next_position = await self._handle(stream.name, events)
+            next_position = await self._call(stream.name, events)
         except Exception as exc:
-            self._stop_scheduling()
-            raise HandlerError(
-                f"handler failed on stream {stream.name!r} at position {events[0].position} "
-                f"(global {events[0].global_position}): {exc!r}"
-            ) from exc
+            failure = exc
         finally:
-            stream.busy = False
+            stream.busy, stream.busy_since = False, None
             self._busy -= 1
             if self._busy == 0:
                 self._idle.set()
+        if failure is not None:
+            await self._failed(stream, events, failure)
+            return
+        stream.failures, stream.failing_since = 0, None
+        self._settle(stream, events, next_position)
+
+    async def _call(self, stream_name: str, events: list[Event]) -> int:
+        if self._handler_timeout is None:
+            return await self._handle(stream_name, events)
+        with anyio.move_on_after(self._handler_timeout):
+            return await self._handle(stream_name, events)
+        raise HandlerTimeout(
+            f"the call took longer than handler_timeout ({self._handler_timeout} s)"
+        )
+
+    async def _failed(self, stream: _Stream, events: list[Event], error: Exception) -> None:
+        # Queued while the decision is made, so new events cannot start a second call.
+        stream.queued = True
+        stream.buffer = _merge(events, stream.buffer)
+        stream.failures += 1
+        if stream.failing_since is None:
+            stream.failing_since = anyio.current_time()
+        decision = await self._on_failure(stream.name, events, error, stream.failures)
+        if isinstance(decision, Retry):
+            self._requeue_after(stream, decision.delay)
+        elif isinstance(decision, Park):
+            self._park(stream)
+        else:
+            self._stop_scheduling()
+            raise HandlerError(
+                f"handler failed on stream {stream.name!r} at position {events[0].position} "
+                f"(global {events[0].global_position}): {error!r}; {decision.reason}"
+            ) from error
+
+    def _settle(self, stream: _Stream, events: list[Event], next_position: int) -> None:
         progressed = stream.settle(events, next_position)
         self._release(stream)
         if stream.buffer:
             if progressed:
                 self._enqueue(stream)
             else:
-                self._stall(stream)
+                # A call that handled nothing is asked again after a pause, not in a hot loop.
+                self._requeue_after(stream, self._stall_delay)
         else:
             self._forget_if_idle(stream, skipped=next_position > events[-1].position + 1)
 
     def _forget_if_idle(self, stream: _Stream, *, skipped: bool = False) -> None:
-        if not stream.forgettable:
+        if not stream.forgettable or self._streams.get(stream.name) is not stream:
             return
         del self._streams[stream.name]
         if skipped and stream.next_position is not None:
@@ -312,16 +417,58 @@ class StreamsSink:
             if len(self._skip_hints) > MAX_SKIP_HINTS:
                 self._skip_hints.popitem(last=False)
 
-    def _stall(self, stream: _Stream) -> None:
-        # A call that handled nothing is asked again after a pause, not in a hot loop.
+    def _requeue_after(self, stream: _Stream, delay: float) -> None:
+        # Marked queued meanwhile, so that new events for the stream do not run it early.
         stream.queued = True
         assert self._task_group is not None
-        self._task_group.start_soon(self._requeue_later, stream, name="projector-sink-stall")
+        self._task_group.start_soon(self._requeue_later, stream, delay, name="projector-requeue")
 
-    async def _requeue_later(self, stream: _Stream) -> None:
-        await anyio.sleep(self._stall_delay)
+    async def _requeue_later(self, stream: _Stream, delay: float) -> None:
+        await anyio.sleep(delay)
         stream.queued = False
         self._enqueue(stream)
+
+    # -- parked streams ---------------------------------------------------------------------
+
+    def park(self, stream_name: str) -> None:
+        """Drop the stream's events, now and later, and release its batches."""
+        stream = self._streams.get(stream_name)
+        if stream is None:
+            self._parked.add(stream_name)
+        else:
+            self._park(stream)
+
+    def _park(self, stream: _Stream) -> None:
+        self._parked.add(stream.name)
+        self._skip_hints.pop(stream.name, None)
+        stream.buffer, stream.held, stream.queued = [], False, False
+        pending, stream.pending = stream.pending, deque()
+        for batch, _, lane in pending:
+            batch.remaining -= 1
+            if batch.remaining == 0:
+                lane._complete(batch)
+        del self._streams[stream.name]
+
+    def hold(self, stream_name: str) -> None:
+        """Keep a parked stream's new events from now on, without running it, until `release`."""
+        self._parked.discard(stream_name)
+        stream = self._streams.get(stream_name)
+        if stream is None:
+            stream = self._streams[stream_name] = _Stream(stream_name)
+        stream.held = True
+
+    def release(self, stream_name: str, next_position: int) -> None:
+        """Run a held stream again, from stream position ``next_position`` on."""
+        stream = self._streams[stream_name]
+        stream.held, stream.failures, stream.failing_since = False, 0, None
+        stream.next_position = next_position
+        stream.buffer = [e for e in stream.buffer if e.position >= next_position]
+        self._release(stream)
+        if stream.buffer:
+            self._enqueue(stream)
+        else:
+            # The replay may have handled events the source has yet to read: keep the position.
+            self._forget_if_idle(stream, skipped=True)
 
     def _release(self, stream: _Stream) -> None:
         """Tell the batches waiting on this stream that it has handled past their events."""

@@ -2,17 +2,21 @@
 
 Only an empty read counts as the tail: a short batch is followed by an immediate read, so a
 catch-up never sleeps between batches. The loop sleeps ``tail_sleep`` after an empty read, and
-`wake` cuts that sleep short (for a notification that new events were written).
+`wake` cuts that sleep short (for a notification that new events were written). A read that
+fails because the database is unavailable is retried with backoff from the same position, for
+up to ``outage_limit`` seconds.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
+from functools import partial
 from typing import Protocol
 
 import anyio
 
+from projector.database import outlasting
 from projector.events import Event
 from projector.store import Read
 
@@ -44,6 +48,7 @@ class CategorySource:
         batch_size: int,
         tail_sleep: float,
         on_handled: Callable[[int], None],
+        outage_limit: float = 0.0,
     ) -> None:
         self.category = category
         self.position = position  # the next global position to read
@@ -52,6 +57,7 @@ class CategorySource:
         self._batch_size = batch_size
         self._tail_sleep = tail_sleep
         self._on_handled = on_handled
+        self._outage_limit = outage_limit
         self._wakeup = anyio.Event()
         self.reached_tail = anyio.Event()
 
@@ -62,7 +68,11 @@ class CategorySource:
     async def run(self, *, stop_at_tail: bool = False) -> None:
         """Poll forever (cancel to stop), or until the first empty read with ``stop_at_tail``."""
         while True:
-            read = await self._reader.read_category(self.category, self.position, self._batch_size)
+            read = await outlasting(
+                partial(self._reader.read_category, self.category, self.position, self._batch_size),
+                doing=f"reading {self.category}",
+                limit=self._outage_limit,
+            )
             if read.events:
                 await self._submit(read)
                 continue

@@ -62,6 +62,15 @@ FROM head LEFT JOIN LATERAL (
 ) AS m ON true
 """
 
+# The rows get_stream_messages returns, read through the (stream_name, position) index.
+READ_STREAM = """
+SELECT global_position, position, time, stream_name, type, data::text, metadata::text, id::text
+FROM message_store.messages
+WHERE stream_name = %(stream_name)s AND position >= %(position)s
+ORDER BY position
+LIMIT %(batch_size)s
+"""
+
 CATEGORY_HEAD = """
 SELECT global_position
 FROM message_store.messages
@@ -136,6 +145,11 @@ class MessageStore:
             return Read(events, events[-1].global_position + 1)
         # A short read scanned the whole category up to the head of its snapshot.
         return Read(events, position if head is None else max(position, head + 1))
+
+    async def read_stream(self, stream_name: str, position: int, batch_size: int) -> list[Event]:
+        """Up to ``batch_size`` events of one stream from stream ``position`` on, in order."""
+        params = {"stream_name": stream_name, "position": position, "batch_size": batch_size}
+        return [Event(*row) for row in await self._fetch(READ_STREAM, params)]
 
     async def _fetch(
         self, query: LiteralString, params: dict[str, object]

@@ -1,0 +1,94 @@
+"""What happens when a handler call fails: retry that stream with backoff, then park or stop.
+
+Handlers raise ordinary exceptions for "try again later"; two exceptions let them say more:
+`RetryAfter` asks for a specific delay, `PoisonEvent` says retrying is pointless. The decisions
+here are pure (no I/O): the sink schedules the retry, the runner records a parked stream.
+
+A call that outlasts ``handler_timeout`` is cancelled and fails with `HandlerTimeout`.
+"""
+
+from __future__ import annotations
+
+import enum
+import random
+from dataclasses import dataclass
+
+_JITTER = random.Random()  # noqa: S311 (jitter, not secrets)
+
+
+class RetryAfter(Exception):
+    """Raise from a handler to have the stream's events offered again after ``seconds``."""
+
+    def __init__(self, seconds: float, reason: str = "") -> None:
+        super().__init__(reason or f"retry after {seconds} s")
+        self.seconds = seconds
+
+
+class PoisonEvent(Exception):
+    """Raise from a handler when retrying cannot help: the stream is parked (or the run stops,
+    under the ``stop`` policy) at once."""
+
+
+class HandlerTimeout(Exception):
+    """A handler call ran longer than ``handler_timeout`` and was cancelled."""
+
+
+class OnExhausted(enum.StrEnum):
+    """What to do with a stream whose handler keeps failing after every retry."""
+
+    PARK = "park"
+    STOP = "stop"
+
+
+@dataclass(frozen=True, slots=True)
+class Retry:
+    """Offer the stream's events again after ``delay`` seconds."""
+
+    delay: float
+
+
+@dataclass(frozen=True, slots=True)
+class Park:
+    """Set the stream aside (recorded by the runner) and let every other stream go on."""
+
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Stop:
+    """Stop the run: the checkpoint stays before the failing batch."""
+
+    reason: str
+
+
+Decision = Retry | Park | Stop
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """Exponential backoff with full jitter: attempt n waits a random time up to
+    ``min(cap, base * 2**(n-1))``, so many failing streams do not retry in lockstep."""
+
+    base: float = 0.5
+    cap: float = 60.0
+    max_attempts: int = 8
+    on_exhausted: OnExhausted = OnExhausted.PARK
+
+    def decide(
+        self, error: BaseException, attempt: int, rng: random.Random | None = None
+    ) -> Decision:
+        """The decision after the ``attempt``-th failed call in a row (1 for the first)."""
+        if isinstance(error, PoisonEvent):
+            return self._give_up(f"the handler declared the event poison: {error}")
+        if attempt >= self.max_attempts:
+            return self._give_up(f"failed {attempt} times in a row")
+        if isinstance(error, RetryAfter):
+            return Retry(max(0.0, error.seconds))
+        return Retry(self.backoff(attempt, rng))
+
+    def _give_up(self, reason: str) -> Park | Stop:
+        return Park(reason) if self.on_exhausted is OnExhausted.PARK else Stop(reason)
+
+    def backoff(self, attempt: int, rng: random.Random | None = None) -> float:
+        ceiling = min(self.cap, self.base * 2 ** (attempt - 1))
+        return (rng or _JITTER).uniform(0, ceiling)
