@@ -12,6 +12,7 @@ from projector.errors import (
     WrongExpectedVersionError,
 )
 from projector.events import Event
+from projector.failures import OnExhausted, PoisonEvent, RetryAfter, RetryPolicy
 from projector.projection import Projection, StreamResult
 from projector.store import write_message
 
@@ -23,8 +24,12 @@ __all__ = [
     "HandlerImportError",
     "InvalidNameError",
     "MessageStoreError",
+    "OnExhausted",
+    "PoisonEvent",
     "Projection",
     "ProjectorError",
+    "RetryAfter",
+    "RetryPolicy",
     "SchemaMissingError",
     "StreamResult",
     "WrongExpectedVersionError",
