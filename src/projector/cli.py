@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
+import enum
 import json
 import logging
 import os
 import sys
+import uuid
 from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from contextlib import contextmanager
 from functools import partial
@@ -17,7 +19,8 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from projector import database, demo, groups, logs, migrate
+from projector import database, demo, groups, logs, migrate, status
+from projector import parked as parked_streams
 from projector.database import Connection
 from projector.errors import ConfigurationError, HandlerError, ProjectorError
 from projector.projection import load_projection
@@ -36,6 +39,13 @@ RUN_SETTINGS = (
     "consumer_group_member",
     "consumer_group_size",
     "no_standby",
+    "on_failure",
+    "retry_base",
+    "retry_cap",
+    "retry_max_attempts",
+    "handler_timeout",
+    "stuck_after",
+    "outage_limit",
     "batch_size",
     "tail_sleep",
     "max_concurrent_streams",
@@ -78,7 +88,13 @@ def _option(name: str) -> Callable[[F], F]:
     if field.annotation is bool:
         return click.option(flag, name, is_flag=True, default=None, help=help_text)
     annotation = field.annotation
-    kind: type = int if annotation in (int, int | None) else float if annotation is float else str
+    kind: click.ParamType[Any] | type = str
+    if annotation in (int, int | None):
+        kind = int
+    elif annotation in (float, float | None):
+        kind = float
+    elif isinstance(annotation, type) and issubclass(annotation, enum.Enum):
+        kind = click.Choice([member.value for member in annotation])
     return click.option(flag, name, type=kind, default=None, help=help_text)
 
 
@@ -228,6 +244,20 @@ def rebalance(group: str, size: int, dry_run: bool, **flags: Any) -> None:
         click.echo("dry run: nothing changed")
 
 
+@main.command("status")
+@click.option("--group", help="only this group")
+@click.option("--json", "as_json", is_flag=True, help="one JSON document, for scripts")
+@settings_options("database_url", "log_level")
+def status_command(group: str | None, as_json: bool, **flags: Any) -> None:
+    """How far behind each group member is, per category (reads the database only)."""
+    with reporting_errors():
+        rows = _database_call(flags, partial(status.collect, group=group))
+    if as_json:
+        click.echo(status.to_json(rows))
+    else:
+        _console().print(status.render(rows))
+
+
 @main.group()
 def checkpoints() -> None:
     """Show or change checkpoints (members of the group must be stopped to change them)."""
@@ -257,7 +287,7 @@ def checkpoints_list(group: str | None, as_json: bool, **flags: Any) -> None:
             str(row.size),
             row.updated_at.isoformat(timespec="seconds"),
         )
-    Console().print(table)
+    _console().print(table)
 
 
 @checkpoints.command("set")
@@ -293,6 +323,85 @@ def checkpoints_reset(group: str, yes: bool, **flags: Any) -> None:
     with reporting_errors():
         rows = _database_call(flags, partial(groups.reset_group, group=group))
     click.echo(f"deleted {len(rows)} checkpoint(s) of group {group}")
+
+
+@main.group()
+def parked() -> None:
+    """Streams set aside after their handler kept failing (see README, Failures)."""
+
+
+@parked.command("list")
+@click.option("--group", help="only this group")
+@click.option("--json", "as_json", is_flag=True, help="one JSON object per line")
+@settings_options("database_url", "log_level")
+def parked_list(group: str | None, as_json: bool, **flags: Any) -> None:
+    """Every parked stream: where it stopped, the event, the error."""
+    with reporting_errors():
+        rows = _database_call(flags, partial(parked_streams.list_parked, group=group))
+    if as_json:
+        for row in rows:
+            click.echo(json.dumps(dataclasses.asdict(row), default=str))
+        return
+    table = Table(
+        "group",
+        "stream",
+        "position",
+        "event id",
+        "type",
+        "attempts",
+        "parked at",
+        "error",
+        box=None,
+    )
+    for row in rows:
+        table.add_row(
+            row.group,
+            row.stream_name,
+            str(row.position),
+            str(row.event_id),
+            row.event_type,
+            str(row.attempts),
+            row.parked_at.isoformat(timespec="seconds"),
+            row.error,
+        )
+    _console().print(table)
+
+
+@parked.command("retry")
+@click.argument("stream", required=False)
+@click.option("--all", "every", is_flag=True, help="every parked stream of the group")
+@click.option("--group", required=True)
+@settings_options("database_url", "log_level")
+def parked_retry(stream: str | None, every: bool, group: str, **flags: Any) -> None:
+    """Replay STREAM (or --all) from its first unhandled event, by the runner that owns it."""
+    if (stream is not None) == every:
+        click.echo("error: give one STREAM or --all", err=True)
+        sys.exit(2)
+    with reporting_errors():
+        streams = _database_call(
+            flags, partial(parked_streams.request_retry, group=group, stream_name=stream)
+        )
+    click.echo(f"retry requested for {len(streams)} stream(s); the running projector replays them")
+
+
+@parked.command("skip")
+@click.argument("stream")
+@click.argument("event_id", type=click.UUID)
+@click.option("--group", required=True)
+@settings_options("database_url", "log_level")
+def parked_skip(stream: str, event_id: uuid.UUID, group: str, **flags: Any) -> None:
+    """Skip a parked STREAM's failing event EVENT_ID on purpose, and replay what follows it."""
+    with reporting_errors():
+        row = _database_call(
+            flags,
+            partial(parked_streams.skip_event, group=group, stream_name=stream, event_id=event_id),
+        )
+    click.echo(f"{row.stream_name}: skipping event {event_id}; replay from position {row.position}")
+
+
+def _console() -> Console:
+    """Tables at full width when piped, where rich would otherwise assume 80 columns."""
+    return Console() if sys.stdout.isatty() else Console(width=250)
 
 
 def _given(flags: dict[str, Any]) -> dict[str, Any]:

@@ -59,11 +59,20 @@ def member_name(group: str, member: int, size: int) -> str:
     return group if size == 1 else f"{group}-{member}"
 
 
+def lock_ids(group: str, member: int) -> dict[str, int]:
+    """The member's lock as pg_locks shows it: classid (high 32 bits), objid (low 32 bits)."""
+    unsigned = lock_key(group, member) & 0xFFFF_FFFF_FFFF_FFFF
+    return {"classid": unsigned >> 32, "objid": unsigned & 0xFFFF_FFFF}
+
+
+async def is_held(conn: Connection, group: str, member: int) -> bool:
+    """Whether a runner holds the member's lock now (looks at pg_locks; takes nothing)."""
+    return await (await conn.execute(HOLDER, lock_ids(group, member))).fetchone() is not None
+
+
 async def holder(conn: Connection, group: str, member: int) -> str:
     """Who holds a member's lock, for messages: application name, address and backend pid."""
-    unsigned = lock_key(group, member) & 0xFFFF_FFFF_FFFF_FFFF
-    params = {"classid": unsigned >> 32, "objid": unsigned & 0xFFFF_FFFF}
-    row = await (await conn.execute(HOLDER, params)).fetchone()
+    row = await (await conn.execute(HOLDER, lock_ids(group, member))).fetchone()
     if row is None:
         return "holder unknown"
     return f"{row[0] or 'unnamed'} from {row[1]}, backend pid {row[2]}"

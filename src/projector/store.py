@@ -40,7 +40,12 @@ LIMIT %(batch_size)s
 # to no member. The head comes from the same statement, hence the same snapshot: every row of
 # the category up to it is visible (write_message locks the category while it draws a
 # position), so a member may move its position past other members' rows up to the head.
-READ_MEMBER = """
+MEMBER_PARTITION = """strpos(stream_name, '-') > 0
+      AND mod(abs(('x' || left(md5(split_part(
+              substr(stream_name, strpos(stream_name, '-') + 1), '+', 1)), 16))::bit(64)::bigint),
+          %(size)s) = %(member)s"""
+
+READ_MEMBER = f"""
 WITH head AS (
     SELECT max(global_position) AS head
     FROM message_store.messages
@@ -53,10 +58,7 @@ FROM head LEFT JOIN LATERAL (
     FROM message_store.messages
     WHERE message_store.category(stream_name) = %(category)s
       AND global_position >= %(position)s
-      AND strpos(stream_name, '-') > 0
-      AND mod(abs(('x' || left(md5(split_part(
-              substr(stream_name, strpos(stream_name, '-') + 1), '+', 1)), 16))::bit(64)::bigint),
-          %(size)s) = %(member)s
+      AND {MEMBER_PARTITION}
     ORDER BY global_position
     LIMIT %(batch_size)s
 ) AS m ON true

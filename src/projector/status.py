@@ -1,0 +1,186 @@
+"""``projector status``: per group member and category, how far behind it is (database only).
+
+Everything comes from the database: the checkpoints table, the message store and ``pg_locks``.
+So it works with no projector running, and it shows what every member's runner would see.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import psycopg
+from rich.console import JustifyMethod
+from rich.table import Table
+from rich.text import Text
+
+from projector import database, lease, store
+from projector.checkpoints import check_schema
+from projector.database import Connection
+from projector.events import validate_group
+from projector.groups import CheckpointRow, list_checkpoints
+
+# Whether a row is one that member %(member)s of %(size)s reads (see store.py); a plain group
+# (size 1) reads every row of its category, id-less names included.
+_MEMBER_READS = f"(%(size)s = 1 OR ({store.MEMBER_PARTITION}))"
+
+# The head is a backward scan of the category index that stops at the member's newest row. The
+# lag is filtered exactly as the messages_category index is, so it scans only the backlog.
+# clock_timestamp(), not now(): the age at the moment of reading, whatever transaction the
+# caller's connection is in, so never negative for a row this statement can see. `time` is UTC
+# with no zone, hence the AT TIME ZONE.
+MEMBER_LAG = f"""
+SELECT
+    (SELECT global_position FROM message_store.messages
+     WHERE message_store.category(stream_name) = %(category)s AND {_MEMBER_READS}
+     ORDER BY global_position DESC LIMIT 1),
+    count(*),
+    extract(epoch FROM (clock_timestamp() AT TIME ZONE 'utc') - min(time))::float8
+FROM message_store.messages
+WHERE message_store.category(stream_name) = %(category)s
+  AND global_position >= %(position)s
+  AND {_MEMBER_READS}
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class MemberStatus:
+    """One member's progress in one category. ``checkpoint`` is the next global position to
+    read; ``head`` the member's newest event in the category (None: it has none); ``lag_events``
+    its events from the checkpoint on; ``lag_seconds`` the age of the oldest of them."""
+
+    group: str
+    member: int
+    size: int
+    category: str
+    checkpoint: int
+    head: int | None
+    lag_events: int
+    lag_seconds: float | None
+    last_written: datetime
+    running: bool
+
+    @property
+    def name(self) -> str:
+        """The checkpoints' owner: ``<group>`` or ``<group>-<member>``."""
+        return lease.member_name(self.group, self.member, self.size)
+
+
+async def collect(conn: Connection, group: str | None = None) -> list[MemberStatus]:
+    """The status of every checkpoint (of ``group`` only, if given), in one transaction."""
+    if group is not None:
+        validate_group(group)
+    try:
+        async with conn.transaction():
+            await check_schema(conn)
+            rows = await list_checkpoints(conn, group)
+            running: dict[tuple[str, int], bool] = {}
+            return [await _member_status(conn, row, running) for row in rows]
+    except psycopg.OperationalError as exc:
+        raise database.unavailable_during("reading the status", exc) from exc
+
+
+async def _member_status(
+    conn: Connection, row: CheckpointRow, running: dict[tuple[str, int], bool]
+) -> MemberStatus:
+    params = {
+        "category": row.category,
+        "position": row.position,
+        "member": row.member,
+        "size": row.size,
+    }
+    found = await (await conn.execute(MEMBER_LAG, params)).fetchone()
+    assert found is not None  # an aggregate always returns one row
+    head, lag_events, lag_seconds = found
+    # A member has one lock for all its categories: look it up once.
+    key = (row.group, row.member)
+    if key not in running:
+        running[key] = await lease.is_held(conn, row.group, row.member)
+    return MemberStatus(
+        row.group,
+        row.member,
+        row.size,
+        row.category,
+        row.position,
+        head,
+        lag_events,
+        lag_seconds,
+        row.updated_at,
+        running[key],
+    )
+
+
+COLUMNS = (
+    "group",
+    "category",
+    "checkpoint",
+    "head",
+    "lag (events)",
+    "lag (time)",
+    "last written",
+    "runner",
+)
+_NUMBERS = {"checkpoint", "head", "lag (events)"}
+
+
+def render(rows: list[MemberStatus], *, now: datetime | None = None) -> Table:
+    """A table for people; ages are relative to ``now`` (default: this machine's clock)."""
+    now = now or datetime.now(UTC)
+    cells = [_cells(row, now) for row in rows]
+    empty = "no checkpoints yet: a runner writes its own as it goes"
+    table = Table(box=None, pad_edge=False, caption=None if rows else empty)
+    for column in COLUMNS:
+        justify: JustifyMethod = "right" if column in _NUMBERS else "left"
+        # On a narrow terminal (80 columns is the default when piped), let the two-word
+        # headers wrap rather than have rich cut names and figures short.
+        table.add_column(column, justify=justify, no_wrap=" " not in column)
+    for line in cells:
+        *values, runner = line
+        table.add_row(*values, Text(runner, style="green" if runner == "running" else "dim"))
+    return table
+
+
+def _cells(row: MemberStatus, now: datetime) -> tuple[str, ...]:
+    return (
+        row.name,
+        row.category,
+        str(row.checkpoint),
+        "-" if row.head is None else str(row.head),
+        str(row.lag_events),
+        "-" if row.lag_seconds is None else human_duration(row.lag_seconds),
+        f"{human_duration((now - row.last_written).total_seconds())} ago",
+        "running" if row.running else "stopped",
+    )
+
+
+def human_duration(seconds: float) -> str:
+    """A short duration: ``<1s``, ``42s``, ``3m12s``, ``2h05m``, ``3d04h``."""
+    # A clock a little behind the server's would show a negative age; it is "just now".
+    whole = int(max(seconds, 0.0))
+    if whole < 1:
+        return "<1s"
+    days, rest = divmod(whole, 86_400)
+    hours, rest = divmod(rest, 3_600)
+    minutes, secs = divmod(rest, 60)
+    if days:
+        return f"{days}d{hours:02d}h"
+    if hours:
+        return f"{hours}h{minutes:02d}m"
+    if minutes:
+        return f"{minutes}m{secs:02d}s"
+    return f"{secs}s"
+
+
+def to_json(rows: list[MemberStatus]) -> str:
+    """One JSON document, ``{"members": [...]}``: ints, seconds as floats, ISO timestamps."""
+    members = [
+        {
+            "name": row.name,
+            **dataclasses.asdict(row),
+            "last_written": row.last_written.isoformat(),
+        }
+        for row in rows
+    ]
+    return json.dumps({"members": members})

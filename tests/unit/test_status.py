@@ -1,0 +1,124 @@
+"""How `projector status` shows its figures: the table for people and the JSON for scripts."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from rich.console import Console
+
+from projector.status import COLUMNS, MemberStatus, human_duration, render, to_json
+
+NOW = datetime(2026, 11, 24, 12, 0, 0, tzinfo=UTC)
+
+
+def member(**changes: object) -> MemberStatus:
+    values: dict[str, object] = {
+        "group": "balances",
+        "member": 1,
+        "size": 3,
+        "category": "account",
+        "checkpoint": 120,
+        "head": 190,
+        "lag_events": 25,
+        "lag_seconds": 192.5,
+        "last_written": NOW - timedelta(seconds=5),
+        "running": True,
+    }
+    values.update(changes)
+    return MemberStatus(**values)  # type: ignore[arg-type]
+
+
+def text_of(rows: list[MemberStatus], *, width: int = 120) -> str:
+    console = Console(width=width, color_system=None)
+    with console.capture() as captured:
+        console.print(render(rows, now=NOW))
+    return captured.get()
+
+
+@pytest.mark.parametrize(
+    ("seconds", "shown"),
+    [
+        (-2.0, "<1s"),
+        (0.4, "<1s"),
+        (1.0, "1s"),
+        (59.9, "59s"),
+        (60.0, "1m00s"),
+        (192.5, "3m12s"),
+        (3_600 + 5 * 60 + 7, "1h05m"),
+        (3 * 86_400 + 4 * 3_600, "3d04h"),
+    ],
+)
+def test_durations_are_short_and_never_negative(seconds: float, shown: str) -> None:
+    assert human_duration(seconds) == shown
+
+
+def test_the_table_shows_a_member_by_its_checkpoint_name_with_its_figures() -> None:
+    header, row = text_of([member()]).splitlines()
+
+    assert header.split() == " ".join(COLUMNS).split()
+    assert row.split() == [
+        "balances-1",
+        "account",
+        "120",
+        "190",
+        "25",
+        "3m12s",
+        "5s",
+        "ago",
+        "running",
+    ]
+
+
+def test_a_caught_up_stopped_plain_group_shows_dashes_for_what_it_lacks() -> None:
+    row = member(member=0, size=1, head=None, lag_events=0, lag_seconds=None, running=False)
+
+    assert text_of([row]).splitlines()[1].split() == [
+        "balances",
+        "account",
+        "120",
+        "-",
+        "0",
+        "-",
+        "5s",
+        "ago",
+        "stopped",
+    ]
+
+
+def test_names_and_figures_are_not_cut_on_an_80_column_terminal() -> None:
+    row = member(group="shop.balances", category="account.ledger", checkpoint=123_456_789)
+
+    text = text_of([row], width=80)
+
+    for value in ("shop.balances-1", "account.ledger", "123456789", "3m12s", "running"):
+        assert value in text
+
+
+def test_an_empty_status_says_why_it_is_empty() -> None:
+    assert "no checkpoints" in text_of([])
+
+
+def test_json_is_one_document_of_machine_fields() -> None:
+    rows = [member(), member(member=2, head=None, lag_events=0, lag_seconds=None, running=False)]
+
+    document = json.loads(to_json(rows))
+
+    assert document["members"][0] == {
+        "name": "balances-1",
+        "group": "balances",
+        "member": 1,
+        "size": 3,
+        "category": "account",
+        "checkpoint": 120,
+        "head": 190,
+        "lag_events": 25,
+        "lag_seconds": 192.5,
+        "last_written": "2026-11-24T11:59:55+00:00",
+        "running": True,
+    }
+    assert document["members"][1]["head"] is None
+    assert document["members"][1]["lag_seconds"] is None
+    assert document["members"][1]["running"] is False
+    assert json.loads(to_json([])) == {"members": []}
