@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test lint clean
 
 $(BIN)/projector: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,9 +21,6 @@ test: $(BIN)/projector
 lint: $(BIN)/projector
 	$(BIN)/ruff check .
 	$(BIN)/mypy --strict src
-
-bench: $(BIN)/projector
-	$(BIN)/python -m bench catchup
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

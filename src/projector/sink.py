@@ -25,8 +25,6 @@ from __future__ import annotations
 import math
 from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
-from itertools import pairwise
 from types import TracebackType
 from typing import Self
 
@@ -37,6 +35,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 from projector.errors import HandlerError
 from projector.events import Event
 from projector.failures import Decision, HandlerTimeout, Park, Retry, Stop
+from projector.spans import Batch, StreamState, TroubledStream, merge
 
 SpanHandler = Callable[[str, list[Event]], Awaitable[int]]
 """Handles one stream's events (in stream order) and returns the stream position to expect next:
@@ -57,92 +56,6 @@ DEFAULT_STALL_DELAY = 0.1
 MAX_SKIP_HINTS = 100_000  # forgotten streams whose handler asked to skip ahead (skip_to)
 
 
-class _Batch:
-    __slots__ = ("done", "on_completed", "remaining")
-
-    def __init__(self, on_completed: Callable[[], None]) -> None:
-        self.on_completed = on_completed
-        self.remaining = 0  # streams of this batch that have not yet handled past their events
-        self.done = False
-
-
-class _Stream:
-    __slots__ = (
-        "buffer",
-        "busy",
-        "busy_since",
-        "failing_since",
-        "failures",
-        "held",
-        "name",
-        "next_position",
-        "pending",
-        "queued",
-    )
-
-    def __init__(self, name: str) -> None:
-        self.name = name
-        self.next_position: int | None = None  # unknown until a first call returns
-        self.buffer: list[Event] = []  # unhandled events, ascending positions, no duplicates
-        self.pending: deque[tuple[_Batch, int, Lane]] = deque()  # (batch, position needed, lane)
-        self.busy = False
-        self.queued = False
-        self.held = False  # buffer events, run nothing (a parked stream being replayed)
-        self.failures = 0  # failed calls in a row
-        self.busy_since: float | None = None
-        self.failing_since: float | None = None
-
-    def accept(self, events: list[Event]) -> int | None:
-        """Buffer the events not yet handled; return the highest such position, if any."""
-        floor = self.next_position
-        fresh = events if floor is None else [e for e in events if e.position >= floor]
-        if not fresh:
-            return None
-        if not _ascending(fresh):
-            fresh = _merge([], fresh)
-        buffer = self.buffer
-        if buffer and fresh[0].position <= buffer[-1].position:
-            self.buffer = _merge(buffer, fresh)
-        else:
-            buffer.extend(fresh)
-        return fresh[-1].position
-
-    def settle(self, handled: list[Event], next_position: int) -> bool:
-        """Record a call's outcome; return whether the call made progress."""
-        first = handled[0].position
-        self.next_position = next_position
-        leftover = [e for e in handled if e.position >= next_position]
-        arrived = [e for e in self.buffer if e.position >= next_position]
-        self.buffer = _merge(leftover, arrived) if leftover else arrived
-        return next_position > first
-
-    @property
-    def forgettable(self) -> bool:
-        return not (self.buffer or self.pending or self.busy or self.queued or self.held)
-
-
-@dataclass(frozen=True, slots=True)
-class TroubledStream:
-    """A stream whose current call, or run of failures, has lasted ``seconds``."""
-
-    stream_name: str
-    state: str  # "running" or "failing"
-    seconds: float
-    failures: int
-
-
-def _ascending(events: list[Event]) -> bool:
-    return all(a.position < b.position for a, b in pairwise(events))
-
-
-def _merge(a: list[Event], b: list[Event]) -> list[Event]:
-    """Events of both lists in stream order, one per position (the first seen wins)."""
-    by_position: dict[int, Event] = {}
-    for event in (*a, *b):
-        by_position.setdefault(event.position, event)
-    return [by_position[p] for p in sorted(by_position)]
-
-
 class Lane:
     """One source's entry into the sink: its read-ahead limit and its in-order completions."""
 
@@ -150,7 +63,7 @@ class Lane:
         self.name = name
         self._sink = sink
         self._slots = anyio.Semaphore(max_read_ahead)
-        self._batches: deque[_Batch] = deque()
+        self._batches: deque[Batch] = deque()
         self._empty = anyio.Event()
         self._empty.set()
 
@@ -166,7 +79,7 @@ class Lane:
         before it on this lane, has been handled.
         """
         await self._slots.acquire()
-        batch = _Batch(on_completed)
+        batch = Batch(on_completed)
         self._batches.append(batch)
         if self._empty.is_set():
             self._empty = anyio.Event()
@@ -178,7 +91,7 @@ class Lane:
         """Return once every submitted batch has been reported complete."""
         await self._empty.wait()
 
-    def _complete(self, batch: _Batch) -> None:
+    def _complete(self, batch: Batch) -> None:
         batch.done = True
         # Completions leave strictly in submit order: a later batch that finished first waits
         # here until every older one is done, so the position it reports is always safe.
@@ -213,14 +126,14 @@ class StreamsSink:
         self._on_failure = on_failure
         self._handler_timeout = handler_timeout
         self._parked: set[str] = set(parked)
-        self._streams: dict[str, _Stream] = {}
+        self._streams: dict[str, StreamState] = {}
         # A stream that skipped ahead must keep its position after it is forgotten, or its
         # own later events (the usual reason to skip) would be delivered. Oldest hints go first.
         self._skip_hints: OrderedDict[str, int] = OrderedDict()
         self._lanes: dict[str, Lane] = {}
-        self._ready_in: MemoryObjectSendStream[_Stream]
-        self._ready_out: MemoryObjectReceiveStream[_Stream]
-        self._ready_in, self._ready_out = anyio.create_memory_object_stream[_Stream](math.inf)
+        self._ready_in: MemoryObjectSendStream[StreamState]
+        self._ready_out: MemoryObjectReceiveStream[StreamState]
+        self._ready_in, self._ready_out = anyio.create_memory_object_stream[StreamState](math.inf)
         self._task_group: TaskGroup | None = None
         self._worker_scopes: list[anyio.CancelScope] = []
         self._stopping = False
@@ -306,7 +219,7 @@ class StreamsSink:
 
     # -- scheduling -------------------------------------------------------------------------
 
-    def _schedule(self, lane: Lane, batch: _Batch, events: Sequence[Event]) -> None:
+    def _schedule(self, lane: Lane, batch: Batch, events: Sequence[Event]) -> None:
         spans: dict[str, list[Event]] = {}
         for event in events:
             span = spans.get(event.stream_name)
@@ -321,7 +234,7 @@ class StreamsSink:
                 continue
             stream = streams.get(name)
             if stream is None:
-                stream = streams[name] = _Stream(name)
+                stream = streams[name] = StreamState(name)
                 stream.next_position = self._skip_hints.pop(name, None)
             needed = stream.accept(span)
             if needed is None:
@@ -331,7 +244,7 @@ class StreamsSink:
             stream.pending.append((batch, needed, lane))
             self._enqueue(stream)
 
-    def _enqueue(self, stream: _Stream) -> None:
+    def _enqueue(self, stream: StreamState) -> None:
         if not (stream.busy or stream.queued or stream.held or self._stopping):
             stream.queued = True
             self._ready_in.send_nowait(stream)
@@ -348,7 +261,7 @@ class StreamsSink:
                 if stream.buffer:
                     await self._run(stream)
 
-    async def _run(self, stream: _Stream) -> None:
+    async def _run(self, stream: StreamState) -> None:
         events, stream.buffer = stream.buffer, []
         stream.busy, stream.busy_since = True, anyio.current_time()
         self._busy += 1
@@ -377,10 +290,10 @@ class StreamsSink:
             f"the call took longer than handler_timeout ({self._handler_timeout} s)"
         )
 
-    async def _failed(self, stream: _Stream, events: list[Event], error: Exception) -> None:
+    async def _failed(self, stream: StreamState, events: list[Event], error: Exception) -> None:
         # Queued while the decision is made, so new events cannot start a second call.
         stream.queued = True
-        stream.buffer = _merge(events, stream.buffer)
+        stream.buffer = merge(events, stream.buffer)
         stream.failures += 1
         if stream.failing_since is None:
             stream.failing_since = anyio.current_time()
@@ -396,7 +309,7 @@ class StreamsSink:
                 f"(global {events[0].global_position}): {error!r}; {decision.reason}"
             ) from error
 
-    def _settle(self, stream: _Stream, events: list[Event], next_position: int) -> None:
+    def _settle(self, stream: StreamState, events: list[Event], next_position: int) -> None:
         progressed = stream.settle(events, next_position)
         self._release(stream)
         if stream.buffer:
@@ -408,7 +321,7 @@ class StreamsSink:
         else:
             self._forget_if_idle(stream, skipped=next_position > events[-1].position + 1)
 
-    def _forget_if_idle(self, stream: _Stream, *, skipped: bool = False) -> None:
+    def _forget_if_idle(self, stream: StreamState, *, skipped: bool = False) -> None:
         if not stream.forgettable or self._streams.get(stream.name) is not stream:
             return
         del self._streams[stream.name]
@@ -417,13 +330,13 @@ class StreamsSink:
             if len(self._skip_hints) > MAX_SKIP_HINTS:
                 self._skip_hints.popitem(last=False)
 
-    def _requeue_after(self, stream: _Stream, delay: float) -> None:
+    def _requeue_after(self, stream: StreamState, delay: float) -> None:
         # Marked queued meanwhile, so that new events for the stream do not run it early.
         stream.queued = True
         assert self._task_group is not None
         self._task_group.start_soon(self._requeue_later, stream, delay, name="projector-requeue")
 
-    async def _requeue_later(self, stream: _Stream, delay: float) -> None:
+    async def _requeue_later(self, stream: StreamState, delay: float) -> None:
         await anyio.sleep(delay)
         stream.queued = False
         self._enqueue(stream)
@@ -438,7 +351,7 @@ class StreamsSink:
         else:
             self._park(stream)
 
-    def _park(self, stream: _Stream) -> None:
+    def _park(self, stream: StreamState) -> None:
         self._parked.add(stream.name)
         self._skip_hints.pop(stream.name, None)
         stream.buffer, stream.held, stream.queued = [], False, False
@@ -454,7 +367,7 @@ class StreamsSink:
         self._parked.discard(stream_name)
         stream = self._streams.get(stream_name)
         if stream is None:
-            stream = self._streams[stream_name] = _Stream(stream_name)
+            stream = self._streams[stream_name] = StreamState(stream_name)
         stream.held = True
 
     def release(self, stream_name: str, next_position: int) -> None:
@@ -470,7 +383,7 @@ class StreamsSink:
             # The replay may have handled events the source has yet to read: keep the position.
             self._forget_if_idle(stream, skipped=True)
 
-    def _release(self, stream: _Stream) -> None:
+    def _release(self, stream: StreamState) -> None:
         """Tell the batches waiting on this stream that it has handled past their events."""
         handled_below = stream.next_position
         assert handled_below is not None
