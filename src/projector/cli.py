@@ -57,6 +57,13 @@ RUN_SETTINGS = (
     "pool_size",
     "connect_timeout",
     "log_level",
+    "log_format",
+    "summary_interval",
+    "no_progress",
+    "metrics_port",
+    "metrics_host",
+    "ready_max_lag",
+    "health_max_db_age",
 )
 
 
@@ -146,7 +153,7 @@ def run(target: str, **flags: Any) -> None:
     """Run the projection TARGET (MODULE:ATTR, e.g. shop.projections:balances)."""
     with reporting_errors():
         settings = load_settings(**_given(flags))
-        logs.configure(settings.log_level)
+        logs.configure(settings.log_level, settings.log_format)
         # Like `python -m`, let the working directory's modules be imported.
         sys.path.insert(0, os.getcwd())
         runner = Runner(load_projection(target), settings)

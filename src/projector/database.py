@@ -55,7 +55,13 @@ def unavailable(url: str, exc: Exception) -> DatabaseUnavailableError:
     )
 
 
-async def outlasting(operation: Callable[[], Awaitable[T]], *, doing: str, limit: float) -> T:
+async def outlasting(
+    operation: Callable[[], Awaitable[T]],
+    *,
+    doing: str,
+    limit: float,
+    on_retry: Callable[[str], None] | None = None,
+) -> T:
     """Run ``operation``, retrying it with backoff while the database is unavailable, for up to
     ``limit`` seconds of outage; each attempt is logged once (action ``reconnecting``)."""
     started: float | None = None
@@ -73,6 +79,8 @@ async def outlasting(operation: Callable[[], Awaitable[T]], *, doing: str, limit
                 ) from exc
             attempt += 1
             delay = _RECONNECT.backoff(attempt)
+            if on_retry is not None:
+                on_retry(doing)
             logger.warning(
                 "database unavailable while %s (attempt %d), retrying in %.1f s: %s",
                 doing,

@@ -1,13 +1,16 @@
 """Log output: records carry a stable ``action`` and structured fields in ``extra``.
 
-The human format appends those fields as ``key=value`` after the message, so an operator can
-grep for ``action=checkpoint_committed`` and a machine can parse the same line.
+The text format appends those fields as ``key=value`` after the message, so an operator can
+grep for ``action=checkpoint_committed``; the JSON format (``--log-format json``) puts them
+beside the message as keys of one object per line.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
+from datetime import UTC, datetime
 
 # Attributes every LogRecord has; anything else on a record came from ``extra``.
 _STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskName"}
@@ -30,10 +33,27 @@ class TextFormatter(logging.Formatter):
         return line
 
 
-def configure(level: str) -> None:
-    """Send projector's logs to stderr at ``level``."""
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time, level, logger, message, the structured fields, and the
+    traceback when there is one."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, object] = {
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+            **structured_fields(record),
+        }
+        if record.exc_info:
+            entry["traceback"] = self.formatException(record.exc_info)
+        return json.dumps(entry, default=str)
+
+
+def configure(level: str, log_format: str = "text") -> None:
+    """Send projector's logs to stderr at ``level``, as text lines or JSON lines."""
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(TextFormatter())
+    handler.setFormatter(JsonFormatter() if log_format == "json" else TextFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)

@@ -7,6 +7,7 @@ environment, which wins over ``.env``, which wins over the defaults below.
 
 from __future__ import annotations
 
+import enum
 from typing import Annotated, Any
 
 from pydantic import Field, ValidationError, field_validator, model_validator
@@ -15,6 +16,11 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from projector.errors import ConfigurationError
 from projector.events import validate_category, validate_group
 from projector.failures import OnExhausted, RetryPolicy
+
+
+class LogFormat(enum.StrEnum):
+    TEXT = "text"
+    JSON = "json"
 
 
 class Settings(BaseSettings):
@@ -98,6 +104,30 @@ class Settings(BaseSettings):
         10.0, gt=0, le=600, description="seconds to wait for a database connection"
     )
     log_level: str = Field("INFO", description="DEBUG, INFO, WARNING or ERROR")
+    log_format: LogFormat = Field(
+        LogFormat.TEXT, description="text (human-readable lines) or json (one object per line)"
+    )
+    summary_interval: float = Field(
+        30.0, ge=0, le=86_400, description="seconds between summary log lines (0: none)"
+    )
+    no_progress: bool = Field(
+        False, description="no catch-up progress bar, even on an interactive terminal"
+    )
+    metrics_port: int | None = Field(
+        None, ge=1, le=65_535, description="serve /metrics, /health and /ready on this port"
+    )
+    metrics_host: str = Field(
+        "0.0.0.0",  # noqa: S104 (scraped by Prometheus from other hosts)
+        description="address the metrics port listens on",
+    )
+    ready_max_lag: int = Field(
+        100,
+        ge=0,
+        description="/ready answers 200 while every category lags at most this many events",
+    )
+    health_max_db_age: float = Field(
+        30.0, gt=0, description="/health fails when no database round trip succeeded for this long"
+    )
 
     @field_validator("categories", mode="before")
     @classmethod

@@ -35,6 +35,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 from projector.errors import HandlerError
 from projector.events import Event
 from projector.failures import Decision, HandlerTimeout, Park, Retry, Stop
+from projector.observe import NO_OBSERVER, Observer
 from projector.spans import Batch, StreamState, TroubledStream, merge
 
 SpanHandler = Callable[[str, list[Event]], Awaitable[int]]
@@ -116,6 +117,7 @@ class StreamsSink:
         on_failure: FailureHandler = stop_on_failure,
         handler_timeout: float | None = None,
         parked: frozenset[str] = frozenset(),
+        observer: Observer = NO_OBSERVER,
     ) -> None:
         if max_concurrent_streams < 1 or max_read_ahead < 1:
             raise ValueError("max_concurrent_streams and max_read_ahead must be at least 1")
@@ -125,6 +127,7 @@ class StreamsSink:
         self._stall_delay = stall_delay
         self._on_failure = on_failure
         self._handler_timeout = handler_timeout
+        self._observer = observer
         self._parked: set[str] = set(parked)
         self._streams: dict[str, StreamState] = {}
         # A stream that skipped ahead must keep its position after it is forgotten, or its
@@ -263,7 +266,8 @@ class StreamsSink:
 
     async def _run(self, stream: StreamState) -> None:
         events, stream.buffer = stream.buffer, []
-        stream.busy, stream.busy_since = True, anyio.current_time()
+        started = anyio.current_time()
+        stream.busy, stream.busy_since = True, started
         self._busy += 1
         failure: Exception | None = None
         try:
@@ -275,6 +279,9 @@ class StreamsSink:
             self._busy -= 1
             if self._busy == 0:
                 self._idle.set()
+        self._observer.handler_finished(
+            stream.name, len(events), anyio.current_time() - started, failure
+        )
         if failure is not None:
             await self._failed(stream, events, failure)
             return

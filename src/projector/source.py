@@ -18,6 +18,7 @@ import anyio
 
 from projector.database import outlasting
 from projector.events import Event
+from projector.observe import NO_OBSERVER, Observer
 from projector.store import Read
 
 logger = logging.getLogger(__name__)
@@ -49,6 +50,7 @@ class CategorySource:
         tail_sleep: float,
         on_handled: Callable[[int], None],
         outage_limit: float = 0.0,
+        observer: Observer = NO_OBSERVER,
     ) -> None:
         self.category = category
         self.position = position  # the next global position to read
@@ -58,6 +60,7 @@ class CategorySource:
         self._tail_sleep = tail_sleep
         self._on_handled = on_handled
         self._outage_limit = outage_limit
+        self._observer = observer
         self._wakeup = anyio.Event()
         self.reached_tail = anyio.Event()
 
