@@ -14,7 +14,8 @@ from projector.errors import (
 from projector.events import Event
 from projector.failures import OnExhausted, PoisonEvent, RetryAfter, RetryPolicy
 from projector.projection import Projection, StreamResult
-from projector.store import write_message
+from projector.store import global_position_of, write_message
+from projector.waiting import WaitTimeoutError, wait_for
 
 __all__ = [
     "ConfigurationError",
@@ -32,6 +33,9 @@ __all__ = [
     "RetryPolicy",
     "SchemaMissingError",
     "StreamResult",
+    "WaitTimeoutError",
     "WrongExpectedVersionError",
+    "global_position_of",
+    "wait_for",
     "write_message",
 ]

@@ -19,7 +19,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from projector import database, demo, groups, logs, migrate, status
+from projector import database, demo, groups, logs, migrate, status, waiting
 from projector import parked as parked_streams
 from projector.database import Connection
 from projector.errors import ConfigurationError, HandlerError, ProjectorError
@@ -263,6 +263,20 @@ def status_command(group: str | None, as_json: bool, **flags: Any) -> None:
         click.echo(status.to_json(rows))
     else:
         _console().print(status.render(rows))
+
+
+@main.command("wait")
+@click.option("--group", required=True, help="the group that must have handled it")
+@click.option("--position", type=int, required=True, help="the global position of the event")
+@click.option("--timeout", type=float, default=30.0, show_default=True, help="seconds to wait")
+@settings_options("database_url", "log_level")
+def wait_command(group: str, position: int, timeout: float, **flags: Any) -> None:
+    """Wait until GROUP has handled the event at global POSITION (exit 1 on timeout)."""
+    with reporting_errors():
+        settings = load_settings(**_given(flags))
+        url = _require_url(settings)
+        anyio.run(partial(waiting.wait_for, url, group, position, timeout=timeout))
+    click.echo(f"{group} has handled global position {position}")
 
 
 @main.group()

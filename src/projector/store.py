@@ -73,6 +73,11 @@ ORDER BY position
 LIMIT %(batch_size)s
 """
 
+GLOBAL_POSITION_OF = """
+SELECT global_position FROM message_store.messages
+WHERE stream_name = %(stream_name)s AND position = %(position)s
+"""
+
 CATEGORY_HEAD = """
 SELECT global_position
 FROM message_store.messages
@@ -198,4 +203,13 @@ async def write_message(
             raise WrongExpectedVersionError(str(exc).splitlines()[0]) from exc
         raise MessageStoreError(str(exc).splitlines()[0]) from exc
     assert row is not None
+    return int(row[0])
+
+
+async def global_position_of(conn: Connection, stream_name: str, position: int) -> int:
+    """The global position of a stream's message, e.g. of one `write_message` just wrote."""
+    params = {"stream_name": stream_name, "position": position}
+    row = await (await conn.execute(GLOBAL_POSITION_OF, params)).fetchone()
+    if row is None:
+        raise MessageStoreError(f"{stream_name} has no message at position {position}")
     return int(row[0])

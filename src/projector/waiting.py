@@ -1,0 +1,79 @@
+"""Read-your-writes: wait until a group has handled a given global position.
+
+A global position belongs to one stream, hence to one category and, in a consumer group, to one
+member; the wait is over once that member's checkpoint for that category has passed it. The
+checkpoint is committed every ``checkpoint_interval`` seconds, which bounds how long a wait for
+an event that is already handled can take.
+"""
+
+from __future__ import annotations
+
+import anyio
+
+from projector import database
+from projector.database import Connection
+from projector.errors import ConfigurationError, ProjectorError
+from projector.events import category, consumer_group_member, validate_group
+
+STREAM_AT = "SELECT stream_name FROM message_store.messages WHERE global_position = %(position)s"
+
+GROUP_CHECKPOINTS = """
+SELECT member, group_size, position FROM projector.checkpoints
+WHERE group_name = %(group)s AND category = %(category)s
+"""
+
+DEFAULT_POLL = 0.05
+
+
+class WaitTimeoutError(ProjectorError):
+    """The group did not handle the position in time."""
+
+
+async def wait_for(
+    url: str,
+    group: str,
+    position: int,
+    *,
+    timeout: float = 30.0,  # noqa: ASYNC109 (part of the API: the error names what was awaited)
+    poll: float = DEFAULT_POLL,
+) -> None:
+    """Return once ``group`` has handled the event at global ``position``; raise
+    WaitTimeoutError after ``timeout`` seconds."""
+    validate_group(group)
+    conn = await database.connect(url)
+    async with conn:
+        await conn.set_autocommit(True)
+        stream_name = await _stream_at(conn, position)
+        last_seen: int | None = None
+        with anyio.move_on_after(timeout):
+            while True:
+                last_seen = await _handled_below(conn, group, stream_name)
+                if last_seen is not None and last_seen > position:
+                    return
+                await anyio.sleep(poll)
+    where = "no checkpoint yet" if last_seen is None else f"its checkpoint is at {last_seen}"
+    raise WaitTimeoutError(
+        f"group {group!r} has not handled global position {position} ({stream_name}) "
+        f"within {timeout:g} s: {where}"
+    )
+
+
+async def _stream_at(conn: Connection, position: int) -> str:
+    row = await (await conn.execute(STREAM_AT, {"position": position})).fetchone()
+    if row is None:
+        raise ConfigurationError(
+            f"there is no message at global position {position}: give the global position "
+            "of a written message (write_message returns the stream position; read the "
+            "message back for its global position)"
+        )
+    return str(row[0])
+
+
+async def _handled_below(conn: Connection, group: str, stream_name: str) -> int | None:
+    """The checkpoint of the member of ``group`` that owns ``stream_name``, if it has one."""
+    params = {"group": group, "category": category(stream_name)}
+    for member, size, position in await (await conn.execute(GROUP_CHECKPOINTS, params)).fetchall():
+        owner = 0 if size == 1 else consumer_group_member(stream_name, size)
+        if member == owner:
+            return int(position)
+    return None
