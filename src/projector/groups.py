@@ -12,10 +12,14 @@ from datetime import datetime
 from projector.checkpoints import COMMIT
 from projector.database import Connection
 from projector.errors import ConfigurationError
-from projector.events import validate_category, validate_group
+from projector.events import hash_64, validate_category, validate_group
 from projector.lease import MemberBusyError, busy_members, member_name
 
 FIRST_POSITION = 1  # Message DB's global positions start at 1
+
+# Held while a starting member checks the group's size and writes its first checkpoints, so
+# that two members of different sizes cannot both pass the check on a new group.
+LOCK_GROUP_START = "SELECT pg_advisory_xact_lock(%(key)s)"
 
 GROUP_SIZES = """
 SELECT DISTINCT group_size FROM projector.checkpoints WHERE group_name = %(group)s
@@ -69,13 +73,18 @@ class RebalancePlan:
     notes: list[str]
 
 
+def group_start_key(group: str) -> int:
+    return hash_64(f"projector-start/{group}")
+
+
 async def check_size(conn: Connection, group: str, size: int) -> None:
     """Raise GroupSizeMismatchError unless the group's checkpoints were written at ``size``."""
     rows = await (await conn.execute(GROUP_SIZES, {"group": group})).fetchall()
     sizes = sorted(int(row[0]) for row in rows)
     if sizes and sizes != [size]:
+        stored = " and ".join(map(str, sizes))
         raise GroupSizeMismatchError(
-            f"group {group!r} has checkpoints for a group of size {sizes[-1]}, but this runner "
+            f"group {group!r} has checkpoints for a group of size {stored}, but this runner "
             f"was started with size {size}: stop every member, run "
             f"`projector rebalance --group {group} --size {size}`, then start them again"
         )

@@ -180,16 +180,22 @@ class MemberLease:
                 )
 
     async def _retake(self) -> None:
-        old, self._conn = self._conn, await self._connect()
+        # The new session becomes the lease's (and so carries checkpoint commits) only once it
+        # holds the lock: a runner that lost its member must not commit through it.
+        conn = await self._connect()
+        if not await self._try_lock(conn):
+            running = await holder(conn, self.group, self.member)
+            await conn.close()
+            raise LeaseLostError(
+                f"another runner took over {self.name} while the database was away "
+                f"({running}); stopping so that only one runner projects it"
+            )
+        old, self._conn = self._conn, conn
         if old is not None:
             await old.close()
-        try:
-            await self.acquire(standby=False)
-        except MemberBusyError as exc:
-            raise LeaseLostError(
-                f"another runner took over {self.name} while the database was away ({exc}); "
-                "stopping so that only one runner projects it"
-            ) from exc
+        logger.info(
+            "%s acquired again", self.name, extra={"action": "member_acquired", "member": self.name}
+        )
 
     async def _try_lock(self, conn: Connection) -> bool:
         try:

@@ -92,18 +92,24 @@ class Runner:
             await self._final_flush(writer, failing=False)
 
     async def _checkpoint_writer(self, store: MessageStore, lease: MemberLease) -> CheckpointWriter:
-        """Take the member's lock, check the group's size, and load where each category starts."""
+        """Take the member's lock, check the group's size, and settle where each category starts.
+
+        The size check and a new member's first checkpoints are one transaction under the
+        group's start lock, so members started with different sizes cannot both pass it."""
         settings = self.settings
         await checkpoints.check_schema(lease.connection)
         await lease.acquire(standby=not settings.no_standby)
-        await groups.check_size(lease.connection, self.group, settings.group_size)
         member_checkpoints = Checkpoints(
             lambda: lease.connection, self.group, member=settings.member, size=settings.group_size
         )
         writer = CheckpointWriter(member_checkpoints, interval=settings.checkpoint_interval)
-        for category in self.categories:
-            position = await self._start_position(store, member_checkpoints, category)
-            writer.start_at(category, position)
+        conn = lease.connection
+        async with conn.transaction():
+            await conn.execute(groups.LOCK_GROUP_START, {"key": groups.group_start_key(self.group)})
+            await groups.check_size(conn, self.group, settings.group_size)
+            for category in self.categories:
+                position = await self._start_position(store, member_checkpoints, category)
+                writer.start_at(category, position)
         return writer
 
     async def _final_flush(self, writer: CheckpointWriter, *, failing: bool) -> None:
@@ -201,14 +207,16 @@ class Runner:
     ) -> int:
         position = await member_checkpoints.load(category)
         origin = "checkpoint"
-        if position is None and self.settings.from_tail:
-            head = await store.category_head(category)
-            position = groups.FIRST_POSITION if head is None else head + 1
-            origin = "tail"
-            # Committed now, so a restart without --from-tail does not replay history.
+        if position is None:
+            if self.settings.from_tail:
+                head = await store.category_head(category)
+                position = groups.FIRST_POSITION if head is None else head + 1
+                origin = "tail"
+            else:
+                position, origin = groups.FIRST_POSITION, "beginning"
+            # Written at once: it records the group's size for members that start later, and
+            # after --from-tail a restart without it must not replay history.
             await member_checkpoints.commit({category: position})
-        elif position is None:
-            position, origin = groups.FIRST_POSITION, "beginning"
         logger.info(
             "%s starts %s at %d (from the %s)",
             member_checkpoints.name,

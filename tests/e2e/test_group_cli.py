@@ -1,0 +1,325 @@
+"""Consumer groups as an operator runs them: `projector run --member/--group-size` processes, a
+hot standby taking over from a killed member, and the `checkpoints` and `rebalance` commands."""
+
+from __future__ import annotations
+
+import json
+import socket
+import textwrap
+import time
+from collections.abc import Iterator
+from datetime import datetime
+from functools import partial
+from pathlib import Path
+
+import anyio
+import pytest
+
+from projector.events import consumer_group_member
+from projector.groups import CheckpointRow
+from tests.support.groups import (
+    CATEGORY,
+    HANDLERS,
+    ProjectorProcess,
+    category_head,
+    group_checkpoints,
+    run_members,
+    run_projector,
+    wait_until,
+)
+from tests.support.projecting import Recorder, write_events
+
+GROUP = "balances"  # the handler module's projection, hence its default group
+INFO_LOGS = {"PROJECTOR_LOG_LEVEL": "INFO"}
+
+
+@pytest.fixture
+def workdir(tmp_path: Path) -> Path:
+    (tmp_path / "shop_projections.py").write_text(textwrap.dedent(HANDLERS))
+    return tmp_path
+
+
+@pytest.fixture
+def processes() -> Iterator[list[ProjectorProcess]]:
+    """Processes a test starts; any still running at the end are killed."""
+    started: list[ProjectorProcess] = []
+    yield started
+    for process in started:
+        process.kill()
+
+
+def _run_args(url: str, member: int, size: int, *more: str) -> list[str]:
+    return [
+        "run",
+        "shop_projections:balances",
+        "--category",
+        CATEGORY,
+        "--member",
+        str(member),
+        "--group-size",
+        str(size),
+        "--database-url",
+        url,
+        "--checkpoint-interval",
+        "0.1",
+        "--tail-sleep",
+        "0.05",
+        *more,
+    ]
+
+
+def _streams(first: int, count: int) -> dict[str, int]:
+    return {f"{CATEGORY}-{i}": 1 for i in range(first, first + count)}
+
+
+def _of_member(streams: dict[str, int], member: int, size: int) -> set[str]:
+    return {name for name in streams if consumer_group_member(name, size) == member}
+
+
+def _rows(url: str) -> list[CheckpointRow]:
+    return anyio.run(group_checkpoints, url, GROUP)
+
+
+def _run_group_in_process(url: str, size: int) -> None:
+    recorders = {member: Recorder() for member in range(size)}
+    anyio.run(partial(run_members, url, recorders, size=size, group=GROUP))
+
+
+def test_a_standby_waits_then_takes_over_within_seconds_when_the_member_is_killed(
+    workdir: Path, own_store_url: str, processes: list[ProjectorProcess]
+) -> None:
+    before, after = _streams(0, 60), _streams(60, 60)
+    anyio.run(write_events, own_store_url, before)
+    args = _run_args(own_store_url, 1, 2)
+    running = ProjectorProcess.start(workdir, "running", *args, env=INFO_LOGS)
+    processes.append(running)
+    wait_until(
+        lambda: {s for s, *_ in running.handled()} == _of_member(before, 1, 2),
+        timeout=20,
+        what="the first runner handles its streams",
+    )
+
+    standby = ProjectorProcess.start(workdir, "standby", *args, env=INFO_LOGS)
+    processes.append(standby)
+    wait_until(
+        lambda: "action=standby_waiting" in standby.stderr, timeout=20, what="standby_waiting"
+    )
+    time.sleep(1.5)  # more than one poll of the lock
+    assert standby.handled() == []
+    assert standby.stderr.count("action=standby_waiting") == 1
+    assert "action=member_acquired" not in standby.stderr
+
+    running.kill()
+    took = wait_until(
+        lambda: "action=member_acquired" in standby.stderr, timeout=20, what="member_acquired"
+    )
+    anyio.run(write_events, own_store_url, after)
+    wait_until(
+        lambda: _of_member(after, 1, 2) <= {s for s, *_ in standby.handled()},
+        timeout=20,
+        what="the standby handles events written after the kill",
+    )
+
+    assert took < 5, f"the standby took {took:.1f} s to take over"
+    assert {s for s, *_ in standby.handled()} <= _of_member(before | after, 1, 2)
+    assert standby.stop() == 0, standby.stderr
+
+
+def test_no_standby_exits_1_at_once_naming_the_running_member(
+    workdir: Path, own_store_url: str, processes: list[ProjectorProcess]
+) -> None:
+    anyio.run(write_events, own_store_url, _streams(0, 20))
+    running = ProjectorProcess.start(
+        workdir, "running", *_run_args(own_store_url, 1, 2), env=INFO_LOGS
+    )
+    processes.append(running)
+    wait_until(lambda: "action=member_acquired" in running.stderr, timeout=20, what="acquired")
+
+    # The running process's application name, as the server keeps it (63 bytes at most).
+    holder = f"projector {GROUP}-1 {socket.gethostname()} pid {running.popen.pid}"[:63]
+
+    started = time.monotonic()
+    refused = run_projector(workdir, *_run_args(own_store_url, 1, 2, "--no-standby"), timeout=20)
+    took = time.monotonic() - started
+
+    assert refused.returncode == 1
+    assert refused.stderr.count("\n") == 1, refused.stderr
+    assert refused.stderr.startswith(f"error: {GROUP}-1 is already running ({holder} from ")
+    assert took < 10, f"--no-standby took {took:.1f} s to give up"
+    assert not (workdir / "handled").exists()
+    assert running.stop() == 0, running.stderr
+
+
+def test_commands_that_change_checkpoints_exit_1_while_a_member_runs(
+    workdir: Path, own_store_url: str, processes: list[ProjectorProcess]
+) -> None:
+    anyio.run(write_events, own_store_url, _streams(0, 20))
+    running = ProjectorProcess.start(workdir, "running", *_run_args(own_store_url, 1, 2))
+    processes.append(running)
+    head = anyio.run(category_head, own_store_url)
+    wait_until(
+        lambda: [row.position for row in _rows(own_store_url)] == [head + 1],
+        timeout=20,
+        what="member 1 checkpoints the category's tail",
+    )
+    rows = _rows(own_store_url)
+    database = ["--database-url", own_store_url]
+    changes = [
+        ["rebalance", "--group", GROUP, "--size", "3", *database],
+        ["rebalance", "--group", GROUP, "--size", "3", "--dry-run", *database],
+        ["checkpoints", "set", "--group", GROUP, "--category", CATEGORY, "--position", "1",
+         "--member", "1", *database],
+        ["checkpoints", "reset", "--group", GROUP, "--yes", *database],
+    ]  # fmt: skip
+
+    refused = [run_projector(workdir, *change) for change in changes]
+
+    for result in refused:
+        assert result.returncode == 1, result.stdout
+        assert result.stderr.count("\n") == 1, result.stderr
+        assert result.stderr.startswith(f"error: group '{GROUP}' is running: member 1 (")
+        assert result.stderr.endswith("Stop every member first\n")
+    assert _rows(own_store_url) == rows
+    assert running.stop() == 0, running.stderr
+
+
+def test_a_member_started_with_another_group_size_exits_2_naming_rebalance(
+    workdir: Path, own_store_url: str
+) -> None:
+    anyio.run(write_events, own_store_url, _streams(0, 20))
+    _run_group_in_process(own_store_url, 2)
+
+    refused = run_projector(workdir, *_run_args(own_store_url, 0, 3, "--until-caught-up"))
+
+    # At INFO, the member's own log lines come first (it takes its lock, then checks the size).
+    *_, error = refused.stderr.splitlines()
+    assert refused.returncode == 2
+    assert error.startswith(f"error: group '{GROUP}' has checkpoints for a group of size 2")
+    assert f"`projector rebalance --group {GROUP} --size 3`" in error
+    assert refused.stderr.count("error: ") == 1, refused.stderr
+    assert not (workdir / "handled").exists()
+
+
+def test_checkpoints_list_json_shows_each_members_position_after_a_run(
+    workdir: Path, own_store_url: str, processes: list[ProjectorProcess]
+) -> None:
+    anyio.run(write_events, own_store_url, _streams(0, 40))
+    members = [
+        ProjectorProcess.start(
+            workdir, f"member{m}", *_run_args(own_store_url, m, 2, "--until-caught-up")
+        )
+        for m in range(2)
+    ]
+    processes.extend(members)
+    assert [member.wait() for member in members] == [0, 0], [m.stderr for m in members]
+
+    listed = run_projector(
+        workdir, "checkpoints", "list", "--json", "--group", GROUP, "--database-url", own_store_url
+    )
+
+    assert listed.returncode == 0, listed.stderr
+    rows = [json.loads(line) for line in listed.stdout.splitlines()]
+    head = anyio.run(category_head, own_store_url)
+    assert [{k: v for k, v in row.items() if k != "updated_at"} for row in rows] == [
+        {"group": GROUP, "member": m, "size": 2, "category": CATEGORY, "position": head + 1}
+        for m in range(2)
+    ]
+    assert all(datetime.fromisoformat(row["updated_at"]).tzinfo is not None for row in rows)
+
+
+def test_a_run_resumes_from_the_position_set_with_checkpoints_set(
+    workdir: Path, own_store_url: str, processes: list[ProjectorProcess]
+) -> None:
+    streams = _streams(0, 60)
+    anyio.run(write_events, own_store_url, streams)
+    args = _run_args(own_store_url, 0, 2, "--until-caught-up")
+    first = ProjectorProcess.start(workdir, "first", *args)
+    processes.append(first)
+    assert first.wait() == 0, first.stderr
+    replay_from = sorted(g for *_, g in first.handled())[len(first.handled()) // 2]
+
+    set_ = run_projector(
+        workdir,
+        "checkpoints",
+        "set",
+        "--group",
+        GROUP,
+        "--category",
+        CATEGORY,
+        "--position",
+        str(replay_from),
+        "--member",
+        "0",
+        "--database-url",
+        own_store_url,
+    )
+    again = ProjectorProcess.start(workdir, "again", *args)
+    processes.append(again)
+
+    assert set_.returncode == 0, set_.stderr
+    assert set_.stdout == f"{GROUP}-0 {CATEGORY}: next position {replay_from}\n"
+    assert again.wait() == 0, again.stderr
+    assert sorted(again.handled()) == sorted(e for e in first.handled() if e[2] >= replay_from)
+
+
+def test_checkpoints_reset_deletes_only_once_confirmed(workdir: Path, own_store_url: str) -> None:
+    anyio.run(write_events, own_store_url, _streams(0, 20))
+    _run_group_in_process(own_store_url, 2)
+    rows = _rows(own_store_url)
+    reset = ["checkpoints", "reset", "--group", GROUP, "--database-url", own_store_url]
+
+    declined = run_projector(workdir, *reset, stdin="n\n")
+    kept = _rows(own_store_url)
+    confirmed = run_projector(workdir, *reset, "--yes")
+
+    assert f"delete every checkpoint of group '{GROUP}'?" in declined.stdout
+    assert declined.returncode == 1
+    assert kept == rows
+    assert len(rows) == 2
+    assert confirmed.returncode == 0, confirmed.stderr
+    assert confirmed.stdout == f"deleted 2 checkpoint(s) of group {GROUP}\n"
+    assert _rows(own_store_url) == []
+
+
+def test_rebalance_dry_run_prints_the_plan_and_rebalance_prints_the_new_positions(
+    workdir: Path, own_store_url: str
+) -> None:
+    anyio.run(write_events, own_store_url, _streams(0, 20))
+    _run_group_in_process(own_store_url, 2)
+    lowered = run_projector(
+        workdir,
+        "checkpoints",
+        "set",
+        "--group",
+        GROUP,
+        "--category",
+        CATEGORY,
+        "--position",
+        "7",
+        "--member",
+        "1",
+        "--database-url",
+        own_store_url,
+    )
+    assert lowered.returncode == 0, lowered.stderr
+    rows = _rows(own_store_url)
+    rebalance = ["rebalance", "--group", GROUP, "--size", "3", "--database-url", own_store_url]
+
+    dry_run = run_projector(workdir, *rebalance, "--dry-run")
+    unchanged = _rows(own_store_url)
+    done = run_projector(workdir, *rebalance)
+
+    assert dry_run.returncode == 0, dry_run.stderr
+    assert dry_run.stdout == (
+        f"group {GROUP}: 2 -> 3 members\n"
+        f"  {CATEGORY}: members 0..2 would restart at 7\n"
+        "dry run: nothing changed\n"
+    )
+    assert unchanged == rows
+    assert done.returncode == 0, done.stderr
+    assert (
+        done.stdout == f"group {GROUP}: 2 -> 3 members\n  {CATEGORY}: members 0..2 restarted at 7\n"
+    )
+    assert [(r.member, r.size, r.category, r.position) for r in _rows(own_store_url)] == [
+        (m, 3, CATEGORY, 7) for m in range(3)
+    ]
