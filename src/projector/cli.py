@@ -20,6 +20,7 @@ from rich.console import Console
 from rich.table import Table
 
 from projector import database, demo, groups, logs, migrate, status, waiting
+from projector import notify as notifications
 from projector import parked as parked_streams
 from projector.database import Connection
 from projector.errors import ConfigurationError, HandlerError, ProjectorError
@@ -167,7 +168,12 @@ def run(target: str, **flags: Any) -> None:
     is_flag=True,
     help="also create projector's own Message DB-compatible store (skipped if one exists)",
 )
-def migrate_command(message_store: bool, **flags: Any) -> None:
+@click.option(
+    "--notify",
+    is_flag=True,
+    help="also install the trigger that wakes projectors as soon as events are written",
+)
+def migrate_command(message_store: bool, notify: bool, **flags: Any) -> None:
     """Create or upgrade projector's tables (and, on request, a message store)."""
     with reporting_errors():
         settings = load_settings(**_given(flags))
@@ -178,6 +184,9 @@ def migrate_command(message_store: bool, **flags: Any) -> None:
             click.echo("message store created" if created else "message store already present")
         migrate.upgrade(url)
         click.echo("projector tables are up to date")
+        if notify:
+            notifications.install(url)
+            click.echo("wake-up trigger installed (projector_messages notifications)")
 
 
 @main.command("demo")

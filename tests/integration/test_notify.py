@@ -1,0 +1,55 @@
+"""The opt-in wake-up trigger: a write notifies listeners with its category, on both stores."""
+
+from __future__ import annotations
+
+from functools import partial
+
+import anyio
+import pytest
+
+from projector import notify, write_message
+from projector.database import connect
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+async def test_a_listener_is_woken_with_the_category_of_each_committed_write(
+    database_url: str,
+) -> None:
+    notify.install(database_url)
+    notify.install(database_url)  # installing again is harmless
+    woken: list[str] = []
+    arrived = anyio.Event()
+
+    def wake(category: str) -> None:
+        woken.append(category)
+        if len(woken) >= 2:
+            arrived.set()
+
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as tasks:
+            await tasks.start(partial(notify.listen, database_url, wake, outage_limit=5))
+            conn = await connect(database_url)
+            async with conn, conn.transaction():
+                for i in range(5):
+                    await write_message(conn, f"account-{i}", "Opened", {})
+                await write_message(conn, "invoice-1", "Issued", {})
+                await anyio.sleep(0.2)
+                assert woken == [], "notified before the rows were committed"
+            await arrived.wait()
+            tasks.cancel_scope.cancel()
+
+    assert sorted(woken) == ["account", "invoice"]
+
+
+async def test_installed_tells_whether_the_trigger_is_there(own_store_url: str) -> None:
+    conn = await connect(own_store_url)
+    async with conn:
+        assert not await notify.installed(conn)
+        notify.install(own_store_url)
+        assert await notify.installed(conn)
