@@ -127,7 +127,10 @@ class CheckpointWriter:
         while True:
             await anyio.sleep(self._interval)
             try:
-                await self.flush()
+                # Shielded: cancelling a commit in flight makes psycopg close the connection,
+                # and the stopping runner's last commit needs that connection.
+                with anyio.move_on_after(DEFAULT_FLUSH_TIMEOUT, shield=True):
+                    await self.flush()
             except DatabaseUnavailableError as exc:
                 logger.warning(
                     "checkpoint commit failed, retrying in %g s: %s",

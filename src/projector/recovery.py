@@ -7,6 +7,7 @@ policy, and records a parked stream before the sink lets its checkpoint move on.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 
 import anyio
 
@@ -21,6 +22,11 @@ logger = logging.getLogger(__name__)
 
 RETRY_POLL = 2.0  # seconds between looks for `projector parked retry` requests
 STUCK_REPORT_EVERY = 60.0  # seconds between reports of the same stuck stream
+
+
+@dataclass
+class _Progress:
+    position: int  # the first stream position not yet handled
 
 
 class Recovery:
@@ -105,53 +111,62 @@ class Recovery:
     async def replay(self, parked: ParkedStream, sink: StreamsSink) -> None:
         """Replay one parked stream from its first unhandled event, then let it run again."""
         name = parked.stream_name
+        if name not in sink.parked_streams:
+            # The sink already runs it (an earlier replay whose unpark failed): only the row is
+            # left to remove. Replaying now would call the handler beside the sink's own call.
+            await self._parked.unpark(parked)
+            return
         sink.hold(name)  # keep what the source reads meanwhile; the replay reads the rest
-        position = parked.position
+        progress = _Progress(parked.position)
         try:
-            position = await self._replay_from(name, position)
+            await self._replay_from(name, progress)
         except Exception as error:
             sink.park(name)  # back to dropping its events; the parked row still holds its place
             if isinstance(error, DatabaseUnavailableError):
                 raise  # the retry request stays, and is served when the database is back
-            await self._parked.park(
-                name, await self._store.read_stream(name, position, 1), error, 1
-            )
-            logger.error(
-                "%s failed again when replayed at position %d: %r",
-                name,
-                position,
-                error,
-                exc_info=error,
-                extra={
-                    "action": "stream_parked",
-                    "group": self._group,
-                    "stream": name,
-                    "position": position,
-                },
-            )
+            await self._park_again(name, progress.position, error)
             return
-        sink.release(name, position)
+        sink.release(name, progress.position)
         await self._parked.unpark(parked)
         logger.info(
             "%s replayed up to position %d and running again",
             name,
-            position - 1,
+            progress.position - 1,
             extra={
                 "action": "stream_unparked",
+                "group": self._group,
+                "stream": name,
+                "position": progress.position,
+            },
+        )
+
+    async def _replay_from(self, stream_name: str, progress: _Progress) -> None:
+        """Handle the stream's events from ``progress.position`` on, moving it as calls succeed
+        (so that a failure records the first event still unhandled)."""
+        while events := await self._store.read_stream(
+            stream_name, progress.position, self._batch_size
+        ):
+            with anyio.fail_after(self._handler_timeout):
+                next_position = await self._handle(stream_name, events)
+            if next_position <= progress.position:
+                raise RuntimeError("the handler handled none of the replayed events")
+            progress.position = next_position
+
+    async def _park_again(self, name: str, position: int, error: Exception) -> None:
+        await self._parked.park(name, await self._store.read_stream(name, position, 1), error, 1)
+        logger.error(
+            "%s failed again when replayed at position %d: %r",
+            name,
+            position,
+            error,
+            exc_info=error,
+            extra={
+                "action": "stream_parked",
                 "group": self._group,
                 "stream": name,
                 "position": position,
             },
         )
-
-    async def _replay_from(self, stream_name: str, position: int) -> int:
-        while events := await self._store.read_stream(stream_name, position, self._batch_size):
-            with anyio.fail_after(self._handler_timeout):
-                next_position = await self._handle(stream_name, events)
-            if next_position <= position:
-                raise RuntimeError("the handler handled none of the replayed events")
-            position = next_position
-        return position
 
     async def report_stuck(self, sink: StreamsSink, *, stuck_after: float) -> None:
         """Log streams running or failing for longer than ``stuck_after``: once, then every
