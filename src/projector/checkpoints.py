@@ -115,6 +115,11 @@ class CheckpointWriter:
         return self._checkpoints.name
 
     @property
+    def committed(self) -> dict[str, int]:
+        """The positions last committed (or loaded at start), per category."""
+        return dict(self._committed)
+
+    @property
     def completed(self) -> dict[str, int]:
         return dict(self._completed)
 

@@ -3,6 +3,10 @@
 Stopping is cancellation (see `serve`): the sources stop reading at once, handler calls already
 running get ``shutdown_timeout`` seconds to finish, and the checkpoint is committed once more,
 shielded and time-boxed, whatever ended the run (a signal, a handler error, caught-up).
+
+Watching the run: `Health` always, `Metrics` with ``metrics_port``, `Summary` with
+``summary_interval``; all three observe the sink and the sources. The metrics endpoint starts
+before the member's lock is taken, so that a standby answers its probes too.
 """
 
 from __future__ import annotations
@@ -11,14 +15,21 @@ import logging
 import signal
 from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
+from dataclasses import dataclass
 from functools import partial
 
 import anyio
+from anyio.abc import TaskGroup
 
-from projector import checkpoints, database, groups
+from projector import checkpoints, database, groups, health, notify
 from projector.checkpoints import DEFAULT_FLUSH_TIMEOUT, Checkpoints, CheckpointWriter
+from projector.database import Pool
 from projector.errors import ConfigurationError, ProjectorError
-from projector.lease import MemberLease
+from projector.health import Health, State
+from projector.lag import LAG_INTERVAL, LagTracker
+from projector.lease import MemberLease, member_name
+from projector.metrics import Metrics, RunnerState
+from projector.observe import Observer, Observers
 from projector.parked import ParkedStreams
 from projector.projection import Projection
 from projector.recovery import Recovery
@@ -26,8 +37,34 @@ from projector.settings import Settings, retry_policy
 from projector.sink import Lane, StreamsSink
 from projector.source import CategorySource
 from projector.store import MessageStore
+from projector.summary import Summary
 
 logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Watchers:
+    """What watches a run: health always, metrics and the summary when they are enabled."""
+
+    health: Health
+    metrics: Metrics | None
+    summary: Summary | None
+
+    @property
+    def observer(self) -> Observer:
+        return Observers(*(o for o in (self.health, self.metrics, self.summary) if o is not None))
+
+
+@dataclass(frozen=True, slots=True)
+class Parts:
+    """A runner's parts once its member is acquired, for the loops that project."""
+
+    pool: Pool
+    store: MessageStore
+    writer: CheckpointWriter
+    lease: MemberLease
+    recovery: Recovery
+    watchers: Watchers
 
 
 class Runner:
@@ -62,6 +99,9 @@ class Runner:
             )
             store = MessageStore(pool, member=settings.member, size=settings.group_size)
             await store.check_schema()
+            watchers = self._watchers()
+            if watchers.metrics is not None:
+                await self._serve_endpoint(stack, watchers.health, watchers.metrics)
             lease = await stack.enter_async_context(
                 MemberLease(
                     self.database_url,
@@ -84,12 +124,38 @@ class Runner:
                 batch_size=settings.batch_size,
                 handler_timeout=settings.handler_timeout,
             )
+            parts = Parts(pool, store, writer, lease, recovery, watchers)
             try:
-                await self._project(store, writer, lease, recovery, await parked.owned())
+                await self._project(parts, await parked.owned())
             except BaseException:
                 await self._final_flush(writer, failing=True)
                 raise
             await self._final_flush(writer, failing=False)
+
+    def _watchers(self) -> Watchers:
+        settings = self.settings
+        name = member_name(self.group, settings.member, settings.group_size)
+        status = Health(max_db_age=settings.health_max_db_age, ready_max_lag=settings.ready_max_lag)
+        return Watchers(
+            status,
+            None if settings.metrics_port is None else Metrics(name, status),
+            Summary(name) if settings.summary_interval > 0 else None,
+        )
+
+    async def _serve_endpoint(
+        self, stack: AsyncExitStack, status: Health, metrics: Metrics
+    ) -> None:
+        """Serve /metrics, /health and /ready until the run ends, from a task group of its own
+        that closes last (the stack closes in reverse)."""
+        settings = self.settings
+        assert settings.metrics_port is not None
+        tasks: TaskGroup = await stack.enter_async_context(anyio.create_task_group())
+        stack.callback(tasks.cancel_scope.cancel)
+        app = health.application(status, metrics.registry)
+        await tasks.start(
+            partial(health.serve, app, host=settings.metrics_host, port=settings.metrics_port),
+            name="projector-metrics-endpoint",
+        )
 
     async def _checkpoint_writer(self, store: MessageStore, lease: MemberLease) -> CheckpointWriter:
         """Take the member's lock, check the group's size, and settle where each category starts.
@@ -127,80 +193,125 @@ class Runner:
                     extra={"action": "checkpoint_commit_failed"},
                 )
 
-    async def _project(
-        self,
-        store: MessageStore,
-        writer: CheckpointWriter,
-        lease: MemberLease,
-        recovery: Recovery,
-        parked: frozenset[str],
-    ) -> None:
+    async def _project(self, parts: Parts, parked: frozenset[str]) -> None:
         settings = self.settings
         sink = StreamsSink(
             self.projection.handle,
             max_concurrent_streams=settings.max_concurrent_streams,
             max_read_ahead=settings.max_read_ahead,
-            on_failure=recovery.on_failure,
+            on_failure=parts.recovery.on_failure,
             handler_timeout=settings.handler_timeout,
             parked=parked,
+            observer=parts.watchers.observer,
         )
         async with sink:
             lanes = {category: sink.lane(category) for category in self.categories}
             sources = [
-                CategorySource(
-                    store,
-                    lanes[category],
-                    category,
-                    position=writer.completed[category],
-                    batch_size=settings.batch_size,
-                    tail_sleep=settings.tail_sleep,
-                    on_handled=partial(writer.advance, category),
-                    outage_limit=settings.outage_limit,
-                )
-                for category in self.categories
+                self._source(parts, lanes[category], category) for category in self.categories
             ]
+            if parts.watchers.metrics is not None:
+                parts.watchers.metrics.watch(
+                    RunnerState(
+                        sink, lanes, parts.writer, parts.watchers.health, settings.stuck_after
+                    )
+                )
             try:
-                await self._pump(sources, writer, lease, recovery, sink, list(lanes.values()))
+                await self._pump(parts, sources, sink, list(lanes.values()))
             finally:
                 with anyio.CancelScope(shield=True):
                     await sink.stop(grace_period=settings.shutdown_timeout)
 
+    def _source(self, parts: Parts, lane: Lane, category: str) -> CategorySource:
+        settings = self.settings
+        return CategorySource(
+            parts.store,
+            lane,
+            category,
+            position=parts.writer.completed[category],
+            batch_size=settings.batch_size,
+            tail_sleep=settings.tail_sleep,
+            on_handled=partial(parts.writer.advance, category),
+            outage_limit=settings.outage_limit,
+            observer=parts.watchers.observer,
+        )
+
     async def _pump(
-        self,
-        sources: list[CategorySource],
-        writer: CheckpointWriter,
-        lease: MemberLease,
-        recovery: Recovery,
-        sink: StreamsSink,
-        lanes: list[Lane],
+        self, parts: Parts, sources: list[CategorySource], sink: StreamsSink, lanes: list[Lane]
     ) -> None:
-        stop_at_tail = self.settings.until_caught_up
+        settings, writer, recovery = self.settings, parts.writer, parts.recovery
+        status = parts.watchers.health
         async with anyio.create_task_group() as tasks:
             tasks.start_soon(writer.run, name="projector-checkpoint-writer")
             tasks.start_soon(
-                partial(lease.watch, outage_limit=self.settings.outage_limit),
+                partial(parts.lease.watch, outage_limit=settings.outage_limit),
                 name="projector-lease-watch",
             )
             tasks.start_soon(recovery.serve_retries, sink, name="projector-parked-retries")
             tasks.start_soon(
-                partial(recovery.report_stuck, sink, stuck_after=self.settings.stuck_after),
+                partial(recovery.report_stuck, sink, stuck_after=settings.stuck_after),
                 name="projector-stuck-report",
             )
-            async with anyio.create_task_group() as readers:
-                for source in sources:
-                    readers.start_soon(
-                        partial(source.run, stop_at_tail=stop_at_tail),
-                        name=f"projector-source-{source.category}",
-                    )
-            # Only reached with until_caught_up: every source has read to its tail.
-            for lane in lanes:
-                await lane.wait_empty()
+            await self._watch(tasks, parts, sink)
+            await self._listen(tasks, parts, sources)
+            status.state = State.RUNNING
+            try:
+                async with anyio.create_task_group() as readers:
+                    for source in sources:
+                        readers.start_soon(
+                            partial(source.run, stop_at_tail=settings.until_caught_up),
+                            name=f"projector-source-{source.category}",
+                        )
+                # Only reached with until_caught_up: every source has read to its tail.
+                for lane in lanes:
+                    await lane.wait_empty()
+            finally:
+                status.state = State.STOPPED
             logger.info(
                 "%s caught up",
                 writer.name,
                 extra={"action": "caught_up", "group": writer.name, **writer.completed},
             )
             tasks.cancel_scope.cancel()
+
+    async def _watch(self, tasks: TaskGroup, parts: Parts, sink: StreamsSink) -> None:
+        """Start the lag measurements (once the first is taken) and the summary line, as far
+        as they are enabled."""
+        settings, watchers = self.settings, parts.watchers
+        tracker = LagTracker(
+            parts.pool,
+            lambda: parts.writer.completed,
+            member=settings.member,
+            size=settings.group_size,
+            on_measured=watchers.health.lag_measured,
+            on_failed=watchers.health.lag_failed,
+        )
+        if watchers.metrics is not None:
+            # Often enough that a healthy database never looks silent to /health.
+            interval = min(LAG_INTERVAL, settings.health_max_db_age / 4)
+            await tasks.start(partial(tracker.run, interval=interval), name="projector-lag")
+        if watchers.summary is not None:
+            tasks.start_soon(
+                partial(
+                    watchers.summary.run, sink, tracker.measure, interval=settings.summary_interval
+                ),
+                name="projector-summary",
+            )
+
+    async def _listen(self, tasks: TaskGroup, parts: Parts, sources: list[CategorySource]) -> None:
+        """Wake the sources as events are written, when the opt-in trigger is installed."""
+        if not await notify.installed(parts.lease.connection):
+            return
+        by_category = {source.category: source for source in sources}
+
+        def wake(category: str) -> None:
+            source = by_category.get(category)
+            if source is not None:
+                source.wake()
+
+        listen = partial(
+            notify.listen, self.database_url, wake, outage_limit=self.settings.outage_limit
+        )
+        await tasks.start(listen, name="projector-notify-listener")
 
     async def _start_position(
         self, store: MessageStore, member_checkpoints: Checkpoints, category: str

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from functools import partial
 from typing import Protocol
 
 import anyio
@@ -72,9 +71,10 @@ class CategorySource:
         """Poll forever (cancel to stop), or until the first empty read with ``stop_at_tail``."""
         while True:
             read = await outlasting(
-                partial(self._reader.read_category, self.category, self.position, self._batch_size),
+                self._read,
                 doing=f"reading {self.category}",
                 limit=self._outage_limit,
+                on_retry=self._observer.reconnecting,
             )
             if read.events:
                 await self._submit(read)
@@ -86,6 +86,12 @@ class CategorySource:
             if stop_at_tail:
                 return
             await self._sleep()
+
+    async def _read(self) -> Read:
+        started = anyio.current_time()
+        read = await self._reader.read_category(self.category, self.position, self._batch_size)
+        self._observer.events_read(self.category, len(read.events), anyio.current_time() - started)
+        return read
 
     async def _submit(self, read: Read) -> None:
         events, next_position = read.events, read.next_position

@@ -9,6 +9,7 @@ import pytest
 
 from projector import notify, write_message
 from projector.database import connect
+from tests.support.projecting import Recorder, run_projection, settings_for, write_events
 
 pytestmark = pytest.mark.anyio
 
@@ -53,3 +54,27 @@ async def test_installed_tells_whether_the_trigger_is_there(own_store_url: str) 
         assert not await notify.installed(conn)
         notify.install(own_store_url)
         assert await notify.installed(conn)
+
+
+async def test_a_running_projector_is_woken_by_a_write_long_before_its_tail_sleep_ends(
+    database_url: str,
+) -> None:
+    notify.install(database_url)
+    recorder = Recorder()
+    settings = settings_for(
+        database_url, categories=("account",), until_caught_up=False, tail_sleep=30.0
+    )
+
+    with anyio.fail_after(20):
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(run_projection, recorder.projection(), settings)
+            await write_events(database_url, {"account-1": 1})
+            await recorder.wait_until_handled(1)
+            await anyio.sleep(0.5)  # the source is asleep at the tail now, for 30 s
+            await write_events(database_url, {"account-2": 1})
+            # Without the notification this would wait out the 30 s tail sleep.
+            with anyio.fail_after(5):
+                await recorder.wait_until_handled(2)
+            tasks.cancel_scope.cancel()
+
+    assert dict(recorder.positions) == {"account-1": [0], "account-2": [0]}

@@ -1,0 +1,215 @@
+"""Prometheus metrics of one runner, in a registry of its own.
+
+Counters and the handler histogram are updated by the observer hooks as things happen; gauges
+(streams, batches, positions, lag, health) are read from the runner's state at scrape time, so
+they cost nothing between scrapes. Every metric carries ``group``: the checkpoints' owner, e.g.
+``balances`` or ``balances-1``, so that several runners can share one Prometheus.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.metrics_core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from projector.checkpoints import CheckpointWriter
+from projector.events import category
+from projector.failures import HandlerTimeout
+from projector.health import Health
+from projector.observe import Observer
+from projector.sink import Lane, StreamsSink
+
+# From a quick upsert (1 ms) to a call near the default handler_timeout.
+HANDLER_BUCKETS = (
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+    60.0,
+    120.0,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class RunnerState:
+    """What a scrape reads: the running pipeline's parts."""
+
+    sink: StreamsSink
+    lanes: Mapping[str, Lane]
+    writer: CheckpointWriter
+    health: Health
+    stuck_after: float
+
+
+class Metrics(Observer):
+    """The runner's metrics; ``registry`` is what ``/metrics`` serves."""
+
+    def __init__(self, group: str, health: Health) -> None:
+        self.group = group
+        self.registry = CollectorRegistry()
+        self.registry.register(_HealthCollector(group, health))
+        by_category = ("group", "category")
+        self._read = Counter(
+            "projector_events_read",
+            "Events read from the message store",
+            by_category,
+            registry=self.registry,
+        )
+        self._handled = Counter(
+            "projector_events_handled",
+            "Events given to handler calls that returned without error",
+            by_category,
+            registry=self.registry,
+        )
+        self._duration = Histogram(
+            "projector_handler_duration_seconds",
+            "Duration of handler calls, failed ones included",
+            by_category,
+            buckets=HANDLER_BUCKETS,
+            registry=self.registry,
+        )
+        self._failures = Counter(
+            "projector_handler_failures",
+            "Failed handler calls, by kind: the exception's class name, or timeout",
+            (*by_category, "kind"),
+            registry=self.registry,
+        )
+        self._reconnects = Counter(
+            "projector_reconnects",
+            "Database operations retried because the database was unavailable",
+            ("group",),
+            registry=self.registry,
+        )
+        self._reconnects.labels(group)
+
+    def watch(self, state: RunnerState) -> None:
+        """Report the gauges of a running pipeline from now on (once per runner)."""
+        self.registry.register(_StateCollector(self.group, state))
+
+    # -- observer hooks -----------------------------------------------------------------------
+
+    def events_read(self, category: str, count: int, seconds: float) -> None:
+        self._read.labels(self.group, category).inc(count)
+
+    def handler_finished(
+        self, stream_name: str, count: int, seconds: float, error: BaseException | None
+    ) -> None:
+        name = category(stream_name)
+        self._duration.labels(self.group, name).observe(seconds)
+        if error is None:
+            self._handled.labels(self.group, name).inc(count)
+        else:
+            self._failures.labels(self.group, name, failure_kind(error)).inc()
+
+    def reconnecting(self, doing: str) -> None:
+        self._reconnects.labels(self.group).inc()
+
+
+def failure_kind(error: BaseException) -> str:
+    return "timeout" if isinstance(error, HandlerTimeout) else type(error).__name__
+
+
+class _StateCollector(Collector):
+    """Gauges read from the runner's state at each scrape."""
+
+    def __init__(self, group: str, state: RunnerState) -> None:
+        self._group = group
+        self._state = state
+
+    def collect(self) -> Iterable[Metric]:
+        yield from self._streams()
+        yield from self._positions()
+        yield from self._lag()
+
+    def _streams(self) -> Iterable[Metric]:
+        sink, group = self._state.sink, self._group
+        busy = _gauge("projector_streams_busy", "Streams with a handler call running")
+        busy.add_metric((group,), sink.busy_streams)
+        parked = _gauge("projector_streams_parked", "Streams parked by this runner")
+        parked.add_metric((group,), len(sink.parked_streams))
+        stuck = _gauge(
+            "projector_streams_stuck", "Streams running or failing for longer than stuck_after"
+        )
+        stuck.add_metric((group,), len(sink.troubled(longer_than=self._state.stuck_after)))
+        batches = _gauge(
+            "projector_batches_in_flight", "Batches read and not yet fully handled", "category"
+        )
+        for name, lane in self._state.lanes.items():
+            batches.add_metric((group, name), lane.in_flight)
+        return (busy, parked, stuck, batches)
+
+    def _positions(self) -> Iterable[Metric]:
+        writer, group = self._state.writer, self._group
+        committed = _gauge(
+            "projector_checkpoint_position",
+            "Committed checkpoint: the next global position to read after a restart",
+            "category",
+        )
+        for name, position in writer.committed.items():
+            committed.add_metric((group, name), position)
+        handled = _gauge(
+            "projector_handled_position",
+            "Every event below this global position is handled (not yet committed, maybe)",
+            "category",
+        )
+        for name, position in writer.completed.items():
+            handled.add_metric((group, name), position)
+        return (committed, handled)
+
+    def _lag(self) -> Iterable[Metric]:
+        group, reading = self._group, self._state.health.lag
+        events = _gauge("projector_lag_events", "Events of this member not yet handled", "category")
+        seconds = _gauge(
+            "projector_lag_seconds", "Age of the oldest event not yet handled", "category"
+        )
+        head = _gauge(
+            "projector_head_position", "Global position of the member's newest event", "category"
+        )
+        if reading is not None:
+            for name, lag in reading.categories.items():
+                events.add_metric((group, name), lag.events)
+                seconds.add_metric((group, name), lag.seconds)
+                if lag.head is not None:
+                    head.add_metric((group, name), lag.head)
+        return (events, seconds, head)
+
+
+class _HealthCollector(Collector):
+    """Liveness, readiness and the last database answer, from the start (standby included)."""
+
+    def __init__(self, group: str, health: Health) -> None:
+        self._group = group
+        self._health = health
+
+    def collect(self) -> Iterable[Metric]:
+        health, group = self._health, self._group
+        up = _gauge("projector_up", "1 while /health answers 200, else 0")
+        up.add_metric((group,), 1.0 if health.liveness().ok else 0.0)
+        ready = _gauge("projector_ready", "1 while /ready answers 200, else 0")
+        ready.add_metric((group,), 1.0 if health.readiness().ok else 0.0)
+        found = [up, ready]
+        if health.answered_wall is not None:
+            last = _gauge(
+                "projector_last_database_success_timestamp_seconds",
+                "Unix time of the last successful database round trip",
+            )
+            last.add_metric((group,), health.answered_wall)
+            found.append(last)
+        return found
+
+
+def _gauge(name: str, documentation: str, *extra: str) -> GaugeMetricFamily:
+    return GaugeMetricFamily(name, documentation, labels=("group", *extra))
