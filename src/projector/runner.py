@@ -38,6 +38,7 @@ from projector.sink import Lane, StreamsSink
 from projector.source import CategorySource
 from projector.store import MessageStore
 from projector.summary import Summary
+from projector.tracing import traced
 
 logger = logging.getLogger(__name__)
 
@@ -196,7 +197,7 @@ class Runner:
     async def _project(self, parts: Parts, parked: frozenset[str]) -> None:
         settings = self.settings
         sink = StreamsSink(
-            self.projection.handle,
+            traced(self.projection.handle, group=parts.writer.name),
             max_concurrent_streams=settings.max_concurrent_streams,
             max_read_ahead=settings.max_read_ahead,
             on_failure=parts.recovery.on_failure,

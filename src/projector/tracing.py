@@ -1,0 +1,34 @@
+"""Optional OpenTelemetry spans, one per handler call, when the OpenTelemetry API is installed.
+
+Without an SDK configured the API's spans are no-ops; with one, each call shows up with its
+stream, category, event count and positions, and a failed call carries its exception.
+"""
+
+from __future__ import annotations
+
+from projector.events import Event, category
+from projector.sink import SpanHandler
+
+
+def traced(handle: SpanHandler, *, group: str) -> SpanHandler:
+    """``handle`` inside a span per call, or ``handle`` itself without OpenTelemetry."""
+    try:
+        from opentelemetry import trace
+    except ImportError:
+        return handle
+    tracer = trace.get_tracer("projector")
+
+    async def handle_in_span(stream_name: str, events: list[Event]) -> int:
+        attributes: dict[str, str | int] = {
+            "projector.group": group,
+            "projector.stream": stream_name,
+            "projector.category": category(stream_name),
+            "projector.events": len(events),
+            "projector.first_position": events[0].position,
+            "projector.last_position": events[-1].position,
+            "projector.first_global_position": events[0].global_position,
+        }
+        with tracer.start_as_current_span("projector.handle", attributes=attributes):
+            return await handle(stream_name, events)
+
+    return handle_in_span
