@@ -50,9 +50,22 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, default=str)
 
 
+class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to whatever ``sys.stderr`` is at each record, so that while a progress bar is
+    drawn (rich swaps in a proxy) log lines appear above it rather than through it."""
+
+    @property
+    def stream(self) -> object:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: object) -> None:
+        """StreamHandler sets its stream; the current sys.stderr is always used instead."""
+
+
 def configure(level: str, log_format: str = "text") -> None:
     """Send projector's logs to stderr at ``level``, as text lines or JSON lines."""
-    handler = logging.StreamHandler(sys.stderr)
+    handler = _StderrHandler()
     handler.setFormatter(JsonFormatter() if log_format == "json" else TextFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]

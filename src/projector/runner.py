@@ -21,7 +21,7 @@ from functools import partial
 import anyio
 from anyio.abc import TaskGroup
 
-from projector import checkpoints, database, groups, health, notify
+from projector import checkpoints, database, groups, health, notify, progress
 from projector.checkpoints import DEFAULT_FLUSH_TIMEOUT, Checkpoints, CheckpointWriter
 from projector.database import Pool
 from projector.errors import ConfigurationError, ProjectorError
@@ -31,6 +31,7 @@ from projector.lease import MemberLease, member_name
 from projector.metrics import Metrics, RunnerState
 from projector.observe import Observer, Observers
 from projector.parked import ParkedStreams
+from projector.progress import CatchUpProgress
 from projector.projection import Projection
 from projector.recovery import Recovery
 from projector.settings import Settings, retry_policy
@@ -45,15 +46,18 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True, slots=True)
 class Watchers:
-    """What watches a run: health always, metrics and the summary when they are enabled."""
+    """What watches a run: health always; metrics, the summary and the progress bar when they
+    are enabled."""
 
     health: Health
     metrics: Metrics | None
     summary: Summary | None
+    progress: CatchUpProgress | None
 
     @property
     def observer(self) -> Observer:
-        return Observers(*(o for o in (self.health, self.metrics, self.summary) if o is not None))
+        watchers = (self.health, self.metrics, self.summary, self.progress)
+        return Observers(*(o for o in watchers if o is not None))
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,6 +145,7 @@ class Runner:
             status,
             None if settings.metrics_port is None else Metrics(name, status),
             Summary(name) if settings.summary_interval > 0 else None,
+            CatchUpProgress() if progress.wanted(disabled=settings.no_progress) else None,
         )
 
     async def _serve_endpoint(
@@ -290,6 +295,8 @@ class Runner:
             # Often enough that a healthy database never looks silent to /health.
             interval = min(LAG_INTERVAL, settings.health_max_db_age / 4)
             await tasks.start(partial(tracker.run, interval=interval), name="projector-lag")
+        if watchers.progress is not None:
+            tasks.start_soon(watchers.progress.run, tracker.measure, name="projector-progress")
         if watchers.summary is not None:
             tasks.start_soon(
                 partial(

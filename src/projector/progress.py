@@ -1,0 +1,78 @@
+"""A catch-up progress bar on an interactive terminal: events handled of events to go, rate, ETA.
+
+Shown only while the first catch-up runs, on a terminal, and never when output is piped, so log
+files and log collectors never see it. Log lines written meanwhile go through rich's live
+display (see `logs.configure`, whose handler writes to whatever ``sys.stderr`` is now), above the
+bar, instead of through it.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Awaitable, Callable
+
+import anyio
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeRemainingColumn,
+)
+
+from projector.lag import LagReading
+from projector.observe import Observer
+
+REFRESH = 0.5  # seconds between redraws
+MEASURE_EVERY = 5  # redraws between lag measurements
+
+
+def wanted(*, disabled: bool) -> bool:
+    return not disabled and sys.stderr.isatty()
+
+
+class CatchUpProgress(Observer):
+    """Counts handled events, and draws them against the lag until caught up."""
+
+    def __init__(self) -> None:
+        self.handled = 0
+
+    def handler_finished(
+        self, stream_name: str, count: int, seconds: float, error: BaseException | None
+    ) -> None:
+        if error is None:
+            self.handled += count
+
+    async def run(self, measure: Callable[[], Awaitable[LagReading | None]]) -> None:
+        """Draw until the lag is 0 (then remove the bar); cancel to stop earlier."""
+        columns = (
+            TextColumn("catching up"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[rate]:>9} events/s"),
+            TimeRemainingColumn(),
+        )
+        with Progress(*columns, console=Console(stderr=True), transient=True) as bar:
+            task = bar.add_task("catch-up", total=None, rate="-")
+            await self._draw(bar, task, measure)
+
+    async def _draw(
+        self, bar: Progress, task: TaskID, measure: Callable[[], Awaitable[LagReading | None]]
+    ) -> None:
+        total: int | None = None
+        tick, last = 0, self.handled
+        while True:
+            if tick % MEASURE_EVERY == 0:
+                reading = await measure()
+                if reading is not None:
+                    to_go = sum(lag.events for lag in reading.categories.values())
+                    if to_go == 0:
+                        return
+                    total = self.handled + to_go
+            rate = (self.handled - last) / REFRESH if tick else 0.0
+            last = self.handled
+            bar.update(task, completed=self.handled, total=total, rate=f"{rate:,.0f}")
+            tick += 1
+            await anyio.sleep(REFRESH)
