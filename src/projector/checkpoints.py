@@ -37,6 +37,7 @@ DO UPDATE SET position = EXCLUDED.position, group_size = EXCLUDED.group_size,
 TABLES_PRESENT = """
 SELECT to_regclass('projector.checkpoints') IS NOT NULL
    AND to_regclass('projector.parked_streams') IS NOT NULL
+   AND to_regclass('projector.stream_positions') IS NOT NULL
 """
 
 DEFAULT_FLUSH_TIMEOUT = 10.0  # seconds the last commit of a stopping runner may take
@@ -48,7 +49,7 @@ async def check_schema(conn: Connection) -> None:
     if row is None or not row[0]:
         raise SchemaMissingError(
             "projector's tables are missing or out of date (projector.checkpoints, "
-            "projector.parked_streams): run `projector migrate`"
+            "projector.parked_streams, projector.stream_positions): run `projector migrate`"
         )
 
 

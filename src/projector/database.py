@@ -1,8 +1,9 @@
 """Connections to the database that holds the message store and projector's tables.
 
-Every connection gets ``search_path=message_store,public``: Message DB's functions call each other
-by unqualified name, so only its own role finds them without it. JIT is turned off because the
-planner's estimates switch it on for every batch read, where it costs more than it saves.
+Every connection gets ``message_store`` at the end of its ``search_path``: Message DB's
+functions call each other by unqualified name, so only its own role finds them without it.
+JIT is turned off because the planner's estimates switch it on for every batch read, where it
+costs more than it saves.
 """
 
 from __future__ import annotations
@@ -25,10 +26,15 @@ T = TypeVar("T")
 # Reconnect attempts: quick at first (a restart takes seconds), then every few seconds.
 _RECONNECT = RetryPolicy(base=0.2, cap=5.0)
 
-SESSION_SETTINGS = (
-    "SELECT set_config('search_path', 'message_store,public', false),"
-    " set_config('jit', 'off', false)"
-)
+# message_store goes last: Message DB's functions find each other there, while tables that
+# handlers create or use unqualified still land where the connection's own path says (public).
+SESSION_SETTINGS = """
+SELECT set_config('jit', 'off', false),
+       CASE WHEN 'message_store' = ANY (current_schemas(false)) THEN NULL
+            ELSE set_config('search_path', current_setting('search_path') || ', message_store',
+                            false)
+       END
+"""
 DEFAULT_CONNECT_TIMEOUT = 10.0
 
 Connection = psycopg.AsyncConnection[tuple[Any, ...]]

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
+from projector.database import Connection
 from projector.errors import ConfigurationError, HandlerImportError
 from projector.events import Event, validate_category, validate_group
 from projector.failures import RetryPolicy
@@ -58,7 +60,17 @@ class StreamResult:
 
 
 StreamHandler = Callable[[str, list[Event]], Awaitable[StreamResult | None]]
+TransactionalHandler = Callable[[str, list[Event], Connection], Awaitable[StreamResult | None]]
 EventHandler = Callable[[Event], Awaitable[None]]
+
+_IDEMPOTENCY_NAMESPACE = uuid.UUID("3f7c2a61-8d0e-4b8e-9c43-5b1f2e6a9d70")
+
+
+def idempotency_key(group: str, event: Event) -> str:
+    """A key for a side effect of handling ``event`` in ``group``: the same every time the event
+    is delivered again, different for another group or event. Pass it to external APIs that
+    deduplicate (e.g. an Idempotency-Key header)."""
+    return str(uuid.uuid5(_IDEMPOTENCY_NAMESPACE, f"{group}/{event.id}"))
 
 
 class Projection:
@@ -92,6 +104,7 @@ class Projection:
         if handler is not None:
             _require_coroutine(handler)
         self._stream_handler = handler
+        self._transactional_handler: TransactionalHandler | None = None
         self._event_handlers: dict[str, EventHandler] = {}
 
     def __repr__(self) -> str:
@@ -99,18 +112,33 @@ class Projection:
 
     def handler(self, fn: StreamHandler) -> StreamHandler:
         """Register the stream handler (decorator)."""
-        _require_coroutine(fn)
-        if self._stream_handler is not None or self._event_handlers:
-            raise ConfigurationError(f"projection {self.name!r} already has handlers")
+        self._require_no_handler(fn)
         self._stream_handler = fn
         return fn
+
+    def transactional(self, fn: TransactionalHandler) -> TransactionalHandler:
+        """Register a stream handler that writes through the connection it is given, inside a
+        transaction that also records the stream's position: each event is applied exactly
+        once (decorator)."""
+        self._require_no_handler(fn)
+        self._transactional_handler = fn
+        return fn
+
+    @property
+    def is_transactional(self) -> bool:
+        return self._transactional_handler is not None
+
+    def _require_no_handler(self, fn: Callable[..., object]) -> None:
+        _require_coroutine(fn)
+        if self._stream_handler or self._transactional_handler or self._event_handlers:
+            raise ConfigurationError(f"projection {self.name!r} already has handlers")
 
     def on(self, event_type: str) -> Callable[[EventHandler], EventHandler]:
         """Register a handler for one event type (decorator)."""
 
         def register(fn: EventHandler) -> EventHandler:
             _require_coroutine(fn)
-            if self._stream_handler is not None:
+            if self._stream_handler is not None or self._transactional_handler is not None:
                 raise ConfigurationError(f"projection {self.name!r} already has a stream handler")
             if event_type in self._event_handlers:
                 raise ConfigurationError(f"projection {self.name!r} already handles {event_type!r}")
@@ -130,9 +158,17 @@ class Projection:
                 await typed(event)
         return events[-1].position + 1
 
+    async def handle_in_transaction(
+        self, conn: Connection, stream_name: str, events: list[Event]
+    ) -> int:
+        """Run the transactional handler; return the stream position to expect next."""
+        assert self._transactional_handler is not None
+        result = await self._transactional_handler(stream_name, events, conn)
+        return (result or StreamResult()).next_position_after(events)
+
     def check_ready(self) -> None:
         """Raise ConfigurationError unless a handler is registered."""
-        if self._stream_handler is None and not self._event_handlers:
+        if not (self._stream_handler or self._transactional_handler or self._event_handlers):
             raise ConfigurationError(
                 f"projection {self.name!r} has no handler: decorate an async function with "
                 f"@{self.name}.handler or @{self.name}.on('EventType')"

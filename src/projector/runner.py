@@ -25,6 +25,7 @@ from projector import checkpoints, database, groups, health, notify, progress
 from projector.checkpoints import DEFAULT_FLUSH_TIMEOUT, Checkpoints, CheckpointWriter
 from projector.database import Pool
 from projector.errors import ConfigurationError, ProjectorError
+from projector.exactly_once import ExactlyOnce
 from projector.health import Health, State
 from projector.lag import LAG_INTERVAL, LagTracker
 from projector.lease import MemberLease, member_name
@@ -35,7 +36,7 @@ from projector.progress import CatchUpProgress
 from projector.projection import Projection
 from projector.recovery import Recovery
 from projector.settings import Settings, retry_policy
-from projector.sink import Lane, StreamsSink
+from projector.sink import Lane, SpanHandler, StreamsSink
 from projector.source import CategorySource
 from projector.store import MessageStore
 from projector.summary import Summary
@@ -70,6 +71,7 @@ class Parts:
     lease: MemberLease
     recovery: Recovery
     watchers: Watchers
+    handle: SpanHandler
 
 
 class Runner:
@@ -98,7 +100,7 @@ class Runner:
             pool = await stack.enter_async_context(
                 database.open_pool(
                     self.database_url,
-                    max_size=settings.pool_size,
+                    max_size=self._pool_size(),
                     connect_timeout=settings.connect_timeout,
                 )
             )
@@ -120,22 +122,33 @@ class Runner:
             parked = ParkedStreams(
                 pool, self.group, member=settings.member, size=settings.group_size
             )
+            handle = self._span_handler(pool)
             recovery = Recovery(
                 retry_policy(settings, self.projection.retry),
                 parked,
                 store,
-                self.projection.handle,
+                handle,
                 group=writer.name,
                 batch_size=settings.batch_size,
                 handler_timeout=settings.handler_timeout,
             )
-            parts = Parts(pool, store, writer, lease, recovery, watchers)
+            parts = Parts(pool, store, writer, lease, recovery, watchers, handle)
             try:
                 await self._project(parts, await parked.owned())
             except BaseException:
                 await self._final_flush(writer, failing=True)
                 raise
             await self._final_flush(writer, failing=False)
+
+    def _pool_size(self) -> int:
+        """Transactional handlers each hold a pool connection for their call."""
+        extra = self.settings.max_concurrent_streams if self.projection.is_transactional else 0
+        return self.settings.pool_size + extra
+
+    def _span_handler(self, pool: Pool) -> SpanHandler:
+        if self.projection.is_transactional:
+            return ExactlyOnce(self.projection, pool, self.group).handle
+        return self.projection.handle
 
     def _watchers(self) -> Watchers:
         settings = self.settings
@@ -202,7 +215,7 @@ class Runner:
     async def _project(self, parts: Parts, parked: frozenset[str]) -> None:
         settings = self.settings
         sink = StreamsSink(
-            traced(self.projection.handle, group=parts.writer.name),
+            traced(parts.handle, group=parts.writer.name),
             max_concurrent_streams=settings.max_concurrent_streams,
             max_read_ahead=settings.max_read_ahead,
             on_failure=parts.recovery.on_failure,

@@ -1,0 +1,123 @@
+"""Transactional projections apply each event exactly once, however often it is delivered."""
+
+from __future__ import annotations
+
+import anyio
+import psycopg
+import pytest
+
+from projector import Event, Projection
+from projector.database import Connection
+from projector.errors import ConfigurationError
+from projector.groups import rebalance, reset_group, set_checkpoint
+from projector.projection import idempotency_key
+from tests.support.balances import balances_projection, projected_and_folded, write_transactions
+from tests.support.projecting import run_projection, settings_for
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+async def _run_members(url: str, size: int) -> None:
+    async with anyio.create_task_group() as tasks:
+        for member in range(size):
+            settings = settings_for(
+                url,
+                categories=("account",),
+                consumer_group_member=member if size > 1 else None,
+                consumer_group_size=size if size > 1 else None,
+            )
+            tasks.start_soon(run_projection, balances_projection(), settings)
+
+
+async def test_balances_equal_the_fold_after_redelivery_a_rebalance_and_a_reset(
+    database_url: str,
+) -> None:
+    await write_transactions(database_url, accounts=40, events=600, seed=1)
+    await _run_members(database_url, 3)
+    await write_transactions(database_url, accounts=40, events=300, seed=2)
+    async with await psycopg.AsyncConnection.connect(database_url) as conn:
+        # Member 0 back to the start: the rebalance takes the lowest checkpoint, so every
+        # event is delivered again to the two new members.
+        await set_checkpoint(conn, "balances", "account", 1, member=0)
+        plan = await rebalance(conn, "balances", 2, dry_run=False)
+    assert plan.positions == {"account": 1}
+    await _run_members(database_url, 2)
+    async with await psycopg.AsyncConnection.connect(database_url) as conn:
+        await reset_group(conn, "balances")
+    await _run_members(database_url, 1)
+
+    projected, folded = projected_and_folded(database_url)
+    assert projected == folded
+    assert len(projected) == 40
+
+
+async def test_a_span_of_already_applied_events_never_reaches_the_handler(
+    own_store_url: str,
+) -> None:
+    await write_transactions(own_store_url, accounts=5, events=50, seed=3)
+    calls: list[tuple[str, list[int]]] = []
+    projection = Projection("counting")
+
+    @projection.transactional
+    async def record(stream_name: str, events: list[Event], conn: Connection) -> None:
+        calls.append((stream_name, [e.position for e in events]))
+
+    await run_projection(projection, settings_for(own_store_url, categories=("account",)))
+    first = len(calls)
+    async with await psycopg.AsyncConnection.connect(own_store_url) as conn:
+        await reset_group(conn, "counting")
+    await run_projection(projection, settings_for(own_store_url, categories=("account",)))
+
+    assert first > 0
+    assert len(calls) == first, "a replay after a reset called the handler again"
+
+
+async def test_a_failed_transactional_call_rolls_back_its_writes_and_its_position(
+    own_store_url: str,
+) -> None:
+    await write_transactions(own_store_url, accounts=3, events=30, seed=4)
+    failed_once: set[str] = set()
+    projection = balances_projection("flaky_balances")
+    real = projection._transactional_handler
+    assert real is not None
+
+    async def flaky(stream_name: str, events: list[Event], conn: Connection) -> None:
+        await real(stream_name, events, conn)  # writes, then fails: must be rolled back
+        if stream_name not in failed_once:
+            failed_once.add(stream_name)
+            raise RuntimeError("after writing")
+
+    projection._transactional_handler = flaky
+    await run_projection(
+        projection, settings_for(own_store_url, categories=("account",), retry_base=0.01)
+    )
+
+    projected, folded = projected_and_folded(own_store_url)
+    assert projected == folded
+    assert failed_once == set(folded)
+
+
+def test_a_projection_has_one_kind_of_handler() -> None:
+    projection = balances_projection()
+
+    with pytest.raises(ConfigurationError, match="already has handlers"):
+
+        @projection.handler
+        async def other(stream_name: str, events: list[Event]) -> None: ...
+
+
+def test_idempotency_keys_are_stable_per_group_and_event() -> None:
+    event = Event(
+        7, 0, None, "account-1", "Deposited", "{}", None, "8c4d2f0e-9b1a-4f3e-8a55-2f6b1c7d9e01"
+    )  # type: ignore[arg-type]
+    again = Event(
+        7, 0, None, "account-1", "Deposited", "{}", None, "8c4d2f0e-9b1a-4f3e-8a55-2f6b1c7d9e01"
+    )  # type: ignore[arg-type]
+
+    assert idempotency_key("balances", event) == idempotency_key("balances", again)
+    assert idempotency_key("balances", event) != idempotency_key("reports", event)
