@@ -1,5 +1,6 @@
 """projector: keeps read models up to date from a Message DB-style event store in Postgres."""
 
+from projector.dependencies import Dependency
 from projector.errors import (
     ConfigurationError,
     DatabaseUnavailableError,
@@ -20,6 +21,7 @@ from projector.waiting import WaitTimeoutError, wait_for
 __all__ = [
     "ConfigurationError",
     "DatabaseUnavailableError",
+    "Dependency",
     "Event",
     "HandlerError",
     "HandlerImportError",

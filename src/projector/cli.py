@@ -11,6 +11,7 @@ import sys
 import uuid
 from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from contextlib import contextmanager
+from datetime import datetime
 from functools import partial
 from typing import Any, TypeVar
 
@@ -303,9 +304,7 @@ def checkpoints_list(group: str | None, as_json: bool, **flags: Any) -> None:
         rows = _database_call(flags, partial(groups.list_checkpoints, group=group))
     if as_json:
         for row in rows:
-            click.echo(
-                json.dumps({**dataclasses.asdict(row), "updated_at": row.updated_at.isoformat()})
-            )
+            click.echo(_json_line(row))
         return
     table = Table("group", "member", "category", "position", "size", "last written", box=None)
     for row in rows:
@@ -370,7 +369,7 @@ def parked_list(group: str | None, as_json: bool, **flags: Any) -> None:
         rows = _database_call(flags, partial(parked_streams.list_parked, group=group))
     if as_json:
         for row in rows:
-            click.echo(json.dumps(dataclasses.asdict(row), default=str))
+            click.echo(_json_line(row))
         return
     table = Table(
         "group",
@@ -427,6 +426,15 @@ def parked_skip(stream: str, event_id: uuid.UUID, group: str, **flags: Any) -> N
             partial(parked_streams.skip_event, group=group, stream_name=stream, event_id=event_id),
         )
     click.echo(f"{row.stream_name}: skipping event {event_id}; replay from position {row.position}")
+
+
+def _json_line(row: Any) -> str:
+    """A dataclass row as one JSON object; times in ISO 8601, ids as strings."""
+
+    def encode(value: object) -> str:
+        return value.isoformat() if isinstance(value, datetime) else str(value)
+
+    return json.dumps(dataclasses.asdict(row), default=encode)
 
 
 def _console() -> Console:

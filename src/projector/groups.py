@@ -111,14 +111,7 @@ async def set_checkpoint(
                 f"group {group!r} has {size} member(s), numbered 0 to {size - 1}; "
                 f"there is no member {member}"
             )
-        params = {
-            "group": group,
-            "member": member,
-            "size": size,
-            "category": category,
-            "position": position,
-        }
-        await conn.execute(COMMIT, params)
+        await _write(conn, group, member, size, category, position)
     return (await _rows_of(conn, group, member, category))[0]
 
 
@@ -150,15 +143,21 @@ async def rebalance(conn: Connection, group: str, size: int, *, dry_run: bool) -
             await conn.execute(DELETE_GROUP, {"group": group})
             for category, position in plan.positions.items():
                 for member in range(size):
-                    params = {
-                        "group": group,
-                        "member": member,
-                        "size": size,
-                        "category": category,
-                        "position": position,
-                    }
-                    await conn.execute(COMMIT, params)
+                    await _write(conn, group, member, size, category, position)
     return plan
+
+
+async def _write(
+    conn: Connection, group: str, member: int, size: int, category: str, position: int
+) -> None:
+    params = {
+        "group": group,
+        "member": member,
+        "size": size,
+        "category": category,
+        "position": position,
+    }
+    await conn.execute(COMMIT, params)
 
 
 def _plan(group: str, size: int, rows: list[CheckpointRow]) -> RebalancePlan:

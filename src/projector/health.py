@@ -58,6 +58,7 @@ class Health(Observer):
         self.answered_at: float | None = None  # anyio.current_time() of the last answer
         self.answered_wall: float | None = None  # the same as Unix time, for the metric
         self.last_error: str | None = None
+        self.paused: str | None = None  # why the projection waits for its dependencies
 
     # -- what the runner reports ----------------------------------------------------------
 
@@ -74,6 +75,12 @@ class Health(Observer):
     def lag_failed(self, error: DatabaseUnavailableError) -> None:
         self.last_error = str(error)
 
+    def dependency_paused(self, reason: str) -> None:
+        self.paused = reason
+
+    def dependency_resumed(self, reason: str) -> None:
+        self.paused = None
+
     # -- verdicts ---------------------------------------------------------------------------
 
     def database_age(self) -> float | None:
@@ -85,6 +92,8 @@ class Health(Observer):
         details: dict[str, object] = {"state": self.state.value, "database_age": _round(age)}
         if self.last_error is not None:
             details["database_error"] = self.last_error
+        if self.paused is not None:
+            details["paused"] = self.paused
         if self.state is State.STARTING:
             # Waiting for the member's lock as a standby is this process's job, not a failure.
             return Verdict(True, details)
@@ -101,6 +110,8 @@ class Health(Observer):
         if lag is not None:
             details["lag"] = {name: c.events for name, c in lag.categories.items()}
             details["lag_seconds"] = {name: _round(c.seconds) for name, c in lag.categories.items()}
+        if self.paused is not None:
+            details["paused"] = self.paused
         if self.state is not State.RUNNING:
             return Verdict(False, {**details, "reason": f"the runner is {self.state.value}"})
         if lag is None or anyio.current_time() - lag.at > self.max_db_age:

@@ -33,6 +33,7 @@ HOLDER = """
 SELECT a.application_name, coalesce(a.client_addr::text, 'local'), a.pid
 FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
 WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1
+  AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
   AND l.classid = %(classid)s::oid AND l.objid = %(objid)s::oid
 LIMIT 1
 """

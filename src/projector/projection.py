@@ -9,6 +9,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 from projector.database import Connection
+from projector.dependencies import Dependency, PauseCallback
 from projector.errors import ConfigurationError, HandlerImportError
 from projector.events import Event, validate_category, validate_group
 from projector.failures import RetryPolicy
@@ -79,6 +80,11 @@ class Projection:
     ``retry`` sets how its failing streams are retried and what happens when retries run out
     (settings given by flag or environment win over it).
 
+    ``depends_on`` names the groups it waits for: it handles an event only once each of them
+    has handled every event before it in global order, and pauses while one is not running or
+    (with ``max_lag``) too far behind; ``on_pause`` / ``on_resume`` are told why (see
+    `dependencies`).
+
     Register either one stream handler, called with a stream's events in order::
 
         @projection.handler
@@ -97,9 +103,15 @@ class Projection:
         categories: Sequence[str] = (),
         handler: StreamHandler | None = None,
         retry: RetryPolicy | None = None,
+        depends_on: Sequence[Dependency] = (),
+        on_pause: PauseCallback | None = None,
+        on_resume: PauseCallback | None = None,
     ) -> None:
         self.name = validate_group(name)
         self.retry = retry
+        self.depends_on = _check_dependencies(self.name, depends_on)
+        self.on_pause = _check_callback("on_pause", on_pause)
+        self.on_resume = _check_callback("on_resume", on_resume)
         self.categories = tuple(validate_category(c) for c in categories)
         if handler is not None:
             _require_coroutine(handler)
@@ -173,6 +185,27 @@ class Projection:
                 f"projection {self.name!r} has no handler: decorate an async function with "
                 f"@{self.name}.handler or @{self.name}.on('EventType')"
             )
+
+
+def _check_dependencies(name: str, depends_on: Sequence[Dependency]) -> tuple[Dependency, ...]:
+    for dependency in depends_on:
+        if not isinstance(dependency, Dependency):
+            raise ConfigurationError(
+                f"projection {name!r}: depends_on takes Dependency('group', max_lag=...) "
+                f"values, not {dependency!r}"
+            )
+        if dependency.group == name:
+            raise ConfigurationError(f"projection {name!r} cannot depend on its own group")
+    return tuple(depends_on)
+
+
+def _check_callback(what: str, fn: PauseCallback | None) -> PauseCallback | None:
+    if fn is not None and inspect.iscoroutinefunction(fn):
+        raise ConfigurationError(
+            f"{what} {fn.__qualname__} must be a plain function, not async: it is called on "
+            "the runner's event loop and must return quickly"
+        )
+    return fn
 
 
 def _require_coroutine(fn: Callable[..., object]) -> None:

@@ -4,6 +4,9 @@ Stopping is cancellation (see `serve`): the sources stop reading at once, handle
 running get ``shutdown_timeout`` seconds to finish, and the checkpoint is committed once more,
 shielded and time-boxed, whatever ended the run (a signal, a handler error, caught-up).
 
+A projection with dependencies gets a `DependencyGate`, measured by a task of its own and asked
+by every source before it submits a batch.
+
 Watching the run: `Health` always, `Metrics` with ``metrics_port``, `Summary` with
 ``summary_interval``; all three observe the sink and the sources. The metrics endpoint starts
 before the member's lock is taken, so that a standby answers its probes too.
@@ -24,6 +27,7 @@ from anyio.abc import TaskGroup
 from projector import checkpoints, database, groups, health, notify, progress
 from projector.checkpoints import DEFAULT_FLUSH_TIMEOUT, Checkpoints, CheckpointWriter
 from projector.database import Pool
+from projector.dependencies import DependencyGate, UpstreamMeter
 from projector.errors import ConfigurationError, ProjectorError
 from projector.exactly_once import ExactlyOnce
 from projector.health import Health, State
@@ -37,7 +41,7 @@ from projector.projection import Projection
 from projector.recovery import Recovery
 from projector.settings import Settings, retry_policy
 from projector.sink import Lane, SpanHandler, StreamsSink
-from projector.source import CategorySource
+from projector.source import OPEN_GATE, CategorySource
 from projector.store import MessageStore
 from projector.summary import Summary
 from projector.tracing import traced
@@ -72,6 +76,7 @@ class Parts:
     recovery: Recovery
     watchers: Watchers
     handle: SpanHandler
+    gate: DependencyGate | None
 
 
 class Runner:
@@ -92,6 +97,11 @@ class Runner:
                 "no database: pass --database-url postgresql://... or set PROJECTOR_DATABASE_URL"
             )
         self.database_url = settings.database_url
+        if any(dependency.group == self.group for dependency in projection.depends_on):
+            raise ConfigurationError(
+                f"group {self.group!r} cannot depend on itself: run it under another --group, "
+                f"or drop Dependency({self.group!r}) from the projection"
+            )
 
     async def run(self) -> None:
         """Project until cancelled (or, with ``until_caught_up``, until caught up)."""
@@ -132,7 +142,8 @@ class Runner:
                 batch_size=settings.batch_size,
                 handler_timeout=settings.handler_timeout,
             )
-            parts = Parts(pool, store, writer, lease, recovery, watchers, handle)
+            gate = self._dependency_gate(pool, watchers, writer.name)
+            parts = Parts(pool, store, writer, lease, recovery, watchers, handle, gate)
             try:
                 await self._project(parts, await parked.owned())
             except BaseException:
@@ -149,6 +160,20 @@ class Runner:
         if self.projection.is_transactional:
             return ExactlyOnce(self.projection, pool, self.group).handle
         return self.projection.handle
+
+    def _dependency_gate(self, pool: Pool, watchers: Watchers, name: str) -> DependencyGate | None:
+        """The gate of a projection with dependencies; health shows its pauses."""
+        projection, health = self.projection, watchers.health
+        if not projection.depends_on:
+            return None
+        return DependencyGate(
+            UpstreamMeter(pool, projection.depends_on).measure,
+            group=name,
+            on_pause=(health.dependency_paused, projection.on_pause),
+            on_resume=(health.dependency_resumed, projection.on_resume),
+            outage_limit=self.settings.outage_limit,
+            on_retry=watchers.observer.reconnecting,
+        )
 
     def _watchers(self) -> Watchers:
         settings = self.settings
@@ -252,6 +277,7 @@ class Runner:
             on_handled=partial(parts.writer.advance, category),
             outage_limit=settings.outage_limit,
             observer=parts.watchers.observer,
+            gate=parts.gate or OPEN_GATE,
         )
 
     async def _pump(
@@ -270,6 +296,8 @@ class Runner:
                 partial(recovery.report_stuck, sink, stuck_after=settings.stuck_after),
                 name="projector-stuck-report",
             )
+            if parts.gate is not None:
+                await tasks.start(parts.gate.run, name="projector-dependencies")
             await self._watch(tasks, parts, sink)
             await self._listen(tasks, parts, sources)
             status.state = State.RUNNING

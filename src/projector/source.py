@@ -5,6 +5,11 @@ catch-up never sleeps between batches. The loop sleeps ``tail_sleep`` after an e
 `wake` cuts that sleep short (for a notification that new events were written). A read that
 fails because the database is unavailable is retried with backoff from the same position, for
 up to ``outage_limit`` seconds.
+
+A `Gate` may hold events back (a projection's dependencies, see `dependencies`): the source
+submits only the prefix of a batch it admits, moves its position to the first event held back,
+and submits the rest as the gate lets it through. Each submission is a prefix of what is left
+of the read, so batches still reach the sink in global order.
 """
 
 from __future__ import annotations
@@ -31,6 +36,22 @@ class BatchSink(Protocol):
     async def submit(self, events: Sequence[Event], on_completed: Callable[[], None]) -> None: ...
 
 
+class Gate(Protocol):
+    async def admit(self, events: Sequence[Event]) -> Sequence[Event]:
+        """The prefix of ``events`` that may be handled now; waits until it is not empty."""
+        ...
+
+
+class OpenGate:
+    """Admits every batch whole: a projection with no dependencies."""
+
+    async def admit(self, events: Sequence[Event]) -> Sequence[Event]:
+        return events
+
+
+OPEN_GATE = OpenGate()
+
+
 class CategorySource:
     """Reads one category from ``position`` on and submits each non-empty batch to ``sink``.
 
@@ -50,6 +71,7 @@ class CategorySource:
         on_handled: Callable[[int], None],
         outage_limit: float = 0.0,
         observer: Observer = NO_OBSERVER,
+        gate: Gate = OPEN_GATE,
     ) -> None:
         self.category = category
         self.position = position  # the next global position to read
@@ -60,6 +82,7 @@ class CategorySource:
         self._on_handled = on_handled
         self._outage_limit = outage_limit
         self._observer = observer
+        self._gate = gate
         self._wakeup = anyio.Event()
         self.reached_tail = anyio.Event()
 
@@ -77,11 +100,11 @@ class CategorySource:
                 on_retry=self._observer.reconnecting,
             )
             if read.events:
-                await self._submit(read)
+                await self._submit_admitted(read)
                 continue
             if read.next_position > self.position:
                 # Nothing for us, but the position moves past other members' events.
-                await self._submit(read)
+                await self._submit(read.events, read.next_position)
             self._at_tail()
             if stop_at_tail:
                 return
@@ -93,8 +116,17 @@ class CategorySource:
         self._observer.events_read(self.category, len(read.events), anyio.current_time() - started)
         return read
 
-    async def _submit(self, read: Read) -> None:
-        events, next_position = read.events, read.next_position
+    async def _submit_admitted(self, read: Read) -> None:
+        """Submit the read as the gate admits it, a prefix at a time."""
+        events: Sequence[Event] = read.events
+        while events:
+            admitted = await self._gate.admit(events)
+            events = events[len(admitted) :]
+            # Everything below the first event held back is now submitted (or not ours).
+            next_position = events[0].global_position if events else read.next_position
+            await self._submit(admitted, next_position)
+
+    async def _submit(self, events: Sequence[Event], next_position: int) -> None:
         self.position = next_position
         logger.debug(
             "read %d events of %s up to %d",
