@@ -7,9 +7,7 @@ shielded and time-boxed, whatever ended the run (a signal, a handler error, caug
 A projection with dependencies gets a `DependencyGate`, measured by a task of its own and asked
 by every source before it submits a batch.
 
-Watching the run: `Health` always, `Metrics` with ``metrics_port``, `Summary` with
-``summary_interval``; all three observe the sink and the sources. The metrics endpoint starts
-before the member's lock is taken, so that a standby answers its probes too.
+Watching the run (health, metrics, summary, progress) is `watching.Watchers`' business.
 """
 
 from __future__ import annotations
@@ -24,45 +22,26 @@ from functools import partial
 import anyio
 from anyio.abc import TaskGroup
 
-from projector import checkpoints, database, groups, health, notify, progress
+from projector import checkpoints, database, groups, notify
 from projector.checkpoints import DEFAULT_FLUSH_TIMEOUT, Checkpoints, CheckpointWriter
 from projector.database import Pool
 from projector.dependencies import DependencyGate, UpstreamMeter
 from projector.errors import ConfigurationError, ProjectorError
 from projector.exactly_once import ExactlyOnce
-from projector.health import Health, State
-from projector.lag import LAG_INTERVAL, LagTracker
+from projector.health import State
 from projector.lease import MemberLease, member_name
-from projector.metrics import Metrics, RunnerState
-from projector.observe import Observer, Observers
+from projector.metrics import RunnerState
 from projector.parked import ParkedStreams
-from projector.progress import CatchUpProgress
 from projector.projection import Projection
 from projector.recovery import Recovery
 from projector.settings import Settings, retry_policy
 from projector.sink import Lane, SpanHandler, StreamsSink
 from projector.source import OPEN_GATE, CategorySource
 from projector.store import MessageStore
-from projector.summary import Summary
 from projector.tracing import traced
+from projector.watching import Watchers
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True, slots=True)
-class Watchers:
-    """What watches a run: health always; metrics, the summary and the progress bar when they
-    are enabled."""
-
-    health: Health
-    metrics: Metrics | None
-    summary: Summary | None
-    progress: CatchUpProgress | None
-
-    @property
-    def observer(self) -> Observer:
-        watchers = (self.health, self.metrics, self.summary, self.progress)
-        return Observers(*(o for o in watchers if o is not None))
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,9 +95,9 @@ class Runner:
             )
             store = MessageStore(pool, member=settings.member, size=settings.group_size)
             await store.check_schema()
-            watchers = self._watchers()
-            if watchers.metrics is not None:
-                await self._serve_endpoint(stack, watchers.health, watchers.metrics)
+            name = member_name(self.group, settings.member, settings.group_size)
+            watchers = Watchers.for_run(settings, name)
+            await watchers.serve_endpoint(stack, settings)
             lease = await stack.enter_async_context(
                 MemberLease(
                     self.database_url,
@@ -173,32 +152,6 @@ class Runner:
             on_resume=(health.dependency_resumed, projection.on_resume),
             outage_limit=self.settings.outage_limit,
             on_retry=watchers.observer.reconnecting,
-        )
-
-    def _watchers(self) -> Watchers:
-        settings = self.settings
-        name = member_name(self.group, settings.member, settings.group_size)
-        status = Health(max_db_age=settings.health_max_db_age, ready_max_lag=settings.ready_max_lag)
-        return Watchers(
-            status,
-            None if settings.metrics_port is None else Metrics(name, status),
-            Summary(name) if settings.summary_interval > 0 else None,
-            CatchUpProgress() if progress.wanted(disabled=settings.no_progress) else None,
-        )
-
-    async def _serve_endpoint(
-        self, stack: AsyncExitStack, status: Health, metrics: Metrics
-    ) -> None:
-        """Serve /metrics, /health and /ready until the run ends, from a task group of its own
-        that closes last (the stack closes in reverse)."""
-        settings = self.settings
-        assert settings.metrics_port is not None
-        tasks: TaskGroup = await stack.enter_async_context(anyio.create_task_group())
-        stack.callback(tasks.cancel_scope.cancel)
-        app = health.application(status, metrics.registry)
-        await tasks.start(
-            partial(health.serve, app, host=settings.metrics_host, port=settings.metrics_port),
-            name="projector-metrics-endpoint",
         )
 
     async def _checkpoint_writer(self, store: MessageStore, lease: MemberLease) -> CheckpointWriter:
@@ -298,7 +251,9 @@ class Runner:
             )
             if parts.gate is not None:
                 await tasks.start(parts.gate.run, name="projector-dependencies")
-            await self._watch(tasks, parts, sink)
+            await parts.watchers.start(
+                tasks, self.settings, pool=parts.pool, handled=lambda: writer.completed, sink=sink
+            )
             await self._listen(tasks, parts, sources)
             status.state = State.RUNNING
             try:
@@ -319,32 +274,6 @@ class Runner:
                 extra={"action": "caught_up", "group": writer.name, **writer.completed},
             )
             tasks.cancel_scope.cancel()
-
-    async def _watch(self, tasks: TaskGroup, parts: Parts, sink: StreamsSink) -> None:
-        """Start the lag measurements (once the first is taken) and the summary line, as far
-        as they are enabled."""
-        settings, watchers = self.settings, parts.watchers
-        tracker = LagTracker(
-            parts.pool,
-            lambda: parts.writer.completed,
-            member=settings.member,
-            size=settings.group_size,
-            on_measured=watchers.health.lag_measured,
-            on_failed=watchers.health.lag_failed,
-        )
-        if watchers.metrics is not None:
-            # Often enough that a healthy database never looks silent to /health.
-            interval = min(LAG_INTERVAL, settings.health_max_db_age / 4)
-            await tasks.start(partial(tracker.run, interval=interval), name="projector-lag")
-        if watchers.progress is not None:
-            tasks.start_soon(watchers.progress.run, tracker.measure, name="projector-progress")
-        if watchers.summary is not None:
-            tasks.start_soon(
-                partial(
-                    watchers.summary.run, sink, tracker.measure, interval=settings.summary_interval
-                ),
-                name="projector-summary",
-            )
 
     async def _listen(self, tasks: TaskGroup, parts: Parts, sources: list[CategorySource]) -> None:
         """Wake the sources as events are written, when the opt-in trigger is installed."""

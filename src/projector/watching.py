@@ -1,0 +1,97 @@
+"""What watches a run: health always; metrics, the summary line and the progress bar when they
+are enabled. All of them observe the sink and the sources through one `Observer`.
+
+The metrics endpoint starts before the member's lock is taken, so that a standby answers its
+probes too; the lag measurements, summary and progress start with the projecting loops.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from contextlib import AsyncExitStack
+from dataclasses import dataclass
+from functools import partial
+
+import anyio
+from anyio.abc import TaskGroup
+
+from projector import health, progress
+from projector.database import Pool
+from projector.health import Health
+from projector.lag import LAG_INTERVAL, LagTracker
+from projector.metrics import Metrics
+from projector.observe import Observer, Observers
+from projector.progress import CatchUpProgress
+from projector.settings import Settings
+from projector.sink import StreamsSink
+from projector.summary import Summary
+
+
+@dataclass(frozen=True, slots=True)
+class Watchers:
+    health: Health
+    metrics: Metrics | None
+    summary: Summary | None
+    progress: CatchUpProgress | None
+
+    @classmethod
+    def for_run(cls, settings: Settings, name: str) -> Watchers:
+        """The watchers the settings ask for, for the member ``name``."""
+        status = Health(max_db_age=settings.health_max_db_age, ready_max_lag=settings.ready_max_lag)
+        return cls(
+            status,
+            None if settings.metrics_port is None else Metrics(name, status),
+            Summary(name) if settings.summary_interval > 0 else None,
+            CatchUpProgress() if progress.wanted(disabled=settings.no_progress) else None,
+        )
+
+    @property
+    def observer(self) -> Observer:
+        watchers = (self.health, self.metrics, self.summary, self.progress)
+        return Observers(*(o for o in watchers if o is not None))
+
+    async def serve_endpoint(self, stack: AsyncExitStack, settings: Settings) -> None:
+        """Serve /metrics, /health and /ready (with ``metrics_port``) until the run ends, from a
+        task group of its own that closes last (the stack closes in reverse)."""
+        if self.metrics is None or settings.metrics_port is None:
+            return
+        tasks: TaskGroup = await stack.enter_async_context(anyio.create_task_group())
+        stack.callback(tasks.cancel_scope.cancel)
+        app = health.application(self.health, self.metrics.registry)
+        await tasks.start(
+            partial(health.serve, app, host=settings.metrics_host, port=settings.metrics_port),
+            name="projector-metrics-endpoint",
+        )
+
+    async def start(
+        self,
+        tasks: TaskGroup,
+        settings: Settings,
+        *,
+        pool: Pool,
+        handled: Callable[[], dict[str, int]],
+        sink: StreamsSink,
+    ) -> None:
+        """Start the lag measurements (once the first is taken), the progress bar and the
+        summary line, as far as they are enabled."""
+        tracker = LagTracker(
+            pool,
+            handled,
+            member=settings.member,
+            size=settings.group_size,
+            on_measured=self.health.lag_measured,
+            on_failed=self.health.lag_failed,
+        )
+        if self.metrics is not None:
+            # Often enough that a healthy database never looks silent to /health.
+            interval = min(LAG_INTERVAL, settings.health_max_db_age / 4)
+            await tasks.start(partial(tracker.run, interval=interval), name="projector-lag")
+        if self.progress is not None:
+            tasks.start_soon(self.progress.run, tracker.measure, name="projector-progress")
+        if self.summary is not None:
+            tasks.start_soon(
+                partial(
+                    self.summary.run, sink, tracker.measure, interval=settings.summary_interval
+                ),
+                name="projector-summary",
+            )
