@@ -155,6 +155,9 @@ async def open_pool(
         min_size=1,
         max_size=max_size,
         configure=configure,
+        # Autocommit: a read is one round trip, with no BEGIN before it and no COMMIT after;
+        # code that needs a transaction asks for one (conn.transaction()).
+        kwargs={"autocommit": True},
         open=False,
         timeout=connect_timeout,
         name="projector",

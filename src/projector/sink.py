@@ -22,15 +22,15 @@ released, until `hold` and `release` bring it back) or the run stops.
 
 from __future__ import annotations
 
-import math
+import time
 from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable, Sequence
 from types import TracebackType
 from typing import Self
 
 import anyio
+import anyio.lowlevel
 from anyio.abc import TaskGroup
-from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from projector.errors import HandlerError
 from projector.events import Event
@@ -54,6 +54,7 @@ async def stop_on_failure(
 
 
 DEFAULT_STALL_DELAY = 0.1
+YIELD_EVERY = 32  # calls a worker makes in a row before it lets other tasks run
 MAX_SKIP_HINTS = 100_000  # forgotten streams whose handler asked to skip ahead (skip_to)
 
 
@@ -104,6 +105,18 @@ class Lane:
             self._empty.set()
 
 
+class _Call:
+    """What one worker is running, for the timeout watchdog."""
+
+    __slots__ = ("events", "scope", "started", "stream")
+
+    def __init__(self) -> None:
+        self.scope = anyio.CancelScope()
+        self.stream: StreamState | None = None
+        self.events: list[Event] = []
+        self.started = 0.0
+
+
 class StreamsSink:
     """Runs span handlers on ``max_concurrent_streams`` workers; use as ``async with``."""
 
@@ -134,11 +147,12 @@ class StreamsSink:
         # own later events (the usual reason to skip) would be delivered. Oldest hints go first.
         self._skip_hints: OrderedDict[str, int] = OrderedDict()
         self._lanes: dict[str, Lane] = {}
-        self._ready_in: MemoryObjectSendStream[StreamState]
-        self._ready_out: MemoryObjectReceiveStream[StreamState]
-        self._ready_in, self._ready_out = anyio.create_memory_object_stream[StreamState](math.inf)
+        # Streams ready to run, oldest first; workers wait on the event when it is empty.
+        self._ready: deque[StreamState] = deque()
+        self._work_ready = anyio.Event()
         self._task_group: TaskGroup | None = None
         self._worker_scopes: list[anyio.CancelScope] = []
+        self._calls: list[_Call] = []
         self._stopping = False
         self._busy = 0
         self._idle = anyio.Event()
@@ -161,7 +175,7 @@ class StreamsSink:
 
     def troubled(self, *, longer_than: float) -> list[TroubledStream]:
         """Streams running one call, or failing, for more than ``longer_than`` seconds."""
-        now, found = anyio.current_time(), []
+        now, found = time.monotonic(), []
         for stream in self._streams.values():
             if stream.busy_since is not None and now - stream.busy_since > longer_than:
                 found.append(
@@ -181,7 +195,13 @@ class StreamsSink:
         self._task_group = anyio.create_task_group()
         await self._task_group.__aenter__()
         for index in range(self._workers):
-            self._task_group.start_soon(self._work, name=f"projector-sink-worker-{index}")
+            call = _Call()
+            self._calls.append(call)
+            self._task_group.start_soon(self._work, call, name=f"projector-sink-worker-{index}")
+        if self._handler_timeout is not None:
+            self._task_group.start_soon(
+                self._watch_timeouts, self._handler_timeout, name="projector-sink-timeouts"
+            )
         return self
 
     async def __aexit__(
@@ -218,7 +238,7 @@ class StreamsSink:
 
     def _stop_scheduling(self) -> None:
         self._stopping = True
-        self._ready_in.close()
+        self._work_ready.set()
 
     # -- scheduling -------------------------------------------------------------------------
 
@@ -250,28 +270,68 @@ class StreamsSink:
     def _enqueue(self, stream: StreamState) -> None:
         if not (stream.busy or stream.queued or stream.held or self._stopping):
             stream.queued = True
-            self._ready_in.send_nowait(stream)
+            self._ready.append(stream)
+            self._work_ready.set()
 
-    async def _work(self) -> None:
+    async def _work(self, call: _Call) -> None:
         # Shielded: cancelling the owner (a signal) must not cut a handler call short. `stop`
         # lets running calls finish within its grace period; leaving the sink cancels the rest.
-        with anyio.CancelScope(shield=True) as scope:
-            self._worker_scopes.append(scope)
-            async for stream in self._ready_out:
-                stream.queued = False
-                if self._stopping:
-                    break
-                if stream.buffer:
-                    await self._run(stream)
+        with anyio.CancelScope(shield=True) as shield:
+            self._worker_scopes.append(shield)
+            while not self._stopping:
+                # One scope for many calls, not one per call (entering a scope costs
+                # microseconds): `_watch_timeouts` cancels it to cut a call short.
+                with anyio.CancelScope() as call.scope:
+                    await self._serve(call)
+                if call.stream is not None:
+                    await self._timed_out(call)
 
-    async def _run(self, stream: StreamState) -> None:
+    async def _serve(self, call: _Call) -> None:
+        served = 0
+        while not (self._stopping or call.scope.cancel_called):
+            if not self._ready:
+                if self._work_ready.is_set():
+                    self._work_ready = anyio.Event()
+                await self._work_ready.wait()
+                continue
+            stream = self._ready.popleft()
+            stream.queued = False
+            if stream.buffer:
+                await self._run(stream, call)
+            served += 1
+            if served % YIELD_EVERY == 0:
+                # Handlers that never wait would otherwise starve the sources and timers.
+                await anyio.lowlevel.checkpoint()
+
+    async def _watch_timeouts(self, limit: float) -> None:
+        while True:
+            await anyio.sleep(min(1.0, limit / 4))
+            now = time.monotonic()
+            for call in self._calls:
+                if call.stream is not None and now - call.started > limit:
+                    call.scope.cancel()
+
+    async def _timed_out(self, call: _Call) -> None:
+        stream, events = call.stream, call.events
+        assert stream is not None
+        call.stream, call.events = None, []
+        error = HandlerTimeout(
+            f"the call took longer than handler_timeout ({self._handler_timeout} s)"
+        )
+        self._observer.handler_finished(
+            stream.name, len(events), time.monotonic() - call.started, error
+        )
+        await self._failed(stream, events, error)
+
+    async def _run(self, stream: StreamState, call: _Call) -> None:
         events, stream.buffer = stream.buffer, []
-        started = anyio.current_time()
+        started = time.monotonic()
         stream.busy, stream.busy_since = True, started
+        call.stream, call.events, call.started = stream, events, started
         self._busy += 1
         failure: Exception | None = None
         try:
-            next_position = await self._call(stream.name, events)
+            next_position = await self._handle(stream.name, events)
         except Exception as exc:
             failure = exc
         finally:
@@ -279,8 +339,9 @@ class StreamsSink:
             self._busy -= 1
             if self._busy == 0:
                 self._idle.set()
+        call.stream, call.events = None, []
         self._observer.handler_finished(
-            stream.name, len(events), anyio.current_time() - started, failure
+            stream.name, len(events), time.monotonic() - started, failure
         )
         if failure is not None:
             await self._failed(stream, events, failure)
@@ -288,22 +349,13 @@ class StreamsSink:
         stream.failures, stream.failing_since = 0, None
         self._settle(stream, events, next_position)
 
-    async def _call(self, stream_name: str, events: list[Event]) -> int:
-        if self._handler_timeout is None:
-            return await self._handle(stream_name, events)
-        with anyio.move_on_after(self._handler_timeout):
-            return await self._handle(stream_name, events)
-        raise HandlerTimeout(
-            f"the call took longer than handler_timeout ({self._handler_timeout} s)"
-        )
-
     async def _failed(self, stream: StreamState, events: list[Event], error: Exception) -> None:
         # Queued while the decision is made, so new events cannot start a second call.
         stream.queued = True
         stream.buffer = merge(events, stream.buffer)
         stream.failures += 1
         if stream.failing_since is None:
-            stream.failing_since = anyio.current_time()
+            stream.failing_since = time.monotonic()
         decision = await self._on_failure(stream.name, events, error, stream.failures)
         if isinstance(decision, Retry):
             self._requeue_after(stream, decision.delay)

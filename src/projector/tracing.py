@@ -1,7 +1,8 @@
 """Optional OpenTelemetry spans, one per handler call, when the OpenTelemetry API is installed.
 
-Without an SDK configured the API's spans are no-ops; with one, each call shows up with its
-stream, category, event count and positions, and a failed call carries its exception.
+Spans are made only when a tracer provider (an SDK) is configured before the run starts; each
+call then shows up with its stream, category, event count and positions, and a failed call
+carries its exception.
 """
 
 from __future__ import annotations
@@ -15,6 +16,10 @@ def traced(handle: SpanHandler, *, group: str) -> SpanHandler:
     try:
         from opentelemetry import trace
     except ImportError:
+        return handle
+    # The API's default provider makes no-op spans that still cost microseconds per call:
+    # trace only when the application configured a real provider before the run started.
+    if isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider):
         return handle
     tracer = trace.get_tracer("projector")
 
