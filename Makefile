@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint clean
+.PHONY: demo test lint bench clean
 
 $(BIN)/projector: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +21,10 @@ test: $(BIN)/projector
 lint: $(BIN)/projector
 	$(BIN)/ruff check .
 	$(BIN)/mypy --strict src
+
+# Sizes and scenarios: python -m bench --help (e.g. `python -m bench all --smoke`).
+bench: $(BIN)/projector
+	$(BIN)/python -m bench catchup
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -1,0 +1,214 @@
+"""``python -m bench catchup|upsert|tail|group|all [sizes] [--smoke] [--reuse] [--profile DIR]``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import fields, replace
+from pathlib import Path
+from typing import Any
+
+from bench import report, scenarios, seed, server
+from bench.profile import summarize
+from bench.scenarios import SMOKE, Measurer, Outcome, Scenario, Sizes
+
+COMMANDS = ("catchup", "upsert", "tail", "group", "all")
+# The datasets each command reads (see scenarios.datasets).
+DATASETS = {
+    "catchup": ("main", "few", "distinct", "upsert"),
+    "upsert": ("upsert",),
+    "tail": (),
+    "group": ("main",),
+}
+SIZE_HELP = {
+    "events": "events in each catch-up dataset (and the group one)",
+    "streams": "streams of the main catch-up dataset (also read by the group scenario)",
+    "few_streams": "streams of the few-streams catch-up dataset",
+    "upsert_events": "events of the upsert scenario",
+    "upsert_streams": "streams of the upsert scenario",
+    "group_size": "consumer-group size (member 0 is measured)",
+    "batch_size": "events per read, for projector and the baselines alike",
+    "pool_size": "connections of the upsert handler's pool",
+    "tail_rate": "events/s the tail scenario's writer appends",
+    "tail_seconds": "seconds of tail-latency measurement per tail_sleep",
+    "tail_warmup": "seconds of writing before tail latencies count",
+    "tail_sleeps": "comma-separated tail_sleep values to measure",
+}
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = _parser().parse_args(argv)
+    sizes = _sizes(args)
+    commands = [c for c in COMMANDS[:-1] if args.command in (c, "all")]
+    needed = {name for command in commands for name in DATASETS[command]}
+    datasets = [d for name, d in scenarios.datasets(sizes).items() if name in needed]
+    settings = dict(_setting(text) for text in args.setting)
+    started = time.perf_counter()
+    with server.open_server(reuse=args.reuse) as pg:
+        store, scripts = server.choose_store(args.store)
+        dbname = seed.database_name(store, datasets)
+        url = _seeded_database(pg, dbname, store, scripts, datasets)
+        run_id = server.run_id()
+        try:
+            plan = _plan(commands, url, run_id, sizes, settings, store)
+            measurer = Measurer(
+                repeat=args.repeat,
+                timeout=args.timeout,
+                profile_dir=args.profile,
+                tail_rate=sizes.tail_rate,
+            )
+            outcomes = [measurer.run(scenario) for scenario in plan]
+        finally:
+            if not (args.keep or args.reuse):
+                pg.drop(dbname)
+    _compare_memory(outcomes)
+    context = {
+        "run_id": run_id,
+        "store": store,
+        "server": pg.description,
+        "batch_size": sizes.batch_size,
+        "smoke": args.smoke,
+        "repeat": args.repeat,
+        "settings": settings,
+        "profiled": args.profile is not None,
+    }
+    print(report.table(outcomes))
+    print(report.json_lines(outcomes, context), flush=True)
+    if args.json is not None:
+        args.json.write_text(report.json_lines(outcomes, context) + "\n")
+    if args.profile is not None:
+        _write_summaries(args.profile, outcomes)
+    _say(f"done in {time.perf_counter() - started:.0f} s ({pg.description}, store: {store})")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench",
+        description="projector's benchmarks, each against a baseline measured in the same run",
+    )
+    parser.add_argument("command", choices=COMMANDS)
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes, seconds (for CI)")
+    for field in fields(Sizes):
+        flag = "--" + field.name.replace("_", "-")
+        kind = _floats if field.name == "tail_sleeps" else type(field.default)
+        parser.add_argument(flag, type=kind, help=f"{SIZE_HELP[field.name]} ({field.default})")
+    parser.add_argument("--repeat", type=int, default=1, help="runs per side, alternating (1)")
+    parser.add_argument(
+        "--setting",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a projector setting for every projector run, e.g. max_read_ahead=10 (repeatable)",
+    )
+    parser.add_argument(
+        "--store",
+        choices=("auto", "messagedb", "own"),
+        default="auto",
+        help="Message DB 1.3.1 from npm (auto: when npm can fetch it) or projector's own store",
+    )
+    parser.add_argument(
+        "--reuse",
+        action="store_true",
+        help=f"a persistent local cluster in {server.PERSISTENT_DATA_DIR}, keeping seeded data",
+    )
+    parser.add_argument("--keep", action="store_true", help="keep the seeded database")
+    parser.add_argument(
+        "--profile", type=Path, metavar="DIR", help="run projector under py-spy, stacks into DIR"
+    )
+    parser.add_argument("--json", type=Path, metavar="FILE", help="also write the JSON lines here")
+    parser.add_argument("--timeout", type=float, default=1800.0, help="seconds per child run")
+    return parser
+
+
+def _sizes(args: argparse.Namespace) -> Sizes:
+    base = SMOKE if args.smoke else Sizes()
+    given = {f.name: getattr(args, f.name) for f in fields(Sizes)}
+    return replace(base, **{name: value for name, value in given.items() if value is not None})
+
+
+def _floats(text: str) -> tuple[float, ...]:
+    return tuple(float(part) for part in text.split(",") if part.strip())
+
+
+def _setting(text: str) -> tuple[str, Any]:
+    name, equals, value = text.partition("=")
+    if not equals:
+        raise SystemExit(f"bench: --setting {text!r} is not NAME=VALUE")
+    try:
+        return name.strip(), json.loads(value)
+    except json.JSONDecodeError:
+        return name.strip(), value
+
+
+def _seeded_database(
+    pg: server.Server,
+    dbname: str,
+    store: str,
+    scripts: Path | None,
+    datasets: list[seed.Dataset],
+) -> str:
+    """The database for these datasets: reused when a complete one exists, else seeded now."""
+    url = pg.url_for(dbname)
+    if pg.exists(dbname):
+        if seed.is_seeded(url):
+            _say(f"reusing the seeded database {dbname}")
+            return url
+        pg.drop(dbname)  # an interrupted seeding
+    pg.create(dbname)
+    server.install_store(url, store, scripts)
+    seed.seed(url, datasets)
+    return url
+
+
+def _plan(
+    commands: list[str],
+    url: str,
+    run_id: str,
+    sizes: Sizes,
+    settings: dict[str, Any],
+    store: str,
+) -> list[Scenario]:
+    builders: dict[str, Callable[[], list[Scenario]]] = {
+        "catchup": lambda: scenarios.catchup(url, run_id, sizes, settings),
+        "upsert": lambda: scenarios.upserting(url, run_id, sizes, settings),
+        "tail": lambda: scenarios.tail(url, run_id, sizes, settings),
+        "group": lambda: scenarios.group(url, run_id, sizes, settings, store),
+    }
+    plan: list[Scenario] = []
+    for command in commands:
+        if command == "upsert" and "catchup" in commands:
+            continue  # catchup includes it
+        plan.extend(builders[command]())
+    return plan
+
+
+def _compare_memory(outcomes: list[Outcome]) -> None:
+    """Peak memory must not grow with the number of streams: distinct vs few streams."""
+    by_name = {outcome.scenario.name: outcome for outcome in outcomes}
+    few, distinct = by_name.get("catchup-few-streams"), by_name.get("catchup-distinct-streams")
+    if few is None or distinct is None:
+        return
+    growth = distinct.projector["peak_rss_mb"] - few.projector["peak_rss_mb"]
+    distinct.projector["peak_rss_growth_mb"] = round(growth, 1)
+    streams = (few.scenario.dataset, distinct.scenario.dataset)
+    if streams[0] is not None and streams[1] is not None and growth > 20:
+        distinct.notes.append(
+            f"peak RSS grew by {growth:.0f} MB from {streams[0].streams:,} to "
+            f"{streams[1].streams:,} streams"
+        )
+
+
+def _write_summaries(folder: Path, outcomes: list[Outcome]) -> None:
+    for outcome in outcomes:
+        raw = folder / f"{outcome.scenario.name}.txt"
+        if raw.is_file():
+            summary = folder / f"{outcome.scenario.name}.summary.txt"
+            summary.write_text(summarize(raw) + "\n")
+            _say(f"profile of {outcome.scenario.name}: {raw} (summary: {summary})")
+
+
+def _say(message: str) -> None:
+    print(f"bench: {message}", file=sys.stderr, flush=True)

@@ -1,0 +1,348 @@
+"""What one child process measures: a baseline loop, or projector's runner with a bench handler.
+
+Every measurement runs in a fresh child process (`bench.child`), so that its peak RSS
+(``VmHWM`` from /proc/self/status, read in the child at the end) is its own, and no run warms
+another's caches. The clock starts after imports and after the bench's own connections are open; a
+projector run's clock includes everything ``Runner.run`` does (its pool, schema checks, member
+lock, checkpoint loads and the final commit).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import UTC
+from typing import Any
+
+import anyio
+import psycopg
+from psycopg import sql
+from psycopg_pool import AsyncConnectionPool
+
+from projector import Event, Projection
+from projector.database import SESSION_SETTINGS
+from projector.runner import Runner
+from projector.settings import Settings
+from projector.store import READ_CATEGORY, READ_MEMBER
+
+GROUP_READ = """
+SELECT * FROM message_store.get_category_messages(%s, %s, %s, NULL, %s, %s, NULL)
+"""
+
+READ_MODEL = """
+CREATE TABLE IF NOT EXISTS {table} (
+    stream_name text PRIMARY KEY,
+    position bigint NOT NULL,
+    balance bigint NOT NULL,
+    events bigint NOT NULL
+)
+"""
+
+# One row per stream span; a replayed span (at or below the stored position) changes nothing.
+UPSERT = """
+INSERT INTO {table} AS m (stream_name, position, balance, events) VALUES (%s, %s, %s, %s)
+ON CONFLICT (stream_name) DO UPDATE
+SET position = excluded.position, balance = m.balance + excluded.balance,
+    events = m.events + excluded.events
+WHERE m.position < excluded.position
+"""
+
+
+@dataclass(frozen=True)
+class Job:
+    """One measurement; ``kind`` names the function below that runs it."""
+
+    kind: str
+    url: str
+    category: str
+    batch_size: int = 500
+    decode: bool = False
+    handler: str = "noop"  # projector runs: noop, decode, upsert or tail
+    group: str = "bench"
+    member: int | None = None
+    size: int | None = None
+    table: str = ""
+    pool_size: int = 10
+    tail_sleep: float = 0.1
+    warmup: float = 1.0
+    seconds: float = 10.0
+    settings: dict[str, Any] = field(default_factory=dict)
+
+
+def run(job: Job) -> dict[str, Any]:
+    """Run ``job``; its figures as a dict (events, seconds, peak and starting RSS in MB)."""
+    rss_start = _status_mb("VmRSS")
+    result = JOBS[job.kind](job)
+    result["peak_rss_mb"] = _status_mb("VmHWM")
+    result["start_rss_mb"] = rss_start
+    return result
+
+
+# -- baselines: plain loops, one connection, no projector code --------------------------------
+
+
+def read_loop(job: Job) -> dict[str, Any]:
+    """projector's own read statement in a plain loop; rows fetched, JSON decoded only on
+    request (``decode``: ``json.loads`` of data and metadata for every row)."""
+    loads = json.loads
+    with _connect(job.url) as conn:
+        position, events = 1, 0
+        started = time.perf_counter()
+        while rows := conn.execute(READ_CATEGORY, _read_params(job, position)).fetchall():
+            if job.decode:
+                for row in rows:
+                    loads(row[5])
+                    loads(row[6])
+            events += len(rows)
+            position = rows[-1][0] + 1
+        return {"events": events, "seconds": time.perf_counter() - started}
+
+
+def async_read_loop(job: Job) -> dict[str, Any]:
+    """The same loop with psycopg's async connection under anyio (what projector is built on)."""
+
+    async def loop() -> dict[str, Any]:
+        conn = await psycopg.AsyncConnection.connect(job.url, autocommit=True)
+        async with conn:
+            await conn.execute(SESSION_SETTINGS)
+            position, events = 1, 0
+            started = time.perf_counter()
+            while True:
+                cursor = await conn.execute(READ_CATEGORY, _read_params(job, position))
+                rows = await cursor.fetchall()
+                if not rows:
+                    return {"events": events, "seconds": time.perf_counter() - started}
+                events += len(rows)
+                position = rows[-1][0] + 1
+
+    return anyio.run(loop)
+
+
+def group_read_loop(job: Job) -> dict[str, Any]:
+    """Message DB's (or the store's) ``get_category_messages`` with group arguments."""
+    with _connect(job.url) as conn:
+        position, events = 1, 0
+        started = time.perf_counter()
+        while True:
+            params = (job.category, position, job.batch_size, job.member, job.size)
+            rows = conn.execute(GROUP_READ, params).fetchall()
+            if not rows:
+                break
+            events += len(rows)
+            position = rows[-1][4] + 1  # (id, stream_name, type, position, global_position, ...)
+        return {"events": events, "seconds": time.perf_counter() - started}
+
+
+def member_read_loop(job: Job) -> dict[str, Any]:
+    """projector's own group-member read statement in a plain loop (no projector code)."""
+    with _connect(job.url) as conn:
+        position, events = 1, 0
+        started = time.perf_counter()
+        while True:
+            params = {**_read_params(job, position), "member": job.member, "size": job.size}
+            rows = conn.execute(READ_MEMBER, params).fetchall()
+            found = [row for row in rows if row[1] is not None]
+            events += len(found)
+            if len(found) == job.batch_size:
+                position = found[-1][1] + 1
+            elif rows[0][0] is None or rows[0][0] < position:
+                break  # read to the head
+            else:
+                position = rows[0][0] + 1
+        return {"events": events, "seconds": time.perf_counter() - started}
+
+
+def upsert_loop(job: Job) -> dict[str, Any]:
+    """Read a batch, then upsert one read-model row per stream span, one statement at a time."""
+    loads = json.loads
+    upsert = _upsert_statement(job.table)
+    with _connect(job.url) as conn:
+        _create_read_model(conn, job.table)
+        position, events = 1, 0
+        started = time.perf_counter()
+        while rows := conn.execute(READ_CATEGORY, _read_params(job, position)).fetchall():
+            spans: dict[str, list[tuple[Any, ...]]] = {}
+            for row in rows:
+                spans.setdefault(row[3], []).append(row)
+            for name, span in spans.items():
+                balance = sum(loads(row[5])["amount"] for row in span)
+                conn.execute(upsert, (name, span[-1][1], balance, len(span)))
+            events += len(rows)
+            position = rows[-1][0] + 1
+        seconds = time.perf_counter() - started
+        return {"events": events, "seconds": seconds, **_read_model_totals(conn, job.table)}
+
+
+# -- projector --------------------------------------------------------------------------------
+
+
+def projector(job: Job) -> dict[str, Any]:
+    """``Runner.run`` with one of the bench handlers, until caught up (or, for ``tail``, for
+    ``warmup + seconds`` and a short drain)."""
+    return anyio.run(_projector, job)
+
+
+async def _projector(job: Job) -> dict[str, Any]:
+    tally = Tally()
+    pool = None
+    if job.handler == "upsert":
+        with psycopg.connect(job.url, autocommit=True) as conn:
+            _create_read_model(conn, job.table)
+        pool = AsyncConnectionPool(
+            job.url,
+            min_size=job.pool_size,
+            max_size=job.pool_size,
+            kwargs={"autocommit": True},
+            open=False,
+        )
+        await pool.open(wait=True)
+    handler = _handler(job, tally, pool)
+    runner = Runner(Projection("bench", handler=handler), _settings(job))
+    started = time.perf_counter()
+    tally.window_start = time.time() + job.warmup
+    if job.handler == "tail":
+        with anyio.move_on_after(job.warmup + job.seconds + job.tail_sleep + 1.0):
+            await runner.run()
+    else:
+        await runner.run()
+    seconds = time.perf_counter() - started
+    result: dict[str, Any] = {"events": tally.events, "seconds": seconds}
+    if pool is not None:
+        await pool.close()
+        with psycopg.connect(job.url) as conn:
+            result.update(_read_model_totals(conn, job.table))
+    if job.handler == "tail":
+        result.update(tally.latency_figures(job.seconds))
+    return result
+
+
+@dataclass
+class Tally:
+    """What the bench handlers count: events handled, and commit-to-handler latencies."""
+
+    events: int = 0
+    window_start: float = 0.0
+    latencies: list[float] = field(default_factory=list)
+
+    def latency_figures(self, seconds: float) -> dict[str, Any]:
+        ordered = sorted(self.latencies)
+        if not ordered:
+            return {"events": 0, "seconds": seconds}
+
+        def ms(q: float) -> float:
+            return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000, 1)
+
+        return {
+            "events": len(ordered),
+            "seconds": seconds,
+            "p50_ms": ms(0.50),
+            "p90_ms": ms(0.90),
+            "p99_ms": ms(0.99),
+            "max_ms": round(ordered[-1] * 1000, 1),
+        }
+
+
+def _handler(
+    job: Job, tally: Tally, pool: AsyncConnectionPool[Any] | None
+) -> Callable[[str, list[Event]], Awaitable[None]]:
+    async def noop(stream_name: str, events: list[Event]) -> None:
+        tally.events += len(events)
+
+    async def decode(stream_name: str, events: list[Event]) -> None:
+        for event in events:
+            event.data  # noqa: B018 (decoding is the point)
+            event.metadata  # noqa: B018
+        tally.events += len(events)
+
+    upsert = _upsert_statement(job.table)
+
+    async def upserting(stream_name: str, events: list[Event]) -> None:
+        assert pool is not None
+        balance = sum(event.data["amount"] for event in events)
+        async with pool.connection() as conn:
+            await conn.execute(upsert, (stream_name, events[-1].position, balance, len(events)))
+        tally.events += len(events)
+
+    async def tail(stream_name: str, events: list[Event]) -> None:
+        now = time.time()
+        end = tally.window_start + job.seconds
+        for event in events:
+            # Message DB's `time` is the writing transaction's start (UTC, no zone); the writer
+            # commits one event per transaction, so it is within a millisecond of the commit.
+            written = event.time.replace(tzinfo=UTC).timestamp()
+            if tally.window_start <= written < end:
+                tally.latencies.append(now - written)
+
+    return {"noop": noop, "decode": decode, "upsert": upserting, "tail": tail}[job.handler]
+
+
+def _settings(job: Job) -> Settings:
+    values: dict[str, Any] = {
+        "database_url": job.url,
+        "categories": (job.category,),
+        "group": job.group,
+        "batch_size": job.batch_size,
+        "tail_sleep": job.tail_sleep,
+        "until_caught_up": job.handler != "tail",
+        "consumer_group_member": job.member,
+        "consumer_group_size": job.size,
+        **job.settings,
+    }
+    return Settings(_env_file=None, **values)  # type: ignore[call-arg]
+
+
+# -- helpers ----------------------------------------------------------------------------------
+
+
+def _connect(url: str) -> psycopg.Connection[tuple[Any, ...]]:
+    """One autocommit connection with projector's session settings (search_path, jit off)."""
+    conn = psycopg.connect(url, autocommit=True)
+    conn.execute(SESSION_SETTINGS)
+    return conn
+
+
+def _read_params(job: Job, position: int) -> dict[str, Any]:
+    return {"category": job.category, "position": position, "batch_size": job.batch_size}
+
+
+def _upsert_statement(table: str) -> bytes:
+    """The upsert as plain bytes, as a handler would write it: psycopg caches a statement's
+    parsing by its text, and a `sql.Composed` would be rendered again on every execute."""
+    return sql.SQL(UPSERT).format(table=sql.Identifier(table)).as_bytes(None)
+
+
+def _create_read_model(conn: psycopg.Connection[Any], table: str) -> None:
+    conn.execute(sql.SQL(READ_MODEL).format(table=sql.Identifier(table)))
+    conn.execute(sql.SQL("TRUNCATE {}").format(sql.Identifier(table)))
+
+
+def _read_model_totals(conn: psycopg.Connection[Any], table: str) -> dict[str, Any]:
+    query = sql.SQL("SELECT count(*), coalesce(sum(events), 0) FROM {}")
+    row = conn.execute(query.format(sql.Identifier(table))).fetchone()
+    assert row is not None
+    return {"read_model_rows": int(row[0]), "read_model_events": int(row[1])}
+
+
+def _status_mb(name: str) -> float:
+    """A memory figure of this process from /proc/self/status, in MB.
+
+    ``VmHWM`` is the peak RSS of this program only: ``getrusage``'s ``ru_maxrss`` would carry
+    over the parent's peak through fork and exec.
+    """
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith(name + ":"):
+                return round(int(line.split()[1]) / 1024, 1)
+    raise RuntimeError(f"no {name} in /proc/self/status")
+
+
+JOBS: dict[str, Callable[[Job], dict[str, Any]]] = {
+    "read_loop": read_loop,
+    "async_read_loop": async_read_loop,
+    "group_read_loop": group_read_loop,
+    "member_read_loop": member_read_loop,
+    "upsert_loop": upsert_loop,
+    "projector": projector,
+}

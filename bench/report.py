@@ -1,0 +1,71 @@
+"""The run's report: a table for people, then one JSON line per scenario for scripts."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any
+
+from bench.scenarios import Outcome
+
+HEADER = (
+    "scenario",
+    "run",
+    "events",
+    "seconds",
+    "events/s",
+    "peak RSS MB",
+    "ratio",
+    "target",
+    "met",
+)
+
+
+def table(outcomes: Sequence[Outcome]) -> str:
+    rows: list[tuple[str, ...]] = [HEADER]
+    for outcome in outcomes:
+        rows.extend(_rows(outcome))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(HEADER))]
+    lines = []
+    for index, row in enumerate(rows):
+        cells = [
+            cell.ljust(width) if column < 2 else cell.rjust(width)
+            for column, (cell, width) in enumerate(zip(row, widths, strict=True))
+        ]
+        lines.append("  ".join(cells).rstrip())
+        if index == 0:
+            lines.append("  ".join("-" * width for width in widths))
+    for outcome in outcomes:
+        lines.extend(f"note: {outcome.scenario.name}: {note}" for note in outcome.notes)
+    return "\n".join(lines)
+
+
+def json_lines(outcomes: Sequence[Outcome], context: dict[str, Any]) -> str:
+    return "\n".join(json.dumps({**outcome.as_json(), **context}) for outcome in outcomes)
+
+
+def _rows(outcome: Outcome) -> list[tuple[str, ...]]:
+    s, p = outcome.scenario, outcome.projector
+    if s.projector.handler == "tail":
+        latency = f"p50 {p.get('p50_ms', '-')} ms, p99 {p.get('p99_ms', '-')} ms"
+        return [(s.name, "projector: " + latency, *_figures(p), "", "", "")]
+    ratio = "" if outcome.ratio is None else f"{outcome.ratio:.2f}x"
+    target = "" if s.target is None else f">= {s.target:g}x"
+    if s.memory_limit_mb is not None:
+        target += f", < {s.memory_limit_mb:g} MB"
+    met = {None: "", True: "yes", False: "no"}[outcome.met]
+    rows: list[tuple[str, ...]] = [(s.name, "projector", *_figures(p), ratio, target, met)]
+    if outcome.baseline is not None:
+        rows.append(("", "baseline: " + s.baseline_label, *_figures(outcome.baseline), "", "", ""))
+    for label, figures in outcome.references.items():
+        rows.append(("", "reference: " + label, *_figures(figures), "", "", ""))
+    return rows
+
+
+def _figures(figures: dict[str, Any]) -> tuple[str, str, str, str]:
+    return (
+        f"{figures['events']:,}",
+        f"{figures['seconds']:.2f}",
+        f"{figures['events_per_s']:,}",
+        f"{figures['peak_rss_mb']:.0f}",
+    )

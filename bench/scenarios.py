@@ -1,0 +1,395 @@
+"""The scenarios: what projector runs, what it is compared with, and the ratio it should reach.
+
+Each scenario measures its baseline and projector in the same run, each in a child process of
+its own (see `bench.jobs`); with ``--repeat`` the two alternate and the medians are compared.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import subprocess
+import sys
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from bench.jobs import Job
+from bench.profile import py_spy_prefix
+from bench.seed import Dataset
+from bench.tail import SteadyWriter
+
+MEMORY_LIMIT_MB = 200.0
+ROOT = Path(__file__).resolve().parents[1]  # where `python -m bench.child` finds bench
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """Every size a run takes; the defaults finish in a few minutes on two cores."""
+
+    events: int = 1_000_000
+    streams: int = 10_000
+    few_streams: int = 1_000
+    upsert_events: int = 200_000
+    upsert_streams: int = 10_000
+    group_size: int = 4
+    batch_size: int = 500
+    pool_size: int = 10
+    tail_rate: float = 200.0
+    tail_seconds: float = 10.0
+    tail_warmup: float = 1.0
+    tail_sleeps: tuple[float, ...] = (0.1, 1.0)
+
+
+SMOKE = Sizes(
+    events=3_000,
+    streams=100,
+    few_streams=10,
+    upsert_events=2_000,
+    upsert_streams=100,
+    tail_seconds=1.0,
+    tail_warmup=0.5,
+)
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """projector's run against one baseline; ``target`` is the least acceptable ratio."""
+
+    name: str
+    what: str
+    projector: Job
+    baseline: Job | None = None
+    baseline_label: str = ""
+    target: float | None = None
+    memory_limit_mb: float | None = None
+    references: tuple[tuple[str, Job], ...] = ()
+    dataset: Dataset | None = None
+
+
+@dataclass
+class Outcome:
+    """A scenario's figures: projector's, the baseline's, and the verdict."""
+
+    scenario: Scenario
+    projector: dict[str, Any]
+    baseline: dict[str, Any] | None = None
+    references: dict[str, dict[str, Any]] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def ratio(self) -> float | None:
+        if self.baseline is None or not self.baseline["events_per_s"]:
+            return None
+        return float(self.projector["events_per_s"] / self.baseline["events_per_s"])
+
+    @property
+    def met(self) -> bool | None:
+        target, ratio = self.scenario.target, self.ratio
+        if target is None or ratio is None:
+            return None
+        limit = self.scenario.memory_limit_mb
+        memory_ok = limit is None or self.projector["peak_rss_mb"] < limit
+        return ratio >= target and memory_ok and not self.notes
+
+    def as_json(self) -> dict[str, Any]:
+        s = self.scenario
+        return {
+            "scenario": s.name,
+            "what": s.what,
+            "dataset": None if s.dataset is None else vars(s.dataset),
+            "projector": self.projector,
+            "baseline": None
+            if self.baseline is None
+            else {"what": s.baseline_label, **self.baseline},
+            "references": self.references,
+            "ratio": None if self.ratio is None else round(self.ratio, 3),
+            "target": s.target,
+            "memory_limit_mb": s.memory_limit_mb,
+            "met": self.met,
+            "notes": self.notes,
+        }
+
+
+def datasets(sizes: Sizes) -> dict[str, Dataset]:
+    return {
+        "main": Dataset("bench_main", sizes.events, sizes.streams),
+        "few": Dataset("bench_few", sizes.events, sizes.few_streams),
+        "distinct": Dataset("bench_distinct", sizes.events, sizes.events),
+        "upsert": Dataset("bench_upsert", sizes.upsert_events, sizes.upsert_streams),
+    }
+
+
+def catchup(url: str, run_id: str, sizes: Sizes, settings: dict[str, Any]) -> list[Scenario]:
+    data = datasets(sizes)
+    common: dict[str, Any] = {"url": url, "batch_size": sizes.batch_size, "settings": settings}
+
+    def read(dataset: Dataset, **extra: Any) -> Job:
+        return Job("read_loop", category=dataset.category, **common, **extra)
+
+    def project(name: str, dataset: Dataset, **extra: Any) -> Job:
+        group = f"bench_{run_id}_{name.replace('-', '_')}"
+        return Job("projector", category=dataset.category, group=group, **common, **extra)
+
+    main, few, distinct = data["main"], data["few"], data["distinct"]
+    plain = "plain read loop, same SQL and batch size, no JSON decode"
+    decoding = "plain read loop + json.loads of data and metadata"
+    return [
+        Scenario(
+            "catchup",
+            f"catch-up, no-op handler, {main.events:,} events over {main.streams:,} streams",
+            project("catchup", main),
+            read(main),
+            plain,
+            target=0.75,
+            references=(
+                (decoding, read(main, decode=True)),
+                (
+                    "the same loop on psycopg's async connection under anyio",
+                    replace(read(main), kind="async_read_loop"),
+                ),
+            ),
+            dataset=main,
+        ),
+        Scenario(
+            "catchup-decode",
+            f"catch-up, handler reads data and metadata, {main.events:,} events over "
+            f"{main.streams:,} streams",
+            project("catchup-decode", main, handler="decode"),
+            read(main, decode=True),
+            decoding,
+            dataset=main,
+        ),
+        Scenario(
+            "catchup-few-streams",
+            f"catch-up, no-op handler, {few.events:,} events over {few.streams:,} streams",
+            project("catchup-few-streams", few),
+            read(few),
+            plain,
+            target=0.6,
+            memory_limit_mb=MEMORY_LIMIT_MB,
+            dataset=few,
+        ),
+        Scenario(
+            "catchup-distinct-streams",
+            f"catch-up, no-op handler, {distinct.events:,} events, one per stream",
+            project("catchup-distinct-streams", distinct),
+            read(distinct),
+            plain,
+            target=0.6,
+            memory_limit_mb=MEMORY_LIMIT_MB,
+            dataset=distinct,
+        ),
+        *upserting(url, run_id, sizes, settings),
+    ]
+
+
+def upserting(url: str, run_id: str, sizes: Sizes, settings: dict[str, Any]) -> list[Scenario]:
+    dataset = datasets(sizes)["upsert"]
+    common: dict[str, Any] = {
+        "url": url,
+        "category": dataset.category,
+        "batch_size": sizes.batch_size,
+    }
+    return [
+        Scenario(
+            "upsert",
+            f"catch-up, handler upserts one row per stream span through a pool of "
+            f"{sizes.pool_size}, {dataset.events:,} events over {dataset.streams:,} streams",
+            Job(
+                "projector",
+                handler="upsert",
+                group=f"bench_{run_id}_upsert",
+                table=f"bench_{run_id}_projector",
+                pool_size=sizes.pool_size,
+                settings=settings,
+                **common,
+            ),
+            Job("upsert_loop", table=f"bench_{run_id}_baseline", **common),
+            "one connection: read a batch, the same upserts one by one",
+            target=1.5,
+            dataset=dataset,
+        )
+    ]
+
+
+def group(
+    url: str, run_id: str, sizes: Sizes, settings: dict[str, Any], store: str
+) -> list[Scenario]:
+    main = datasets(sizes)["main"]
+    member, size = 0, sizes.group_size
+    common: dict[str, Any] = {"url": url, "category": main.category, "batch_size": sizes.batch_size}
+    function = "Message DB 1.3.1's" if store == "messagedb" else "projector's own store's"
+    return [
+        Scenario(
+            f"group-member-{member}-of-{size}",
+            f"consumer-group member {member} of {size}, no-op handler, {main.events:,} events "
+            f"over {main.streams:,} streams",
+            Job(
+                "projector",
+                group=f"bench_{run_id}_group",
+                member=member,
+                size=size,
+                settings=settings,
+                **common,
+            ),
+            Job("group_read_loop", member=member, size=size, **common),
+            f"{function} get_category_messages, group arguments",
+            target=4.0,
+            references=(
+                (
+                    "projector's member read statement in a plain loop",
+                    Job("member_read_loop", member=member, size=size, **common),
+                ),
+            ),
+            dataset=main,
+        )
+    ]
+
+
+def tail(url: str, run_id: str, sizes: Sizes, settings: dict[str, Any]) -> list[Scenario]:
+    return [
+        Scenario(
+            f"tail-sleep-{sleep:g}",
+            f"tail latency, commit to handler call, one writer at {sizes.tail_rate:g} events/s, "
+            f"polling only, tail_sleep {sleep:g}",
+            Job(
+                "projector",
+                url=url,
+                category=f"bench_{run_id}_tail{index}",
+                group=f"bench_{run_id}_tail{index}",
+                handler="tail",
+                tail_sleep=sleep,
+                warmup=sizes.tail_warmup,
+                seconds=sizes.tail_seconds,
+                batch_size=sizes.batch_size,
+                settings=settings,
+            ),
+        )
+        for index, sleep in enumerate(sizes.tail_sleeps)
+    ]
+
+
+class Measurer:
+    """Runs jobs in child processes (under py-spy with a profile folder) and the scenarios."""
+
+    def __init__(
+        self, *, repeat: int, timeout: float, profile_dir: Path | None, tail_rate: float
+    ) -> None:
+        self.repeat = repeat
+        self.timeout = timeout
+        self.profile_dir = profile_dir
+        self.tail_rate = tail_rate
+        self._warm: set[str] = set()
+        self._runs = 0
+
+    def run(self, scenario: Scenario) -> Outcome:
+        _say(f"{scenario.name}: {scenario.what}")
+        if scenario.projector.handler == "tail":
+            return self._tail(scenario)
+        self._warm_up(scenario.projector)
+        projector_runs: list[dict[str, Any]] = []
+        baseline_runs: list[dict[str, Any]] = []
+        for attempt in range(self.repeat):
+            # Alternate which goes first, so neither always runs on a warmer server.
+            sides = [(projector_runs, scenario.projector, True)]
+            if scenario.baseline is not None:
+                sides.append((baseline_runs, scenario.baseline, False))
+            for runs, job, profiled in sides if attempt % 2 else reversed(sides):
+                runs.append(self.measure(job, scenario.name if profiled else None))
+        outcome = Outcome(
+            scenario,
+            _median(projector_runs),
+            _median(baseline_runs) if baseline_runs else None,
+            {label: self.measure(job) for label, job in scenario.references},
+        )
+        _check_counts(outcome)
+        return outcome
+
+    def measure(self, job: Job, profile_name: str | None = None) -> dict[str, Any]:
+        self._runs += 1
+        if job.kind == "projector":
+            # A group of its own for every run: a repeat must not resume from a checkpoint.
+            job = replace(job, group=f"{job.group}_{self._runs}")
+        command = [sys.executable, "-m", "bench.child", json.dumps(vars(job))]
+        if profile_name is not None and self.profile_dir is not None:
+            self.profile_dir.mkdir(parents=True, exist_ok=True)
+            command = [*py_spy_prefix(self.profile_dir / f"{profile_name}.txt"), *command]
+        result = subprocess.run(
+            command, cwd=ROOT, capture_output=True, text=True, timeout=self.timeout, check=False
+        )
+        lines = [line for line in result.stdout.splitlines() if line.startswith("{")]
+        if result.returncode != 0 or not lines:
+            raise SystemExit(
+                f"bench: a {job.kind} run failed (exit {result.returncode}):\n"
+                + result.stderr[-3000:]
+            )
+        figures: dict[str, Any] = json.loads(lines[-1])
+        seconds = figures["seconds"]
+        figures["seconds"] = round(seconds, 3)
+        figures["events_per_s"] = round(figures["events"] / seconds) if seconds else 0
+        _say(
+            f"  {job.kind}: {figures['events']:,} events in {seconds:.2f} s "
+            f"({figures['events_per_s']:,}/s), peak RSS {figures['peak_rss_mb']} MB"
+        )
+        return figures
+
+    def _warm_up(self, job: Job) -> None:
+        """Read a category once, untimed, before its first measurement: the first read after
+        seeding is slower (cold caches), and would favour whichever side runs second."""
+        if job.category not in self._warm:
+            _say(f"  warming up {job.category} (untimed)")
+            warm = Job("read_loop", url=job.url, category=job.category, batch_size=job.batch_size)
+            subprocess.run(
+                [sys.executable, "-m", "bench.child", json.dumps(vars(warm))],
+                cwd=ROOT,
+                capture_output=True,
+                timeout=self.timeout,
+                check=True,
+            )
+            self._warm.add(job.category)
+
+    def _tail(self, scenario: Scenario) -> Outcome:
+        job = scenario.projector
+        writer = SteadyWriter(job.url, job.category, self.tail_rate)
+        writer.start()
+        try:
+            figures = self.measure(job, scenario.name)
+        finally:
+            writer.stop()
+        figures["events_per_s"] = round(figures["events"] / job.seconds)
+        outcome = Outcome(scenario, figures)
+        if writer.behind > writer.written / 100:
+            outcome.notes.append(
+                f"the writer fell more than 10 ms behind its schedule for {writer.behind} of "
+                f"{writer.written} events"
+            )
+        return outcome
+
+
+def _median(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The run with the median rate (the lower middle one of an even number)."""
+    ordered = sorted(runs, key=lambda run: run["events_per_s"])
+    chosen = dict(ordered[(len(ordered) - 1) // 2])
+    if len(runs) > 1:
+        chosen["runs_events_per_s"] = [run["events_per_s"] for run in runs]
+        chosen["median_events_per_s"] = statistics.median(run["events_per_s"] for run in runs)
+    return chosen
+
+
+def _check_counts(outcome: Outcome) -> None:
+    """projector must have handled exactly what the baseline read (and written as much)."""
+    baseline, projector = outcome.baseline, outcome.projector
+    if baseline is None:
+        return
+    if baseline["events"] != projector["events"]:
+        outcome.notes.append(
+            f"projector handled {projector['events']} events, "
+            f"the baseline read {baseline['events']}"
+        )
+    if baseline.get("read_model_events") != projector.get("read_model_events"):
+        outcome.notes.append("the read models differ between projector and the baseline")
+
+
+def _say(message: str) -> None:
+    print(f"bench: {message}", file=sys.stderr, flush=True)

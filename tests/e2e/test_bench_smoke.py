@@ -1,0 +1,70 @@
+"""The benchmarks at a tiny size, as a process: they keep working. No timing is asserted here."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.support.postgres import ADMIN_URL_VARIABLE, Unavailable, give_up, require_server_binaries
+
+ROOT = Path(__file__).resolve().parents[2]
+SCENARIOS = {
+    "catchup",
+    "catchup-decode",
+    "catchup-few-streams",
+    "catchup-distinct-streams",
+    "upsert",
+    "tail-sleep-0.1",
+    "tail-sleep-1",
+    "group-member-0-of-4",
+}
+
+
+@pytest.fixture
+def bench_env() -> dict[str, str]:
+    """The bench on the tests' server when one is given, else on a throwaway cluster of its own."""
+    env = dict(os.environ)
+    if os.environ.get(ADMIN_URL_VARIABLE):
+        env["PROJECTOR_BENCH_DATABASE_URL"] = os.environ[ADMIN_URL_VARIABLE]
+    else:
+        try:
+            require_server_binaries()
+        except Unavailable as exc:
+            give_up(str(exc))
+    return env
+
+
+def test_bench_smoke_prints_a_row_and_a_json_line_per_scenario(bench_env: dict[str, str]) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "bench", "all", "--smoke"],
+        cwd=ROOT,
+        env=bench_env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
+    )
+
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = result.stdout.splitlines()
+    records = [json.loads(line) for line in lines if line.startswith("{")]
+    assert {record["scenario"] for record in records} == SCENARIOS
+    assert len(records) == len(SCENARIOS)
+    table_rows = {line.split()[0] for line in lines if line and not line.startswith(("{", " "))}
+    assert table_rows >= SCENARIOS
+    for record in records:
+        projector = record["projector"]
+        assert projector["events"] > 0
+        assert projector["events_per_s"] > 0
+        assert projector["peak_rss_mb"] > 0
+        assert record["notes"] == [] or record["scenario"].startswith("tail-")
+        if record["target"] is not None:
+            assert record["baseline"]["events"] == projector["events"]
+            assert isinstance(record["met"], bool)
+        if record["scenario"].startswith("tail-"):
+            assert projector["p50_ms"] <= projector["p99_ms"]
