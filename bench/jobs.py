@@ -59,7 +59,7 @@ class Job:
     category: str
     batch_size: int = 500
     decode: bool = False
-    handler: str = "noop"  # projector runs: noop, decode, upsert or tail
+    handler: str = "noop"  # projector runs: noop, decode, upsert, transactional or tail
     group: str = "bench"
     member: int | None = None
     size: int | None = None
@@ -187,6 +187,8 @@ def projector(job: Job) -> dict[str, Any]:
 async def _projector(job: Job) -> dict[str, Any]:
     tally = Tally()
     pool = None
+    if job.handler == "transactional":
+        return await _transactional(job, tally)
     if job.handler == "upsert":
         with psycopg.connect(job.url, autocommit=True) as conn:
             _create_read_model(conn, job.table)
@@ -215,6 +217,27 @@ async def _projector(job: Job) -> dict[str, Any]:
             result.update(_read_model_totals(conn, job.table))
     if job.handler == "tail":
         result.update(tally.latency_figures(job.seconds))
+    return result
+
+
+async def _transactional(job: Job, tally: Tally) -> dict[str, Any]:
+    """The upsert handler as a transactional (exactly-once) projection, on projector's pool."""
+    with psycopg.connect(job.url, autocommit=True) as conn:
+        _create_read_model(conn, job.table)
+    upsert = _upsert_statement(job.table)
+    projection = Projection("bench")
+
+    @projection.transactional
+    async def upserting(stream_name: str, events: list[Event], conn: Any) -> None:
+        balance = sum(event.data["amount"] for event in events)
+        await conn.execute(upsert, (stream_name, events[-1].position, balance, len(events)))
+        tally.events += len(events)
+
+    started = time.perf_counter()
+    await Runner(projection, _settings(job)).run()
+    result: dict[str, Any] = {"events": tally.events, "seconds": time.perf_counter() - started}
+    with psycopg.connect(job.url) as conn:
+        result.update(_read_model_totals(conn, job.table))
     return result
 
 

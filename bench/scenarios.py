@@ -209,7 +209,33 @@ def upserting(url: str, run_id: str, sizes: Sizes, settings: dict[str, Any]) -> 
             "one connection: read a batch, the same upserts one by one",
             target=1.5,
             dataset=dataset,
-        )
+        ),
+        Scenario(
+            "transactional",
+            f"exactly-once: the same upsert in a transactional projection (positions recorded "
+            f"in the handler's transaction), {dataset.events:,} events over "
+            f"{dataset.streams:,} streams",
+            Job(
+                "projector",
+                handler="transactional",
+                group=f"bench_{run_id}_transactional",
+                table=f"bench_{run_id}_transactional",
+                settings=settings,
+                **common,
+            ),
+            Job(
+                "projector",
+                handler="upsert",
+                group=f"bench_{run_id}_at_least_once",
+                table=f"bench_{run_id}_at_least_once",
+                pool_size=sizes.pool_size,
+                settings=settings,
+                **common,
+            ),
+            "the at-least-once pipeline running the same upsert handler",
+            target=0.5,
+            dataset=dataset,
+        ),
     ]
 
 

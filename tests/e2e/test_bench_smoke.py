@@ -19,6 +19,7 @@ SCENARIOS = {
     "catchup-few-streams",
     "catchup-distinct-streams",
     "upsert",
+    "transactional",
     "tail-sleep-0.1",
     "tail-sleep-1",
     "group-member-0-of-4",
