@@ -38,9 +38,11 @@ WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1
 LIMIT 1
 """
 PING = "SELECT 1"
+UNLOCK = "SELECT pg_advisory_unlock(%(key)s)"
 
 DEFAULT_STANDBY_POLL = 1.0
 DEFAULT_WATCH_INTERVAL = 2.0
+DEFAULT_RELEASE_TIMEOUT = 5.0
 
 
 class MemberBusyError(ProjectorError):
@@ -134,9 +136,22 @@ class MemberLease:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        if self._conn is not None:
-            with anyio.CancelScope(shield=True):
-                await self._conn.close()  # ends the session, which releases the lock
+        if self._conn is None:
+            return
+        with anyio.move_on_after(DEFAULT_RELEASE_TIMEOUT, shield=True):
+            # Closing the session releases the lock too, but the server does it a moment after
+            # the client has gone: unlocking first means that when a runner has returned, its
+            # member is free (an operator's rebalance right after a stop must not be refused).
+            try:
+                await self._conn.execute(UNLOCK, {"key": lock_key(self.group, self.member)})
+            except psycopg.OperationalError as exc:
+                logger.debug(
+                    "could not unlock %s before closing its session (closing releases it): %s",
+                    self.name,
+                    exc,
+                    extra={"action": "member_unlock_skipped", "member": self.name},
+                )
+            await self._conn.close()
 
     async def acquire(self, *, standby: bool, poll: float = DEFAULT_STANDBY_POLL) -> None:
         """Take the member's lock; wait for it as a hot standby, or raise MemberBusyError."""
