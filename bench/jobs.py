@@ -21,7 +21,7 @@ import psycopg
 from psycopg import sql
 from psycopg_pool import AsyncConnectionPool
 
-from projector import Event, Projection
+from projector import Event, Projection, notify
 from projector.database import SESSION_SETTINGS
 from projector.runner import Runner
 from projector.settings import Settings
@@ -66,6 +66,7 @@ class Job:
     table: str = ""
     pool_size: int = 10
     tail_sleep: float = 0.1
+    notify: bool = False  # tail runs: install the wake-up trigger for the run, drop it after
     warmup: float = 1.0
     seconds: float = 10.0
     settings: dict[str, Any] = field(default_factory=dict)
@@ -205,8 +206,15 @@ async def _projector(job: Job) -> dict[str, Any]:
     started = time.perf_counter()
     tally.window_start = time.time() + job.warmup
     if job.handler == "tail":
-        with anyio.move_on_after(job.warmup + job.seconds + job.tail_sleep + 1.0):
-            await runner.run()
+        if job.notify:
+            notify.install(job.url)
+        try:
+            with anyio.move_on_after(job.warmup + job.seconds + job.tail_sleep + 1.0):
+                await runner.run()
+        finally:
+            if job.notify:
+                with psycopg.connect(job.url, autocommit=True) as conn:
+                    conn.execute(DROP_NOTIFY)
     else:
         await runner.run()
     seconds = time.perf_counter() - started
@@ -299,6 +307,10 @@ def _handler(
                 tally.latencies.append(now - written)
 
     return {"noop": noop, "decode": decode, "upsert": upserting, "tail": tail}[job.handler]
+
+
+# The trigger would wake every later run on this database: polling-only figures need it gone.
+DROP_NOTIFY = "DROP TRIGGER IF EXISTS projector_notify ON message_store.messages"
 
 
 def _settings(job: Job) -> Settings:

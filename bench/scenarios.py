@@ -293,6 +293,25 @@ def tail(url: str, run_id: str, sizes: Sizes, settings: dict[str, Any]) -> list[
             ),
         )
         for index, sleep in enumerate(sizes.tail_sleeps)
+    ] + [
+        Scenario(
+            "tail-notify-sleep-1",
+            f"tail latency, commit to handler call, one writer at {sizes.tail_rate:g} events/s, "
+            "woken by the NOTIFY trigger (projector migrate --notify), tail_sleep 1",
+            Job(
+                "projector",
+                url=url,
+                category=f"bench_{run_id}_tailnotify",
+                group=f"bench_{run_id}_tailnotify",
+                handler="tail",
+                tail_sleep=1.0,
+                notify=True,
+                warmup=sizes.tail_warmup,
+                seconds=sizes.tail_seconds,
+                batch_size=sizes.batch_size,
+                settings=settings,
+            ),
+        )
     ]
 
 

@@ -22,6 +22,7 @@ SCENARIOS = {
     "transactional",
     "tail-sleep-0.1",
     "tail-sleep-1",
+    "tail-notify-sleep-1",
     "group-member-0-of-4",
 }
 
