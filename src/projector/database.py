@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 
 import anyio
 import psycopg
-from psycopg_pool import AsyncConnectionPool
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from projector.errors import DatabaseUnavailableError
 from projector.failures import RetryPolicy
@@ -52,11 +52,16 @@ def describe(url: str) -> str:
     return f"{user}@{host}:{port}/{dbname or ''}"
 
 
+def first_line(exc: BaseException) -> str:
+    """A driver error's message on one line (libpq's often run over several)."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 def unavailable(url: str, exc: Exception) -> DatabaseUnavailableError:
     """The one error users see for a database that is down, unreachable or refuses us."""
-    reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     return DatabaseUnavailableError(
-        f"cannot connect to the database {describe(url)}: {reason} "
+        f"cannot connect to the database {describe(url)}: {first_line(exc)} "
         "(check --database-url / PROJECTOR_DATABASE_URL and that the server is running)"
     )
 
@@ -114,8 +119,26 @@ async def outlasting(
 
 def unavailable_during(doing: str, exc: Exception) -> DatabaseUnavailableError:
     """The error for a connection that failed mid-run."""
-    reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    return DatabaseUnavailableError(f"lost the database while {doing}: {reason}")
+    return DatabaseUnavailableError(f"lost the database while {doing}: {first_line(exc)}")
+
+
+@asynccontextmanager
+async def pooled(pool: Pool, *, doing: str) -> AsyncIterator[Connection]:
+    """A pool connection; the database going away (or no connection to be had) while it is
+    used becomes DatabaseUnavailableError, which outages are retried on."""
+    try:
+        async with pool.connection() as conn:
+            yield conn
+    except (psycopg.OperationalError, PoolTimeout) as exc:
+        raise unavailable_during(doing, exc) from exc
+
+
+def connect_sync(url: str) -> psycopg.Connection[tuple[Any, ...]]:
+    """A plain blocking connection, for one-off commands (migrations, installs)."""
+    try:
+        return psycopg.connect(url, connect_timeout=math.ceil(DEFAULT_CONNECT_TIMEOUT))
+    except psycopg.OperationalError as exc:
+        raise unavailable(url, exc) from exc
 
 
 async def configure(conn: Connection) -> None:

@@ -12,12 +12,11 @@ import uuid
 from pathlib import Path
 
 import anyio
-import psycopg
 from psycopg import sql
 from psycopg_pool import AsyncConnectionPool
 
 from projector import Event, Projection, write_message
-from projector.database import Pool, configure, connect
+from projector.database import Pool, configure, connect, connect_sync
 from projector.localpg import LocalCluster, default_data_dir
 from projector.runner import Runner
 from projector.settings import Settings
@@ -119,7 +118,8 @@ def local_database() -> tuple[str, Path]:
     """The URL of the demo database in projector's own local cluster, started if need be."""
     cluster = LocalCluster(default_data_dir())
     server_url = cluster.ensure_running()
-    with psycopg.connect(server_url, autocommit=True) as conn:
+    with connect_sync(server_url) as conn:
+        conn.autocommit = True  # CREATE DATABASE cannot run in a transaction
         exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (DATABASE,))
         if exists.fetchone() is None:
             conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(DATABASE)))

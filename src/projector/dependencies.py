@@ -27,9 +27,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 import anyio
-import psycopg
 from anyio.abc import TaskStatus
-from psycopg_pool import PoolTimeout
 
 from projector import database, groups, lease, store
 from projector.database import Connection, Pool, outlasting
@@ -194,11 +192,8 @@ class UpstreamMeter:
         self._dependencies = tuple(dependencies)
 
     async def measure(self) -> list[Upstream]:
-        try:
-            async with self._pool.connection() as conn:
-                return [await measure(conn, dependency) for dependency in self._dependencies]
-        except (psycopg.OperationalError, PoolTimeout) as exc:
-            raise database.unavailable_during("measuring dependencies", exc) from exc
+        async with database.pooled(self._pool, doing="measuring dependencies") as conn:
+            return [await measure(conn, dependency) for dependency in self._dependencies]
 
 
 class DependencyGate:

@@ -15,9 +15,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import anyio
-import psycopg
 from anyio.abc import TaskStatus
-from psycopg_pool import PoolTimeout
 
 from projector import database, status
 from projector.database import Pool
@@ -99,21 +97,18 @@ class LagTracker:
 
     async def _query(self, positions: dict[str, int]) -> LagReading:
         found: dict[str, CategoryLag] = {}
-        try:
-            async with self._pool.connection() as conn:
-                for category, position in positions.items():
-                    params = {
-                        "category": category,
-                        "position": position,
-                        "member": self._member,
-                        "size": self._size,
-                    }
-                    row = await (await conn.execute(status.MEMBER_LAG, params)).fetchone()
-                    assert row is not None  # an aggregate always returns one row
-                    head, events, seconds = row
-                    found[category] = CategoryLag(
-                        category, position, head, int(events), max(float(seconds or 0.0), 0.0)
-                    )
-        except (psycopg.OperationalError, PoolTimeout) as exc:
-            raise database.unavailable_during("measuring the lag", exc) from exc
+        async with database.pooled(self._pool, doing="measuring the lag") as conn:
+            for category, position in positions.items():
+                params = {
+                    "category": category,
+                    "position": position,
+                    "member": self._member,
+                    "size": self._size,
+                }
+                row = await (await conn.execute(status.MEMBER_LAG, params)).fetchone()
+                assert row is not None  # an aggregate always returns one row
+                head, events, seconds = row
+                found[category] = CategoryLag(
+                    category, position, head, int(events), max(float(seconds or 0.0), 0.0)
+                )
         return LagReading(found, anyio.current_time(), time.time())

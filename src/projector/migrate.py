@@ -5,7 +5,6 @@ from __future__ import annotations
 from importlib import resources
 from pathlib import Path
 
-import psycopg
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import create_engine
@@ -31,17 +30,10 @@ def _alembic_config() -> Config:
     return config
 
 
-def _sync_connect(url: str) -> psycopg.Connection[tuple[object, ...]]:
-    try:
-        return psycopg.connect(url, connect_timeout=int(database.DEFAULT_CONNECT_TIMEOUT))
-    except psycopg.OperationalError as exc:
-        raise database.unavailable(url, exc) from exc
-
-
 def upgrade(url: str, revision: str = "head") -> None:
     """Bring projector's own tables (schema ``projector``) up to ``revision``."""
-    _sync_connect(url).close()  # fail with our message before SQLAlchemy wraps the error
-    engine = create_engine("postgresql+psycopg://", creator=lambda: _sync_connect(url))
+    database.connect_sync(url).close()  # fail with our message before SQLAlchemy wraps the error
+    engine = create_engine("postgresql+psycopg://", creator=lambda: database.connect_sync(url))
     try:
         with engine.begin() as connection:
             config = _alembic_config()
@@ -58,7 +50,7 @@ def message_store_sql() -> str:
 
 def install_message_store(url: str) -> bool:
     """Create a Message DB-compatible store; False (and nothing touched) when one exists."""
-    with _sync_connect(url) as conn:
+    with database.connect_sync(url) as conn:
         present = conn.execute("SELECT to_regclass('message_store.messages')").fetchone()
         if present is not None and present[0] is not None:
             return False

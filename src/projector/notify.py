@@ -36,11 +36,8 @@ def trigger_sql() -> str:
 
 def install(url: str) -> None:
     """Install (or refresh) the NOTIFY trigger on message_store.messages."""
-    try:
-        with psycopg.connect(url, connect_timeout=int(database.DEFAULT_CONNECT_TIMEOUT)) as conn:
-            conn.execute(trigger_sql().encode())
-    except psycopg.OperationalError as exc:
-        raise database.unavailable(url, exc) from exc
+    with database.connect_sync(url) as conn:
+        conn.execute(trigger_sql().encode())
 
 
 async def installed(conn: Connection) -> bool:

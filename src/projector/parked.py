@@ -14,10 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import LiteralString
 
-import psycopg
-from psycopg_pool import PoolTimeout
-
-from projector.database import Connection, Pool, unavailable_during
+from projector.database import Connection, Pool, pooled
 from projector.errors import ConfigurationError
 from projector.events import Event, category, consumer_group_member, validate_group
 
@@ -127,19 +124,13 @@ class ParkedStreams:
         await self._execute(UNPARK, params)
 
     async def _fetch(self, query: LiteralString, params: dict[str, object]) -> list[ParkedStream]:
-        try:
-            async with self._pool.connection() as conn:
-                cursor = await conn.execute(query, params)
-                return [ParkedStream(*row) for row in await cursor.fetchall()]
-        except (psycopg.OperationalError, PoolTimeout) as exc:
-            raise unavailable_during("reading parked streams", exc) from exc
+        async with pooled(self._pool, doing="reading parked streams") as conn:
+            cursor = await conn.execute(query, params)
+            return [ParkedStream(*row) for row in await cursor.fetchall()]
 
     async def _execute(self, query: LiteralString, params: dict[str, object]) -> None:
-        try:
-            async with self._pool.connection() as conn:
-                await conn.execute(query, params)
-        except (psycopg.OperationalError, PoolTimeout) as exc:
-            raise unavailable_during("writing parked streams", exc) from exc
+        async with pooled(self._pool, doing="writing parked streams") as conn:
+            await conn.execute(query, params)
 
 
 async def list_parked(conn: Connection, group: str | None = None) -> list[ParkedStream]:

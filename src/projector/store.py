@@ -17,9 +17,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any, LiteralString
 
-import psycopg
 from psycopg import errors as pg_errors
-from psycopg_pool import PoolTimeout
 
 from projector import database
 from projector.database import Connection, Pool
@@ -161,11 +159,8 @@ class MessageStore:
     async def _fetch(
         self, query: LiteralString, params: dict[str, object]
     ) -> list[tuple[Any, ...]]:
-        try:
-            async with self._pool.connection() as conn:
-                return await (await conn.execute(query, params)).fetchall()
-        except (psycopg.OperationalError, PoolTimeout) as exc:
-            raise database.unavailable_during("reading the message store", exc) from exc
+        async with database.pooled(self._pool, doing="reading the message store") as conn:
+            return await (await conn.execute(query, params)).fetchall()
 
     async def category_head(self, category: str) -> int | None:
         """The last global position written to ``category``, or None when it is empty."""
@@ -200,8 +195,8 @@ async def write_message(
         row = await (await conn.execute(WRITE_MESSAGE, params)).fetchone()
     except pg_errors.RaiseException as exc:
         if "Wrong expected version" in str(exc):
-            raise WrongExpectedVersionError(str(exc).splitlines()[0]) from exc
-        raise MessageStoreError(str(exc).splitlines()[0]) from exc
+            raise WrongExpectedVersionError(database.first_line(exc)) from exc
+        raise MessageStoreError(database.first_line(exc)) from exc
     assert row is not None
     return int(row[0])
 
