@@ -23,7 +23,6 @@ from rich.progress import (
 )
 
 from projector.lag import LagReading
-from projector.observe import Observer
 
 REFRESH = 0.5  # seconds between redraws
 MEASURE_EVERY = 5  # redraws between lag measurements
@@ -33,19 +32,12 @@ def wanted(*, disabled: bool) -> bool:
     return not disabled and sys.stderr.isatty()
 
 
-class CatchUpProgress(Observer):
-    """Counts handled events, and draws them against the lag until caught up."""
+class CatchUpProgress:
+    """Draws the events handled (as ``handled()`` counts them) against the lag until caught up."""
 
-    def __init__(self) -> None:
-        self.handled = 0
-
-    def handler_finished(
-        self, stream_name: str, count: int, seconds: float, error: BaseException | None
+    async def run(
+        self, measure: Callable[[], Awaitable[LagReading | None]], handled: Callable[[], int]
     ) -> None:
-        if error is None:
-            self.handled += count
-
-    async def run(self, measure: Callable[[], Awaitable[LagReading | None]]) -> None:
         """Draw until the lag is 0 (then remove the bar); cancel to stop earlier."""
         columns = (
             TextColumn("catching up"),
@@ -56,13 +48,18 @@ class CatchUpProgress(Observer):
         )
         with Progress(*columns, console=Console(stderr=True), transient=True) as bar:
             task = bar.add_task("catch-up", total=None, rate="-")
-            await self._draw(bar, task, measure)
+            await self._draw(bar, task, measure, handled)
 
     async def _draw(
-        self, bar: Progress, task: TaskID, measure: Callable[[], Awaitable[LagReading | None]]
+        self,
+        bar: Progress,
+        task: TaskID,
+        measure: Callable[[], Awaitable[LagReading | None]],
+        handled: Callable[[], int],
     ) -> None:
         total: int | None = None
-        tick, last = 0, self.handled
+        start = handled()
+        tick, last = 0, start
         while True:
             if tick % MEASURE_EVERY == 0:
                 reading = await measure()
@@ -70,9 +67,10 @@ class CatchUpProgress(Observer):
                     to_go = sum(lag.events for lag in reading.categories.values())
                     if to_go == 0:
                         return
-                    total = self.handled + to_go
-            rate = (self.handled - last) / REFRESH if tick else 0.0
-            last = self.handled
-            bar.update(task, completed=self.handled, total=total, rate=f"{rate:,.0f}")
+                    total = handled() - start + to_go
+            now = handled()
+            rate = (now - last) / REFRESH if tick else 0.0
+            last = now
+            bar.update(task, completed=now - start, total=total, rate=f"{rate:,.0f}")
             tick += 1
             await anyio.sleep(REFRESH)

@@ -163,7 +163,9 @@ class Projection:
         """Run the handler for one stream's events; return the stream position to expect next."""
         if self._stream_handler is not None:
             result = await self._stream_handler(stream_name, events)
-            return (result or StreamResult()).next_position_after(events)
+            if result is None:
+                return events[-1].position + 1
+            return result.next_position_after(events)
         for event in events:
             typed = self._event_handlers.get(event.type)
             if typed is not None:
@@ -176,7 +178,9 @@ class Projection:
         """Run the transactional handler; return the stream position to expect next."""
         assert self._transactional_handler is not None
         result = await self._transactional_handler(stream_name, events, conn)
-        return (result or StreamResult()).next_position_after(events)
+        if result is None:
+            return events[-1].position + 1
+        return result.next_position_after(events)
 
     def check_ready(self) -> None:
         """Raise ConfigurationError unless a handler is registered."""

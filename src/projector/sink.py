@@ -36,7 +36,7 @@ from projector.errors import HandlerError
 from projector.events import Event
 from projector.failures import Decision, HandlerTimeout, Park, Retry, Stop
 from projector.observe import NO_OBSERVER, Observer
-from projector.spans import Batch, StreamState, TroubledStream, merge
+from projector.spans import Batch, StreamState, TroubledStream, in_order, merge
 
 SpanHandler = Callable[[str, list[Event]], Awaitable[int]]
 """Handles one stream's events (in stream order) and returns the stream position to expect next:
@@ -54,7 +54,10 @@ async def stop_on_failure(
 
 
 DEFAULT_STALL_DELAY = 0.1
-YIELD_EVERY = 32  # calls a worker makes in a row before it lets other tasks run
+# How long a worker runs handler calls that never wait before it lets other tasks run (the
+# sources' reads, timers, the metrics endpoint). Checked once per call, so a single call that
+# computes for longer still holds the loop for as long as it takes.
+YIELD_AFTER = 0.0005
 MAX_SKIP_HINTS = 100_000  # forgotten streams whose handler asked to skip ahead (skip_to)
 
 
@@ -64,8 +67,10 @@ class Lane:
     def __init__(self, sink: StreamsSink, name: str, max_read_ahead: int) -> None:
         self.name = name
         self._sink = sink
-        self._slots = anyio.Semaphore(max_read_ahead)
+        self._max_read_ahead = max_read_ahead
         self._batches: deque[Batch] = deque()
+        self._room = anyio.Event()  # set while fewer than max_read_ahead batches are in flight
+        self._room.set()
         self._empty = anyio.Event()
         self._empty.set()
 
@@ -80,8 +85,13 @@ class Lane:
         ``on_completed`` is called once every event of the batch, and of every batch submitted
         before it on this lane, has been handled.
         """
-        await self._slots.acquire()
-        batch = Batch(on_completed)
+        # A plain count, not a semaphore: acquiring one yields to the loop even when a slot is
+        # free, which costs a loop iteration per batch for nothing.
+        while len(self._batches) >= self._max_read_ahead:
+            if self._room.is_set():
+                self._room = anyio.Event()
+            await self._room.wait()
+        batch = Batch(self, on_completed)
         self._batches.append(batch)
         if self._empty.is_set():
             self._empty = anyio.Event()
@@ -98,9 +108,9 @@ class Lane:
         # Completions leave strictly in submit order: a later batch that finished first waits
         # here until every older one is done, so the position it reports is always safe.
         while self._batches and self._batches[0].done:
-            done = self._batches.popleft()
-            self._slots.release()
-            done.on_completed()
+            self._batches.popleft().on_completed()
+        if len(self._batches) < self._max_read_ahead:
+            self._room.set()
         if not self._batches:
             self._empty.set()
 
@@ -112,7 +122,7 @@ class _Call:
 
     def __init__(self) -> None:
         self.scope = anyio.CancelScope()
-        self.stream: StreamState | None = None
+        self.stream: StreamState | None = None  # set while a call runs
         self.events: list[Event] = []
         self.started = 0.0
 
@@ -140,7 +150,8 @@ class StreamsSink:
         self._stall_delay = stall_delay
         self._on_failure = on_failure
         self._handler_timeout = handler_timeout
-        self._observer = observer
+        self._call_hook = observer.call_hook()
+        self._handled = 0
         self._parked: set[str] = set(parked)
         self._streams: dict[str, StreamState] = {}
         # A stream that skipped ahead must keep its position after it is forgotten, or its
@@ -163,6 +174,11 @@ class StreamsSink:
     def busy_streams(self) -> int:
         """Handler calls running right now."""
         return self._busy
+
+    @property
+    def handled_events(self) -> int:
+        """Events given to handler calls that returned without error, since the start."""
+        return self._handled
 
     @property
     def tracked_streams(self) -> int:
@@ -250,25 +266,39 @@ class StreamsSink:
                 spans[event.stream_name] = [event]
             else:
                 span.append(event)
-        streams = self._streams
-        parked = self._parked
+        streams, parked, hints, ready = self._streams, self._parked, self._skip_hints, self._ready
+        waiting = 0
         for name, span in spans.items():
-            if name in parked:
-                continue
             stream = streams.get(name)
+            if stream is None and not (hints and name in hints):
+                # The common case in a catch-up: a stream with no state (nothing buffered,
+                # nothing running) gets one holding this span, and is ready at once. A parked
+                # stream never has state (parking drops it; `hold` takes it out of `_parked`).
+                if name in parked:
+                    continue
+                span = in_order(span)
+                stream = streams[name] = StreamState(name, span, [(batch, span[-1].position)])
+                waiting += 1
+                if not self._stopping:
+                    stream.queued = True
+                    ready.append(stream)
+                continue
             if stream is None:
                 stream = streams[name] = StreamState(name)
-                stream.next_position = self._skip_hints.pop(name, None)
+                stream.next_position = hints.pop(name)
             needed = stream.accept(span)
             if needed is None:
                 self._forget_if_idle(stream)
                 continue
-            batch.remaining += 1
-            stream.pending.append((batch, needed, lane))
+            waiting += 1
+            stream.pending.append((batch, needed))
             self._enqueue(stream)
+        batch.remaining += waiting
+        if ready:
+            self._work_ready.set()
 
     def _enqueue(self, stream: StreamState) -> None:
-        if not (stream.busy or stream.queued or stream.held or self._stopping):
+        if not (stream.busy_since is not None or stream.queued or stream.held or self._stopping):
             stream.queued = True
             self._ready.append(stream)
             self._work_ready.set()
@@ -287,21 +317,26 @@ class StreamsSink:
                     await self._timed_out(call)
 
     async def _serve(self, call: _Call) -> None:
-        served = 0
+        ready, yielded = self._ready, time.monotonic()
         while not (self._stopping or call.scope.cancel_called):
-            if not self._ready:
+            if not ready:
                 if self._work_ready.is_set():
                     self._work_ready = anyio.Event()
                 await self._work_ready.wait()
+                yielded = time.monotonic()
                 continue
-            stream = self._ready.popleft()
+            now = time.monotonic()
+            if now - yielded > YIELD_AFTER:
+                # Handlers that never wait would otherwise starve every other task. Before
+                # taking a stream, not after: a stream taken is no longer queued, and must not
+                # wait for its call with the loop open to another worker queueing it again.
+                await anyio.lowlevel.checkpoint()
+                yielded = time.monotonic()
+                continue
+            stream = ready.popleft()
             stream.queued = False
             if stream.buffer:
-                await self._run(stream, call)
-            served += 1
-            if served % YIELD_EVERY == 0:
-                # Handlers that never wait would otherwise starve the sources and timers.
-                await anyio.lowlevel.checkpoint()
+                await self._run(stream, call, now)
 
     async def _watch_timeouts(self, limit: float) -> None:
         while True:
@@ -318,36 +353,54 @@ class StreamsSink:
         error = HandlerTimeout(
             f"the call took longer than handler_timeout ({self._handler_timeout} s)"
         )
-        self._observer.handler_finished(
-            stream.name, len(events), time.monotonic() - call.started, error
-        )
+        if self._call_hook is not None:
+            self._call_hook(stream.name, len(events), time.monotonic() - call.started, error)
         await self._failed(stream, events, error)
 
-    async def _run(self, stream: StreamState, call: _Call) -> None:
+    async def _run(self, stream: StreamState, call: _Call, started: float) -> None:
+        # The hot path of a catch-up, once per call: kept flat, with the common outcome (every
+        # event handled, nothing new buffered meanwhile) settled here without helpers.
         events, stream.buffer = stream.buffer, []
-        started = time.monotonic()
-        stream.busy, stream.busy_since = True, started
-        call.stream, call.events, call.started = stream, events, started
+        stream.busy_since = call.started = started
+        call.stream, call.events = stream, events
         self._busy += 1
-        failure: Exception | None = None
         try:
             next_position = await self._handle(stream.name, events)
-        except Exception as exc:
-            failure = exc
-        finally:
-            stream.busy, stream.busy_since = False, None
-            self._busy -= 1
-            if self._busy == 0:
-                self._idle.set()
-        call.stream, call.events = None, []
-        self._observer.handler_finished(
-            stream.name, len(events), time.monotonic() - started, failure
-        )
-        if failure is not None:
-            await self._failed(stream, events, failure)
+        except BaseException as exc:
+            self._idle_again(stream)
+            if not isinstance(exc, Exception):
+                raise  # cancelled: a timeout (see `_timed_out`: call.stream stays set) or the end
+            call.stream = None
+            if self._call_hook is not None:
+                self._call_hook(stream.name, len(events), time.monotonic() - started, exc)
+            await self._failed(stream, events, exc)
             return
-        stream.failures, stream.failing_since = 0, None
-        self._settle(stream, events, next_position)
+        self._idle_again(stream)
+        call.stream = None
+        if self._call_hook is not None:
+            self._call_hook(stream.name, len(events), time.monotonic() - started, None)
+        self._handled += len(events)
+        if stream.failures:
+            stream.failures, stream.failing_since = 0, None
+        if stream.buffer or next_position != events[-1].position + 1:
+            self._settle(stream, events, next_position)
+            return
+        stream.next_position = next_position
+        # The call took the whole buffer, so every batch waiting on the stream needs a position
+        # it handled: all of them are released, and the stream can be forgotten.
+        for batch, _ in stream.pending:
+            batch.remaining -= 1
+            if batch.remaining == 0:
+                batch.lane._complete(batch)
+        stream.pending.clear()
+        if not (stream.queued or stream.held) and self._streams.get(stream.name) is stream:
+            del self._streams[stream.name]
+
+    def _idle_again(self, stream: StreamState) -> None:
+        stream.busy_since = None
+        self._busy -= 1
+        if self._busy == 0 and self._stopping:
+            self._idle.set()  # `stop` waits for it
 
     async def _failed(self, stream: StreamState, events: list[Event], error: Exception) -> None:
         # Queued while the decision is made, so new events cannot start a second call.
@@ -414,11 +467,11 @@ class StreamsSink:
         self._parked.add(stream.name)
         self._skip_hints.pop(stream.name, None)
         stream.buffer, stream.held, stream.queued = [], False, False
-        pending, stream.pending = stream.pending, deque()
-        for batch, _, lane in pending:
+        pending, stream.pending = stream.pending, []
+        for batch, _ in pending:
             batch.remaining -= 1
             if batch.remaining == 0:
-                lane._complete(batch)
+                batch.lane._complete(batch)
         del self._streams[stream.name]
 
     def hold(self, stream_name: str) -> None:
@@ -447,8 +500,12 @@ class StreamsSink:
         handled_below = stream.next_position
         assert handled_below is not None
         pending = stream.pending
-        while pending and pending[0][1] < handled_below:
-            batch, _, lane = pending.popleft()
+        released = 0
+        for batch, needed in pending:
+            if needed >= handled_below:
+                break
+            released += 1
             batch.remaining -= 1
             if batch.remaining == 0:
-                lane._complete(batch)
+                batch.lane._complete(batch)
+        del pending[:released]

@@ -1,12 +1,15 @@
 """Per-stream state inside the sink: a stream's buffered span, handled position and failures,
-and the batches waiting on it. Pure data and ordering rules; the sink does the scheduling."""
+and the batches waiting on it. Pure data and ordering rules; the sink does the scheduling.
+
+These run once or twice per handler call, so they are written for the common case, a span of
+events in ascending stream order that nothing has handled yet, and fall back to `merge` only
+when events arrive duplicated or out of order.
+"""
 
 from __future__ import annotations
 
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from itertools import pairwise
 from typing import TYPE_CHECKING
 
 from projector.events import Event
@@ -16,9 +19,10 @@ if TYPE_CHECKING:
 
 
 class Batch:
-    __slots__ = ("done", "on_completed", "remaining")
+    __slots__ = ("done", "lane", "on_completed", "remaining")
 
-    def __init__(self, on_completed: Callable[[], None]) -> None:
+    def __init__(self, lane: Lane, on_completed: Callable[[], None]) -> None:
+        self.lane = lane
         self.on_completed = on_completed
         self.remaining = 0  # streams of this batch that have not yet handled past their events
         self.done = False
@@ -27,7 +31,6 @@ class Batch:
 class StreamState:
     __slots__ = (
         "buffer",
-        "busy",
         "busy_since",
         "failing_since",
         "failures",
@@ -38,32 +41,42 @@ class StreamState:
         "queued",
     )
 
-    def __init__(self, name: str) -> None:
+    def __init__(
+        self,
+        name: str,
+        buffer: list[Event] | None = None,
+        pending: list[tuple[Batch, int]] | None = None,
+    ) -> None:
         self.name = name
         self.next_position: int | None = None  # unknown until a first call returns
-        self.buffer: list[Event] = []  # unhandled events, ascending positions, no duplicates
-        self.pending: deque[tuple[Batch, int, Lane]] = deque()  # (batch, position needed, lane)
-        self.busy = False
+        # Unhandled events, ascending positions, no duplicates.
+        self.buffer: list[Event] = [] if buffer is None else buffer
+        # Batches waiting on this stream, oldest first: (batch, the position it needs handled).
+        self.pending: list[tuple[Batch, int]] = [] if pending is None else pending
+        self.busy_since: float | None = None  # set while a call runs
         self.queued = False
         self.held = False  # buffer events, run nothing (a parked stream being replayed)
         self.failures = 0  # failed calls in a row
-        self.busy_since: float | None = None
         self.failing_since: float | None = None
+
+    @property
+    def busy(self) -> bool:
+        return self.busy_since is not None
 
     def accept(self, events: list[Event]) -> int | None:
         """Buffer the events not yet handled; return the highest such position, if any."""
         floor = self.next_position
-        fresh = events if floor is None else [e for e in events if e.position >= floor]
-        if not fresh:
-            return None
-        if not _ascending(fresh):
-            fresh = merge([], fresh)
+        if floor is not None and events[0].position < floor:
+            events = [e for e in events if e.position >= floor]
+            if not events:
+                return None
+        events = in_order(events)
         buffer = self.buffer
-        if buffer and fresh[0].position <= buffer[-1].position:
-            self.buffer = merge(buffer, fresh)
+        if buffer and events[0].position <= buffer[-1].position:
+            self.buffer = merge(buffer, events)
         else:
-            buffer.extend(fresh)
-        return fresh[-1].position
+            buffer.extend(events)
+        return events[-1].position
 
     def settle(self, handled: list[Event], next_position: int) -> bool:
         """Record a call's outcome; return whether the call made progress."""
@@ -76,7 +89,9 @@ class StreamState:
 
     @property
     def forgettable(self) -> bool:
-        return not (self.buffer or self.pending or self.busy or self.queued or self.held)
+        return not (
+            self.buffer or self.pending or self.busy_since is not None or self.queued or self.held
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,8 +104,16 @@ class TroubledStream:
     failures: int
 
 
-def _ascending(events: list[Event]) -> bool:
-    return all(a.position < b.position for a, b in pairwise(events))
+def in_order(events: list[Event]) -> list[Event]:
+    """``events`` itself when its positions ascend strictly, else a sorted copy without
+    duplicates. A single event (the usual span during a catch-up) costs one length check."""
+    if len(events) > 1:
+        previous = events[0].position
+        for event in events[1:]:
+            if event.position <= previous:
+                return merge([], events)
+            previous = event.position
+    return events
 
 
 def merge(a: list[Event], b: list[Event]) -> list[Event]:

@@ -8,25 +8,18 @@ from collections.abc import Awaitable, Callable
 import anyio
 
 from projector.lag import LagReading
-from projector.observe import Observer
 from projector.sink import StreamsSink
 
 logger = logging.getLogger(__name__)
 
 
-class Summary(Observer):
-    """Counts the events handled between two summary lines, and logs them (action
-    ``summary``) with the lag in each category and the sink's busy and parked streams."""
+class Summary:
+    """Logs the events handled since the last summary line (action ``summary``), with the lag
+    in each category and the sink's busy and parked streams."""
 
     def __init__(self, group: str) -> None:
         self.group = group
-        self._handled = 0
-
-    def handler_finished(
-        self, stream_name: str, count: int, seconds: float, error: BaseException | None
-    ) -> None:
-        if error is None:
-            self._handled += count
+        self._counted = 0  # the sink's handled events at the last line
 
     async def run(
         self,
@@ -47,7 +40,7 @@ class Summary(Observer):
 
     def log(self, sink: StreamsSink, reading: LagReading | None, *, seconds: float) -> None:
         """Log what happened in the last ``seconds``, and start counting again."""
-        handled, self._handled = self._handled, 0
+        handled, self._counted = sink.handled_events - self._counted, sink.handled_events
         rate = handled / seconds if seconds > 0 else 0.0
         lag = (
             None if reading is None else {c.category: c.events for c in reading.categories.values()}

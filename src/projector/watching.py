@@ -47,8 +47,7 @@ class Watchers:
 
     @property
     def observer(self) -> Observer:
-        watchers = (self.health, self.metrics, self.summary, self.progress)
-        return Observers(*(o for o in watchers if o is not None))
+        return Observers(self.health, *([] if self.metrics is None else [self.metrics]))
 
     async def serve_endpoint(self, stack: AsyncExitStack, settings: Settings) -> None:
         """Serve /metrics, /health and /ready (with ``metrics_port``) until the run ends, from a
@@ -87,7 +86,12 @@ class Watchers:
             interval = min(LAG_INTERVAL, settings.health_max_db_age / 4)
             await tasks.start(partial(tracker.run, interval=interval), name="projector-lag")
         if self.progress is not None:
-            tasks.start_soon(self.progress.run, tracker.measure, name="projector-progress")
+            tasks.start_soon(
+                self.progress.run,
+                tracker.measure,
+                lambda: sink.handled_events,
+                name="projector-progress",
+            )
         if self.summary is not None:
             tasks.start_soon(
                 partial(

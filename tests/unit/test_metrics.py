@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from datetime import UTC, datetime
 
 import anyio
 import pytest
@@ -10,7 +11,7 @@ from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from projector.events import Event
-from projector.failures import HandlerTimeout
+from projector.failures import HandlerTimeout, Park
 from projector.health import Health, State
 from projector.lag import CategoryLag, LagReading
 from projector.metrics import Metrics
@@ -19,6 +20,8 @@ from projector.summary import Summary
 
 pytestmark = pytest.mark.anyio
 
+T0 = datetime(2024, 1, 1, tzinfo=UTC)
+EVENT_ID = "7f0c5f1e-1d52-4a0e-9d0c-1f3a4c8e2b6d"
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
 
@@ -48,8 +51,8 @@ def reading(at: float, **lags: int) -> LagReading:
     return LagReading(categories, at, 1_700_000_000.0)
 
 
-async def never_called(stream_name: str, events: list[Event]) -> int:
-    raise AssertionError("no handler call expected")
+def event(stream_name: str, position: int) -> Event:
+    return Event(position + 1, position, T0, stream_name, "Happened", "{}", None, EVENT_ID)
 
 
 def test_handler_calls_are_counted_per_category_and_failures_per_kind() -> None:
@@ -175,24 +178,38 @@ async def test_the_summary_line_reports_throughput_lag_and_streams(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.INFO, logger="projector")
-    sink = StreamsSink(
-        never_called, max_concurrent_streams=1, max_read_ahead=1, parked=frozenset({"account-9"})
-    )
-    summary = Summary("balances")
-    summary.handler_finished("account-1", 30, 0.01, None)
-    summary.handler_finished("account-2", 10, 0.01, RuntimeError("not counted"))
 
-    summary.log(sink, reading(anyio.current_time(), account=7), seconds=2.0)
-    summary.log(sink, None, seconds=2.0)
+    async def handle(stream_name: str, events: list[Event]) -> int:
+        if stream_name == "account-2":
+            raise RuntimeError("not counted")
+        return events[-1].position + 1
+
+    async def park(stream_name: str, events: list[Event], error: Exception, attempt: int) -> Park:
+        return Park(str(error))
+
+    summary = Summary("balances")
+    async with StreamsSink(
+        handle,
+        max_concurrent_streams=1,
+        max_read_ahead=1,
+        on_failure=park,
+        parked=frozenset({"account-9"}),
+    ) as sink:
+        lane = sink.lane("account")
+        good = [event("account-1", position) for position in range(30)]
+        await lane.submit([*good, *(event("account-2", p) for p in range(10))], lambda: None)
+        await lane.wait_empty()
+        summary.log(sink, reading(anyio.current_time(), account=7), seconds=2.0)
+        summary.log(sink, None, seconds=2.0)
 
     first, second = [r for r in caplog.records if getattr(r, "action", None) == "summary"]
     assert (
-        first.getMessage() == "balances: 15.0 events/s, lag account 7, 0 busy and 1 parked streams"
+        first.getMessage() == "balances: 15.0 events/s, lag account 7, 0 busy and 2 parked streams"
     )
     fields = vars(first)
     assert fields["handled"] == 30
     assert fields["events_per_second"] == 15.0
     assert fields["lag"] == {"account": 7}
-    assert (fields["busy_streams"], fields["parked_streams"]) == (0, 1)
-    assert vars(second)["events_per_second"] == 0.0
+    assert (fields["busy_streams"], fields["parked_streams"]) == (0, 2)
+    assert vars(second)["handled"] == 0
     assert vars(second)["lag"] is None

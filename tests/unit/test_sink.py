@@ -170,6 +170,7 @@ async def test_a_busy_stream_gets_no_second_call_until_its_first_returns() -> No
         lane = sink.lane("l")
         handler.hold("s-1")
         await done.submit(lane, 0, [ev("s-1", 0)])
+        await settle()  # its first call is running, and held
         for index in range(1, 6):
             await done.submit(lane, index, [ev("s-1", index), ev(f"other-{index}", 0)])
         await settle()
