@@ -23,7 +23,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from projector import Event, Projection, notify
 from projector.database import SESSION_SETTINGS
-from projector.runner import Runner
+from projector.runner import Runner, collect_garbage_less_often
 from projector.settings import Settings
 from projector.store import READ_CATEGORY, READ_MEMBER
 
@@ -181,7 +181,9 @@ def upsert_loop(job: Job) -> dict[str, Any]:
 
 def projector(job: Job) -> dict[str, Any]:
     """``Runner.run`` with one of the bench handlers, until caught up (or, for ``tail``, for
-    ``warmup + seconds`` and a short drain)."""
+    ``warmup + seconds`` and a short drain), in a process tuned as `projector run` tunes its
+    own."""
+    collect_garbage_less_often()
     return anyio.run(_projector, job)
 
 

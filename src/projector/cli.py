@@ -26,7 +26,7 @@ from projector import parked as parked_streams
 from projector.database import Connection
 from projector.errors import ConfigurationError, HandlerError, ProjectorError
 from projector.projection import load_projection
-from projector.runner import Runner, serve
+from projector.runner import Runner, collect_garbage_less_often, serve
 from projector.settings import Settings, flag_for, load_settings
 
 logger = logging.getLogger("projector")
@@ -159,6 +159,7 @@ def run(target: str, **flags: Any) -> None:
         # Like `python -m`, let the working directory's modules be imported.
         sys.path.insert(0, os.getcwd())
         runner = Runner(load_projection(target), settings)
+    collect_garbage_less_often()
     _run_async(runner.run)
 
 

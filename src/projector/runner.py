@@ -12,6 +12,7 @@ Watching the run (health, metrics, summary, progress) is `watching.Watchers`' bu
 
 from __future__ import annotations
 
+import gc
 import logging
 import signal
 from collections.abc import Awaitable, Callable
@@ -321,6 +322,22 @@ class Runner:
             },
         )
         return position
+
+
+GC_FIRST_GENERATION = 10_000  # allocations between young collections (Python's default: 700)
+
+
+def collect_garbage_less_often() -> None:
+    """Tune the cyclic garbage collector for a projecting process (its entry point calls this).
+
+    A catch-up allocates and frees several objects per event, and the batches in flight (up to
+    ``max_read_ahead`` of them) are alive long enough to be traversed again and again by
+    young-generation collections at Python's default threshold: about a fifth of the time of
+    a catch-up with a quick handler went there. Reference counting frees these objects anyway;
+    collecting cycles less often costs a little memory, not correctness.
+    """
+    first, *older = gc.get_threshold()
+    gc.set_threshold(max(GC_FIRST_GENERATION, first), *older)
 
 
 async def serve(main: Callable[[], Awaitable[None]]) -> None:
