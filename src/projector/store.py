@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import uuid
 from dataclasses import dataclass
+from itertools import starmap
 from typing import Any, LiteralString
 
 from psycopg import errors as pg_errors
@@ -131,8 +132,7 @@ class MessageStore:
         if self._size > 1:
             return await self._read_member(category, position, batch_size)
         params = {"category": category, "position": position, "batch_size": batch_size}
-        rows = await self._fetch(READ_CATEGORY, params)
-        events = [Event(*row) for row in rows]
+        events = list(starmap(Event, await self._fetch(READ_CATEGORY, params)))
         return Read(events, events[-1].global_position + 1 if events else position)
 
     async def _read_member(self, category: str, position: int, batch_size: int) -> Read:
@@ -160,7 +160,9 @@ class MessageStore:
         self, query: LiteralString, params: dict[str, object]
     ) -> list[tuple[Any, ...]]:
         async with database.pooled(self._pool, doing="reading the message store") as conn:
-            return await (await conn.execute(query, params)).fetchall()
+            # Binary results: integers and timestamps cost less to load than their text.
+            cursor = await conn.execute(query, params, binary=True)
+            return await cursor.fetchall()
 
     async def category_head(self, category: str) -> int | None:
         """The last global position written to ``category``, or None when it is empty."""
