@@ -72,12 +72,23 @@ async def test_a_downstream_never_handles_an_event_before_its_upstream_handled_a
         _streams(ACCOUNT, 40, events=5) | _streams(INVOICE, 40, events=5),
         writers=2,
     )
+    # Then one account event the upstream holds until the downstream has handled something,
+    # and invoices after it, which the downstream must not handle before the upstream does.
+    await write_events(database_url, {f"{ACCOUNT}-last": 1})
+    await write_events(database_url, _streams(INVOICE, 10, events=2, first=40))
     accounts = await category_positions(database_url, ACCOUNT)
     invoices = await category_positions(database_url, INVOICE)
     upstream = Recorder(UPSTREAM, delay=0.01)
+    recording = upstream.projection()
+    downstream_started = anyio.Event()
     passed: list[tuple[int, int]] = []  # (downstream event, first upstream event unhandled)
     handled: list[int] = []
     calls_while_upstream_busy = 0
+
+    async def hold_the_last(stream_name: str, events: list[Event]) -> None:
+        if stream_name == f"{ACCOUNT}-last":
+            await downstream_started.wait()
+        await recording.handle(stream_name, events)
 
     async def check(stream_name: str, events: list[Event]) -> None:
         nonlocal calls_while_upstream_busy
@@ -89,10 +100,12 @@ async def test_a_downstream_never_handles_an_event_before_its_upstream_handled_a
                 (e.global_position, unhandled) for e in events if e.global_position > unhandled
             )
         handled.extend(e.global_position for e in events)
+        downstream_started.set()
 
+    held = Projection(UPSTREAM, handler=hold_the_last)
     downstream = Projection(DOWNSTREAM, depends_on=[Dependency(UPSTREAM)], handler=check)
     upstream_settings = {"batch_size": 20, "max_concurrent_streams": 2}
-    async with _running(upstream.projection(), database_url, ACCOUNT, **upstream_settings):
+    async with _running(held, database_url, ACCOUNT, **upstream_settings):
         with anyio.fail_after(WITHIN):
             await run_projection(
                 downstream, settings_for(database_url, categories=(INVOICE,), batch_size=50)
@@ -100,7 +113,8 @@ async def test_a_downstream_never_handles_an_event_before_its_upstream_handled_a
 
     assert passed == []
     assert sorted(handled) == invoices
-    # Both ran at once: the gate, not the timing, kept the downstream behind.
+    # The downstream ran while the upstream had not handled everything: the gate, not the
+    # timing, kept it behind.
     assert calls_while_upstream_busy > 0
 
 
