@@ -21,11 +21,11 @@ import psycopg
 from psycopg import sql
 from psycopg_pool import AsyncConnectionPool
 
-from projector import Event, Projection, notify
+from projector import Event, Projection, member_index, notify
 from projector.database import SESSION_SETTINGS
 from projector.runner import Runner, collect_garbage_less_often
 from projector.settings import Settings
-from projector.store import READ_CATEGORY, READ_MEMBER
+from projector.store import READ_CATEGORY, read_member
 
 GROUP_READ = """
 SELECT * FROM message_store.get_category_messages(%s, %s, %s, NULL, %s, %s, NULL)
@@ -67,6 +67,7 @@ class Job:
     pool_size: int = 10
     tail_sleep: float = 0.1
     notify: bool = False  # tail runs: install the wake-up trigger for the run, drop it after
+    member_index: bool = False  # member runs: with the member index for the size, or without
     warmup: float = 1.0
     seconds: float = 10.0
     settings: dict[str, Any] = field(default_factory=dict)
@@ -138,12 +139,15 @@ def group_read_loop(job: Job) -> dict[str, Any]:
 
 def member_read_loop(job: Job) -> dict[str, Any]:
     """projector's own group-member read statement in a plain loop (no projector code)."""
+    assert job.size is not None
+    statement = read_member(job.size)
+    _member_index(job)
     with _connect(job.url) as conn:
         position, events = 1, 0
         started = time.perf_counter()
         while True:
             params = {**_read_params(job, position), "member": job.member, "size": job.size}
-            rows = conn.execute(READ_MEMBER, params).fetchall()
+            rows = conn.execute(statement, params).fetchall()
             found = [row for row in rows if row[1] is not None]
             events += len(found)
             if len(found) == job.batch_size:
@@ -204,6 +208,7 @@ async def _projector(job: Job) -> dict[str, Any]:
         )
         await pool.open(wait=True)
     handler = _handler(job, tally, pool)
+    _member_index(job)
     runner = Runner(Projection("bench", handler=handler), _settings(job))
     started = time.perf_counter()
     tally.window_start = time.time() + job.warmup
@@ -331,6 +336,16 @@ def _settings(job: Job) -> Settings:
 
 
 # -- helpers ----------------------------------------------------------------------------------
+
+
+def _member_index(job: Job) -> None:
+    """Before the clock: the member index for the job's size built, or dropped, as it asks."""
+    if job.size is None:
+        return
+    if job.member_index:
+        member_index.install(job.url, job.size)
+    else:
+        member_index.drop(job.url, job.size)
 
 
 def _connect(url: str) -> psycopg.Connection[tuple[Any, ...]]:

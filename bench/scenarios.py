@@ -246,26 +246,37 @@ def group(
     member, size = 0, sizes.group_size
     common: dict[str, Any] = {"url": url, "category": main.category, "batch_size": sizes.batch_size}
     function = "Message DB 1.3.1's" if store == "messagedb" else "projector's own store's"
+    as_member = {**common, "member": member, "size": size}
     return [
         Scenario(
             f"group-member-{member}-of-{size}",
-            f"consumer-group member {member} of {size}, no-op handler, {main.events:,} events "
-            f"over {main.streams:,} streams",
+            f"consumer-group member {member} of {size}, no-op handler, with the member index "
+            f"(projector migrate --member-index {size}), {main.events:,} events over "
+            f"{main.streams:,} streams",
             Job(
                 "projector",
                 group=f"bench_{run_id}_group",
-                member=member,
-                size=size,
+                member_index=True,
                 settings=settings,
-                **common,
+                **as_member,
             ),
-            Job("group_read_loop", member=member, size=size, **common),
+            Job("group_read_loop", **as_member),
             f"{function} get_category_messages, group arguments",
             target=4.0,
             references=(
                 (
-                    "projector's member read statement in a plain loop",
-                    Job("member_read_loop", member=member, size=size, **common),
+                    "projector's member read statement in a plain loop, with the member index",
+                    Job("member_read_loop", member_index=True, **as_member),
+                ),
+                # Last: it drops the index (a later run builds it again, untimed).
+                (
+                    "projector without the member index (every member reads every row)",
+                    Job(
+                        "projector",
+                        group=f"bench_{run_id}_group_unindexed",
+                        settings=settings,
+                        **as_member,
+                    ),
                 ),
             ),
             dataset=main,

@@ -20,7 +20,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from projector import database, demo, groups, logs, migrate, status, waiting
+from projector import database, demo, groups, logs, member_index, migrate, status, waiting
 from projector import notify as notifications
 from projector import parked as parked_streams
 from projector.database import Connection
@@ -175,12 +175,24 @@ def run(target: str, **flags: Any) -> None:
     is_flag=True,
     help="also install the trigger that wakes projectors as soon as events are written",
 )
-def migrate_command(message_store: bool, notify: bool, **flags: Any) -> None:
+@click.option(
+    "--member-index",
+    "member_indexes",
+    type=int,
+    multiple=True,
+    metavar="SIZE",
+    help="also build the index that lets each member of a consumer group of SIZE read only its "
+    "own events (repeatable)",
+)
+def migrate_command(
+    message_store: bool, notify: bool, member_indexes: tuple[int, ...], **flags: Any
+) -> None:
     """Create or upgrade projector's tables (and, on request, a message store)."""
     with reporting_errors():
         settings = load_settings(**_given(flags))
         logs.configure(settings.log_level)
         url = _require_url(settings)
+        sizes = [member_index.check_size(size) for size in member_indexes]
         if message_store:
             created = migrate.install_message_store(url)
             click.echo("message store created" if created else "message store already present")
@@ -189,6 +201,10 @@ def migrate_command(message_store: bool, notify: bool, **flags: Any) -> None:
         if notify:
             notifications.install(url)
             click.echo("wake-up trigger installed (projector_messages notifications)")
+        for size in sizes:
+            state = "built" if member_index.install(url, size) else "already present"
+            name = member_index.index_name(size)
+            click.echo(f"member index for groups of {size} {state} ({name})")
 
 
 @main.command("demo")

@@ -23,7 +23,7 @@ from functools import partial
 import anyio
 from anyio.abc import TaskGroup
 
-from projector import checkpoints, database, groups, notify
+from projector import checkpoints, database, groups, member_index, notify
 from projector.checkpoints import DEFAULT_FLUSH_TIMEOUT, Checkpoints, CheckpointWriter
 from projector.database import Pool
 from projector.dependencies import DependencyGate, UpstreamMeter
@@ -109,6 +109,8 @@ class Runner:
                 )
             )
             writer = await self._checkpoint_writer(store, lease)
+            if settings.group_size > 1:
+                await member_index.report(pool, size=settings.group_size, member=name)
             parked = ParkedStreams(
                 pool, self.group, member=settings.member, size=settings.group_size
             )

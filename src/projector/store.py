@@ -8,6 +8,8 @@ can be prepared once and skips a PL/pgSQL call per batch. The filter is written 
 A consumer-group member's read computes Message DB's partition inline,
 ``MOD(@hash_64(cardinal_id(stream_name)), size) = member``, with built-in functions only:
 Message DB's own group read makes three PL/pgSQL calls per row and is several times slower.
+Without help it still reads, and hashes, every row of the category; with the opt-in member index
+for its group's size (`member_index`) it reads its own rows only.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from itertools import starmap
 from typing import Any, LiteralString
 
 from psycopg import errors as pg_errors
+from psycopg import sql
 
 from projector import database
 from projector.database import Connection, Pool
@@ -36,15 +39,22 @@ LIMIT %(batch_size)s
 
 # hash_64(v) is the first 8 bytes of md5(v) as a signed big-endian bigint; the cardinal id is
 # the part of the stream id (after the first '-') before its first '+'; names with no id belong
-# to no member. The head comes from the same statement, hence the same snapshot: every row of
-# the category up to it is visible (write_message locks the category while it draws a
-# position), so a member may move its position past other members' rows up to the head.
-MEMBER_PARTITION = """strpos(stream_name, '-') > 0
-      AND mod(abs(('x' || left(md5(split_part(
+# to no member. `{size}` is filled in with the group's size (see `member_hash`).
+_MEMBER_HASH = """mod(abs(('x' || left(md5(split_part(
               substr(stream_name, strpos(stream_name, '-') + 1), '+', 1)), 16))::bit(64)::bigint),
-          %(size)s) = %(member)s"""
+          {size})"""
 
-READ_MEMBER = f"""
+# The partition with the size as a parameter, for statements that run now and then.
+MEMBER_PARTITION = (
+    "strpos(stream_name, '-') > 0\n      AND "
+    + _MEMBER_HASH.format(size="%(size)s")
+    + " = %(member)s"
+)
+
+# The head comes from the same statement, hence the same snapshot: every row of the category
+# up to it is visible (write_message locks the category while it draws a position), so a member
+# may move its position past other members' rows up to the head.
+_READ_MEMBER = """
 WITH head AS (
     SELECT max(global_position) AS head
     FROM message_store.messages
@@ -57,11 +67,27 @@ FROM head LEFT JOIN LATERAL (
     FROM message_store.messages
     WHERE message_store.category(stream_name) = %(category)s
       AND global_position >= %(position)s
-      AND {MEMBER_PARTITION}
+      AND strpos(stream_name, '-') > 0
+      AND {member_hash} = %(member)s::bigint
     ORDER BY global_position
     LIMIT %(batch_size)s
 ) AS m ON true
 """
+
+
+def member_hash(size: int) -> LiteralString:
+    """The member of a group of ``size`` that owns a row's stream, as an SQL expression with
+    the size written in: the expression of the member index for that size (`member_index`),
+    which the planner can only match when the size is a constant, not a parameter."""
+    if size < 1:
+        raise ValueError("a group's size is at least 1")
+    return _MEMBER_HASH.format(size=sql.Literal(int(size)).as_string())
+
+
+def read_member(size: int) -> LiteralString:
+    """A member's read for a group of ``size``: the rows of its streams in the category."""
+    return _READ_MEMBER.format(member_hash=member_hash(size))
+
 
 # The rows get_stream_messages returns, read through the (stream_name, position) index.
 READ_STREAM = """
@@ -114,6 +140,7 @@ class MessageStore:
         self._pool = pool
         self._member = member
         self._size = size
+        self._member_statement = read_member(size) if size > 1 else ""
 
     async def check_schema(self) -> None:
         """Raise SchemaMissingError unless the store's table and write function exist."""
@@ -143,7 +170,7 @@ class MessageStore:
             "member": self._member,
             "size": self._size,
         }
-        rows = await self._fetch(READ_MEMBER, params)
+        rows = await self._fetch(self._member_statement, params)
         head = rows[0][0]
         events = [Event(*row[1:]) for row in rows if row[1] is not None]
         if len(events) == batch_size:

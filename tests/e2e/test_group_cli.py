@@ -323,3 +323,23 @@ def test_rebalance_dry_run_prints_the_plan_and_rebalance_prints_the_new_position
     assert [(r.member, r.size, r.category, r.position) for r in _rows(own_store_url)] == [
         (m, 3, CATEGORY, 7) for m in range(3)
     ]
+
+
+def test_migrate_builds_a_member_index_once_and_refuses_a_size_below_two(
+    workdir: Path, own_store_url: str
+) -> None:
+    migrate = ["migrate", "--database-url", own_store_url]
+
+    first = run_projector(workdir, *migrate, "--member-index", "3", "--member-index", "2")
+    again = run_projector(workdir, *migrate, "--member-index", "3")
+    refused = run_projector(workdir, *migrate, "--member-index", "1")
+
+    assert first.returncode == 0, first.stderr
+    assert "member index for groups of 3 built (projector_member_3)" in first.stdout
+    assert "member index for groups of 2 built (projector_member_2)" in first.stdout
+    assert again.returncode == 0, again.stderr
+    assert "member index for groups of 3 already present" in again.stdout
+    assert refused.returncode == 2
+    assert refused.stderr.count("\n") == 1
+    assert refused.stderr.startswith("error: --member-index 1: ")
+    assert refused.stdout == ""
