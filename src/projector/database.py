@@ -61,18 +61,24 @@ class EagerConnection(psycopg.AsyncConnection[tuple[Any, ...]]):
 
 
 def _eagerly(gen: PQGen[T], fileno: int) -> PQGen[T]:
-    """``gen``, fed directly with what the socket holds already, up to EAGER_READS times in a
-    row, so that a long result cannot keep the loop from other tasks."""
-    poller = select.poll()
-    poller.register(fileno, select.POLLIN)
+    """``gen``, fed directly with what the socket holds already, after each wait through the
+    loop, up to EAGER_READS times in a row (so that a long result cannot keep the loop from
+    other tasks). Never before the first wait: the answer to a statement just sent is not
+    there yet, and a short result needs no second read."""
+    poller: select.poll | None = None
     try:
         wanted = next(gen)
         while True:
+            wanted = gen.send((yield wanted))
             reads = 0
-            while wanted == Wait.R and reads < EAGER_READS and poller.poll(0):
+            while wanted == Wait.R and reads < EAGER_READS:
+                if poller is None:
+                    poller = select.poll()
+                    poller.register(fileno, select.POLLIN)
+                if not poller.poll(0):
+                    break
                 wanted = gen.send(Ready.R)
                 reads += 1
-            wanted = gen.send((yield wanted))
     except StopIteration as done:
         result: T = done.value
         return result
