@@ -23,7 +23,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from projector import Event, Projection, member_index, notify
 from projector.database import SESSION_SETTINGS
-from projector.runner import Runner, collect_garbage_less_often
+from projector.runner import Runner, backend_options, collect_garbage_less_often
 from projector.settings import Settings
 from projector.store import READ_CATEGORY, read_member
 
@@ -188,7 +188,7 @@ def projector(job: Job) -> dict[str, Any]:
     ``warmup + seconds`` and a short drain), in a process tuned as `projector run` tunes its
     own."""
     collect_garbage_less_often()
-    return anyio.run(_projector, job)
+    return anyio.run(_projector, job, backend_options=backend_options(_settings(job)))
 
 
 async def _projector(job: Job) -> dict[str, Any]:

@@ -26,7 +26,7 @@ from projector import parked as parked_streams
 from projector.database import Connection
 from projector.errors import ConfigurationError, HandlerError, ProjectorError
 from projector.projection import load_projection
-from projector.runner import Runner, collect_garbage_less_often, serve
+from projector.runner import Runner, backend_options, collect_garbage_less_often, serve
 from projector.settings import Settings, flag_for, load_settings
 
 logger = logging.getLogger("projector")
@@ -58,6 +58,7 @@ RUN_SETTINGS = (
     "until_caught_up",
     "pool_size",
     "connect_timeout",
+    "event_loop",
     "log_level",
     "log_format",
     "summary_interval",
@@ -107,10 +108,10 @@ def _option(name: str) -> Callable[[F], F]:
     return click.option(flag, name, type=kind, default=None, help=help_text)
 
 
-def _run_async(main: Callable[[], Coroutine[Any, Any, None]]) -> None:
+def _run_async(main: Callable[[], Coroutine[Any, Any, None]], settings: Settings) -> None:
     """Run ``main`` until it returns or a signal stops it gracefully."""
     with reporting_errors():
-        anyio.run(serve, main)
+        anyio.run(serve, main, backend_options=backend_options(settings))
 
 
 @contextmanager
@@ -160,7 +161,7 @@ def run(target: str, **flags: Any) -> None:
         sys.path.insert(0, os.getcwd())
         runner = Runner(load_projection(target), settings)
     collect_garbage_less_often()
-    _run_async(runner.run)
+    _run_async(runner.run, settings)
 
 
 @main.command("migrate")

@@ -13,6 +13,7 @@ Watching the run (health, metrics, summary, progress) is `watching.Watchers`' bu
 from __future__ import annotations
 
 import gc
+import importlib.util
 import logging
 import signal
 from collections.abc import Awaitable, Callable
@@ -35,7 +36,7 @@ from projector.metrics import RunnerState
 from projector.parked import ParkedStreams
 from projector.projection import Projection
 from projector.recovery import Recovery
-from projector.settings import Settings, retry_policy
+from projector.settings import EventLoop, Settings, retry_policy
 from projector.sink import Lane, SpanHandler, StreamsSink
 from projector.source import OPEN_GATE, CategorySource
 from projector.store import MessageStore
@@ -340,6 +341,16 @@ def collect_garbage_less_often() -> None:
     """
     first, *older = gc.get_threshold()
     gc.set_threshold(max(GC_FIRST_GENERATION, first), *older)
+
+
+def backend_options(settings: Settings) -> dict[str, bool]:
+    """anyio's options for the loop a run asks for (``event_loop``): uvloop when installed.
+
+    uvloop's loop is written in C: a handler that makes a database round trip per call ran
+    about a quarter faster on it (psycopg's async waits go through the loop every time).
+    """
+    wanted = settings.event_loop is EventLoop.UVLOOP
+    return {"use_uvloop": wanted and importlib.util.find_spec("uvloop") is not None}
 
 
 async def serve(main: Callable[[], Awaitable[None]]) -> None:

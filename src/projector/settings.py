@@ -23,6 +23,11 @@ class LogFormat(enum.StrEnum):
     JSON = "json"
 
 
+class EventLoop(enum.StrEnum):
+    UVLOOP = "uvloop"
+    ASYNCIO = "asyncio"
+
+
 class Settings(BaseSettings):
     """projector's settings; see the README's reference for the same list with examples."""
 
@@ -37,7 +42,9 @@ class Settings(BaseSettings):
         None, description="checkpoint group name (default: the projection's name)"
     )
     categories: Annotated[tuple[str, ...], NoDecode] = Field(
-        (), description="categories to read, comma-separated (default: the projection's own)"
+        (),
+        description="categories to read, comma-separated (default: the projection's own)",
+        json_schema_extra={"flag": "--category"},
     )
     consumer_group_member: int | None = Field(
         None,
@@ -102,6 +109,11 @@ class Settings(BaseSettings):
     )
     connect_timeout: float = Field(
         10.0, gt=0, le=600, description="seconds to wait for a database connection"
+    )
+    event_loop: EventLoop = Field(
+        EventLoop.UVLOOP,
+        description="uvloop (less CPU per database round trip; asyncio where uvloop is not "
+        "installed) or asyncio",
     )
     log_level: str = Field("INFO", description="DEBUG, INFO, WARNING or ERROR")
     log_format: LogFormat = Field(
