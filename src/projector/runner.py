@@ -115,7 +115,7 @@ class Runner:
             parked = ParkedStreams(
                 pool, self.group, member=settings.member, size=settings.group_size
             )
-            handle = self._span_handler(pool)
+            handle = await self._span_handler(stack, pool)
             recovery = Recovery(
                 retry_policy(settings, self.projection.retry),
                 parked,
@@ -139,9 +139,10 @@ class Runner:
         extra = self.settings.max_concurrent_streams if self.projection.is_transactional else 0
         return self.settings.pool_size + extra
 
-    def _span_handler(self, pool: Pool) -> SpanHandler:
+    async def _span_handler(self, stack: AsyncExitStack, pool: Pool) -> SpanHandler:
         if self.projection.is_transactional:
-            return ExactlyOnce(self.projection, pool, self.group).handle
+            exactly_once = ExactlyOnce(self.projection, pool, self.group)
+            return (await stack.enter_async_context(exactly_once)).handle
         return self.projection.handle
 
     def _dependency_gate(self, pool: Pool, watchers: Watchers, name: str) -> DependencyGate | None:

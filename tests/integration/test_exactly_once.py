@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+
 import anyio
 import psycopg
 import pytest
 
-from projector import Event, Projection
+from projector import Event, Projection, StreamResult
 from projector.database import Connection
 from projector.errors import ConfigurationError
 from projector.groups import rebalance, reset_group, set_checkpoint
 from projector.projection import idempotency_key
 from tests.support.balances import balances_projection, projected_and_folded, write_transactions
+from tests.support.failures import eventually
 from tests.support.projecting import run_projection, settings_for
 
 pytestmark = pytest.mark.anyio
@@ -100,6 +103,95 @@ async def test_a_failed_transactional_call_rolls_back_its_writes_and_its_positio
     projected, folded = projected_and_folded(own_store_url)
     assert projected == folded
     assert failed_once == set(folded)
+
+
+async def test_a_call_that_handled_none_of_its_events_keeps_none_of_its_writes(
+    own_store_url: str,
+) -> None:
+    await write_transactions(own_store_url, accounts=3, events=30, seed=5)
+    declined: set[str] = set()
+    projection = balances_projection("hesitant_balances")
+    real = projection._transactional_handler
+    assert real is not None
+
+    async def hesitant(
+        stream_name: str, events: list[Event], conn: Connection
+    ) -> StreamResult | None:
+        await real(stream_name, events, conn)  # writes, then says it handled nothing
+        if stream_name not in declined:
+            declined.add(stream_name)
+            return StreamResult.none_processed()
+        return None
+
+    projection._transactional_handler = hesitant
+    await run_projection(projection, settings_for(own_store_url, categories=("account",)))
+
+    projected, folded = projected_and_folded(own_store_url)
+    assert projected == folded
+    assert declined == set(folded)
+
+
+async def test_a_call_cut_short_by_the_handler_timeout_is_rolled_back_and_retried(
+    own_store_url: str,
+) -> None:
+    await write_transactions(own_store_url, accounts=3, events=30, seed=6)
+    slowed: set[str] = set()
+    projection = balances_projection("slow_balances")
+    real = projection._transactional_handler
+    assert real is not None
+
+    async def slow_once(stream_name: str, events: list[Event], conn: Connection) -> None:
+        await real(stream_name, events, conn)
+        if stream_name not in slowed:
+            slowed.add(stream_name)
+            await anyio.sleep(5)  # cancelled by the timeout, after writing
+
+    projection._transactional_handler = slow_once
+    settings = settings_for(
+        own_store_url, categories=("account",), handler_timeout=0.3, retry_base=0.01
+    )
+    with anyio.fail_after(30):
+        await run_projection(projection, settings)
+
+    projected, folded = projected_and_folded(own_store_url)
+    assert projected == folded
+    assert slowed == set(folded)
+
+
+async def test_no_connection_stays_idle_in_a_transaction_once_caught_up(
+    own_store_url: str,
+) -> None:
+    await write_transactions(own_store_url, accounts=5, events=50, seed=7)
+    settings = settings_for(own_store_url, categories=("account",), until_caught_up=False)
+
+    async def lingering() -> int:
+        async with await psycopg.AsyncConnection.connect(own_store_url) as conn:
+            row = await (
+                await conn.execute(
+                    "SELECT count(*) FROM pg_stat_activity"
+                    " WHERE datname = current_database() AND state = 'idle in transaction'"
+                )
+            ).fetchone()
+        assert row is not None
+        return int(row[0])
+
+    async with anyio.create_task_group() as tasks:
+        tasks.start_soon(run_projection, balances_projection(), settings)
+        await eventually(lambda: _balances_match(own_store_url), within=20)
+        await eventually(lambda: _none(lingering), within=10)
+        # The connections went back to the pool; new events are still projected.
+        await write_transactions(own_store_url, accounts=5, events=20, seed=8)
+        await eventually(lambda: _balances_match(own_store_url), within=20)
+        tasks.cancel_scope.cancel()
+
+
+def _balances_match(url: str) -> bool:
+    projected, folded = projected_and_folded(url)
+    return projected == folded
+
+
+async def _none(count: Callable[[], Awaitable[int]]) -> bool:
+    return await count() == 0
 
 
 def test_a_projection_has_one_kind_of_handler() -> None:
