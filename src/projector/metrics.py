@@ -19,8 +19,9 @@ from projector.checkpoints import CheckpointWriter
 from projector.events import category
 from projector.failures import HandlerTimeout
 from projector.health import Health
+from projector.lane import Lane
 from projector.observe import Observer
-from projector.sink import Lane, StreamsSink
+from projector.sink import StreamsSink
 
 # From a quick upsert (1 ms) to a call near the default handler_timeout.
 HANDLER_BUCKETS = (

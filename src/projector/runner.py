@@ -31,13 +31,14 @@ from projector.dependencies import DependencyGate, UpstreamMeter
 from projector.errors import ConfigurationError, ProjectorError
 from projector.exactly_once import ExactlyOnce
 from projector.health import State
+from projector.lane import Lane
 from projector.lease import MemberLease, member_name
 from projector.metrics import RunnerState
 from projector.parked import ParkedStreams
 from projector.projection import Projection
 from projector.recovery import Recovery
 from projector.settings import EventLoop, Settings, retry_policy
-from projector.sink import Lane, SpanHandler, StreamsSink
+from projector.sink import SpanHandler, StreamsSink
 from projector.source import OPEN_GATE, CategorySource
 from projector.store import MessageStore
 from projector.tracing import traced

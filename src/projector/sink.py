@@ -35,8 +35,9 @@ from anyio.abc import TaskGroup
 from projector.errors import HandlerError
 from projector.events import Event
 from projector.failures import Decision, HandlerTimeout, Park, Retry, Stop
+from projector.lane import Batch, Lane
 from projector.observe import NO_OBSERVER, Observer
-from projector.spans import Batch, StreamState, TroubledStream, in_order, merge
+from projector.spans import StreamState, TroubledStream, in_order, merge
 
 SpanHandler = Callable[[str, list[Event]], Awaitable[int]]
 """Handles one stream's events (in stream order) and returns the stream position to expect next:
@@ -59,60 +60,6 @@ DEFAULT_STALL_DELAY = 0.1
 # computes for longer still holds the loop for as long as it takes.
 YIELD_AFTER = 0.0005
 MAX_SKIP_HINTS = 100_000  # forgotten streams whose handler asked to skip ahead (skip_to)
-
-
-class Lane:
-    """One source's entry into the sink: its read-ahead limit and its in-order completions."""
-
-    def __init__(self, sink: StreamsSink, name: str, max_read_ahead: int) -> None:
-        self.name = name
-        self._sink = sink
-        self._max_read_ahead = max_read_ahead
-        self._batches: deque[Batch] = deque()
-        self._room = anyio.Event()  # set while fewer than max_read_ahead batches are in flight
-        self._room.set()
-        self._empty = anyio.Event()
-        self._empty.set()
-
-    @property
-    def in_flight(self) -> int:
-        """Batches submitted and not yet reported complete."""
-        return len(self._batches)
-
-    async def submit(self, events: Sequence[Event], on_completed: Callable[[], None]) -> None:
-        """Hand over a batch; waits while ``max_read_ahead`` batches are in flight.
-
-        ``on_completed`` is called once every event of the batch, and of every batch submitted
-        before it on this lane, has been handled.
-        """
-        # A plain count, not a semaphore: acquiring one yields to the loop even when a slot is
-        # free, which costs a loop iteration per batch for nothing.
-        while len(self._batches) >= self._max_read_ahead:
-            if self._room.is_set():
-                self._room = anyio.Event()
-            await self._room.wait()
-        batch = Batch(self, on_completed)
-        self._batches.append(batch)
-        if self._empty.is_set():
-            self._empty = anyio.Event()
-        self._sink._schedule(self, batch, events)
-        if batch.remaining == 0:
-            self._complete(batch)
-
-    async def wait_empty(self) -> None:
-        """Return once every submitted batch has been reported complete."""
-        await self._empty.wait()
-
-    def _complete(self, batch: Batch) -> None:
-        batch.done = True
-        # Completions leave strictly in submit order: a later batch that finished first waits
-        # here until every older one is done, so the position it reports is always safe.
-        while self._batches and self._batches[0].done:
-            self._batches.popleft().on_completed()
-        if len(self._batches) < self._max_read_ahead:
-            self._room.set()
-        if not self._batches:
-            self._empty.set()
 
 
 class _Call:
@@ -236,7 +183,7 @@ class StreamsSink:
         """The lane for one source; each name gets one lane."""
         if name in self._lanes:
             raise ValueError(f"lane {name!r} is already open")
-        lane = self._lanes[name] = Lane(self, name, self._max_read_ahead)
+        lane = self._lanes[name] = Lane(name, self._max_read_ahead, self._schedule)
         return lane
 
     async def stop(self, *, grace_period: float) -> bool:
@@ -258,7 +205,7 @@ class StreamsSink:
 
     # -- scheduling -------------------------------------------------------------------------
 
-    def _schedule(self, lane: Lane, batch: Batch, events: Sequence[Event]) -> None:
+    def _schedule(self, batch: Batch, events: Sequence[Event]) -> None:
         spans: dict[str, list[Event]] = {}
         for event in events:
             span = spans.get(event.stream_name)
@@ -391,7 +338,7 @@ class StreamsSink:
         for batch, _ in stream.pending:
             batch.remaining -= 1
             if batch.remaining == 0:
-                batch.lane._complete(batch)
+                batch.lane.complete(batch)
         stream.pending.clear()
         if not (stream.queued or stream.held) and self._streams.get(stream.name) is stream:
             del self._streams[stream.name]
@@ -471,7 +418,7 @@ class StreamsSink:
         for batch, _ in pending:
             batch.remaining -= 1
             if batch.remaining == 0:
-                batch.lane._complete(batch)
+                batch.lane.complete(batch)
         del self._streams[stream.name]
 
     def hold(self, stream_name: str) -> None:
@@ -507,5 +454,5 @@ class StreamsSink:
             released += 1
             batch.remaining -= 1
             if batch.remaining == 0:
-                batch.lane._complete(batch)
+                batch.lane.complete(batch)
         del pending[:released]

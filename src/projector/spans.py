@@ -8,24 +8,10 @@ when events arrive duplicated or out of order.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from projector.events import Event
-
-if TYPE_CHECKING:
-    from projector.sink import Lane
-
-
-class Batch:
-    __slots__ = ("done", "lane", "on_completed", "remaining")
-
-    def __init__(self, lane: Lane, on_completed: Callable[[], None]) -> None:
-        self.lane = lane
-        self.on_completed = on_completed
-        self.remaining = 0  # streams of this batch that have not yet handled past their events
-        self.done = False
+from projector.lane import Batch
 
 
 class StreamState:

@@ -25,7 +25,8 @@ from hypothesis import strategies as st
 
 from projector.errors import HandlerError
 from projector.events import Event
-from projector.sink import Lane, StreamsSink
+from projector.lane import Lane
+from projector.sink import StreamsSink
 
 TIMEOUT = 2.0
 _EVENT_ID = "7f0c5f1e-1d52-4a0e-9d0c-1f3a4c8e2b6d"

@@ -21,7 +21,8 @@ import pytest
 from projector.errors import HandlerError
 from projector.events import Event
 from projector.failures import Decision, HandlerTimeout, Park, Retry, RetryPolicy, Stop
-from projector.sink import Lane, StreamsSink
+from projector.lane import Lane
+from projector.sink import StreamsSink
 
 pytestmark = pytest.mark.anyio
 
