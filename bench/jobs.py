@@ -17,6 +17,7 @@ from datetime import UTC
 from typing import Any
 
 import anyio
+import orjson
 import psycopg
 from psycopg import sql
 from psycopg_pool import AsyncConnectionPool
@@ -59,6 +60,7 @@ class Job:
     category: str
     batch_size: int = 500
     decode: bool = False
+    decoder: str = "json"  # read loops that decode: json, or orjson (what Event.data uses)
     handler: str = "noop"  # projector runs: noop, decode, upsert, transactional or tail
     group: str = "bench"
     member: int | None = None
@@ -87,8 +89,9 @@ def run(job: Job) -> dict[str, Any]:
 
 def read_loop(job: Job) -> dict[str, Any]:
     """projector's own read statement in a plain loop; rows fetched, JSON decoded only on
-    request (``decode``: ``json.loads`` of data and metadata for every row)."""
-    loads = json.loads
+    request (``decode``: ``json.loads``, or ``orjson.loads``, of data and metadata for every
+    row)."""
+    loads = orjson.loads if job.decoder == "orjson" else json.loads
     with _connect(job.url) as conn:
         position, events = 1, 0
         started = time.perf_counter()

@@ -158,6 +158,9 @@ def catchup(url: str, run_id: str, sizes: Sizes, settings: dict[str, Any]) -> li
             project("catchup-decode", main, handler="decode"),
             read(main, decode=True),
             decoding,
+            references=(
+                ("the same loop with orjson.loads", read(main, decode=True, decoder="orjson")),
+            ),
             dataset=main,
         ),
         Scenario(

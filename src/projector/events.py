@@ -14,6 +14,8 @@ import uuid
 from datetime import datetime
 from typing import Any
 
+import orjson
+
 from projector.errors import InvalidNameError
 
 _CATEGORY_RE = re.compile(r"[A-Za-z0-9_.:+]+")
@@ -165,5 +167,19 @@ class Event:
 _UNDECODED: Any = object()
 
 
+# orjson decodes about five times faster than json, and agrees with it on everything jsonb can
+# hold but numbers of 19 digits or more: it rounds integers past 64 bits to floats. Those few
+# texts go to json, which keeps them exact; so do texts orjson refuses, so that malformed data
+# fails with json's own message.
+_LONG_NUMBER = re.compile(r"\d{19}")
+
+
 def _decode(text: str | None) -> Any:
-    return None if text is None else json.loads(text)
+    if text is None:
+        return None
+    if _LONG_NUMBER.search(text) is None:
+        try:
+            return orjson.loads(text)
+        except orjson.JSONDecodeError:
+            return json.loads(text)  # malformed: json raises its own error (or accepts it)
+    return json.loads(text)

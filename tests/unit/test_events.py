@@ -9,6 +9,8 @@ from collections import Counter
 from datetime import UTC, datetime
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from projector.errors import ConfigurationError, InvalidNameError
 from projector.events import (
@@ -169,6 +171,32 @@ def test_event_data_is_decoded_only_when_read() -> None:
         _ = event.data
     with pytest.raises(json.JSONDecodeError):
         _ = event.metadata
+
+
+# What jsonb can hold: no NaN or infinities, no lone surrogates, no NUL characters.
+_JSON_VALUES = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(10**40), max_value=10**40)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(st.characters(exclude_categories=("Cs",), exclude_characters="\x00")),
+    lambda children: st.lists(children, max_size=4)
+    | st.dictionaries(st.text(max_size=8), children, max_size=4),
+    max_leaves=12,
+)
+
+
+@given(_JSON_VALUES)
+def test_data_decodes_to_exactly_what_json_decodes(value: object) -> None:
+    text = json.dumps(value)
+    decoded = make_event(data=text).data
+    assert decoded == json.loads(text)
+    assert repr(decoded) == repr(json.loads(text))  # same types too: a huge int stays an int
+
+
+def test_huge_integers_and_long_decimals_keep_their_exact_value() -> None:
+    event = make_event(data='{"id": 123456789012345678901234567890, "n": -9223372036854775809}')
+    assert event.data == {"id": 123456789012345678901234567890, "n": -9223372036854775809}
 
 
 def test_missing_metadata_and_null_data_stay_none() -> None:
