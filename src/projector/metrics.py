@@ -1,19 +1,33 @@
 """Prometheus metrics of one runner, in a registry of its own.
 
-Counters and the handler histogram are updated by the observer hooks as things happen; gauges
-(streams, batches, positions, lag, health) are read from the runner's state at scrape time, so
-they cost nothing between scrapes. Every metric carries ``group``: the checkpoints' owner, e.g.
-``balances`` or ``balances-1``, so that several runners can share one Prometheus.
+Counters are updated by the observer hooks as things happen; gauges (streams, batches,
+positions, lag, health) are read from the runner's state at scrape time, so they cost nothing
+between scrapes. Every metric carries ``group``: the checkpoints' owner, e.g. ``balances`` or
+``balances-1``, so that several runners can share one Prometheus.
+
+The per-call figures (events handled, the handler histogram) are counted in plain integers and
+turned into metrics at scrape time too: prometheus_client's own children take a lock and a label
+lookup per update, several microseconds per handler call, which made a quick catch-up with
+metrics on two and a half times slower.
 """
 
 from __future__ import annotations
 
+from bisect import bisect_left
+from collections import defaultdict
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from itertools import accumulate
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
-from prometheus_client.metrics_core import GaugeMetricFamily, Metric
+from prometheus_client import CollectorRegistry, Counter
+from prometheus_client.metrics_core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 from projector.checkpoints import CheckpointWriter
 from projector.events import category
@@ -69,19 +83,8 @@ class Metrics(Observer):
             by_category,
             registry=self.registry,
         )
-        self._handled = Counter(
-            "projector_events_handled",
-            "Events given to handler calls that returned without error",
-            by_category,
-            registry=self.registry,
-        )
-        self._duration = Histogram(
-            "projector_handler_duration_seconds",
-            "Duration of handler calls, failed ones included",
-            by_category,
-            buckets=HANDLER_BUCKETS,
-            registry=self.registry,
-        )
+        self._calls = _Calls()
+        self.registry.register(_CallCollector(group, self._calls))
         self._failures = Counter(
             "projector_handler_failures",
             "Failed handler calls, by kind: the exception's class name, or timeout",
@@ -109,14 +112,67 @@ class Metrics(Observer):
         self, stream_name: str, count: int, seconds: float, error: BaseException | None
     ) -> None:
         name = category(stream_name)
-        self._duration.labels(self.group, name).observe(seconds)
+        self._calls.durations[name].observe(seconds)
         if error is None:
-            self._handled.labels(self.group, name).inc(count)
+            self._calls.handled[name] += count
         else:
             self._failures.labels(self.group, name, failure_kind(error)).inc()
 
     def reconnecting(self, doing: str) -> None:
         self._reconnects.labels(self.group).inc()
+
+
+class _Durations:
+    """A histogram of one category's handler calls: counts per bucket (not cumulative), with
+    the last for calls longer than every bound."""
+
+    __slots__ = ("counts", "total")
+
+    def __init__(self) -> None:
+        self.counts = [0] * (len(HANDLER_BUCKETS) + 1)
+        self.total = 0.0
+
+    def observe(self, seconds: float) -> None:
+        # The first bound at or above it: Prometheus buckets count observations <= le.
+        self.counts[bisect_left(HANDLER_BUCKETS, seconds)] += 1
+        self.total += seconds
+
+
+@dataclass
+class _Calls:
+    """Handler calls by category: their durations, and the events of those that succeeded."""
+
+    durations: defaultdict[str, _Durations] = field(default_factory=lambda: defaultdict(_Durations))
+    handled: defaultdict[str, int] = field(default_factory=lambda: defaultdict(int))
+
+
+class _CallCollector(Collector):
+    """The per-call counts, as Prometheus metrics, at each scrape."""
+
+    def __init__(self, group: str, calls: _Calls) -> None:
+        self._group = group
+        self._calls = calls
+
+    def collect(self) -> Iterable[Metric]:
+        handled = CounterMetricFamily(
+            "projector_events_handled",
+            "Events given to handler calls that returned without error",
+            labels=("group", "category"),
+        )
+        for name, events in list(self._calls.handled.items()):
+            handled.add_metric((self._group, name), events)
+        duration = HistogramMetricFamily(
+            "projector_handler_duration_seconds",
+            "Duration of handler calls, failed ones included",
+            labels=("group", "category"),
+        )
+        bounds = [*map(floatToGoString, HANDLER_BUCKETS), "+Inf"]
+        for name, durations in list(self._calls.durations.items()):
+            cumulative = list(accumulate(durations.counts))
+            duration.add_metric(
+                (self._group, name), list(zip(bounds, cumulative, strict=True)), durations.total
+            )
+        return (handled, duration)
 
 
 def failure_kind(error: BaseException) -> str:
