@@ -7,6 +7,7 @@ its own (see `bench.jobs`); with ``--repeat`` the two alternate and the medians 
 from __future__ import annotations
 
 import json
+import socket
 import statistics
 import subprocess
 import sys
@@ -129,7 +130,7 @@ def catchup(url: str, run_id: str, sizes: Sizes, settings: dict[str, Any]) -> li
 
     def project(name: str, dataset: Dataset, **extra: Any) -> Job:
         group = f"bench_{run_id}_{name.replace('-', '_')}"
-        return Job("projector", category=dataset.category, group=group, **common, **extra)
+        return Job("projector", category=dataset.category, group=group, **{**common, **extra})
 
     main, few, distinct = data["main"], data["few"], data["distinct"]
     plain = "plain read loop, same SQL and batch size, no JSON decode"
@@ -147,6 +148,14 @@ def catchup(url: str, run_id: str, sizes: Sizes, settings: dict[str, Any]) -> li
                 (
                     "the same loop on psycopg's async connection under anyio",
                     replace(read(main), kind="async_read_loop"),
+                ),
+                (
+                    "projector with metrics served (--metrics-port)",
+                    project(
+                        "catchup-metrics",
+                        main,
+                        settings={**settings, "metrics_port": _free_port()},
+                    ),
                 ),
             ),
             dataset=main,
@@ -185,6 +194,12 @@ def catchup(url: str, run_id: str, sizes: Sizes, settings: dict[str, Any]) -> li
         ),
         *upserting(url, run_id, sizes, settings),
     ]
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
 
 
 def upserting(url: str, run_id: str, sizes: Sizes, settings: dict[str, Any]) -> list[Scenario]:
