@@ -3,7 +3,9 @@
 A global position belongs to one stream, hence to one category and, in a consumer group, to one
 member; the wait is over once that member's checkpoint for that category has passed it. The
 checkpoint is committed every ``checkpoint_interval`` seconds, which bounds how long a wait for
-an event that is already handled can take.
+an event that is already handled can take. A transactional projection commits the stream's
+position with its read model, so for its groups the wait ends as soon as that position is
+visible, checkpoint or not.
 """
 
 from __future__ import annotations
@@ -15,7 +17,15 @@ from projector.database import Connection
 from projector.errors import ConfigurationError, ProjectorError
 from projector.events import category, consumer_group_member, validate_group
 
-STREAM_AT = "SELECT stream_name FROM message_store.messages WHERE global_position = %(position)s"
+STREAM_AT = """
+SELECT stream_name, position FROM message_store.messages WHERE global_position = %(position)s
+"""
+
+# A transactional group's row, committed with its read model (see `exactly_once`).
+STREAM_POSITION = """
+SELECT position FROM projector.stream_positions
+WHERE group_name = %(group)s AND stream_name = %(stream)s
+"""
 
 GROUP_CHECKPOINTS = """
 SELECT member, group_size, position FROM projector.checkpoints
@@ -43,12 +53,14 @@ async def wait_for(
     conn = await database.connect(url)
     async with conn:
         await conn.set_autocommit(True)
-        stream_name = await _stream_at(conn, position)
+        stream_name, stream_position = await _stream_at(conn, position)
         last_seen: int | None = None
         with anyio.move_on_after(timeout):
             while True:
                 last_seen = await _handled_below(conn, group, stream_name)
                 if last_seen is not None and last_seen > position:
+                    return
+                if await _applied(conn, group, stream_name, stream_position):
                     return
                 await anyio.sleep(poll)
     where = "no checkpoint yet" if last_seen is None else f"its checkpoint is at {last_seen}"
@@ -58,7 +70,8 @@ async def wait_for(
     )
 
 
-async def _stream_at(conn: Connection, position: int) -> str:
+async def _stream_at(conn: Connection, position: int) -> tuple[str, int]:
+    """The stream, and the position in it, of the message at global ``position``."""
     row = await (await conn.execute(STREAM_AT, {"position": position})).fetchone()
     if row is None:
         raise ConfigurationError(
@@ -66,7 +79,14 @@ async def _stream_at(conn: Connection, position: int) -> str:
             "of a written message (write_message returns the stream position; read the "
             "message back for its global position)"
         )
-    return str(row[0])
+    return str(row[0]), int(row[1])
+
+
+async def _applied(conn: Connection, group: str, stream_name: str, position: int) -> bool:
+    """Whether a transactional ``group`` has committed stream ``position`` of the stream."""
+    params = {"group": group, "stream": stream_name}
+    row = await (await conn.execute(STREAM_POSITION, params)).fetchone()
+    return row is not None and int(row[0]) >= position
 
 
 async def _handled_below(conn: Connection, group: str, stream_name: str) -> int | None:

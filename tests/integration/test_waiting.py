@@ -11,6 +11,7 @@ from projector.database import connect
 from projector.errors import ConfigurationError
 from projector.events import consumer_group_member
 from projector.groups import rebalance, set_checkpoint
+from tests.support.balances import balances_projection, projected_and_folded, write_transactions
 from tests.support.projecting import Recorder, run_projection, settings_for, write_events
 
 pytestmark = pytest.mark.anyio
@@ -54,6 +55,25 @@ async def test_waits_while_a_running_projector_catches_up(database_url: str) -> 
         tasks.cancel_scope.cancel()
 
     assert position in handled_when_done
+
+
+async def test_a_transactional_group_is_waited_for_without_waiting_for_its_checkpoint(
+    database_url: str,
+) -> None:
+    await write_transactions(database_url, accounts=5, events=20, seed=9)
+    # A checkpoint committed only at the end: the wait must not need it.
+    settings = settings_for(
+        database_url, categories=("account",), until_caught_up=False, checkpoint_interval=600
+    )
+    async with anyio.create_task_group() as tasks:
+        tasks.start_soon(run_projection, balances_projection(), settings)
+        position = await _write_one(database_url, "account-new")
+        with anyio.fail_after(5):
+            await wait_for(database_url, "balances", position, timeout=5)
+        projected, _ = projected_and_folded(database_url)
+        tasks.cancel_scope.cancel()
+
+    assert projected["account-new"] == 1  # the read model already shows the awaited event
 
 
 async def test_a_consumer_group_waits_for_the_member_that_owns_the_stream(
