@@ -80,50 +80,56 @@ async def test_a_span_of_already_applied_events_never_reaches_the_handler(
     assert len(calls) == first, "a replay after a reset called the handler again"
 
 
+def _first_calls_misbehave(
+    name: str, misbehave: Callable[[], Awaitable[StreamResult | None]]
+) -> tuple[Projection, set[str]]:
+    """The balances projection, whose first call of each stream writes its balance, then
+    ``misbehave``s; and the streams that did."""
+    projection = balances_projection(name)
+    real = projection._transactional_handler
+    assert real is not None
+    misbehaved: set[str] = set()
+
+    async def handler(
+        stream_name: str, events: list[Event], conn: Connection
+    ) -> StreamResult | None:
+        await real(stream_name, events, conn)
+        if stream_name in misbehaved:
+            return None
+        misbehaved.add(stream_name)
+        return await misbehave()
+
+    projection._transactional_handler = handler
+    return projection, misbehaved
+
+
 async def test_a_failed_transactional_call_rolls_back_its_writes_and_its_position(
     own_store_url: str,
 ) -> None:
     await write_transactions(own_store_url, accounts=3, events=30, seed=4)
-    failed_once: set[str] = set()
-    projection = balances_projection("flaky_balances")
-    real = projection._transactional_handler
-    assert real is not None
 
-    async def flaky(stream_name: str, events: list[Event], conn: Connection) -> None:
-        await real(stream_name, events, conn)  # writes, then fails: must be rolled back
-        if stream_name not in failed_once:
-            failed_once.add(stream_name)
-            raise RuntimeError("after writing")
+    async def fail() -> None:
+        raise RuntimeError("after writing")
 
-    projection._transactional_handler = flaky
+    projection, failed = _first_calls_misbehave("flaky_balances", fail)
     await run_projection(
         projection, settings_for(own_store_url, categories=("account",), retry_base=0.01)
     )
 
     projected, folded = projected_and_folded(own_store_url)
     assert projected == folded
-    assert failed_once == set(folded)
+    assert failed == set(folded)
 
 
 async def test_a_call_that_handled_none_of_its_events_keeps_none_of_its_writes(
     own_store_url: str,
 ) -> None:
     await write_transactions(own_store_url, accounts=3, events=30, seed=5)
-    declined: set[str] = set()
-    projection = balances_projection("hesitant_balances")
-    real = projection._transactional_handler
-    assert real is not None
 
-    async def hesitant(
-        stream_name: str, events: list[Event], conn: Connection
-    ) -> StreamResult | None:
-        await real(stream_name, events, conn)  # writes, then says it handled nothing
-        if stream_name not in declined:
-            declined.add(stream_name)
-            return StreamResult.none_processed()
-        return None
+    async def decline() -> StreamResult:
+        return StreamResult.none_processed()
 
-    projection._transactional_handler = hesitant
+    projection, declined = _first_calls_misbehave("hesitant_balances", decline)
     await run_projection(projection, settings_for(own_store_url, categories=("account",)))
 
     projected, folded = projected_and_folded(own_store_url)
@@ -135,18 +141,11 @@ async def test_a_call_cut_short_by_the_handler_timeout_is_rolled_back_and_retrie
     own_store_url: str,
 ) -> None:
     await write_transactions(own_store_url, accounts=3, events=30, seed=6)
-    slowed: set[str] = set()
-    projection = balances_projection("slow_balances")
-    real = projection._transactional_handler
-    assert real is not None
 
-    async def slow_once(stream_name: str, events: list[Event], conn: Connection) -> None:
-        await real(stream_name, events, conn)
-        if stream_name not in slowed:
-            slowed.add(stream_name)
-            await anyio.sleep(5)  # cancelled by the timeout, after writing
+    async def stall() -> None:
+        await anyio.sleep(5)  # cancelled by the timeout
 
-    projection._transactional_handler = slow_once
+    projection, stalled = _first_calls_misbehave("slow_balances", stall)
     settings = settings_for(
         own_store_url, categories=("account",), handler_timeout=0.3, retry_base=0.01
     )
@@ -155,7 +154,7 @@ async def test_a_call_cut_short_by_the_handler_timeout_is_rolled_back_and_retrie
 
     projected, folded = projected_and_folded(own_store_url)
     assert projected == folded
-    assert slowed == set(folded)
+    assert stalled == set(folded)
 
 
 async def test_no_connection_stays_idle_in_a_transaction_once_caught_up(
