@@ -1,0 +1,172 @@
+"""The commands that run a projection, install its tables, and answer how far along it is."""
+
+from __future__ import annotations
+
+import os
+import sys
+from functools import partial
+from typing import Any
+
+import anyio
+import click
+
+from projector import demo, groups, logs, member_index, migrate, status, waiting
+from projector import notify as notifications
+from projector.cli.options import (
+    RUN_SETTINGS,
+    console,
+    database_call,
+    given,
+    reporting_errors,
+    require_url,
+    run_async,
+    settings_options,
+)
+from projector.projection import load_projection
+from projector.runner import Runner, collect_garbage_less_often
+from projector.settings import load_settings
+
+
+@click.command()
+@click.argument("target")
+@settings_options(*RUN_SETTINGS)
+def run(target: str, **flags: Any) -> None:
+    """Run the projection TARGET (MODULE:ATTR, e.g. shop.projections:balances)."""
+    with reporting_errors():
+        settings = load_settings(**given(flags))
+        logs.configure(settings.log_level, settings.log_format)
+        # Like `python -m`, let the working directory's modules be imported.
+        sys.path.insert(0, os.getcwd())
+        runner = Runner(load_projection(target), settings)
+    collect_garbage_less_often()
+    run_async(runner.run, settings)
+
+
+@click.command("migrate")
+@settings_options("database_url", "log_level")
+@click.option(
+    "--message-store",
+    is_flag=True,
+    help="also create projector's own Message DB-compatible store (skipped if one exists)",
+)
+@click.option(
+    "--notify",
+    is_flag=True,
+    help="also install the trigger that wakes projectors as soon as events are written",
+)
+@click.option(
+    "--member-index",
+    "member_indexes",
+    type=int,
+    multiple=True,
+    metavar="SIZE",
+    help="also build the index that lets each member of a consumer group of SIZE read only its "
+    "own events (repeatable)",
+)
+def migrate_command(
+    message_store: bool, notify: bool, member_indexes: tuple[int, ...], **flags: Any
+) -> None:
+    """Create or upgrade projector's tables (and, on request, a message store)."""
+    with reporting_errors():
+        settings = load_settings(**given(flags))
+        logs.configure(settings.log_level)
+        url = require_url(settings)
+        sizes = [member_index.check_size(size) for size in member_indexes]
+        if message_store:
+            created = migrate.install_message_store(url)
+            click.echo("message store created" if created else "message store already present")
+        migrate.upgrade(url)
+        click.echo("projector tables are up to date")
+        if notify:
+            notifications.install(url)
+            click.echo("wake-up trigger installed (projector_messages notifications)")
+        for size in sizes:
+            state = "built" if member_index.install(url, size) else "already present"
+            name = member_index.index_name(size)
+            click.echo(f"member index for groups of {size} {state} ({name})")
+
+
+@click.command("demo")
+@settings_options("database_url", "log_level")
+@click.option("--events", default=2000, show_default=True, help="sample events to write")
+@click.option("--accounts", default=100, show_default=True, help="account streams to use")
+def demo_command(events: int, accounts: int, **flags: Any) -> None:
+    """Write sample account events and project them into a balances table.
+
+    Without a database URL, runs projector's own local PostgreSQL cluster (kept between runs).
+    """
+    with reporting_errors():
+        settings = load_settings(**given(flags))
+        logs.configure(settings.log_level)
+        url = settings.database_url
+        if url is None:
+            url, data_dir = demo.local_database()
+            click.echo(f"local PostgreSQL cluster in {data_dir}")
+        migrate.install_message_store(url)
+        migrate.upgrade(url)
+        counted, projected, expected = anyio.run(
+            partial(demo.run, url, accounts=accounts, events=events)
+        )
+    verdict = "matches" if projected == expected else "DOES NOT match"
+    click.echo(
+        f"wrote {events} events to up to {accounts} account streams; demo_balances has "
+        f"{counted} accounts, total {projected}, which {verdict} the total of all events "
+        f"({expected})\n"
+        f"project them yourself:\n"
+        f"  export PROJECTOR_DATABASE_URL='{url}'\n"
+        f"  projector run projector.demo:balances --until-caught-up"
+    )
+    sys.exit(0 if projected == expected else 1)
+
+
+@click.command()
+@click.option("--group", required=True, help="the consumer group to resize")
+@click.option("--size", type=int, required=True, help="its new number of members")
+@click.option("--dry-run", is_flag=True, help="print what would change, change nothing")
+@settings_options("database_url", "log_level")
+def rebalance(group: str, size: int, dry_run: bool, **flags: Any) -> None:
+    """Change a consumer group's size (every member must be stopped).
+
+    Each category restarts, for every new member, from the lowest checkpoint of the old ones:
+    events between it and a member's old checkpoint are delivered again.
+    """
+    with reporting_errors():
+        plan = database_call(
+            flags, partial(groups.rebalance, group=group, size=size, dry_run=dry_run)
+        )
+    verb = "would restart" if dry_run else "restarted"
+    click.echo(f"group {group}: {plan.old_size} -> {plan.new_size} members")
+    for category, position in plan.positions.items():
+        click.echo(f"  {category}: members 0..{size - 1} {verb} at {position}")
+    for note in plan.notes:
+        click.echo(f"  note: {note}")
+    if dry_run:
+        click.echo("dry run: nothing changed")
+
+
+@click.command("status")
+@click.option("--group", help="only this group")
+@click.option("--json", "as_json", is_flag=True, help="one JSON document, for scripts")
+@settings_options("database_url", "log_level")
+def status_command(group: str | None, as_json: bool, **flags: Any) -> None:
+    """How far behind each group member is, per category (reads the database only)."""
+    with reporting_errors():
+        rows = database_call(flags, partial(status.collect, group=group))
+    if as_json:
+        click.echo(status.to_json(rows))
+    else:
+        console().print(status.render(rows))
+
+
+@click.command("wait")
+@click.option("--group", required=True, help="the group that must have handled it")
+@click.option("--position", type=int, required=True, help="the global position of the event")
+@click.option("--timeout", type=float, default=30.0, show_default=True, help="seconds to wait")
+@settings_options("database_url", "log_level")
+def wait_command(group: str, position: int, timeout: float, **flags: Any) -> None:
+    """Wait until GROUP has handled the event at global POSITION (exit 1 on timeout)."""
+    with reporting_errors():
+        settings = load_settings(**given(flags))
+        url = require_url(settings)
+        anyio.run(partial(waiting.wait_for, url, group, position, timeout=timeout))
+    click.echo(f"{group} has handled global position {position}")

@@ -1,0 +1,160 @@
+"""The operator's commands for checkpoints and parked streams: list, change, replay."""
+
+from __future__ import annotations
+
+import sys
+import uuid
+from functools import partial
+from typing import Any
+
+import click
+from rich.table import Table
+
+from projector import groups
+from projector import parked as parked_streams
+from projector.cli.options import (
+    console,
+    database_call,
+    json_line,
+    reporting_errors,
+    settings_options,
+)
+
+
+@click.group()
+def checkpoints() -> None:
+    """Show or change checkpoints (members of the group must be stopped to change them)."""
+
+
+@checkpoints.command("list")
+@click.option("--group", help="only this group")
+@click.option("--json", "as_json", is_flag=True, help="one JSON object per line")
+@settings_options("database_url", "log_level")
+def checkpoints_list(group: str | None, as_json: bool, **flags: Any) -> None:
+    """Every checkpoint: group, member, category, position, size, last written."""
+    with reporting_errors():
+        rows = database_call(flags, partial(groups.list_checkpoints, group=group))
+    if as_json:
+        for row in rows:
+            click.echo(json_line(row))
+        return
+    table = Table("group", "member", "category", "position", "size", "last written", box=None)
+    for row in rows:
+        table.add_row(
+            row.group,
+            str(row.member),
+            row.category,
+            str(row.position),
+            str(row.size),
+            row.updated_at.isoformat(timespec="seconds"),
+        )
+    console().print(table)
+
+
+@checkpoints.command("set")
+@click.option("--group", required=True)
+@click.option("--category", required=True)
+@click.option("--position", type=int, required=True, help="the next global position to read")
+@click.option("--member", type=int, default=0, show_default=True)
+@settings_options("database_url", "log_level")
+def checkpoints_set(group: str, category: str, position: int, member: int, **flags: Any) -> None:
+    """Set where a member resumes in a category (skip ahead, or replay from an earlier point)."""
+    with reporting_errors():
+        row = database_call(
+            flags,
+            partial(
+                groups.set_checkpoint,
+                group=group,
+                category=category,
+                position=position,
+                member=member,
+            ),
+        )
+    click.echo(f"{row.name} {row.category}: next position {row.position}")
+
+
+@checkpoints.command("reset")
+@click.option("--group", required=True)
+@click.option("--yes", is_flag=True, help="do not ask for confirmation")
+@settings_options("database_url", "log_level")
+def checkpoints_reset(group: str, yes: bool, **flags: Any) -> None:
+    """Delete every checkpoint of a group: its members start again from the beginning."""
+    if not yes:
+        click.confirm(f"delete every checkpoint of group {group!r}?", abort=True)
+    with reporting_errors():
+        rows = database_call(flags, partial(groups.reset_group, group=group))
+    click.echo(f"deleted {len(rows)} checkpoint(s) of group {group}")
+
+
+@click.group()
+def parked() -> None:
+    """Streams set aside after their handler kept failing (see README, Failures)."""
+
+
+@parked.command("list")
+@click.option("--group", help="only this group")
+@click.option("--json", "as_json", is_flag=True, help="one JSON object per line")
+@settings_options("database_url", "log_level")
+def parked_list(group: str | None, as_json: bool, **flags: Any) -> None:
+    """Every parked stream: where it stopped, the event, the error."""
+    with reporting_errors():
+        rows = database_call(flags, partial(parked_streams.list_parked, group=group))
+    if as_json:
+        for row in rows:
+            click.echo(json_line(row))
+        return
+    table = Table(
+        "group",
+        "stream",
+        "position",
+        "event id",
+        "type",
+        "attempts",
+        "parked at",
+        "error",
+        box=None,
+    )
+    for row in rows:
+        table.add_row(
+            row.group,
+            row.stream_name,
+            str(row.position),
+            str(row.event_id),
+            row.event_type,
+            str(row.attempts),
+            row.parked_at.isoformat(timespec="seconds"),
+            row.error,
+        )
+    console().print(table)
+
+
+@parked.command("retry")
+@click.argument("stream", required=False)
+@click.option("--all", "every", is_flag=True, help="every parked stream of the group")
+@click.option("--group", required=True)
+@settings_options("database_url", "log_level")
+def parked_retry(stream: str | None, every: bool, group: str, **flags: Any) -> None:
+    """Replay STREAM (or --all) from its first unhandled event, by the runner that owns it."""
+    if (stream is not None) == every:
+        click.echo("error: give one STREAM or --all", err=True)
+        sys.exit(2)
+    with reporting_errors():
+        streams = database_call(
+            flags, partial(parked_streams.request_retry, group=group, stream_name=stream)
+        )
+    click.echo(f"retry requested for {len(streams)} stream(s); the running projector replays them")
+
+
+@parked.command("skip")
+@click.argument("stream")
+@click.argument("event_id", type=click.UUID)
+@click.option("--group", required=True)
+@settings_options("database_url", "log_level")
+def parked_skip(stream: str, event_id: uuid.UUID, group: str, **flags: Any) -> None:
+    """Skip a parked STREAM's failing event EVENT_ID on purpose, and replay what follows it."""
+    with reporting_errors():
+        row = database_call(
+            flags,
+            partial(parked_streams.skip_event, group=group, stream_name=stream, event_id=event_id),
+        )
+    click.echo(f"{row.stream_name}: skipping event {event_id}; replay from position {row.position}")

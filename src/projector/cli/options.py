@@ -1,0 +1,176 @@
+"""What every command shares: options for settings, one-line errors, one-off connections."""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import json
+import logging
+import sys
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
+from contextlib import contextmanager
+from datetime import datetime
+from typing import Any, TypeVar
+
+import anyio
+import click
+from rich.console import Console
+
+from projector import database, logs
+from projector.database import Connection
+from projector.errors import ConfigurationError, HandlerError, ProjectorError
+from projector.runner import backend_options, serve
+from projector.settings import Settings, flag_for, load_settings
+
+logger = logging.getLogger("projector")
+
+F = TypeVar("F", bound=Callable[..., Any])
+T = TypeVar("T")
+
+RUN_SETTINGS = (
+    "database_url",
+    "categories",
+    "group",
+    "consumer_group_member",
+    "consumer_group_size",
+    "no_standby",
+    "on_failure",
+    "retry_base",
+    "retry_cap",
+    "retry_max_attempts",
+    "handler_timeout",
+    "stuck_after",
+    "outage_limit",
+    "batch_size",
+    "tail_sleep",
+    "max_concurrent_streams",
+    "max_read_ahead",
+    "checkpoint_interval",
+    "shutdown_timeout",
+    "from_tail",
+    "until_caught_up",
+    "pool_size",
+    "connect_timeout",
+    "event_loop",
+    "log_level",
+    "log_format",
+    "summary_interval",
+    "no_progress",
+    "metrics_port",
+    "metrics_host",
+    "ready_max_lag",
+    "health_max_db_age",
+)
+
+
+def settings_options(*names: str) -> Callable[[F], F]:
+    """Click options for the named settings, described once, in `Settings`."""
+
+    def decorate(command: F) -> F:
+        for name in reversed(names):
+            command = option_for(name)(command)
+        return command
+
+    return decorate
+
+
+def option_for(name: str) -> Callable[[F], F]:
+    field = Settings.model_fields[name]
+    env = f"PROJECTOR_{name.upper()}"
+    default = field.default if field.default not in (None, ()) else "none"
+    help_text = f"{field.description} [env {env}; default {default}]"
+    if name == "categories":
+        return click.option(
+            "--category",
+            "-c",
+            "categories",
+            multiple=True,
+            help=help_text.replace("comma-separated", "repeat the flag"),
+        )
+    flag = flag_for(name)
+    if field.annotation is bool:
+        return click.option(flag, name, is_flag=True, default=None, help=help_text)
+    annotation = field.annotation
+    kind: click.ParamType[Any] | type = str
+    if annotation in (int, int | None):
+        kind = int
+    elif annotation in (float, float | None):
+        kind = float
+    elif isinstance(annotation, type) and issubclass(annotation, enum.Enum):
+        kind = click.Choice([member.value for member in annotation])
+    return click.option(flag, name, type=kind, default=None, help=help_text)
+
+
+def run_async(main: Callable[[], Coroutine[Any, Any, None]], settings: Settings) -> None:
+    """Run ``main`` until it returns or a signal stops it gracefully."""
+    with reporting_errors():
+        anyio.run(serve, main, backend_options=backend_options(settings))
+
+
+@contextmanager
+def reporting_errors() -> Iterator[None]:
+    """Turn projector's errors into one line on stderr and an exit code (2: bad input)."""
+    try:
+        yield
+    except (ProjectorError, BaseExceptionGroup) as exc:
+        error = projector_error(exc)
+        if error is None:
+            raise
+        if isinstance(error, HandlerError):
+            logger.error(
+                "stopped: %s", error, exc_info=error.__cause__, extra={"action": "handler_failed"}
+            )
+        click.echo(f"error: {error}", err=True)
+        sys.exit(2 if isinstance(error, ConfigurationError) else 1)
+
+
+def projector_error(exc: BaseException) -> ProjectorError | None:
+    """The ProjectorError that ended a run, looking inside task groups' exception groups."""
+    if isinstance(exc, ProjectorError):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            found = projector_error(inner)
+            if found is not None:
+                return found
+    return None
+
+
+async def on_connection(url: str, work: Callable[[Connection], Awaitable[T]]) -> T:
+    conn = await database.connect(url)
+    async with conn:
+        return await work(conn)
+
+
+def database_call(flags: dict[str, Any], work: Callable[[Connection], Awaitable[T]]) -> T:
+    """Run ``work`` on one connection to the database the flags or environment name."""
+    settings = load_settings(**given(flags))
+    logs.configure(settings.log_level)
+    return anyio.run(on_connection, require_url(settings), work)
+
+
+def json_line(row: Any) -> str:
+    """A dataclass row as one JSON object; times in ISO 8601, ids as strings."""
+
+    def encode(value: object) -> str:
+        return value.isoformat() if isinstance(value, datetime) else str(value)
+
+    return json.dumps(dataclasses.asdict(row), default=encode)
+
+
+def console() -> Console:
+    """Tables at full width when piped, where rich would otherwise assume 80 columns."""
+    return Console() if sys.stdout.isatty() else Console(width=250)
+
+
+def given(flags: dict[str, Any]) -> dict[str, Any]:
+    """Flags the user gave (click passes None or () for the others)."""
+    return {k: v for k, v in flags.items() if v not in (None, ())}
+
+
+def require_url(settings: Settings) -> str:
+    if not settings.database_url:
+        raise ConfigurationError(
+            "no database: pass --database-url postgresql://... or set PROJECTOR_DATABASE_URL"
+        )
+    return settings.database_url
