@@ -20,6 +20,7 @@ from projector.localpg import LocalCluster
 from projector.parked import ParkedStream, ParkedStreams
 from projector.projection import Projection
 from projector.settings import Settings
+from tests.support.balances import balances_projection, projected_and_folded, write_transactions
 from tests.support.failures import (
     CeilingJitter,
     Flaky,
@@ -426,6 +427,37 @@ async def test_a_running_projector_outlives_a_database_restart(
     assert {"reconnecting", "reconnected", "member_lock_lost", "checkpoint_commit_failed"} <= (
         actions
     )
+
+
+async def test_a_transactional_projector_outlives_a_restart_and_applies_each_event_once(
+    throwaway_cluster: LocalCluster,
+) -> None:
+    url = message_store_on(throwaway_cluster)
+    await write_transactions(url, accounts=20, events=200, seed=10)
+    settings = settings_for(
+        url,
+        categories=("account",),
+        until_caught_up=False,
+        connect_timeout=2,
+        outage_limit=60,
+        retry_base=0.2,
+    )
+
+    def caught_up() -> bool:
+        projected, folded = projected_and_folded(url)
+        return projected == folded
+
+    # Slow calls: some run, holding their connections' transactions, when the server goes.
+    async with running(balances_projection(delay=0.02), settings) as ended:
+        await eventually(lambda: bool(projected_and_folded(url)[0]), within=20)
+        await anyio.to_thread.run_sync(throwaway_cluster.stop)
+        await anyio.sleep(2)
+        await anyio.to_thread.run_sync(throwaway_cluster.start)
+        await write_transactions(url, accounts=20, events=100, seed=11)
+        await eventually(caught_up, within=60)
+        assert ended == []
+
+    assert await parked_streams(url, "balances") == []
 
 
 async def test_a_database_away_for_longer_than_the_outage_limit_stops_the_run(
