@@ -306,7 +306,7 @@ class StreamsSink:
 
     async def _run(self, stream: StreamState, call: _Call, started: float) -> None:
         # The hot path of a catch-up, once per call: kept flat, with the common outcome (every
-        # event handled, nothing new buffered meanwhile) settled here without helpers.
+        # event handled, nothing new buffered meanwhile) settled inline.
         events, stream.buffer = stream.buffer, []
         stream.busy_since = call.started = started
         call.stream, call.events = stream, events

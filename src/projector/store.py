@@ -44,12 +44,12 @@ _MEMBER_HASH = """mod(abs(('x' || left(md5(split_part(
               substr(stream_name, strpos(stream_name, '-') + 1), '+', 1)), 16))::bit(64)::bigint),
           {size})"""
 
+# Whether a row is member %(member)s's; `{member_hash}` is `_MEMBER_HASH` for a size.
+_MEMBER_OF = """strpos(stream_name, '-') > 0
+      AND {member_hash} = %(member)s::bigint"""
+
 # The partition with the size as a parameter, for statements that run now and then.
-MEMBER_PARTITION = (
-    "strpos(stream_name, '-') > 0\n      AND "
-    + _MEMBER_HASH.format(size="%(size)s")
-    + " = %(member)s"
-)
+MEMBER_PARTITION = _MEMBER_OF.format(member_hash=_MEMBER_HASH.format(size="%(size)s"))
 
 # The head comes from the same statement, hence the same snapshot: every row of the category
 # up to it is visible (write_message locks the category while it draws a position), so a member
@@ -67,8 +67,7 @@ FROM head LEFT JOIN LATERAL (
     FROM message_store.messages
     WHERE message_store.category(stream_name) = %(category)s
       AND global_position >= %(position)s
-      AND strpos(stream_name, '-') > 0
-      AND {member_hash} = %(member)s::bigint
+      AND {member_of}
     ORDER BY global_position
     LIMIT %(batch_size)s
 ) AS m ON true
@@ -86,7 +85,7 @@ def member_hash(size: int) -> LiteralString:
 
 def read_member(size: int) -> LiteralString:
     """A member's read for a group of ``size``: the rows of its streams in the category."""
-    return _READ_MEMBER.format(member_hash=member_hash(size))
+    return _READ_MEMBER.format(member_of=_MEMBER_OF.format(member_hash=member_hash(size)))
 
 
 # The rows get_stream_messages returns, read through the (stream_name, position) index.
