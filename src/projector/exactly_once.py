@@ -36,11 +36,12 @@ from projector.projection import Projection
 
 logger = logging.getLogger(__name__)
 
-LOCK_POSITION = """
+# The position a group last recorded for a stream (`waiting` reads it too).
+RECORDED_POSITION = """
 SELECT position FROM projector.stream_positions
 WHERE group_name = %(group)s AND stream_name = %(stream)s
-FOR UPDATE
 """
+LOCK_POSITION = RECORDED_POSITION + "FOR UPDATE\n"
 
 RECORD_POSITION_AND_COMMIT = """
 INSERT INTO projector.stream_positions (group_name, stream_name, position, updated_at)
@@ -118,8 +119,7 @@ class ExactlyOnce:
         except BaseException:
             # Cancelled (a handler timeout, or the run ending) with a statement perhaps still
             # running: the pool closes or rolls back what it is given back.
-            with anyio.move_on_after(CLEANUP_TIMEOUT, shield=True):
-                await self._pool.putconn(session.conn)
+            await self._give_back(session.conn)
             raise
         self._put_back(session)
         if recorded is not None:
@@ -162,10 +162,15 @@ class ExactlyOnce:
         try:
             await conn.execute(BEGIN)
         except BaseException:
-            with anyio.move_on_after(CLEANUP_TIMEOUT, shield=True):
-                await self._pool.putconn(conn)
+            await self._give_back(conn)
             raise
         return _Session(conn)
+
+    async def _give_back(self, conn: Connection) -> None:
+        """Return a connection to the pool, which discards it if broken; shielded and
+        time-boxed, since it also runs while a call is being cancelled."""
+        with anyio.move_on_after(CLEANUP_TIMEOUT, shield=True):
+            await self._pool.putconn(conn)
 
     def _put_back(self, session: _Session) -> None:
         session.idle_since = time.monotonic()
@@ -178,7 +183,7 @@ class ExactlyOnce:
         except psycopg.Error:
             # Broken (the call most likely failed because of it): the pool discards it, and the
             # next call starts on another.
-            await self._pool.putconn(session.conn)
+            await self._give_back(session.conn)
             return
         self._put_back(session)
 
@@ -202,7 +207,7 @@ class ExactlyOnce:
                 exc,
                 extra={"action": "transaction_connection_lost"},
             )
-        await self._pool.putconn(session.conn)
+        await self._give_back(session.conn)
 
     def _remember(self, stream_name: str, applied: int) -> None:
         self._known[stream_name] = applied

@@ -162,10 +162,7 @@ class Projection:
     async def handle(self, stream_name: str, events: list[Event]) -> int:
         """Run the handler for one stream's events; return the stream position to expect next."""
         if self._stream_handler is not None:
-            result = await self._stream_handler(stream_name, events)
-            if result is None:
-                return events[-1].position + 1
-            return result.next_position_after(events)
+            return _next_position(await self._stream_handler(stream_name, events), events)
         for event in events:
             typed = self._event_handlers.get(event.type)
             if typed is not None:
@@ -177,10 +174,7 @@ class Projection:
     ) -> int:
         """Run the transactional handler; return the stream position to expect next."""
         assert self._transactional_handler is not None
-        result = await self._transactional_handler(stream_name, events, conn)
-        if result is None:
-            return events[-1].position + 1
-        return result.next_position_after(events)
+        return _next_position(await self._transactional_handler(stream_name, events, conn), events)
 
     def check_ready(self) -> None:
         """Raise ConfigurationError unless a handler is registered."""
@@ -189,6 +183,14 @@ class Projection:
                 f"projection {self.name!r} has no handler: decorate an async function with "
                 f"@{self.name}.handler or @{self.name}.on('EventType')"
             )
+
+
+def _next_position(result: StreamResult | None, events: list[Event]) -> int:
+    """The stream position to expect after a call that returned ``result``; None (the common
+    case) is spelt out rather than made a StreamResult, which a catch-up would pay per call."""
+    if result is None:
+        return events[-1].position + 1
+    return result.next_position_after(events)
 
 
 def _check_dependencies(name: str, depends_on: Sequence[Dependency]) -> tuple[Dependency, ...]:

@@ -12,19 +12,13 @@ from __future__ import annotations
 
 import anyio
 
-from projector import database
+from projector import database, exactly_once
 from projector.database import Connection
 from projector.errors import ConfigurationError, ProjectorError
 from projector.events import category, consumer_group_member, validate_group
 
 STREAM_AT = """
 SELECT stream_name, position FROM message_store.messages WHERE global_position = %(position)s
-"""
-
-# A transactional group's row, committed with its read model (see `exactly_once`).
-STREAM_POSITION = """
-SELECT position FROM projector.stream_positions
-WHERE group_name = %(group)s AND stream_name = %(stream)s
 """
 
 GROUP_CHECKPOINTS = """
@@ -85,7 +79,8 @@ async def _stream_at(conn: Connection, position: int) -> tuple[str, int]:
 async def _applied(conn: Connection, group: str, stream_name: str, position: int) -> bool:
     """Whether a transactional ``group`` has committed stream ``position`` of the stream."""
     params = {"group": group, "stream": stream_name}
-    row = await (await conn.execute(STREAM_POSITION, params)).fetchone()
+    # A transactional group's row, committed with its read model.
+    row = await (await conn.execute(exactly_once.RECORDED_POSITION, params)).fetchone()
     return row is not None and int(row[0]) >= position
 
 
