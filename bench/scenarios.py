@@ -7,7 +7,6 @@ its own (see `bench.jobs`); with ``--repeat`` the two alternate and the medians 
 from __future__ import annotations
 
 import json
-import socket
 import statistics
 import subprocess
 import sys
@@ -19,6 +18,7 @@ from bench.jobs import Job
 from bench.profile import py_spy_prefix
 from bench.seed import Dataset
 from bench.tail import SteadyWriter
+from projector.localpg import free_port
 
 MEMORY_LIMIT_MB = 200.0
 ROOT = Path(__file__).resolve().parents[1]  # where `python -m bench.child` finds bench
@@ -154,7 +154,7 @@ def catchup(url: str, run_id: str, sizes: Sizes, settings: dict[str, Any]) -> li
                     project(
                         "catchup-metrics",
                         main,
-                        settings={**settings, "metrics_port": _free_port()},
+                        settings={**settings, "metrics_port": free_port()},
                     ),
                 ),
             ),
@@ -194,12 +194,6 @@ def catchup(url: str, run_id: str, sizes: Sizes, settings: dict[str, Any]) -> li
         ),
         *upserting(url, run_id, sizes, settings),
     ]
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def upserting(url: str, run_id: str, sizes: Sizes, settings: dict[str, Any]) -> list[Scenario]:

@@ -118,7 +118,7 @@ class LocalCluster:
         A restart takes the port back when it is still free, so clients keep their URL.
         """
         for attempt in range(_PORT_ATTEMPTS):
-            port = self.port if attempt == 0 and self.port is not None else _free_port()
+            port = self.port if attempt == 0 and self.port is not None else free_port()
             result = self._pg_ctl("start", "-l", str(self.log_file), "-o", self._options(port))
             if result.returncode == 0:
                 self.port = port
@@ -259,7 +259,8 @@ def _account_name() -> str:
     return SERVER_USER if os.geteuid() == 0 else pwd.getpwuid(os.geteuid()).pw_name
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
         probe.bind((_ADDRESS, 0))
         port: int = probe.getsockname()[1]

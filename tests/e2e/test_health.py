@@ -18,6 +18,7 @@ import anyio
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from projector.localpg import free_port
 from tests.support.projecting import write_events
 
 PROJECTOR = [sys.executable, "-m", "projector"]
@@ -37,13 +38,6 @@ async def handle(stream_name: str, events: list[Event]) -> None:
 def workdir(tmp_path: Path) -> Path:
     (tmp_path / "shop_projections.py").write_text(textwrap.dedent(HANDLERS))
     return tmp_path
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def get(port: int, path: str) -> tuple[int, str]:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -21,7 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from projector import Projection
 from projector.database import connect
-from projector.localpg import LocalCluster
+from projector.localpg import LocalCluster, free_port
 from projector.settings import Settings
 from tests.support.failures import category_positions, eventually, message_store_on
 from tests.support.projecting import Recorder, run_projection, settings_for, write_events
@@ -34,13 +33,6 @@ Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def serving(url: str, **overrides: Any) -> Settings:
