@@ -1,0 +1,183 @@
+"""Two runners of one transactional projection working on the same stream at once (a zombie that
+lost its member, a successor started before its predecessor's last transaction ended), and
+commits whose outcome the runner never learns: each event is still applied exactly once.
+
+Each test drives `ExactlyOnce` (the span handler of a transactional runner) directly, so the
+interleaving that broke exactly-once under faults happens every time, not by chance.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import anyio
+import psycopg
+import pytest
+
+from projector import Event, Projection, write_message
+from projector.database import Connection, open_pool
+from projector.exactly_once import ExactlyOnce
+from projector.localpg import LocalCluster
+from projector.migrate import install_message_store, upgrade
+from projector.store import MessageStore
+from tests.support.balances import ADD, CREATE
+from tests.support.failures import eventually
+
+pytestmark = pytest.mark.anyio
+
+STREAM = "account-1"
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@asynccontextmanager
+async def runner(url: str, projection: Projection) -> AsyncIterator[ExactlyOnce]:
+    """One runner's transactional span handler, with a pool of its own."""
+    async with open_pool(url, max_size=4) as pool, ExactlyOnce(projection, pool, "g") as handler:
+        yield handler
+
+
+async def deposit(url: str, *amounts: int) -> list[Event]:
+    """Append deposits to STREAM; return all of its events."""
+    async with await psycopg.AsyncConnection.connect(url) as conn:
+        await conn.execute(CREATE)
+        for amount in amounts:
+            await write_message(conn, STREAM, "Deposited", {"amount": amount})
+        await conn.commit()
+    async with open_pool(url, max_size=1) as pool:
+        return await MessageStore(pool).read_stream(STREAM, 0, 100)
+
+
+def balance(url: str) -> int | None:
+    with psycopg.connect(url) as conn:
+        row = conn.execute("SELECT balance FROM balances WHERE account = %s", (STREAM,)).fetchone()
+    return None if row is None else int(row[0])
+
+
+def adding(*, paused: anyio.Event | None = None, wrote: anyio.Event | None = None) -> Projection:
+    """Adds each event's amount (not idempotent on its own, so a double application shows);
+    after its write, sets ``wrote`` and waits for ``paused`` to be set."""
+    projection = Projection("adding")
+
+    @projection.transactional
+    async def add(stream_name: str, events: list[Event], conn: Connection) -> None:
+        delta = sum(int(event.data["amount"]) for event in events)
+        await conn.execute(ADD, {"account": stream_name, "delta": delta})
+        if wrote is not None:
+            wrote.set()
+        if paused is not None:
+            await paused.wait()
+
+    return projection
+
+
+async def test_a_zombie_never_applies_what_its_successor_applied(own_store_url: str) -> None:
+    events = await deposit(own_store_url, 1, 10)
+    async with runner(own_store_url, adding()) as zombie:
+        assert await zombie.handle(STREAM, events[:1]) == 1
+        # The zombie loses its member; its successor reads the stream's position and goes on.
+        async with runner(own_store_url, adding()) as successor:
+            assert await successor.handle(STREAM, events) == 2
+        # The zombie wakes up and is given the event its successor applied.
+        assert await zombie.handle(STREAM, events[1:]) == 2
+
+    assert balance(own_store_url) == 11
+
+
+async def test_a_runner_started_beside_an_unfinished_transaction_never_applies_its_events_again(
+    own_store_url: str,
+) -> None:
+    # What a SIGKILL followed at once by a new runner does: the killed runner's last
+    # transaction is still open on the server, its write made, its position not yet recorded.
+    events = await deposit(own_store_url, 5)
+    release, wrote = anyio.Event(), anyio.Event()
+    async with (
+        runner(own_store_url, adding(paused=release, wrote=wrote)) as first,
+        runner(own_store_url, adding()) as second,
+        anyio.create_task_group() as tasks,
+    ):
+        tasks.start_soon(first.handle, STREAM, events)
+        await wrote.wait()
+        results: list[int] = []
+
+        async def second_call() -> None:
+            results.append(await second.handle(STREAM, events))
+
+        tasks.start_soon(second_call)
+        await eventually(lambda: _waits_for_a_lock(own_store_url), within=10)
+        release.set()
+
+    assert results == [1]
+    assert balance(own_store_url) == 5
+
+
+async def _waits_for_a_lock(url: str) -> bool:
+    async with await psycopg.AsyncConnection.connect(url) as conn:
+        cursor = await conn.execute(
+            "SELECT count(*) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND wait_event_type = 'Lock'"
+        )
+        row = await cursor.fetchone()
+    return row is not None and row[0] > 0
+
+
+@pytest.fixture
+def store_cluster(throwaway_cluster: LocalCluster) -> str:
+    """A server of the test's own (its settings are changed) with a store and projector's
+    tables in its ``postgres`` database."""
+    install_message_store(throwaway_cluster.url)
+    upgrade(throwaway_cluster.url)
+    return throwaway_cluster.url
+
+
+def _set_system(url: str, setting: str, value: str | None) -> None:
+    with psycopg.connect(url, autocommit=True) as conn:
+        if value is None:
+            conn.execute(f"ALTER SYSTEM RESET {setting}")
+        else:
+            conn.execute(f"ALTER SYSTEM SET {setting} = '{value}'")
+        conn.execute("SELECT pg_reload_conf()")
+
+
+@pytest.mark.parametrize("cut", ["handler_timeout", "terminated_session"])
+async def test_a_commit_whose_outcome_was_lost_is_not_applied_again(
+    store_cluster: str, cut: str
+) -> None:
+    # A synchronous standby that never answers keeps every COMMIT waiting after the
+    # transaction has committed locally: cutting the wait short (a cancelled call, or the
+    # session terminated) commits it, and the client is never told. (The test cluster turns
+    # synchronous_commit off; these sessions turn it back on.)
+    url = store_cluster + "?options=-c%20synchronous_commit%3Don"
+    events = await deposit(url, 3, 7)
+    async with runner(url, adding()) as handler:
+        assert await handler.handle(STREAM, events[:1]) == 1
+        _set_system(url, "synchronous_standby_names", "nobody")
+        try:
+            with anyio.move_on_after(1.0 if cut == "handler_timeout" else 30):
+                async with anyio.create_task_group() as tasks:
+                    tasks.start_soon(handler.handle, STREAM, events[1:])
+                    if cut == "terminated_session":
+                        await eventually(lambda: _terminate_waiting_commit(url), within=10)
+        except* psycopg.OperationalError:
+            pass  # the terminated session's call fails: the runner retries it
+        finally:
+            _set_system(url, "synchronous_standby_names", None)
+        assert balance(url) == 10  # committed, though the call never returned
+
+        assert await handler.handle(STREAM, events[1:]) == 2
+
+    assert balance(url) == 10
+
+
+async def _terminate_waiting_commit(url: str) -> bool:
+    async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+        cursor = await conn.execute(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+            " WHERE wait_event = 'SyncRep'"
+        )
+        row = await cursor.fetchone()
+    return row is not None and row[0] > 0
