@@ -22,12 +22,10 @@ from psycopg.waiting import Ready, Wait
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from projector.errors import DatabaseUnavailableError
-from projector.failures import RetryPolicy
+from projector.failures import RECONNECT
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
-# Reconnect attempts: quick at first (a restart takes seconds), then every few seconds.
-_RECONNECT = RetryPolicy(base=0.2, cap=5.0)
 
 # message_store goes last: Message DB's functions find each other there, while tables that
 # handlers create or use unqualified still land where the connection's own path says (public).
@@ -109,6 +107,61 @@ def unavailable(url: str, exc: Exception) -> DatabaseUnavailableError:
     )
 
 
+class Reconnecting:
+    """The retries of one operation through an outage: backoff between attempts, the outage's
+    ``limit`` (measured from the first failure since the last success), and the logs (action
+    ``reconnecting`` for each attempt, ``reconnected`` once it works again)."""
+
+    def __init__(
+        self, doing: str, *, limit: float, on_retry: Callable[[str], None] | None = None
+    ) -> None:
+        self._doing = doing
+        self._limit = limit
+        self._on_retry = on_retry
+        self._started: float | None = None
+        self._attempt = 0
+
+    async def failed(self, exc: Exception) -> None:
+        """Wait before the next attempt; raise DatabaseUnavailableError past the limit."""
+        doing, limit = self._doing, self._limit
+        now = anyio.current_time()
+        self._started = now if self._started is None else self._started
+        if now - self._started > limit:
+            raise DatabaseUnavailableError(
+                f"the database stayed unavailable for more than {limit:g} s while {doing} "
+                f"(outage_limit): {exc}"
+            ) from exc
+        self._attempt += 1
+        delay = RECONNECT.backoff(self._attempt)
+        if self._on_retry is not None:
+            self._on_retry(doing)
+        logger.warning(
+            "database unavailable while %s (attempt %d), retrying in %.1f s: %s",
+            doing,
+            self._attempt,
+            delay,
+            exc,
+            extra={
+                "action": "reconnecting",
+                "doing": doing,
+                "attempt": self._attempt,
+                "delay": round(delay, 3),
+            },
+        )
+        await anyio.sleep(delay)
+
+    def succeeded(self) -> None:
+        """The operation reached the database again: the outage, if any, is over."""
+        if self._attempt:
+            logger.info(
+                "database reachable again while %s after %d attempt(s)",
+                self._doing,
+                self._attempt,
+                extra={"action": "reconnected", "doing": self._doing, "attempts": self._attempt},
+            )
+        self._started, self._attempt = None, 0
+
+
 async def outlasting(
     operation: Callable[[], Awaitable[T]],
     *,
@@ -117,46 +170,15 @@ async def outlasting(
     on_retry: Callable[[str], None] | None = None,
 ) -> T:
     """Run ``operation``, retrying it with backoff while the database is unavailable, for up to
-    ``limit`` seconds of outage; each attempt is logged once (action ``reconnecting``)."""
-    started: float | None = None
-    attempt = 0
+    ``limit`` seconds of outage (see `Reconnecting`)."""
+    retries = Reconnecting(doing, limit=limit, on_retry=on_retry)
     while True:
         try:
             result = await operation()
         except DatabaseUnavailableError as exc:
-            now = anyio.current_time()
-            started = now if started is None else started
-            if now - started > limit:
-                raise DatabaseUnavailableError(
-                    f"the database stayed unavailable for more than {limit:g} s while {doing} "
-                    f"(outage_limit): {exc}"
-                ) from exc
-            attempt += 1
-            delay = _RECONNECT.backoff(attempt)
-            if on_retry is not None:
-                on_retry(doing)
-            logger.warning(
-                "database unavailable while %s (attempt %d), retrying in %.1f s: %s",
-                doing,
-                attempt,
-                delay,
-                exc,
-                extra={
-                    "action": "reconnecting",
-                    "doing": doing,
-                    "attempt": attempt,
-                    "delay": round(delay, 3),
-                },
-            )
-            await anyio.sleep(delay)
+            await retries.failed(exc)
             continue
-        if attempt:
-            logger.info(
-                "database reachable again while %s after %d attempt(s)",
-                doing,
-                attempt,
-                extra={"action": "reconnected", "doing": doing, "attempts": attempt},
-            )
+        retries.succeeded()
         return result
 
 
@@ -174,6 +196,20 @@ async def pooled(pool: Pool, *, doing: str) -> AsyncIterator[Connection]:
             yield conn
     except (psycopg.OperationalError, PoolTimeout) as exc:
         raise unavailable_during(doing, exc) from exc
+
+
+async def probe(url: str, *, connect_timeout: float) -> None:
+    """Raise DatabaseUnavailableError unless a new connection to ``url`` answers a query."""
+    try:
+        conn = await psycopg.AsyncConnection.connect(
+            url,
+            connect_timeout=max(1, math.ceil(connect_timeout)),
+            application_name="projector probe",
+        )
+        async with conn:
+            await conn.execute("SELECT 1")
+    except psycopg.OperationalError as exc:
+        raise unavailable(url, exc) from exc
 
 
 def connect_sync(url: str) -> psycopg.Connection[tuple[Any, ...]]:

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from typing import TypeVar
+
+E = TypeVar("E", bound=BaseException)
+
 
 class ProjectorError(Exception):
     """projector stopped because of a problem it can explain; the message says what to change."""
@@ -40,3 +44,16 @@ class WrongExpectedVersionError(MessageStoreError):
 
 class HandlerError(ProjectorError):
     """A projection handler raised; the message names the stream and the event."""
+
+
+def find_error(exc: BaseException, kind: type[E]) -> E | None:
+    """``exc`` if it is a ``kind``, else the first ``kind`` inside it when it is a task group's
+    exception group (however deeply nested); None when there is none."""
+    if isinstance(exc, kind):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            found = find_error(inner, kind)
+            if found is not None:
+                return found
+    return None

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import enum
 import random
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 _JITTER = random.Random()  # noqa: S311 (jitter, not secrets)
@@ -48,6 +49,14 @@ class Retry:
 
 
 @dataclass(frozen=True, slots=True)
+class RetryWhen:
+    """Offer the stream's events again as soon as ``ready()`` returns (the database is back);
+    the failure is not the stream's, so it does not count as an attempt."""
+
+    ready: Callable[[], Awaitable[None]]
+
+
+@dataclass(frozen=True, slots=True)
 class Park:
     """Set the stream aside (recorded by the runner) and let every other stream go on."""
 
@@ -61,7 +70,7 @@ class Stop:
     reason: str
 
 
-Decision = Retry | Park | Stop
+Decision = Retry | RetryWhen | Park | Stop
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,3 +101,7 @@ class RetryPolicy:
     def backoff(self, attempt: int, rng: random.Random | None = None) -> float:
         ceiling = min(self.cap, self.base * 2 ** (attempt - 1))
         return (rng or _JITTER).uniform(0, ceiling)
+
+
+# Lost connections: quick at first (a restart takes seconds), then every few seconds.
+RECONNECT = RetryPolicy(base=0.2, cap=5.0)

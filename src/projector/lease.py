@@ -1,11 +1,35 @@
-"""One runner per group member: a Postgres advisory lock held for the life of the process.
+"""One runner per group member: a Postgres advisory lock held by one session of the runner's.
 
 Why an advisory lock and not a lease table: the server releases a session's lock the moment the
 session ends, however the process died (kill -9 included, or a network cut once TCP notices),
-with no heartbeat writes, no expiry to tune and no clock to trust. A standby polls for the lock
-and takes over as soon as it is free. The price: the lock lives on one connection, which must be
-a real session (not a transaction-mode pooler such as PgBouncer's), and which projector also
-uses for its checkpoint commits, so a runner that lost its lock cannot commit a checkpoint.
+with no heartbeat writes and no clock to trust. A standby polls for the lock and takes over as
+soon as it is free. The price: the lock lives on one connection, which must be a real session
+(not a transaction-mode pooler such as PgBouncer's).
+
+A process that is alive but silent (stopped with SIGSTOP, frozen, cut off) keeps its session,
+and so its member, until the server ends the session: on PostgreSQL 14 and later the session
+sets ``idle_session_timeout`` to ``lease_timeout``, and the runner speaks on it every
+``lease_timeout / 4`` seconds at most, so a runner silent for longer than its lease loses it
+and a standby takes over. That is the lease timeout.
+
+What the lock guarantees, and what it does not, when another runner takes over the member at
+any instruction boundary (the zombie argument):
+
+- **Checkpoints** are loaded and committed on the lock's own session (see `checkpoints`). The
+  server runs a statement on a session only while that session exists, and releases the lock
+  only when it ends, so every checkpoint commit it executes was made by the lock's holder at
+  that moment, and a successor (which can only take the lock after that session ended) loads
+  everything its predecessor committed. A zombie's commits fail: its session is gone. A runner
+  that lost the session and takes the lock again on a new one commits only positions it
+  handled itself: at worst behind a successor's, which redelivers events (at least once),
+  never past an event nobody handled.
+- **Stream positions** of transactional projections are written on pool connections, not on
+  the lock's session, so the lock cannot fence them: between losing the session and noticing
+  (up to a watch interval), a zombie's calls go on. They are fenced by the stream's own row
+  instead (a compare-and-set, see `exactly_once`), which holds whatever the lock does. The
+  runner also drops every remembered position when the session is lost (`when_lost`).
+- **At-least-once handlers** of a zombie may run beside its successor's for the same stream
+  until the zombie notices: events are delivered twice, each process in stream order.
 """
 
 from __future__ import annotations
@@ -13,6 +37,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+from collections.abc import Callable
 from types import TracebackType
 from typing import Self
 
@@ -39,10 +64,13 @@ LIMIT 1
 """
 PING = "SELECT 1"
 UNLOCK = "SELECT pg_advisory_unlock(%(key)s)"
+SET_LEASE_TIMEOUT = "SELECT set_config('idle_session_timeout', %(ms)s, false)"
+IDLE_SESSION_TIMEOUT_SINCE = 140_000  # server_version_num of PostgreSQL 14
 
 DEFAULT_STANDBY_POLL = 1.0
 DEFAULT_WATCH_INTERVAL = 2.0
 DEFAULT_RELEASE_TIMEOUT = 5.0
+DEFAULT_LEASE_TIMEOUT = 30.0
 
 
 class MemberBusyError(ProjectorError):
@@ -103,13 +131,26 @@ class MemberLease:
         member: int = 0,
         size: int = 1,
         connect_timeout: float = database.DEFAULT_CONNECT_TIMEOUT,
+        lease_timeout: float = DEFAULT_LEASE_TIMEOUT,
     ) -> None:
         self._url = url
         self.group = group
         self.member = member
         self.name = member_name(group, member, size)
         self._connect_timeout = connect_timeout
+        self._lease_timeout = lease_timeout
         self._conn: Connection | None = None
+        self._on_lost: list[Callable[[], None]] = []
+
+    def when_lost(self, callback: Callable[[], None]) -> None:
+        """Call ``callback()`` whenever the lock's session is found broken (before taking the
+        lock again): whatever was learnt while holding it may have been changed since."""
+        self._on_lost.append(callback)
+
+    @property
+    def watch_interval(self) -> float:
+        """Seconds between checks of the session: well within the lease timeout."""
+        return min(DEFAULT_WATCH_INTERVAL, self._lease_timeout / 4)
 
     @property
     def connection(self) -> Connection:
@@ -128,6 +169,15 @@ class MemberLease:
             self._url, connect_timeout=self._connect_timeout, application_name=application
         )
         await conn.set_autocommit(True)
+        if conn.info.server_version >= IDLE_SESSION_TIMEOUT_SINCE:
+            try:
+                ms = str(max(1, round(self._lease_timeout * 1000)))
+                await conn.execute(SET_LEASE_TIMEOUT, {"ms": ms})
+            except psycopg.OperationalError as exc:
+                await conn.close()
+                raise database.unavailable_during(
+                    f"opening {self.name}'s lock session", exc
+                ) from exc
         return conn
 
     async def __aexit__(
@@ -176,21 +226,24 @@ class MemberLease:
             "%s acquired", self.name, extra={"action": "member_acquired", "member": self.name}
         )
 
-    async def watch(self, *, outage_limit: float, interval: float = DEFAULT_WATCH_INTERVAL) -> None:
-        """Check the lock's session every ``interval`` s; when it broke, take the lock again on a
-        new one (retrying for up to ``outage_limit`` s). Raise LeaseLostError if another runner
-        took the member meanwhile. Cancel to stop."""
+    async def watch(self, *, outage_limit: float) -> None:
+        """Check the lock's session every `watch_interval` s; when it broke, take the lock
+        again on a new one (retrying for up to ``outage_limit`` s). Raise LeaseLostError if
+        another runner took the member meanwhile. Cancel to stop."""
         while True:
-            await anyio.sleep(interval)
+            await anyio.sleep(self.watch_interval)
             try:
-                await self.connection.execute(PING)
-            except psycopg.OperationalError as exc:
+                with anyio.fail_after(self._lease_timeout):
+                    await self.connection.execute(PING)
+            except (psycopg.OperationalError, TimeoutError) as exc:
                 logger.warning(
                     "lost the session holding %s's lock: %s",
                     self.name,
-                    exc,
+                    database.first_line(exc),
                     extra={"action": "member_lock_lost", "member": self.name},
                 )
+                for callback in self._on_lost:
+                    callback()
                 await outlasting(
                     self._retake, doing=f"taking {self.name}'s lock again", limit=outage_limit
                 )

@@ -131,10 +131,11 @@ class LocalCluster:
             f"{_tail(result.stderr)} {self._log_tail()} (see {self.log_file})"
         )
 
-    def stop(self) -> None:
-        """Stop the server, cutting sessions short (``-m fast``); a stopped one is left so."""
+    def stop(self, *, mode: str = "fast") -> None:
+        """Stop the server, cutting sessions short (``-m fast``; ``immediate`` skips the clean
+        shutdown, as a crash would, and the next start recovers); a stopped one is left so."""
         if self.running_port() is not None:
-            result = self._pg_ctl("stop", "-m", "fast")
+            result = self._pg_ctl("stop", "-m", mode)
             if result.returncode != 0:
                 raise ConfigurationError(
                     f"pg_ctl could not stop the server in {self.data_dir}: {_tail(result.stderr)}"

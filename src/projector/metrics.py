@@ -98,6 +98,20 @@ class Metrics(Observer):
             registry=self.registry,
         )
         self._reconnects.labels(group)
+        self._outages = Counter(
+            "projector_database_outages",
+            "Outages of the database that handler calls waited for (see outage_started)",
+            ("group",),
+            registry=self.registry,
+        )
+        self._outages.labels(group)
+        self._outage_seconds = Counter(
+            "projector_database_outage_seconds",
+            "Seconds handler calls waited for the database, over all ended outages",
+            ("group",),
+            registry=self.registry,
+        )
+        self._outage_seconds.labels(group)
 
     def watch(self, state: RunnerState) -> None:
         """Report the gauges of a running pipeline from now on (once per runner)."""
@@ -120,6 +134,12 @@ class Metrics(Observer):
 
     def reconnecting(self, doing: str) -> None:
         self._reconnects.labels(self.group).inc()
+
+    def outage_started(self) -> None:
+        self._outages.labels(self.group).inc()
+
+    def outage_ended(self, seconds: float) -> None:
+        self._outage_seconds.labels(self.group).inc(seconds)
 
 
 class _Durations:

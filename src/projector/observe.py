@@ -27,6 +27,12 @@ class Observer:
     def reconnecting(self, doing: str) -> None:
         """A database operation failed for want of the database and will be tried again."""
 
+    def outage_started(self) -> None:
+        """Handler calls found projector's database away; they wait for it."""
+
+    def outage_ended(self, seconds: float) -> None:
+        """The database answers again after an outage of ``seconds``."""
+
     def call_hook(self) -> CallHook | None:
         """`handler_finished`, or None when this observer does not override it."""
         if type(self).handler_finished is Observer.handler_finished:
@@ -55,6 +61,14 @@ class Observers(Observer):
     def reconnecting(self, doing: str) -> None:
         for observer in self._observers:
             observer.reconnecting(doing)
+
+    def outage_started(self) -> None:
+        for observer in self._observers:
+            observer.outage_started()
+
+    def outage_ended(self, seconds: float) -> None:
+        for observer in self._observers:
+            observer.outage_ended(seconds)
 
     def call_hook(self) -> CallHook | None:
         if len(self._call_hooks) > 1:

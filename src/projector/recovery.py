@@ -13,7 +13,8 @@ import anyio
 
 from projector.errors import DatabaseUnavailableError
 from projector.events import Event
-from projector.failures import Decision, Park, Retry, RetryPolicy
+from projector.failures import RECONNECT, Decision, Park, Retry, RetryPolicy, RetryWhen
+from projector.outage import Outage, is_connection_error
 from projector.parked import ParkedStream, ParkedStreams
 from projector.sink import SpanHandler, StreamsSink
 from projector.store import MessageStore
@@ -38,6 +39,7 @@ class Recovery:
         parked: ParkedStreams,
         store: MessageStore,
         handle: SpanHandler,
+        outage: Outage,
         *,
         group: str,
         batch_size: int,
@@ -47,6 +49,7 @@ class Recovery:
         self._parked = parked
         self._store = store
         self._handle = handle
+        self._outage = outage
         self._group = group
         self._batch_size = batch_size
         self._handler_timeout = handler_timeout
@@ -54,7 +57,6 @@ class Recovery:
     async def on_failure(
         self, stream_name: str, events: list[Event], error: Exception, attempt: int
     ) -> Decision:
-        decision = self.policy.decide(error, attempt)
         fields = {
             "group": self._group,
             "stream": stream_name,
@@ -63,35 +65,80 @@ class Recovery:
             "attempt": attempt,
             "error": f"{type(error).__name__}: {error}",
         }
+        if is_connection_error(error):
+            return await self._connection_lost(stream_name, error, attempt, fields)
+        decision = self.policy.decide(error, attempt)
         if isinstance(decision, Retry):
-            logger.warning(
-                "%s failed (attempt %d), retrying in %.2f s: %r",
-                stream_name,
-                attempt,
-                decision.delay,
-                error,
-                extra={"action": "stream_retry_scheduled", "delay": decision.delay, **fields},
-            )
+            self._log_retry(stream_name, attempt, decision, error, fields)
         elif isinstance(decision, Park):
-            try:
-                await self._parked.park(stream_name, events, error, attempt)
-            except DatabaseUnavailableError as exc:
-                # Parking needs the database; until it is back, keep retrying the stream.
-                logger.warning(
-                    "%s could not be parked, retrying it instead: %s",
-                    stream_name,
-                    exc,
-                    extra={"action": "stream_retry_scheduled", "delay": self.policy.cap, **fields},
-                )
-                return Retry(self.policy.cap)
-            logger.error(
-                "%s parked at position %d: %s (`projector parked retry` replays it)",
+            return await self._park(stream_name, events, error, attempt, decision, fields)
+        return decision
+
+    async def _connection_lost(
+        self, stream_name: str, error: Exception, attempt: int, fields: dict[str, object]
+    ) -> Decision:
+        """Never the event's fault, so never parked: wait for the database when it is away
+        (see `outage`), else retry soon (the handler's own connection broke, or a service it
+        calls is away)."""
+        if await self._outage.confirm():
+            logger.debug(
+                "%s waits for the database: %r",
                 stream_name,
-                events[0].position,
-                decision.reason,
-                exc_info=error,
-                extra={"action": "stream_parked", **fields},
+                error,
+                extra={"action": "stream_waiting_for_database", **fields},
             )
+            return RetryWhen(self._outage.wait_until_back)
+        decision = Retry(RECONNECT.backoff(attempt))
+        self._log_retry(stream_name, attempt, decision, error, fields)
+        return decision
+
+    def _log_retry(
+        self,
+        stream_name: str,
+        attempt: int,
+        decision: Retry,
+        error: Exception,
+        fields: dict[str, object],
+    ) -> None:
+        logger.warning(
+            "%s failed (attempt %d), retrying in %.2f s: %r",
+            stream_name,
+            attempt,
+            decision.delay,
+            error,
+            extra={"action": "stream_retry_scheduled", "delay": decision.delay, **fields},
+        )
+
+    async def _park(
+        self,
+        stream_name: str,
+        events: list[Event],
+        error: Exception,
+        attempt: int,
+        decision: Park,
+        fields: dict[str, object],
+    ) -> Decision:
+        try:
+            await self._parked.park(stream_name, events, error, attempt)
+        except DatabaseUnavailableError as exc:
+            # Parking needs the database: the stream is tried once more when it is back.
+            logger.warning(
+                "%s could not be parked, retrying it instead: %s",
+                stream_name,
+                exc,
+                extra={"action": "stream_retry_scheduled", **fields},
+            )
+            if await self._outage.confirm():
+                return RetryWhen(self._outage.wait_until_back)
+            return Retry(RECONNECT.backoff(attempt))
+        logger.error(
+            "%s parked at position %d: %s (`projector parked retry` replays it)",
+            stream_name,
+            events[0].position,
+            decision.reason,
+            exc_info=error,
+            extra={"action": "stream_parked", **fields},
+        )
         return decision
 
     async def serve_retries(self, sink: StreamsSink) -> None:

@@ -22,18 +22,25 @@ from dataclasses import dataclass
 from functools import partial
 
 import anyio
+import psycopg
 from anyio.abc import TaskGroup
 
 from projector import checkpoints, database, groups, member_index, notify
 from projector.checkpoints import DEFAULT_FLUSH_TIMEOUT, Checkpoints, CheckpointWriter
-from projector.database import Pool
+from projector.database import Pool, Reconnecting
 from projector.dependencies import DependencyGate, UpstreamMeter
-from projector.errors import ConfigurationError, ProjectorError
+from projector.errors import (
+    ConfigurationError,
+    DatabaseUnavailableError,
+    ProjectorError,
+    find_error,
+)
 from projector.exactly_once import ExactlyOnce
 from projector.health import State
 from projector.lane import Lane
-from projector.lease import MemberLease, member_name
+from projector.lease import LeaseLostError, MemberLease, member_name
 from projector.metrics import RunnerState
+from projector.outage import PROBE_TIMEOUT, Outage
 from projector.parked import ParkedStreams
 from projector.projection import Projection
 from projector.recovery import Recovery
@@ -56,9 +63,14 @@ class Parts:
     writer: CheckpointWriter
     lease: MemberLease
     recovery: Recovery
+    outage: Outage
     watchers: Watchers
     handle: SpanHandler
     gate: DependencyGate | None
+
+
+class _StartCutShort(DatabaseUnavailableError):
+    """The database went away while a runner was starting (or waiting as a standby)."""
 
 
 class Runner:
@@ -86,7 +98,15 @@ class Runner:
             )
 
     async def run(self) -> None:
-        """Project until cancelled (or, with ``until_caught_up``, until caught up)."""
+        """Project until cancelled (or, with ``until_caught_up``, until caught up).
+
+        The pool, the schema check and the metrics endpoint come first, once: a database that
+        cannot be reached at all, or lacks projector's tables, ends the run at once with its
+        error. After that, a start cut short by the database going away (a standby's wait
+        included) starts again, for up to ``outage_limit``; and a runner whose member another
+        runner took while the database was away goes back to waiting as its standby (unless
+        ``no_standby``). How the projecting ends is `_project`'s business.
+        """
         settings = self.settings
         async with AsyncExitStack() as stack:
             pool = await stack.enter_async_context(
@@ -101,48 +121,111 @@ class Runner:
             name = member_name(self.group, settings.member, settings.group_size)
             watchers = Watchers.for_run(settings, name)
             await watchers.serve_endpoint(stack, settings)
-            lease = await stack.enter_async_context(
-                MemberLease(
-                    self.database_url,
-                    self.group,
-                    member=settings.member,
-                    size=settings.group_size,
-                    connect_timeout=settings.connect_timeout,
-                )
+            retries = Reconnecting(
+                f"starting {name}",
+                limit=settings.outage_limit,
+                on_retry=watchers.observer.reconnecting,
             )
-            writer = await self._checkpoint_writer(store, lease)
-            if settings.group_size > 1:
-                await member_index.report(pool, size=settings.group_size, member=name)
-            parked = ParkedStreams(
-                pool, self.group, member=settings.member, size=settings.group_size
-            )
-            handle = await self._span_handler(stack, pool)
-            recovery = Recovery(
-                retry_policy(settings, self.projection.retry),
-                parked,
-                store,
-                handle,
-                group=writer.name,
-                batch_size=settings.batch_size,
-                handler_timeout=settings.handler_timeout,
-            )
-            gate = self._dependency_gate(pool, watchers, writer.name)
-            parts = Parts(pool, store, writer, lease, recovery, watchers, handle, gate)
+            while True:
+                try:
+                    if not await self._attempt(pool, store, watchers, retries.succeeded):
+                        return
+                except _StartCutShort as exc:
+                    await retries.failed(exc)
+
+    async def _attempt(
+        self, pool: Pool, store: MessageStore, watchers: Watchers, connected: Callable[[], None]
+    ) -> bool:
+        """Take the member and project; True when another runner took the member over. Calls
+        ``connected()`` once the lock's session is open (a standby may wait long after)."""
+        failure: DatabaseUnavailableError | None = None
+        async with AsyncExitStack() as stack:
             try:
-                await self._project(parts, await parked.owned())
-            except BaseException:
-                await self._final_flush(writer, failing=True)
-                raise
-            await self._final_flush(writer, failing=False)
+                parts, parked = await self._start(stack, pool, store, watchers, connected)
+            except DatabaseUnavailableError as exc:
+                failure = exc  # raised once the stack is closed, outside its task groups
+            else:
+                return await self._project_and_flush(parts, parked)
+        raise _StartCutShort(str(failure)) from failure
+
+    async def _start(
+        self,
+        stack: AsyncExitStack,
+        pool: Pool,
+        store: MessageStore,
+        watchers: Watchers,
+        connected: Callable[[], None],
+    ) -> tuple[Parts, frozenset[str]]:
+        """Everything before the first read: the member's lock, the checkpoints, the parked
+        streams, the span handler. Nothing is handled yet, so all of it can be done again."""
+        settings = self.settings
+        lease = await stack.enter_async_context(
+            MemberLease(
+                self.database_url,
+                self.group,
+                member=settings.member,
+                size=settings.group_size,
+                connect_timeout=settings.connect_timeout,
+                lease_timeout=settings.lease_timeout,
+            )
+        )
+        connected()
+        writer = await self._checkpoint_writer(store, lease)
+        if settings.group_size > 1:
+            await member_index.report(pool, size=settings.group_size, member=writer.name)
+        parked = ParkedStreams(pool, self.group, member=settings.member, size=settings.group_size)
+        handle = await self._span_handler(stack, pool, lease)
+        outage = Outage(
+            partial(database.probe, self.database_url, connect_timeout=PROBE_TIMEOUT),
+            limit=settings.outage_limit,
+            observer=watchers.observer,
+        )
+        recovery = Recovery(
+            retry_policy(settings, self.projection.retry),
+            parked,
+            store,
+            handle,
+            outage,
+            group=writer.name,
+            batch_size=settings.batch_size,
+            handler_timeout=settings.handler_timeout,
+        )
+        gate = self._dependency_gate(pool, watchers, writer.name)
+        parts = Parts(pool, store, writer, lease, recovery, outage, watchers, handle, gate)
+        return parts, await parked.owned()
+
+    async def _project_and_flush(self, parts: Parts, parked: frozenset[str]) -> bool:
+        """Project, then commit the checkpoint a last time; True when the member was lost to
+        another runner (nothing is committed then: the lock's session is gone)."""
+        try:
+            await self._project(parts, parked)
+        except BaseException as exc:
+            lost = find_error(exc, LeaseLostError)
+            if lost is not None and not self.settings.no_standby:
+                logger.warning(
+                    "%s: %s; waiting as its standby again",
+                    parts.writer.name,
+                    lost,
+                    extra={"action": "member_taken_over", "member": parts.writer.name},
+                )
+                return True
+            if lost is None:
+                await self._final_flush(parts.writer, failing=True)
+            raise
+        await self._final_flush(parts.writer, failing=False)
+        return False
 
     def _pool_size(self) -> int:
         """Transactional handlers each hold a pool connection for their call."""
         extra = self.settings.max_concurrent_streams if self.projection.is_transactional else 0
         return self.settings.pool_size + extra
 
-    async def _span_handler(self, stack: AsyncExitStack, pool: Pool) -> SpanHandler:
+    async def _span_handler(
+        self, stack: AsyncExitStack, pool: Pool, lease: MemberLease
+    ) -> SpanHandler:
         if self.projection.is_transactional:
             exactly_once = ExactlyOnce(self.projection, pool, self.group)
+            lease.when_lost(exactly_once.forget)
             return (await stack.enter_async_context(exactly_once)).handle
         return self.projection.handle
 
@@ -166,19 +249,23 @@ class Runner:
         The size check and a new member's first checkpoints are one transaction under the
         group's start lock, so members started with different sizes cannot both pass it."""
         settings = self.settings
-        await checkpoints.check_schema(lease.connection)
-        await lease.acquire(standby=not settings.no_standby)
         member_checkpoints = Checkpoints(
             lambda: lease.connection, self.group, member=settings.member, size=settings.group_size
         )
         writer = CheckpointWriter(member_checkpoints, interval=settings.checkpoint_interval)
-        conn = lease.connection
-        async with conn.transaction():
-            await conn.execute(groups.LOCK_GROUP_START, {"key": groups.group_start_key(self.group)})
-            await groups.check_size(conn, self.group, settings.group_size)
-            for category in self.categories:
-                position = await self._start_position(store, member_checkpoints, category)
-                writer.start_at(category, position)
+        try:
+            await checkpoints.check_schema(lease.connection)
+            await lease.acquire(standby=not settings.no_standby)
+            conn = lease.connection
+            async with conn.transaction():
+                key = {"key": groups.group_start_key(self.group)}
+                await conn.execute(groups.LOCK_GROUP_START, key)
+                await groups.check_size(conn, self.group, settings.group_size)
+                for category in self.categories:
+                    position = await self._start_position(store, member_checkpoints, category)
+                    writer.start_at(category, position)
+        except psycopg.OperationalError as exc:
+            raise database.unavailable_during(f"starting {writer.name}", exc) from exc
         return writer
 
     async def _final_flush(self, writer: CheckpointWriter, *, failing: bool) -> None:
@@ -251,6 +338,7 @@ class Runner:
                 name="projector-lease-watch",
             )
             tasks.start_soon(recovery.serve_retries, sink, name="projector-parked-retries")
+            tasks.start_soon(parts.outage.watch, name="projector-outage-watch")
             tasks.start_soon(
                 partial(recovery.report_stuck, sink, stuck_after=settings.stuck_after),
                 name="projector-stuck-report",

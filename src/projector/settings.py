@@ -104,6 +104,13 @@ class Settings(BaseSettings):
     outage_limit: float = Field(
         300.0, gt=0, description="seconds the database may stay unreachable before projector exits"
     )
+    lease_timeout: float = Field(
+        30.0,
+        ge=1,
+        le=3600,
+        description="seconds a silent runner (paused, frozen, cut off) keeps its member before "
+        "the server drops its lock and a standby takes over (PostgreSQL 14+)",
+    )
     pool_size: int = Field(
         4, ge=1, le=1_000, description="most database connections projector itself opens"
     )

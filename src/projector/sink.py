@@ -15,9 +15,10 @@ A stream's state is forgotten as soon as no buffered event and no incomplete bat
 memory follows what is in flight, not how many streams exist.
 
 A failed call is the business of that stream alone: ``on_failure`` decides (see `failures`)
-whether it is retried after a delay (its batches, and so the checkpoint, wait; other streams go
-on until read-ahead is full), parked (its events, now and later, are dropped and its batches
-released, until `hold` and `release` bring it back) or the run stops.
+whether it is retried after a delay or once something is ready (its batches, and so the
+checkpoint, wait; other streams go on until read-ahead is full), parked (its events, now and
+later, are dropped and its batches released, until `hold` and `release` bring it back) or the
+run stops.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from __future__ import annotations
 import time
 from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable, Sequence
+from functools import partial
 from types import TracebackType
 from typing import Self
 
@@ -34,7 +36,7 @@ from anyio.abc import TaskGroup
 
 from projector.errors import HandlerError
 from projector.events import Event
-from projector.failures import Decision, HandlerTimeout, Park, Retry, Stop
+from projector.failures import Decision, HandlerTimeout, Park, Retry, RetryWhen, Stop
 from projector.lane import Batch, Lane
 from projector.observe import NO_OBSERVER, Observer
 from projector.spans import StreamState, TroubledStream, in_order, merge
@@ -327,7 +329,7 @@ class StreamsSink:
         if self._call_hook is not None:
             self._call_hook(stream.name, len(events), time.monotonic() - started, None)
         self._handled += len(events)
-        if stream.failures:
+        if stream.failing_since is not None:
             stream.failures, stream.failing_since = 0, None
         if stream.buffer or next_position != events[-1].position + 1:
             self._settle(stream, events, next_position)
@@ -359,6 +361,9 @@ class StreamsSink:
         decision = await self._on_failure(stream.name, events, error, stream.failures)
         if isinstance(decision, Retry):
             self._requeue_after(stream, decision.delay)
+        elif isinstance(decision, RetryWhen):
+            stream.failures -= 1  # not the stream's failure: its backoff stays where it was
+            self._requeue_when(stream, decision.ready)
         elif isinstance(decision, Park):
             self._park(stream)
         else:
@@ -390,13 +395,18 @@ class StreamsSink:
                 self._skip_hints.popitem(last=False)
 
     def _requeue_after(self, stream: StreamState, delay: float) -> None:
+        self._requeue_when(stream, partial(anyio.sleep, delay))
+
+    def _requeue_when(self, stream: StreamState, ready: Callable[[], Awaitable[object]]) -> None:
         # Marked queued meanwhile, so that new events for the stream do not run it early.
         stream.queued = True
         assert self._task_group is not None
-        self._task_group.start_soon(self._requeue_later, stream, delay, name="projector-requeue")
+        self._task_group.start_soon(self._requeue_later, stream, ready, name="projector-requeue")
 
-    async def _requeue_later(self, stream: StreamState, delay: float) -> None:
-        await anyio.sleep(delay)
+    async def _requeue_later(
+        self, stream: StreamState, ready: Callable[[], Awaitable[object]]
+    ) -> None:
+        await ready()
         stream.queued = False
         self._enqueue(stream)
 

@@ -192,7 +192,7 @@ class MessageStore:
 
     async def category_head(self, category: str) -> int | None:
         """The last global position written to ``category``, or None when it is empty."""
-        async with self._pool.connection() as conn:
+        async with database.pooled(self._pool, doing=f"finding the head of {category}") as conn:
             row = await (await conn.execute(CATEGORY_HEAD, {"category": category})).fetchone()
         return None if row is None else int(row[0])
 

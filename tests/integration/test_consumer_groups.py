@@ -3,6 +3,7 @@ each with checkpoints of its own, and a group changes size without losing an eve
 
 from __future__ import annotations
 
+import logging
 import random
 import string
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -294,6 +295,7 @@ async def test_a_runner_that_lost_its_member_to_another_runner_commits_no_checkp
         own_store_url,
         categories=(CATEGORY,),
         until_caught_up=False,
+        no_standby=True,
         checkpoint_interval=3600,  # only the stop itself would commit
     )
 
@@ -304,6 +306,43 @@ async def test_a_runner_that_lost_its_member_to_another_runner_commits_no_checkp
         # past the start position it wrote when it began (the beginning of the category).
         assert raised.group_contains(LeaseLostError, depth=None)
         assert await checkpoint(own_store_url, GROUP, CATEGORY) == 1
+
+
+async def test_a_runner_that_lost_its_member_waits_as_its_standby_and_takes_it_back_when_free(
+    own_store_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="projector")
+
+    def logged(action: str) -> int:
+        return sum(getattr(record, "action", None) == action for record in caplog.records)
+
+    streams = _streams(0, 20)
+    await write_events(own_store_url, streams)
+    recorder = Recorder()
+    settings = settings_for(
+        own_store_url, categories=(CATEGORY,), until_caught_up=False, checkpoint_interval=3600
+    )
+
+    with anyio.fail_after(60):
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(run_projection, recorder.projection(), settings)
+            await recorder.wait_until_handled(sum(streams.values()))
+            async with _connection(own_store_url) as other:
+                await _take_over_member(other, GROUP, 0)
+                # Taken over: it commits nothing, and waits as the member's standby.
+                await eventually(partial(_async, lambda: logged("standby_waiting") == 1))
+                assert logged("member_taken_over") == 1
+                assert await checkpoint(own_store_url, GROUP, CATEGORY) == 1
+            # The other runner is gone: it takes the member back and projects new events.
+            more = _streams(20, 5)
+            await write_events(own_store_url, more)
+            await recorder.wait_until_handled(sum(streams.values()) + sum(more.values()))
+            assert logged("member_acquired") == 2
+            tasks.cancel_scope.cancel()
+
+
+async def _async(condition: Callable[[], bool]) -> bool:
+    return condition()
 
 
 async def _run_until_taken_over(

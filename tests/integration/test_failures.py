@@ -6,14 +6,15 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from itertools import pairwise
 
 import anyio
+import psycopg
 import pytest
 
-from projector import failures, parked, recovery
+from projector import Event, failures, lease, parked, recovery
 from projector.database import connect
 from projector.errors import ConfigurationError, DatabaseUnavailableError, HandlerError
 from projector.localpg import LocalCluster
@@ -458,6 +459,161 @@ async def test_a_transactional_projector_outlives_a_restart_and_applies_each_eve
         assert ended == []
 
     assert await parked_streams(url, "balances") == []
+
+
+class OwnConnectionWriter:
+    """A handler that writes each event over a connection of its own to the same database,
+    and opens a new one on its next call after an OperationalError (as users write them)."""
+
+    def __init__(self, url: str) -> None:
+        self._url = url
+        self._conn: psycopg.AsyncConnection[tuple[object, ...]] | None = None
+
+    def projection(self) -> Projection:
+        projection = Projection("writer")
+
+        @projection.handler
+        async def handle(stream_name: str, events: list[Event]) -> None:
+            try:
+                if self._conn is None:
+                    self._conn = await psycopg.AsyncConnection.connect(
+                        self._url, autocommit=True, connect_timeout=2
+                    )
+                for event in events:
+                    await self._conn.execute(
+                        "INSERT INTO written VALUES (%s, %s) ON CONFLICT DO NOTHING",
+                        (stream_name, event.position),
+                    )
+            except psycopg.OperationalError:
+                self._conn = None
+                raise
+
+        return projection
+
+    async def written(self) -> int:
+        async with await psycopg.AsyncConnection.connect(self._url) as conn:
+            row = await (await conn.execute("SELECT count(*) FROM written")).fetchone()
+        assert row is not None
+        return int(row[0])
+
+
+async def test_streams_failing_through_a_database_restart_resume_at_once_and_none_is_parked(
+    throwaway_cluster: LocalCluster, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Failures counted as attempts would park every stream (two attempts allowed), or leave
+    # them waiting out retry delays of up to a minute after the restart.
+    caplog.set_level(logging.INFO, logger="projector")
+    url = message_store_on(throwaway_cluster)
+    async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+        await conn.execute(
+            "CREATE TABLE written (stream text, position bigint, PRIMARY KEY (stream, position))"
+        )
+    before = {f"account-{i}": 10 for i in range(300)}
+    after = {f"account-{i}": 10 for i in range(300, 600)}
+    writer = OwnConnectionWriter(url)
+    settings = settings_for(
+        url,
+        categories=("account",),
+        group="writer",
+        until_caught_up=False,
+        tail_sleep=0.1,
+        connect_timeout=2,
+        outage_limit=60,
+        retry_base=30,
+        retry_cap=60,
+        retry_max_attempts=2,
+    )
+    async with running(writer.projection(), settings) as ended:
+        await write_events(url, before)
+        await eventually(lambda: _some(writer.written), within=20)
+        await anyio.to_thread.run_sync(throwaway_cluster.stop)
+        await anyio.sleep(3)
+        await anyio.to_thread.run_sync(throwaway_cluster.start)
+        await write_events(url, after)
+        await eventually(lambda: _all(writer.written, 6000), within=20)
+        assert ended == []
+
+    assert await parked_streams(url, "writer") == []
+    actions = [getattr(record, "action", None) for record in caplog.records]
+    assert "outage_started" in actions
+    assert "outage_ended" in actions
+    assert "stream_parked" not in actions
+
+
+async def _some(count: Callable[[], Awaitable[int]]) -> bool:
+    return await count() > 0
+
+
+async def _all(count: Callable[[], Awaitable[int]], expected: int) -> bool:
+    return await count() == expected
+
+
+async def test_a_hot_standby_rides_out_a_restart_and_its_terminated_session_then_takes_over(
+    throwaway_cluster: LocalCluster,
+) -> None:
+    url = message_store_on(throwaway_cluster)
+    await write_events(url, {f"account-{i}": 2 for i in range(20)})
+    recorder = Recorder()
+    settings = settings_for(
+        url, categories=("account",), until_caught_up=False, connect_timeout=2, outage_limit=60
+    )
+    ended: dict[str, str] = {}
+
+    async def run(name: str, scope: anyio.CancelScope) -> None:
+        with scope:
+            try:
+                await run_projection(recorder.projection(), settings)
+                ended[name] = "returned"
+            except Exception as exc:
+                ended[name] = repr(exc)
+
+    first = anyio.CancelScope()
+    with anyio.fail_after(90):
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(run, "first", first)
+            await eventually(lambda: recorder.handled == 40, within=20)
+            tasks.start_soon(run, "second", anyio.CancelScope())
+            await eventually(lambda: _member_sessions(url, 2), within=20)
+
+            await anyio.to_thread.run_sync(throwaway_cluster.stop)
+            await anyio.sleep(1)
+            await anyio.to_thread.run_sync(throwaway_cluster.start)
+            await eventually(lambda: _member_sessions(url, 2), within=30)
+            await _terminate_standby_session(url)
+            await eventually(lambda: _member_sessions(url, 2), within=30)
+            assert ended == {}
+
+            # One of them stops (whichever holds the member now): the other projects on.
+            first.cancel()
+            await write_events(url, {f"account-{i}": 2 for i in range(20, 30)})
+            await eventually(lambda: recorder.handled >= 60, within=30)
+            assert ended == {}
+            tasks.cancel_scope.cancel()
+
+
+async def _member_sessions(url: str, count: int) -> bool:
+    """Whether ``count`` runners of the recorder's member have a lock session open."""
+    conn = await connect(url)
+    async with conn:
+        cursor = await conn.execute(
+            "SELECT count(*) FROM pg_stat_activity"
+            " WHERE application_name LIKE 'projector recorder %'"
+        )
+        row = await cursor.fetchone()
+    return row is not None and row[0] == count
+
+
+async def _terminate_standby_session(url: str) -> None:
+    conn = await connect(url)
+    async with conn:
+        holder = await (await conn.execute(lease.HOLDER, lease.lock_ids("recorder", 0))).fetchone()
+        assert holder is not None
+        cursor = await conn.execute(
+            "SELECT pg_terminate_backend(pid, 5000) FROM pg_stat_activity"
+            " WHERE application_name LIKE 'projector recorder %%' AND pid <> %s",
+            (holder[2],),
+        )
+        assert await cursor.fetchall() == [(True,)]
 
 
 async def test_a_database_away_for_longer_than_the_outage_limit_stops_the_run(

@@ -20,7 +20,15 @@ import pytest
 
 from projector.errors import HandlerError
 from projector.events import Event
-from projector.failures import Decision, HandlerTimeout, Park, Retry, RetryPolicy, Stop
+from projector.failures import (
+    Decision,
+    HandlerTimeout,
+    Park,
+    Retry,
+    RetryPolicy,
+    RetryWhen,
+    Stop,
+)
 from projector.lane import Lane
 from projector.sink import StreamsSink
 
@@ -230,6 +238,29 @@ async def test_retries_follow_the_policys_backoff_and_reset_after_a_success() ->
         await lane.wait_empty()
     assert [f.attempt for f in decisions.seen] == [1, 2, 3, 4, 1]
     assert handler.handled("bad-1") == [0, 1]
+
+
+async def test_a_stream_told_to_wait_runs_again_once_ready_and_that_failure_is_not_an_attempt() -> (
+    None
+):
+    ready = anyio.Event()
+    handler = Handler(failing={"bad-1": 3})
+    # The first failure is the stream's own; the next ones come from an outage.
+    decisions = Decisions(
+        lambda error, attempt: Retry(0) if attempt == 1 else RetryWhen(ready.wait)
+    )
+    async with running_sink(handler, decisions) as sink:
+        lane = sink.lane("l")
+        await lane.submit([ev("bad-1", 0)], lambda: None)
+        await until(lambda: len(decisions.seen) == 2)
+        await settle()
+        assert len(handler.calls_of("bad-1")) == 2, "it ran again before it was ready"
+        ready.set()
+        await lane.wait_empty()
+        assert sink.troubled(longer_than=0) == []
+
+    assert [f.attempt for f in decisions.seen] == [1, 2, 2]
+    assert handler.handled("bad-1") == [0]
 
 
 # -- parking -------------------------------------------------------------------------------------

@@ -10,17 +10,19 @@ import sys
 from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from contextlib import contextmanager
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
 import click
-from rich.console import Console
 
 from projector import database, logs
 from projector.database import Connection
-from projector.errors import ConfigurationError, HandlerError, ProjectorError
+from projector.errors import ConfigurationError, HandlerError, ProjectorError, find_error
 from projector.runner import backend_options, serve
 from projector.settings import Settings, flag_for, load_settings
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 logger = logging.getLogger("projector")
 
@@ -41,6 +43,7 @@ RUN_SETTINGS = (
     "handler_timeout",
     "stuck_after",
     "outage_limit",
+    "lease_timeout",
     "batch_size",
     "tail_sleep",
     "max_concurrent_streams",
@@ -113,7 +116,7 @@ def reporting_errors() -> Iterator[None]:
     try:
         yield
     except (ProjectorError, BaseExceptionGroup) as exc:
-        error = projector_error(exc)
+        error = find_error(exc, ProjectorError)
         if error is None:
             raise
         if isinstance(error, HandlerError):
@@ -122,18 +125,6 @@ def reporting_errors() -> Iterator[None]:
             )
         click.echo(f"error: {error}", err=True)
         sys.exit(2 if isinstance(error, ConfigurationError) else 1)
-
-
-def projector_error(exc: BaseException) -> ProjectorError | None:
-    """The ProjectorError that ended a run, looking inside task groups' exception groups."""
-    if isinstance(exc, ProjectorError):
-        return exc
-    if isinstance(exc, BaseExceptionGroup):
-        for inner in exc.exceptions:
-            found = projector_error(inner)
-            if found is not None:
-                return found
-    return None
 
 
 async def on_connection(url: str, work: Callable[[Connection], Awaitable[T]]) -> T:
@@ -160,6 +151,8 @@ def json_line(row: Any) -> str:
 
 def console() -> Console:
     """Tables at full width when piped, where rich would otherwise assume 80 columns."""
+    from rich.console import Console  # only the commands that print tables need rich
+
     return Console() if sys.stdout.isatty() else Console(width=250)
 
 
