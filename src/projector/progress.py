@@ -10,19 +10,14 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
 
 import anyio
-from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TaskID,
-    TextColumn,
-    TimeRemainingColumn,
-)
 
 from projector.lag import LagReading
+
+if TYPE_CHECKING:
+    from rich.progress import Progress, TaskID
 
 REFRESH = 0.5  # seconds between redraws
 MEASURE_EVERY = 5  # redraws between lag measurements
@@ -39,6 +34,16 @@ class CatchUpProgress:
         self, measure: Callable[[], Awaitable[LagReading | None]], handled: Callable[[], int]
     ) -> None:
         """Draw until the lag is 0 (then remove the bar); cancel to stop earlier."""
+        # Imported here: only a terminal shows the bar, and a runner starts faster without rich.
+        from rich.console import Console
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeRemainingColumn,
+        )
+
         columns = (
             TextColumn("catching up"),
             BarColumn(),

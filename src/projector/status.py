@@ -10,17 +10,18 @@ import dataclasses
 import json
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 import psycopg
-from rich.console import JustifyMethod
-from rich.table import Table
-from rich.text import Text
 
 from projector import database, lease, store
 from projector.checkpoints import check_schema
 from projector.database import Connection
 from projector.events import validate_group
 from projector.groups import CheckpointRow, list_checkpoints
+
+if TYPE_CHECKING:
+    from rich.table import Table
 
 # Whether a row is one that member %(member)s of %(size)s reads (see store.py); a plain group
 # (size 1) reads every row of its category, id-less names included.
@@ -126,6 +127,11 @@ _NUMBERS = {"checkpoint", "head", "lag (events)"}
 
 
 def render(rows: list[MemberStatus], *, now: datetime | None = None) -> Table:
+    # Imported here: only the status command renders, and a runner starts faster without rich.
+    from rich.console import JustifyMethod
+    from rich.table import Table
+    from rich.text import Text
+
     """A table for people; ages are relative to ``now`` (default: this machine's clock)."""
     now = now or datetime.now(UTC)
     cells = [_cells(row, now) for row in rows]

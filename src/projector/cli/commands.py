@@ -10,7 +10,7 @@ from typing import Any
 import anyio
 import click
 
-from projector import demo, groups, logs, member_index, migrate, status, waiting
+from projector import groups, logs, member_index, status, waiting
 from projector import notify as notifications
 from projector.cli.options import (
     RUN_SETTINGS,
@@ -67,6 +67,8 @@ def migrate_command(
     message_store: bool, notify: bool, member_indexes: tuple[int, ...], **flags: Any
 ) -> None:
     """Create or upgrade projector's tables (and, on request, a message store)."""
+    from projector import migrate  # Alembic and SQLAlchemy: a third of a second to import
+
     with reporting_errors():
         settings = load_settings(**given(flags))
         logs.configure(settings.log_level)
@@ -95,6 +97,8 @@ def demo_command(events: int, accounts: int, **flags: Any) -> None:
 
     Without a database URL, runs projector's own local PostgreSQL cluster (kept between runs).
     """
+    from projector import demo, migrate
+
     with reporting_errors():
         settings = load_settings(**given(flags))
         logs.configure(settings.log_level)

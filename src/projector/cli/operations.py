@@ -8,7 +8,6 @@ from functools import partial
 from typing import Any
 
 import click
-from rich.table import Table
 
 from projector import groups
 from projector import parked as parked_streams
@@ -38,6 +37,8 @@ def checkpoints_list(group: str | None, as_json: bool, **flags: Any) -> None:
         for row in rows:
             click.echo(json_line(row))
         return
+    from rich.table import Table  # only printing a table needs rich
+
     table = Table("group", "member", "category", "position", "size", "last written", box=None)
     for row in rows:
         table.add_row(
@@ -103,6 +104,8 @@ def parked_list(group: str | None, as_json: bool, **flags: Any) -> None:
         for row in rows:
             click.echo(json_line(row))
         return
+    from rich.table import Table
+
     table = Table(
         "group",
         "stream",
