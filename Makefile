@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test faults lint bench clean
 
 $(BIN)/projector: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -17,6 +17,10 @@ demo: $(BIN)/projector
 # pytest exits 5 when it collected no test: that is a failure here, like any non-zero code.
 test: $(BIN)/projector
 	$(BIN)/pytest
+
+# The fault suite (tests/faults) for ten minutes; `make test` runs it for half a minute.
+faults: $(BIN)/projector
+	$(BIN)/pytest tests/faults --faults-duration 600
 
 lint: $(BIN)/projector
 	$(BIN)/ruff check .

@@ -25,6 +25,36 @@ from tests.support.postgres import (
 )
 
 STORE_KINDS = ("own", "messagedb")
+FAULT_REPORT = pytest.StashKey[list[str]]()
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("projector")
+    group.addoption(
+        "--faults-duration",
+        type=float,
+        default=35.0,
+        help="seconds of random faults in the fault suite (tests/faults); `make faults` runs 600",
+    )
+    group.addoption(
+        "--faults-seed",
+        type=int,
+        default=None,
+        help="the fault suite's random seed (default: a new one each run, printed)",
+    )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.stash[FAULT_REPORT] = []
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """The fault suite's figures, printed whether its test passed or failed."""
+    lines = terminalreporter.config.stash[FAULT_REPORT]
+    if lines:
+        terminalreporter.write_sep("-", "fault injection")
+        for line in lines:
+            terminalreporter.write_line(line)
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,2 @@
+"""Jepsen-style fault injection: real processes, a real server, random faults, and checks
+against an independent fold of the message store."""

@@ -1,0 +1,37 @@
+"""The fault suite's server, its options and its time limit."""
+
+from __future__ import annotations
+
+import pytest
+
+from projector.localpg import LocalCluster
+from tests.conftest import FAULT_REPORT
+from tests.faults.harness import Server
+from tests.support import messagedb
+from tests.support.postgres import Unavailable, give_up
+
+# Beyond the faults themselves: start-up, rebalances, the catch-up and the checks.
+OVERHEAD = 300.0
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    limit = 2 * float(config.getoption("--faults-duration")) + OVERHEAD
+    for item in items:
+        if item.path.parent.name == "faults":
+            item.add_marker(pytest.mark.timeout(limit))
+
+
+@pytest.fixture
+def fault_server(throwaway_cluster: LocalCluster, pytestconfig: pytest.Config) -> Server:
+    """A server of the suite's own (it is restarted) with Message DB 1.3.1 and the tables."""
+    try:
+        scripts = messagedb.database_scripts(pytestconfig.rootpath / ".cache" / "message-db")
+    except Unavailable as exc:
+        give_up(str(exc))
+    return Server.install(throwaway_cluster, scripts)
+
+
+@pytest.fixture
+def fault_report(pytestconfig: pytest.Config) -> list[str]:
+    """Lines printed at the end of the run, in the "fault injection" section."""
+    return pytestconfig.stash[FAULT_REPORT]

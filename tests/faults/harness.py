@@ -1,0 +1,515 @@
+"""The fault suite's parts: a server of its own with the real Message DB, writer processes,
+groups of runner processes (each member with a hot standby), random faults, and the checks
+against an independent fold of ``message_store.messages``.
+
+Everything here is a real process or a real server: runners are `projector run` commands,
+writers write with ``write_message``, faults are signals, ``pg_ctl`` and
+``pg_terminate_backend``, and a rebalance is `projector rebalance`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import psycopg
+
+from projector import lease
+from projector.events import consumer_group_member
+from projector.localpg import LocalCluster
+from projector.migrate import upgrade
+from tests.support import messagedb
+
+CATEGORIES = ("faultA", "faultB", "faultC")
+STREAMS_PER_CATEGORY = 200
+REFUSED_START = "error: cannot connect to the database"
+LEASE_TIMEOUT = 3.0  # seconds: short, so that a SIGSTOP outlasts it and a standby takes over
+ROOT = Path(__file__).resolve().parents[2]
+
+TABLES = """
+CREATE TABLE fault_totals (
+    stream text PRIMARY KEY,
+    total bigint NOT NULL,
+    applied bigint NOT NULL,
+    last_position bigint NOT NULL,
+    gaps int NOT NULL
+);
+CREATE TABLE fault_deliveries (
+    seq bigserial PRIMARY KEY,
+    stream text NOT NULL,
+    position bigint NOT NULL,
+    pid int NOT NULL
+);
+CREATE INDEX ON fault_deliveries (stream, position);
+"""
+
+FOLD = """
+SELECT stream_name, sum((data->>'n')::bigint), count(*), max(position)
+FROM message_store.messages
+WHERE category(stream_name) = ANY (%(categories)s)
+GROUP BY stream_name
+"""
+
+
+def connect(url: str) -> psycopg.Connection[tuple[Any, ...]]:
+    return psycopg.connect(
+        url,
+        autocommit=True,
+        connect_timeout=5,
+        application_name="fault-harness",
+        options="-c search_path=public,message_store",
+    )
+
+
+@dataclass
+class Server:
+    """A cluster of the suite's own (it is restarted), with one database holding Message DB
+    1.3.1, projector's tables and the read models."""
+
+    cluster: LocalCluster
+    url: str
+
+    @classmethod
+    def install(cls, cluster: LocalCluster, scripts: Path) -> Server:
+        with psycopg.connect(cluster.url, autocommit=True) as conn:
+            conn.execute("CREATE DATABASE faults")
+        url = urlunsplit(urlsplit(cluster.url)._replace(path="/faults"))
+        messagedb.install(url, scripts)
+        upgrade(url)
+        with connect(url) as conn:
+            conn.execute(TABLES.encode())
+        return cls(cluster, url)
+
+    def restart(self, mode: str, *, down_for: float) -> None:
+        self.cluster.stop(mode=mode)
+        time.sleep(down_for)
+        self.cluster.start()
+
+    def query(self, statement: str, params: dict[str, Any] | None = None) -> list[Any]:
+        """Rows of ``statement``, retried while the server is coming back."""
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                with connect(self.url) as conn:
+                    return conn.execute(statement, params).fetchall()
+            except psycopg.OperationalError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
+
+
+@dataclass
+class Process:
+    """One process the suite started, and whether the suite itself ended it."""
+
+    popen: subprocess.Popen[bytes]
+    log: Path
+    label: str
+    stopped_on_purpose: bool = False
+    paused: bool = False
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def signal(self, signum: signal.Signals) -> None:
+        if self.popen.poll() is None:
+            os.kill(self.popen.pid, signum)
+
+    def kill(self) -> None:
+        self.stopped_on_purpose = True
+        self.resume()
+        self.signal(signal.SIGKILL)
+        self.popen.wait(timeout=30)
+
+    def pause(self) -> None:
+        self.paused = True
+        self.signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        if self.paused:
+            self.paused = False
+            self.signal(signal.SIGCONT)
+
+    def stop(self, timeout: float = 30) -> None:
+        """SIGTERM: stop reading, finish running calls, commit, exit."""
+        self.stopped_on_purpose = True
+        self.resume()
+        self.signal(signal.SIGTERM)
+        try:
+            self.popen.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.popen.kill()
+            self.popen.wait()
+
+    def died_unasked(self) -> bool:
+        return self.popen.poll() is not None and not self.stopped_on_purpose
+
+    def log_tail(self, lines: int = 15) -> str:
+        text = self.log.read_text(errors="replace").splitlines()
+        return "\n".join(text[-lines:])
+
+
+@dataclass
+class Group:
+    """The runner processes of one group: two per member (one projects, one waits as its
+    hot standby). Killed runners are replaced at once, as a supervisor would."""
+
+    name: str
+    target: str
+    server: Server
+    logs: Path
+    size: int
+    processes: dict[int, list[Process]] = field(default_factory=dict)
+    retired: list[Process] = field(default_factory=list)
+    started: int = 0
+
+    def start(self) -> None:
+        for member in range(self.size):
+            self.processes[member] = [self._spawn(member), self._spawn(member)]
+
+    def _spawn(self, member: int) -> Process:
+        self.started += 1
+        log = self.logs / f"{self.name}-{self.size}-{member}-{self.started}.log"
+        command = [
+            *(sys.executable, "-m", "projector", "run", self.target, "--group", self.name),
+            *(arg for category in CATEGORIES for arg in ("--category", category)),
+            *("--member", str(member), "--group-size", str(self.size)),
+            *("--batch-size", "100", "--checkpoint-interval", "0.2", "--tail-sleep", "0.05"),
+            *("--lease-timeout", str(LEASE_TIMEOUT), "--connect-timeout", "2"),
+            *("--outage-limit", "300", "--retry-base", "0.05", "--retry-cap", "1"),
+            *("--log-format", "json", "--summary-interval", "0", "--no-progress"),
+        ]
+        env = {
+            **os.environ,
+            "PROJECTOR_DATABASE_URL": self.server.url,
+            "PYTHONPATH": str(ROOT),
+            "PYTHONFAULTHANDLER": "1",  # a runner that crashes in C says where
+        }
+        with log.open("wb") as out:
+            popen = subprocess.Popen(
+                command, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT
+            )
+        return Process(popen, log, f"{self.name} member {member}")
+
+    def all(self) -> list[Process]:
+        return [process for processes in self.processes.values() for process in processes]
+
+    def kill_and_replace(self, process: Process) -> None:
+        member = next(m for m, found in self.processes.items() if process in found)
+        process.kill()
+        self.retired.append(process)
+        self.processes[member] = [
+            *(p for p in self.processes[member] if p is not process),
+            self._spawn(member),
+        ]
+
+    def supervise(self) -> int:
+        """Start again, as a supervisor would, the runners that exited because the server
+        refused their first connection (it was restarting): by design a runner that cannot
+        connect at all says so and exits, and only one that connected rides out outages.
+        Returns how many were started again; any other exit is left for the checks."""
+        again = 0
+        for member, processes in self.processes.items():
+            for process in list(processes):
+                if process.died_unasked() and REFUSED_START in process.log_tail(3):
+                    process.stopped_on_purpose = True
+                    self.retired.append(process)
+                    processes[processes.index(process)] = self._spawn(member)
+                    again += 1
+        return again
+
+    def holder(self, member: int) -> Process | None:
+        """The process holding the member's lock now, if the suite knows it."""
+        rows = self.server.query(lease.HOLDER, lease.lock_ids(self.name, member))
+        if not rows:
+            return None
+        found = re.search(r"pid (\d+)", rows[0][0] or "")
+        pid = int(found.group(1)) if found else None
+        return next((p for p in self.processes[member] if p.pid == pid), None)
+
+    def resize(self, size: int) -> None:
+        """Kill every runner, rebalance the group to ``size``, start the new members."""
+        for process in self.all():
+            process.kill()
+            self.retired.append(process)
+        self.processes = {}
+        deadline = time.monotonic() + 30
+        # The killed runners' sessions, and their locks, end a moment after the processes:
+        # until then the rebalance refuses, naming the members still running.
+        while (result := _rebalance(self.server.url, self.name, size)).returncode != 0:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"rebalance of {self.name} failed: {result.stderr}")
+            time.sleep(0.5)
+        self.size = size
+        self.start()
+
+    def stop(self) -> None:
+        for process in self.all():
+            process.stop()
+
+    def unasked_exits(self) -> list[Process]:
+        return [p for p in [*self.retired, *self.all()] if p.died_unasked()]
+
+    def logged(self) -> Counter[str]:
+        """How often each ``action`` was logged, over every process the group ran."""
+        actions: Counter[str] = Counter()
+        for process in [*self.retired, *self.all()]:
+            for line in process.log.read_text(errors="replace").splitlines():
+                if line.startswith("{"):
+                    try:
+                        actions[json.loads(line).get("action", "")] += 1
+                    except json.JSONDecodeError:
+                        continue
+        return actions
+
+
+def _rebalance(url: str, group: str, size: int) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "projector", "rebalance", "--group", group, "--size", str(size)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PROJECTOR_DATABASE_URL": url},
+        cwd=ROOT,
+        check=False,
+        timeout=60,
+    )
+
+
+@dataclass
+class Writers:
+    """Writer processes appending to every category until stopped."""
+
+    server: Server
+    logs: Path
+    processes: list[Process] = field(default_factory=list)
+
+    def start(self, count: int, *, rate: float, seed: int) -> None:
+        for index in range(count):
+            log = self.logs / f"writer-{index}.log"
+            command = [
+                *(sys.executable, "-m", "tests.faults.writer", self.server.url),
+                *(str(seed * 100 + index), ",".join(CATEGORIES)),
+                *(str(STREAMS_PER_CATEGORY), str(rate)),
+            ]
+            with log.open("wb") as out:
+                popen = subprocess.Popen(
+                    command,
+                    cwd=ROOT,
+                    env={**os.environ, "PYTHONPATH": str(ROOT)},
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                )
+            self.processes.append(Process(popen, log, f"writer {index}"))
+
+    def stop(self) -> None:
+        """Stop every writer, and wait until the server has ended their sessions: a COMMIT
+        sent just before a writer stopped may still land, after which the store is final."""
+        for process in self.processes:
+            process.stop()
+        deadline = time.monotonic() + 30
+        while self.server.query(WRITER_SESSIONS)[0][0] > 0:
+            if time.monotonic() > deadline:
+                raise AssertionError("the writers' sessions did not end")
+            time.sleep(0.1)
+
+
+WRITER_SESSIONS = """
+SELECT count(*) FROM pg_stat_activity WHERE application_name = 'fault-writer'
+"""
+
+FAULT_WEIGHTS = {
+    "sigkill": 4,
+    "sigstop": 2,
+    "terminate": 3,
+    "restart_fast": 1,
+    "restart_immediate": 1,
+}
+
+RUNNER_SESSIONS = """
+SELECT pid FROM pg_stat_activity
+WHERE datname = current_database() AND backend_type = 'client backend'
+  AND (application_name = '' OR application_name LIKE 'projector%%'
+       OR application_name = 'fault-handler')
+  AND pid <> pg_backend_pid()
+"""
+
+
+@dataclass
+class Faults:
+    """Random faults against the runners and the server, from one seed, counted by kind."""
+
+    server: Server
+    groups: list[Group]
+    rng: random.Random
+    counts: Counter[str] = field(default_factory=Counter)
+    paused: list[tuple[Process, float]] = field(default_factory=list)
+    refused_starts: int = 0  # runners started again after the server refused them
+
+    def inject(self) -> str:
+        kinds = list(FAULT_WEIGHTS)
+        kind = self.rng.choices(kinds, weights=[FAULT_WEIGHTS[k] for k in kinds])[0]
+        getattr(self, f"_{kind}")()
+        self.counts[kind] += 1
+        return kind
+
+    def resume_due(self, *, everything: bool = False) -> None:
+        """SIGCONT the paused runners whose pause is over (or all of them)."""
+        now = time.monotonic()
+        for process, until in list(self.paused):
+            if everything or now >= until:
+                process.resume()
+                self.paused.remove((process, until))
+
+    def supervise(self) -> None:
+        self.refused_starts += sum(group.supervise() for group in self.groups)
+
+    def rebalance(self, size: int) -> None:
+        self.resume_due(everything=True)
+        for group in self.groups:
+            group.resize(size)
+        self.counts[f"rebalance_to_{size}"] += 1
+
+    def _sigkill(self) -> None:
+        group = self.rng.choice(self.groups)
+        process = self.rng.choice(group.all())
+        self.paused = [(p, until) for p, until in self.paused if p is not process]
+        group.kill_and_replace(process)
+
+    def _sigstop(self) -> None:
+        # The member's active runner, past its lease: its standby takes over while it sleeps,
+        # and it wakes up a zombie.
+        group = self.rng.choice(self.groups)
+        process = group.holder(self.rng.randrange(group.size))
+        if process is None or process.paused:
+            process = self.rng.choice(group.all())
+        if not process.paused:
+            process.pause()
+            self.paused.append(
+                (process, time.monotonic() + LEASE_TIMEOUT + self.rng.uniform(0.5, 2))
+            )
+
+    def _terminate(self) -> None:
+        pids = [row[0] for row in self.server.query(RUNNER_SESSIONS)]
+        for pid in self.rng.sample(pids, min(len(pids), self.rng.randint(1, 3))):
+            self.server.query("SELECT pg_terminate_backend(%(pid)s)", {"pid": pid})
+
+    def _restart_fast(self) -> None:
+        self.server.restart("fast", down_for=self.rng.uniform(0, 2))
+
+    def _restart_immediate(self) -> None:
+        self.server.restart("immediate", down_for=self.rng.uniform(0, 2))
+
+
+@dataclass(frozen=True)
+class Fold:
+    """Per stream, straight from message_store.messages: sum of n, events, last position."""
+
+    streams: dict[str, tuple[int, int, int]]
+
+    @classmethod
+    def of(cls, server: Server) -> Fold:
+        rows = server.query(FOLD, {"categories": list(CATEGORIES)})
+        return cls({name: (int(total), int(count), int(last)) for name, total, count, last in rows})
+
+    @property
+    def events(self) -> int:
+        return sum(count for _, count, _ in self.streams.values())
+
+
+def totals_caught_up(server: Server, fold: Fold) -> bool:
+    """Every stream of the fold applied up to its last event (rightly or not)."""
+    rows = server.query("SELECT stream, last_position FROM fault_totals")
+    last = dict(rows)
+    return all(last.get(name) == end for name, (_, _, end) in fold.streams.items())
+
+
+UNDELIVERED = """
+SELECT count(*) FROM message_store.messages m
+WHERE category(m.stream_name) = ANY (%(categories)s)
+  AND NOT EXISTS (SELECT FROM fault_deliveries d
+                  WHERE d.stream = m.stream_name AND d.position = m.position)
+"""
+
+
+def deliveries_caught_up(server: Server) -> bool:
+    return server.query(UNDELIVERED, {"categories": list(CATEGORIES)})[0][0] == 0
+
+
+def behind(server: Server, fold: Fold, *, size: int, limit: int = 5) -> list[str]:
+    """What is left unhandled, for the failure message: streams whose totals stop short of
+    their last event, and events never delivered; with the member of ``size`` owning each."""
+    last = dict(server.query("SELECT stream, last_position FROM fault_totals"))
+    found = [
+        f"totals: {name} (member {consumer_group_member(name, size)}) applied up to "
+        f"{last.get(name)} of {end}"
+        for name, (_, _, end) in sorted(fold.streams.items())
+        if last.get(name) != end
+    ][:limit]
+    rows = server.query(
+        UNDELIVERED.replace(
+            "SELECT count(*)", "SELECT m.stream_name, m.position, m.global_position"
+        )
+        + f" ORDER BY m.global_position LIMIT {limit}",
+        {"categories": list(CATEGORIES)},
+    )
+    found += [
+        f"deliveries: {name} position {position} (global {global_position}, member "
+        f"{consumer_group_member(name, size)}) never delivered"
+        for name, position, global_position in rows
+    ]
+    return found
+
+
+def totals_mismatches(server: Server, fold: Fold) -> list[str]:
+    """Streams whose totals differ from the fold, or that were applied with a gap."""
+    rows = server.query("SELECT stream, total, applied, last_position, gaps FROM fault_totals")
+    projected = {name: (int(t), int(a), int(last), int(g)) for name, t, a, last, g in rows}
+    wrong = []
+    for name, (total, count, last) in fold.streams.items():
+        found = projected.get(name)
+        if found != (total, count, last, 0):
+            wrong.append(f"{name}: projected {found}, folded {(total, count, last, 0)}")
+    return wrong
+
+
+def delivery_disorders(server: Server) -> list[str]:
+    """Events a process was given before every earlier event of their stream had been given to
+    some process: within one process a stream goes forward one position at a time, or back (a
+    redelivery), and jumps ahead only over events that others were given already (another
+    runner held the member meanwhile)."""
+    rows = server.query("SELECT pid, stream, position FROM fault_deliveries ORDER BY seq")
+    highest: dict[tuple[int, str], int] = {}
+    given: set[tuple[str, int]] = set()
+    disorders = []
+    for pid, stream, position in rows:
+        seen = highest.get((pid, stream), -1)
+        skipped = [p for p in range(seen + 1, position) if (stream, p) not in given]
+        if skipped:
+            disorders.append(f"{stream} in pid {pid}: {position} before {skipped}")
+        highest[(pid, stream)] = max(seen, position)
+        given.add((stream, position))
+    return disorders
+
+
+def redeliveries(server: Server) -> int:
+    rows = server.query(
+        "SELECT count(*) - count(DISTINCT (stream, position)) FROM fault_deliveries"
+    )
+    return int(rows[0][0])
+
+
+def parked(server: Server) -> list[str]:
+    rows = server.query("SELECT group_name, stream_name, error FROM projector.parked_streams")
+    return [f"{group} {stream}: {error}" for group, stream, error in rows]

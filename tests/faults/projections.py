@@ -1,0 +1,81 @@
+"""The two projections the fault suite runs, imported by `projector run` in each runner process.
+
+- ``totals`` (transactional): per stream, the sum of the events' ``n``, how many events were
+  applied, and the last position applied; a call whose first event is not the one after the
+  last applied counts a gap. Applying any event twice, or skipping one, shows in the totals.
+- ``deliveries`` (at least once): records every event of every call that returned, with the
+  process that handled it, over a connection of its own that it opens again after it broke.
+"""
+
+from __future__ import annotations
+
+import os
+
+import anyio
+import psycopg
+
+from projector import Event, Projection
+from projector.database import Connection
+
+ADD = """
+INSERT INTO fault_totals AS t (stream, total, applied, last_position, gaps)
+VALUES (%(stream)s, %(total)s, %(applied)s, %(last)s, %(gap)s)
+ON CONFLICT (stream) DO UPDATE
+SET total = t.total + EXCLUDED.total,
+    applied = t.applied + EXCLUDED.applied,
+    last_position = EXCLUDED.last_position,
+    gaps = t.gaps + (%(first)s <> t.last_position + 1)::int
+"""
+
+RECORD = """
+INSERT INTO fault_deliveries (stream, position, pid)
+SELECT %(stream)s, unnest(%(positions)s::bigint[]), %(pid)s
+"""
+
+totals = Projection("totals")
+
+
+@totals.transactional
+async def apply(stream_name: str, events: list[Event], conn: Connection) -> None:
+    first = events[0].position
+    await conn.execute(
+        ADD,
+        {
+            "stream": stream_name,
+            "total": sum(int(event.data["n"]) for event in events),
+            "applied": len(events),
+            "last": events[-1].position,
+            "first": first,
+            "gap": int(first != 0),  # counted when the stream's row is new
+        },
+    )
+
+
+deliveries = Projection("deliveries")
+_connection: psycopg.AsyncConnection[tuple[object, ...]] | None = None
+# One connection for the process's concurrent calls, used by one at a time: opened, used and
+# closed (after it broke) under the lock, so no call closes it while another waits on it.
+_lock = anyio.Lock()
+
+
+@deliveries.handler
+async def deliver(stream_name: str, events: list[Event]) -> None:
+    global _connection
+    positions = [event.position for event in events]
+    async with _lock:
+        try:
+            if _connection is None:
+                _connection = await psycopg.AsyncConnection.connect(
+                    os.environ["PROJECTOR_DATABASE_URL"],
+                    autocommit=True,
+                    connect_timeout=2,
+                    application_name="fault-handler",
+                )
+            await _connection.execute(
+                RECORD, {"stream": stream_name, "positions": positions, "pid": os.getpid()}
+            )
+        except psycopg.OperationalError:
+            broken, _connection = _connection, None
+            if broken is not None:
+                await broken.close()
+            raise

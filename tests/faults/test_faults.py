@@ -1,0 +1,137 @@
+"""Every delivery promise the README makes, tried under random faults with real processes.
+
+Three writer processes append to three categories with ``write_message``. Two groups project
+them, each of three members with a hot standby (six runner processes): ``totals``
+(transactional: exactly once) and ``deliveries`` (at least once). For ``--faults-duration``
+seconds, one fault every half second to two and a half: SIGKILL of a runner (replaced at
+once), SIGSTOP of a member's active runner for longer than its lease (its standby takes over,
+and it wakes up a zombie), ``pg_terminate_backend`` of runner sessions, ``pg_ctl restart`` in
+``fast`` and ``immediate`` mode; a third of the way through, both groups are rebalanced from 3
+to 2 members, and two thirds of the way, to 4. Then the writers stop, the groups catch up, and:
+
+- ``totals`` equals the fold of ``message_store.messages`` exactly: each stream's sum, number
+  of events applied and last position, with no call starting anywhere but the next event;
+- every event was delivered to ``deliveries`` at least once, and no process was given an event
+  before every earlier event of its stream had been given to some process;
+- nothing was parked, and no runner exited unless the suite stopped it.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from tests.faults.harness import (
+    Faults,
+    Fold,
+    Group,
+    Server,
+    Writers,
+    behind,
+    deliveries_caught_up,
+    delivery_disorders,
+    parked,
+    redeliveries,
+    totals_caught_up,
+    totals_mismatches,
+)
+
+WRITERS = 3
+WRITE_RATE = 100.0  # events per second per writer
+CATCH_UP_LIMIT = 180.0  # seconds after the last fault
+
+
+def test_no_event_is_lost_applied_twice_or_disordered_under_random_faults(
+    fault_server: Server, tmp_path: Path, pytestconfig: pytest.Config, fault_report: list[str]
+) -> None:
+    duration = float(pytestconfig.getoption("--faults-duration"))
+    seed = pytestconfig.getoption("--faults-seed")
+    seed = random.SystemRandom().randrange(10**6) if seed is None else int(seed)
+    rng = random.Random(seed)
+    server = fault_server
+    groups = [
+        Group("totals", "tests.faults.projections:totals", server, tmp_path, size=3),
+        Group("deliveries", "tests.faults.projections:deliveries", server, tmp_path, size=3),
+    ]
+    writers = Writers(server, tmp_path)
+    faults = Faults(server, groups, rng)
+    rebalances = [(duration / 3, 2), (2 * duration / 3, 4)]
+    fault_report.append(f"seed {seed} (--faults-seed {seed} repeats the choices), {duration:g} s")
+    try:
+        writers.start(WRITERS, rate=WRITE_RATE, seed=seed)
+        for group in groups:
+            group.start()
+        started = time.monotonic()
+        while (elapsed := time.monotonic() - started) < duration:
+            time.sleep(rng.uniform(0.5, 2.5))
+            faults.resume_due()
+            faults.supervise()
+            if rebalances and elapsed >= rebalances[0][0]:
+                faults.rebalance(rebalances.pop(0)[1])
+            else:
+                faults.inject()
+        faults.resume_due(everything=True)
+        last_fault = time.monotonic()
+        writers.stop()
+        fold = Fold.of(server)
+
+        def all_handled() -> bool:
+            faults.supervise()
+            return totals_caught_up(server, fold) and deliveries_caught_up(server)
+
+        caught_up = _wait_for(all_handled, within=CATCH_UP_LIMIT)
+        catch_up = time.monotonic() - last_fault
+        left = [] if caught_up else behind(server, fold, size=groups[0].size)
+        unasked = [process for group in groups for process in group.unasked_exits()]
+        for group in groups:
+            group.stop()
+    finally:
+        faults.resume_due(everything=True)
+        for group in groups:
+            group.stop()
+        writers.stop()
+
+    actions: Counter[str] = Counter()
+    for group in groups:
+        actions.update(group.logged())
+    fault_report.extend(
+        [
+            f"events written: {fold.events} in {len(fold.streams)} streams",
+            "faults: "
+            + ", ".join(f"{kind} {count}" for kind, count in sorted(faults.counts.items())),
+            f"runner processes started: {sum(group.started for group in groups)}, of which "
+            f"{faults.refused_starts} after the server refused their "
+            "first connection",
+            f"at-least-once redeliveries: {redeliveries(server)}",
+            f"stale stream positions caught: {actions['stream_position_moved']}, "
+            f"outages waited out: {actions['outage_started']}, "
+            f"members taken over: {actions['member_taken_over']}",
+            f"caught up {catch_up:.1f} s after the last fault"
+            if caught_up
+            else f"NOT caught up {CATCH_UP_LIMIT:g} s after the last fault",
+        ]
+    )
+
+    assert unasked == [], "runners exited on their own:\n" + "\n\n".join(
+        f"{process.label} (pid {process.pid}, exit {process.popen.returncode}):\n"
+        + process.log_tail()
+        for process in unasked
+    )
+    assert caught_up, "the groups did not catch up after the last fault:\n" + "\n".join(left)
+    assert totals_mismatches(server, fold) == []
+    assert delivery_disorders(server) == []
+    assert parked(server) == []
+
+
+def _wait_for(condition: Callable[[], bool], *, within: float) -> bool:
+    deadline = time.monotonic() + within
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.5)
+    return True
