@@ -22,7 +22,7 @@ from psycopg.waiting import Ready, Wait
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from projector.errors import DatabaseUnavailableError
-from projector.failures import RECONNECT
+from projector.failures import RECONNECT, RetryPolicy
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -113,11 +113,17 @@ class Reconnecting:
     ``reconnecting`` for each attempt, ``reconnected`` once it works again)."""
 
     def __init__(
-        self, doing: str, *, limit: float, on_retry: Callable[[str], None] | None = None
+        self,
+        doing: str,
+        *,
+        limit: float,
+        on_retry: Callable[[str], None] | None = None,
+        policy: RetryPolicy = RECONNECT,
     ) -> None:
         self._doing = doing
         self._limit = limit
         self._on_retry = on_retry
+        self._policy = policy
         self._started: float | None = None
         self._attempt = 0
 
@@ -132,7 +138,7 @@ class Reconnecting:
                 f"(outage_limit): {exc}"
             ) from exc
         self._attempt += 1
-        delay = RECONNECT.backoff(self._attempt)
+        delay = self._policy.backoff(self._attempt)
         if self._on_retry is not None:
             self._on_retry(doing)
         logger.warning(

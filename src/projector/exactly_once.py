@@ -112,9 +112,9 @@ class ExactlyOnce:
     for the length of each call and put back only when the call ended cleanly, so a call that
     failed or was cancelled, perhaps with its COMMIT done but unacknowledged, leaves the next
     call to read the row again. A call whose write finds the position moved is logged
-    (``stream_position_moved``) and made once more from the row, under lock.
-    `forget` drops every hint when the member's lock is lost. Hints are forgotten oldest first
-    past MAX_KNOWN_POSITIONS, and with the process.
+    (``stream_position_moved``) and made once more from the row, under lock. Hints are
+    forgotten oldest first past MAX_KNOWN_POSITIONS, and with the runner's tenure (see
+    `lease`).
     """
 
     def __init__(self, projection: Projection, pool: Pool, group: str) -> None:
@@ -274,11 +274,6 @@ class ExactlyOnce:
                 extra={"action": "transaction_connection_lost"},
             )
         await self._give_back(session.conn)
-
-    def forget(self) -> None:
-        """Drop every remembered position (the member's lock was lost: another runner may have
-        moved them); each stream's next call reads its row again."""
-        self._known.clear()
 
     def _remember(self, stream_name: str, applied: int) -> None:
         if applied == NO_ROW:

@@ -105,3 +105,6 @@ class RetryPolicy:
 
 # Lost connections: quick at first (a restart takes seconds), then every few seconds.
 RECONNECT = RetryPolicy(base=0.2, cap=5.0)
+# Starting again after an outage: a try (one connection) at least every second, so that a
+# runner projects again within about a second of the database's return.
+RESTART = RetryPolicy(base=0.2, cap=1.0)

@@ -12,6 +12,15 @@ sets ``idle_session_timeout`` to ``lease_timeout``, and the runner speaks on it 
 ``lease_timeout / 4`` seconds at most, so a runner silent for longer than its lease loses it
 and a standby takes over. That is the lease timeout.
 
+A runner's tenure is the life of one session: when `watch` finds the session broken (the
+server restarted or crashed, the session was terminated or timed out), it raises
+LeaseLostError and the runner starts over, as a new start would, from the checkpoints the
+database holds (or waits as the standby of whoever took the member meanwhile). It never takes
+the lock again and carries on with what it had in memory: another runner may have projected
+the member meanwhile, and a crash may have lost commits the server had acknowledged (with
+``synchronous_commit = off``); what the database holds after the crash is a prefix of what
+was committed, in commit order, so starting from its checkpoints redelivers every lost write.
+
 What the lock guarantees, and what it does not, when another runner takes over the member at
 any instruction boundary (the zombie argument):
 
@@ -19,15 +28,12 @@ any instruction boundary (the zombie argument):
   server runs a statement on a session only while that session exists, and releases the lock
   only when it ends, so every checkpoint commit it executes was made by the lock's holder at
   that moment, and a successor (which can only take the lock after that session ended) loads
-  everything its predecessor committed. A zombie's commits fail: its session is gone. A runner
-  that lost the session and takes the lock again on a new one commits only positions it
-  handled itself: at worst behind a successor's, which redelivers events (at least once),
-  never past an event nobody handled.
+  everything its predecessor committed. A zombie can commit no checkpoint: its session is
+  gone, and it never opens another for the same tenure.
 - **Stream positions** of transactional projections are written on pool connections, not on
   the lock's session, so the lock cannot fence them: between losing the session and noticing
   (up to a watch interval), a zombie's calls go on. They are fenced by the stream's own row
-  instead (a compare-and-set, see `exactly_once`), which holds whatever the lock does. The
-  runner also drops every remembered position when the session is lost (`when_lost`).
+  instead (a compare-and-set, see `exactly_once`), which holds whatever the lock does.
 - **At-least-once handlers** of a zombie may run beside its successor's for the same stream
   until the zombie notices: events are delivered twice, each process in stream order.
 """
@@ -37,7 +43,6 @@ from __future__ import annotations
 import logging
 import os
 import socket
-from collections.abc import Callable
 from types import TracebackType
 from typing import Self
 
@@ -45,7 +50,7 @@ import anyio
 import psycopg
 
 from projector import database
-from projector.database import Connection, outlasting
+from projector.database import Connection
 from projector.errors import DatabaseUnavailableError, ProjectorError
 from projector.events import hash_64
 
@@ -78,7 +83,7 @@ class MemberBusyError(ProjectorError):
 
 
 class LeaseLostError(ProjectorError):
-    """The connection holding this member's lock broke; another runner may take over."""
+    """The session holding this member's lock ended: the runner's tenure is over."""
 
 
 def lock_key(group: str, member: int) -> int:
@@ -140,12 +145,6 @@ class MemberLease:
         self._connect_timeout = connect_timeout
         self._lease_timeout = lease_timeout
         self._conn: Connection | None = None
-        self._on_lost: list[Callable[[], None]] = []
-
-    def when_lost(self, callback: Callable[[], None]) -> None:
-        """Call ``callback()`` whenever the lock's session is found broken (before taking the
-        lock again): whatever was learnt while holding it may have been changed since."""
-        self._on_lost.append(callback)
 
     @property
     def watch_interval(self) -> float:
@@ -226,10 +225,10 @@ class MemberLease:
             "%s acquired", self.name, extra={"action": "member_acquired", "member": self.name}
         )
 
-    async def watch(self, *, outage_limit: float) -> None:
-        """Check the lock's session every `watch_interval` s; when it broke, take the lock
-        again on a new one (retrying for up to ``outage_limit`` s). Raise LeaseLostError if
-        another runner took the member meanwhile. Cancel to stop."""
+    async def watch(self) -> None:
+        """Check the lock's session every `watch_interval` s; raise LeaseLostError once it is
+        broken (or silent for ``lease_timeout``), which ends the runner's tenure. Cancel to
+        stop."""
         while True:
             await anyio.sleep(self.watch_interval)
             try:
@@ -237,34 +236,15 @@ class MemberLease:
                     await self.connection.execute(PING)
             except (psycopg.OperationalError, TimeoutError) as exc:
                 logger.warning(
-                    "lost the session holding %s's lock: %s",
+                    "lost the session holding %s's lock (%s): starting over from the "
+                    "committed checkpoints",
                     self.name,
                     database.first_line(exc),
                     extra={"action": "member_lock_lost", "member": self.name},
                 )
-                for callback in self._on_lost:
-                    callback()
-                await outlasting(
-                    self._retake, doing=f"taking {self.name}'s lock again", limit=outage_limit
-                )
-
-    async def _retake(self) -> None:
-        # The new session becomes the lease's (and so carries checkpoint commits) only once it
-        # holds the lock: a runner that lost its member must not commit through it.
-        conn = await self._connect()
-        if not await self._try_lock(conn):
-            running = await holder(conn, self.group, self.member)
-            await conn.close()
-            raise LeaseLostError(
-                f"another runner took over {self.name} while the database was away "
-                f"({running}); stopping so that only one runner projects it"
-            )
-        old, self._conn = self._conn, conn
-        if old is not None:
-            await old.close()
-        logger.info(
-            "%s acquired again", self.name, extra={"action": "member_acquired", "member": self.name}
-        )
+                raise LeaseLostError(
+                    f"lost the session holding {self.name}'s lock: {database.first_line(exc)}"
+                ) from exc
 
     async def _try_lock(self, conn: Connection) -> bool:
         try:

@@ -36,6 +36,7 @@ from projector.errors import (
     find_error,
 )
 from projector.exactly_once import ExactlyOnce
+from projector.failures import RESTART
 from projector.health import State
 from projector.lane import Lane
 from projector.lease import LeaseLostError, MemberLease, member_name
@@ -52,6 +53,17 @@ from projector.tracing import traced
 from projector.watching import Watchers
 
 logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Lasting:
+    """What a runner keeps from one tenure to the next: its pool and store, what watches it,
+    and whether the database is away (an outage outlives the tenure it ended)."""
+
+    pool: Pool
+    store: MessageStore
+    watchers: Watchers
+    outage: Outage
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,9 +115,10 @@ class Runner:
         The pool, the schema check and the metrics endpoint come first, once: a database that
         cannot be reached at all, or lacks projector's tables, ends the run at once with its
         error. After that, a start cut short by the database going away (a standby's wait
-        included) starts again, for up to ``outage_limit``; and a runner whose member another
-        runner took while the database was away goes back to waiting as its standby (unless
-        ``no_standby``). How the projecting ends is `_project`'s business.
+        included) starts again, for up to ``outage_limit``, and so does a runner whose lock's
+        session was lost (the end of its tenure, see `lease`): from the committed checkpoints,
+        or as the standby of whoever took the member meanwhile. How the projecting ends is
+        `_project`'s business.
         """
         settings = self.settings
         async with AsyncExitStack() as stack:
@@ -121,27 +134,32 @@ class Runner:
             name = member_name(self.group, settings.member, settings.group_size)
             watchers = Watchers.for_run(settings, name)
             await watchers.serve_endpoint(stack, settings)
+            outage = Outage(
+                partial(database.probe, self.database_url, connect_timeout=PROBE_TIMEOUT),
+                limit=settings.outage_limit,
+                observer=watchers.observer,
+            )
+            lasting = Lasting(pool, store, watchers, outage)
             retries = Reconnecting(
                 f"starting {name}",
                 limit=settings.outage_limit,
                 on_retry=watchers.observer.reconnecting,
+                policy=RESTART,
             )
             while True:
                 try:
-                    if not await self._attempt(pool, store, watchers, retries.succeeded):
+                    if not await self._attempt(lasting, retries.succeeded):
                         return
                 except _StartCutShort as exc:
                     await retries.failed(exc)
 
-    async def _attempt(
-        self, pool: Pool, store: MessageStore, watchers: Watchers, connected: Callable[[], None]
-    ) -> bool:
-        """Take the member and project; True when another runner took the member over. Calls
-        ``connected()`` once the lock's session is open (a standby may wait long after)."""
+    async def _attempt(self, lasting: Lasting, connected: Callable[[], None]) -> bool:
+        """One tenure: take the member and project; True when the lock's session was lost.
+        Calls ``connected()`` once the lock's session is open (a standby may wait long after)."""
         failure: DatabaseUnavailableError | None = None
         async with AsyncExitStack() as stack:
             try:
-                parts, parked = await self._start(stack, pool, store, watchers, connected)
+                parts, parked = await self._start(stack, lasting, connected)
             except DatabaseUnavailableError as exc:
                 failure = exc  # raised once the stack is closed, outside its task groups
             else:
@@ -149,16 +167,17 @@ class Runner:
         raise _StartCutShort(str(failure)) from failure
 
     async def _start(
-        self,
-        stack: AsyncExitStack,
-        pool: Pool,
-        store: MessageStore,
-        watchers: Watchers,
-        connected: Callable[[], None],
+        self, stack: AsyncExitStack, lasting: Lasting, connected: Callable[[], None]
     ) -> tuple[Parts, frozenset[str]]:
         """Everything before the first read: the member's lock, the checkpoints, the parked
         streams, the span handler. Nothing is handled yet, so all of it can be done again."""
         settings = self.settings
+        pool, store, watchers, outage = (
+            lasting.pool,
+            lasting.store,
+            lasting.watchers,
+            lasting.outage,
+        )
         lease = await stack.enter_async_context(
             MemberLease(
                 self.database_url,
@@ -174,12 +193,7 @@ class Runner:
         if settings.group_size > 1:
             await member_index.report(pool, size=settings.group_size, member=writer.name)
         parked = ParkedStreams(pool, self.group, member=settings.member, size=settings.group_size)
-        handle = await self._span_handler(stack, pool, lease)
-        outage = Outage(
-            partial(database.probe, self.database_url, connect_timeout=PROBE_TIMEOUT),
-            limit=settings.outage_limit,
-            observer=watchers.observer,
-        )
+        handle = await self._span_handler(stack, pool)
         recovery = Recovery(
             retry_policy(settings, self.projection.retry),
             parked,
@@ -195,22 +209,14 @@ class Runner:
         return parts, await parked.owned()
 
     async def _project_and_flush(self, parts: Parts, parked: frozenset[str]) -> bool:
-        """Project, then commit the checkpoint a last time; True when the member was lost to
-        another runner (nothing is committed then: the lock's session is gone)."""
+        """Project, then commit the checkpoint a last time; True when the lock's session was
+        lost, which ends the tenure with nothing more committed (see `lease`)."""
         try:
             await self._project(parts, parked)
         except BaseException as exc:
-            lost = find_error(exc, LeaseLostError)
-            if lost is not None and not self.settings.no_standby:
-                logger.warning(
-                    "%s: %s; waiting as its standby again",
-                    parts.writer.name,
-                    lost,
-                    extra={"action": "member_taken_over", "member": parts.writer.name},
-                )
+            if find_error(exc, LeaseLostError) is not None:
                 return True
-            if lost is None:
-                await self._final_flush(parts.writer, failing=True)
+            await self._final_flush(parts.writer, failing=True)
             raise
         await self._final_flush(parts.writer, failing=False)
         return False
@@ -220,12 +226,9 @@ class Runner:
         extra = self.settings.max_concurrent_streams if self.projection.is_transactional else 0
         return self.settings.pool_size + extra
 
-    async def _span_handler(
-        self, stack: AsyncExitStack, pool: Pool, lease: MemberLease
-    ) -> SpanHandler:
+    async def _span_handler(self, stack: AsyncExitStack, pool: Pool) -> SpanHandler:
         if self.projection.is_transactional:
             exactly_once = ExactlyOnce(self.projection, pool, self.group)
-            lease.when_lost(exactly_once.forget)
             return (await stack.enter_async_context(exactly_once)).handle
         return self.projection.handle
 
@@ -333,10 +336,7 @@ class Runner:
         status = parts.watchers.health
         async with anyio.create_task_group() as tasks:
             tasks.start_soon(writer.run, name="projector-checkpoint-writer")
-            tasks.start_soon(
-                partial(parts.lease.watch, outage_limit=settings.outage_limit),
-                name="projector-lease-watch",
-            )
+            tasks.start_soon(parts.lease.watch, name="projector-lease-watch")
             tasks.start_soon(recovery.serve_retries, sink, name="projector-parked-retries")
             tasks.start_soon(parts.outage.watch, name="projector-outage-watch")
             tasks.start_soon(

@@ -245,13 +245,7 @@ class Group:
             process.kill()
             self.retired.append(process)
         self.processes = {}
-        deadline = time.monotonic() + 30
-        # The killed runners' sessions, and their locks, end a moment after the processes:
-        # until then the rebalance refuses, naming the members still running.
-        while (result := _rebalance(self.server.url, self.name, size)).returncode != 0:
-            if time.monotonic() > deadline:
-                raise AssertionError(f"rebalance of {self.name} failed: {result.stderr}")
-            time.sleep(0.5)
+        rebalance(self.server, self.name, size)
         self.size = size
         self.start()
 
@@ -275,16 +269,26 @@ class Group:
         return actions
 
 
-def _rebalance(url: str, group: str, size: int) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "projector", "rebalance", "--group", group, "--size", str(size)],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "PROJECTOR_DATABASE_URL": url},
-        cwd=ROOT,
-        check=False,
-        timeout=60,
-    )
+def rebalance(server: Server, group: str, size: int) -> None:
+    """`projector rebalance` of a group whose runners were just killed: their sessions, and
+    their locks, end a moment after the processes, and until then it refuses, naming them."""
+    command = [sys.executable, "-m", "projector", "rebalance", "--group", group]
+    deadline = time.monotonic() + 30
+    while True:
+        done = subprocess.run(
+            [*command, "--size", str(size)],
+            capture_output=True,
+            text=True,
+            env={**os.environ, "PROJECTOR_DATABASE_URL": server.url},
+            cwd=ROOT,
+            check=False,
+            timeout=60,
+        )
+        if done.returncode == 0:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"rebalance of {group} failed: {done.stderr}")
+        time.sleep(0.5)
 
 
 @dataclass

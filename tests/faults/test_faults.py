@@ -110,7 +110,7 @@ def test_no_event_is_lost_applied_twice_or_disordered_under_random_faults(
             f"at-least-once redeliveries: {redeliveries(server)}",
             f"stale stream positions caught: {actions['stream_position_moved']}, "
             f"outages waited out: {actions['outage_started']}, "
-            f"members taken over: {actions['member_taken_over']}",
+            f"lock sessions lost: {actions['member_lock_lost']}",
             f"caught up {catch_up:.1f} s after the last fault"
             if caught_up
             else f"NOT caught up {CATCH_UP_LIMIT:g} s after the last fault",
