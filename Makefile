@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test faults lint bench clean
+.PHONY: demo test faults scenarios lint bench clean
 
 $(BIN)/projector: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +21,10 @@ test: $(BIN)/projector
 # The fault suite (tests/faults) for ten minutes; `make test` runs it for half a minute.
 faults: $(BIN)/projector
 	$(BIN)/pytest tests/faults --faults-duration 600
+
+# The two scenarios of issue 11, twenty times each (about an hour).
+scenarios: $(BIN)/projector
+	$(BIN)/pytest tests/faults -m scenario --scenario-runs 20
 
 lint: $(BIN)/projector
 	$(BIN)/ruff check .

@@ -37,6 +37,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="seconds of random faults in the fault suite (tests/faults); `make faults` runs 600",
     )
     group.addoption(
+        "--scenario-runs",
+        type=int,
+        default=1,
+        help="how many times each fault scenario runs (tests/faults, marker scenario)",
+    )
+    group.addoption(
         "--faults-seed",
         type=int,
         default=None,

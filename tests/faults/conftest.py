@@ -14,6 +14,12 @@ from tests.support.postgres import Unavailable, give_up
 OVERHEAD = 300.0
 
 
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "scenario_run" in metafunc.fixturenames:
+        runs = int(metafunc.config.getoption("--scenario-runs"))
+        metafunc.parametrize("scenario_run", range(1, runs + 1), ids=lambda run: f"run{run}")
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     limit = 2 * float(config.getoption("--faults-duration")) + OVERHEAD
     for item in items:
