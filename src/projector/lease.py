@@ -36,6 +36,12 @@ any instruction boundary (the zombie argument):
   instead (a compare-and-set, see `exactly_once`), which holds whatever the lock does.
 - **At-least-once handlers** of a zombie may run beside its successor's for the same stream
   until the zombie notices: events are delivered twice, each process in stream order.
+- **Parked streams** are written on pool connections too, unfenced: a zombie could park (or
+  unpark) a stream its successor runs. Parking takes ``retry_max_attempts`` failed calls
+  with backoff in between, seconds to minutes, against a zombie's window of one watch
+  interval; and a parked row loses nothing, it only holds the stream back until retried.
+- **Memory** (remembered stream positions, skip hints, parked streams, positions handled)
+  belongs to one tenure and is dropped with it.
 """
 
 from __future__ import annotations
@@ -202,9 +208,11 @@ class MemberLease:
                 )
             await self._conn.close()
 
-    async def acquire(self, *, standby: bool, poll: float = DEFAULT_STANDBY_POLL) -> None:
+    async def acquire(self, *, standby: bool) -> None:
         """Take the member's lock; wait for it as a hot standby, or raise MemberBusyError."""
         conn, waiting = self.connection, False
+        # Often enough that a waiting standby's session is never idle for its lease timeout.
+        poll = min(DEFAULT_STANDBY_POLL, self._lease_timeout / 4)
         while not await self._try_lock(conn):
             running = await holder(conn, self.group, self.member)
             if not standby:
