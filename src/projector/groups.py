@@ -7,13 +7,14 @@ it refuses while a runner holds one, and no runner can start until it commits.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 
 from projector.checkpoints import COMMIT
 from projector.database import Connection
 from projector.errors import ConfigurationError
 from projector.events import hash_64, validate_category, validate_group
 from projector.lease import MemberBusyError, busy_members, member_name
+from projector.store import CATEGORY_HEAD
 
 FIRST_POSITION = 1  # Message DB's global positions start at 1
 
@@ -40,6 +41,17 @@ FOR UPDATE
 """
 
 DELETE_GROUP = "DELETE FROM projector.checkpoints WHERE group_name = %(group)s"
+DELETE_CATEGORY = """
+DELETE FROM projector.checkpoints WHERE group_name = %(group)s AND category = %(category)s
+"""
+
+# The first event of a category written at or after a time (Message DB's ``time`` is UTC
+# without a zone); global positions follow write order, so it is where a replay from then
+# starts.
+FIRST_SINCE = """
+SELECT min(global_position) FROM message_store.messages
+WHERE message_store.category(stream_name) = %(category)s AND time >= %(time)s
+"""
 
 
 class GroupSizeMismatchError(ConfigurationError):
@@ -95,15 +107,29 @@ async def list_checkpoints(conn: Connection, group: str | None = None) -> list[C
     return [CheckpointRow(*row) for row in rows]
 
 
+class PastTheHeadError(ConfigurationError):
+    """A checkpoint was asked for past the category's head: every event written until the store
+    reaches it would be skipped."""
+
+
 async def set_checkpoint(
-    conn: Connection, group: str, category: str, position: int, *, member: int = 0
+    conn: Connection,
+    group: str,
+    category: str,
+    position: int,
+    *,
+    member: int = 0,
+    force: bool = False,
 ) -> CheckpointRow:
-    """Set one member's position in one category (the member must not be running)."""
+    """Set one member's position in one category (the member must not be running). A position
+    past the category's head + 1 skips events not written yet: refused unless ``force``."""
     validate_group(group)
     validate_category(category)
     if position < 0:
         raise ConfigurationError(f"position {position} is negative: give 0 or more")
     async with conn.transaction():
+        if not force:
+            await _refuse_past_the_head(conn, category, position)
         rows = await _lock_group(conn, group, range(member, member + 1))
         size = max((row.size for row in rows), default=1)
         if member >= size:
@@ -115,12 +141,49 @@ async def set_checkpoint(
     return (await _rows_of(conn, group, member, category))[0]
 
 
-async def reset_group(conn: Connection, group: str) -> list[CheckpointRow]:
-    """Delete every checkpoint of a group (no member may be running); return what was there."""
+async def head_position(conn: Connection, category: str) -> int:
+    """The position after the category's last event: a checkpoint there skips all of it."""
+    row = await (await conn.execute(CATEGORY_HEAD, {"category": category})).fetchone()
+    return FIRST_POSITION if row is None else int(row[0]) + 1
+
+
+async def position_at(conn: Connection, category: str, time: datetime) -> int:
+    """The position of the category's first event written at or after ``time`` (the head
+    position when none was): a checkpoint there replays everything written since."""
+    utc = time.astimezone(UTC).replace(tzinfo=None) if time.tzinfo else time
+    params = {"category": category, "time": utc}
+    row = await (await conn.execute(FIRST_SINCE, params)).fetchone()
+    if row is None or row[0] is None:
+        return await head_position(conn, category)
+    return int(row[0])
+
+
+async def _refuse_past_the_head(conn: Connection, category: str, position: int) -> None:
+    head = await head_position(conn, category)
+    if position > head:
+        last = "is empty" if head == FIRST_POSITION else f"ends at {head - 1}"
+        raise PastTheHeadError(
+            f"position {position} is past the head of category {category!r}, which {last}: "
+            f"a checkpoint there would skip every event written until the store reaches it. "
+            f"Give at most {head} (or --to-head), or --force if that is what you want"
+        )
+
+
+async def reset_group(
+    conn: Connection, group: str, *, category: str | None = None
+) -> list[CheckpointRow]:
+    """Delete every checkpoint of a group, or only those of one ``category`` (no member may be
+    running); return what was deleted. Its members start it again from the beginning."""
     validate_group(group)
+    if category is not None:
+        validate_category(category)
     async with conn.transaction():
         rows = await _lock_group(conn, group)
-        await conn.execute(DELETE_GROUP, {"group": group})
+        if category is None:
+            await conn.execute(DELETE_GROUP, {"group": group})
+        else:
+            await conn.execute(DELETE_CATEGORY, {"group": group, "category": category})
+            rows = [row for row in rows if row.category == category]
     return rows
 
 

@@ -388,13 +388,18 @@ class Runner:
     async def _start_position(
         self, store: MessageStore, member_checkpoints: Checkpoints, category: str
     ) -> int:
+        name = member_checkpoints.name
+        head = await store.category_head(category)
+        next_written = groups.FIRST_POSITION if head is None else head + 1
+        if head is None:
+            self._empty_category(name, category)
         position = await member_checkpoints.load(category)
         origin = "checkpoint"
+        if position is not None and position > next_written:
+            _past_the_head(name, self.group, category, position, head)
         if position is None:
             if self.settings.from_tail:
-                head = await store.category_head(category)
-                position = groups.FIRST_POSITION if head is None else head + 1
-                origin = "tail"
+                position, origin = next_written, "tail"
             else:
                 position, origin = groups.FIRST_POSITION, "beginning"
             # Written at once: it records the group's size for members that start later, and
@@ -402,19 +407,56 @@ class Runner:
             await member_checkpoints.commit({category: position})
         logger.info(
             "%s starts %s at %d (from the %s)",
-            member_checkpoints.name,
+            name,
             category,
             position,
             origin,
             extra={
                 "action": "source_started",
-                "group": member_checkpoints.name,
+                "group": name,
                 "category": category,
                 "position": position,
                 "origin": origin,
             },
         )
         return position
+
+    def _empty_category(self, name: str, category: str) -> None:
+        """A category with no event yet is often a typo (names are case-sensitive): refuse it
+        with ``require_events``, else say so and wait for its events."""
+        if self.settings.require_events:
+            raise ConfigurationError(
+                f"category {category!r} has no events (names are case-sensitive): check "
+                "--category, or drop --require-events to wait for its first events"
+            )
+        logger.warning(
+            "%s: category %s has no events yet (names are case-sensitive: a typo?); waiting "
+            "for its first events",
+            name,
+            category,
+            extra={"action": "category_empty", "group": name, "category": category},
+        )
+
+
+def _past_the_head(name: str, group: str, category: str, position: int, head: int | None) -> None:
+    logger.warning(
+        "%s's checkpoint for %s is at %d, past the category's head (%s): the events written "
+        "until the store reaches it will be skipped (`projector checkpoints set --group %s "
+        "--category %s --to-head` puts it back at the head)",
+        name,
+        category,
+        position,
+        "empty" if head is None else head,
+        group,
+        category,
+        extra={
+            "action": "checkpoint_past_head",
+            "group": name,
+            "category": category,
+            "position": position,
+            "head": head,
+        },
+    )
 
 
 GC_FIRST_GENERATION = 10_000  # allocations between young collections (Python's default: 700)

@@ -78,6 +78,9 @@ class Settings(BaseSettings):
     shutdown_timeout: float = Field(
         10.0, ge=0, le=3600, description="seconds a stop waits for running handler calls"
     )
+    require_events: bool = Field(
+        False, description="refuse to start when a category has no events (a typo'd name)"
+    )
     from_tail: bool = Field(
         False, description="a group with no checkpoint starts at the tail, skipping history"
     )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 import uuid
+from datetime import datetime
 from functools import partial
 from typing import Any
 
@@ -14,10 +15,13 @@ from projector import parked as parked_streams
 from projector.cli.options import (
     console,
     database_call,
+    iso_time,
     json_line,
     reporting_errors,
     settings_options,
 )
+from projector.database import Connection
+from projector.errors import ConfigurationError
 
 
 @click.group()
@@ -53,37 +57,64 @@ def checkpoints_list(group: str | None, as_json: bool, **flags: Any) -> None:
 
 
 @checkpoints.command("set")
-@click.option("--group", required=True)
-@click.option("--category", required=True)
-@click.option("--position", type=int, required=True, help="the next global position to read")
-@click.option("--member", type=int, default=0, show_default=True)
+@click.option("--group", required=True, help="the group whose checkpoint to set")
+@click.option("--category", required=True, help="the category it applies to")
+@click.option("--position", type=int, help="the next global position to read")
+@click.option("--to-head", is_flag=True, help="skip every event written so far")
+@click.option(
+    "--to-time",
+    callback=iso_time,
+    help="replay from the first event written at or after this time (ISO 8601; UTC unless "
+    "it has an offset)",
+)
+@click.option("--force", is_flag=True, help="allow a --position past the category's head")
+@click.option(
+    "--member", type=int, default=0, show_default=True, help="the member, in a consumer group"
+)
 @settings_options("database_url", "log_level")
-def checkpoints_set(group: str, category: str, position: int, member: int, **flags: Any) -> None:
+def checkpoints_set(
+    group: str,
+    category: str,
+    position: int | None,
+    to_head: bool,
+    to_time: datetime | None,
+    force: bool,
+    member: int,
+    **flags: Any,
+) -> None:
     """Set where a member resumes in a category (skip ahead, or replay from an earlier point)."""
     with reporting_errors():
-        row = database_call(
-            flags,
-            partial(
-                groups.set_checkpoint,
-                group=group,
-                category=category,
-                position=position,
-                member=member,
-            ),
-        )
+        if sum((position is not None, to_head, to_time is not None)) != 1:
+            raise ConfigurationError("give one of --position N, --to-head or --to-time TIME")
+
+        async def set_it(conn: Connection) -> groups.CheckpointRow:
+            if to_head:
+                target = await groups.head_position(conn, category)
+            elif to_time is not None:
+                target = await groups.position_at(conn, category, to_time)
+            else:
+                assert position is not None
+                target = position
+            return await groups.set_checkpoint(
+                conn, group, category, target, member=member, force=force
+            )
+
+        row = database_call(flags, set_it)
     click.echo(f"{row.name} {row.category}: next position {row.position}")
 
 
 @checkpoints.command("reset")
-@click.option("--group", required=True)
+@click.option("--group", required=True, help="the group whose checkpoints to delete")
+@click.option("--category", help="only this category's (default: every category's)")
 @click.option("--yes", is_flag=True, help="do not ask for confirmation")
 @settings_options("database_url", "log_level")
-def checkpoints_reset(group: str, yes: bool, **flags: Any) -> None:
-    """Delete every checkpoint of a group: its members start again from the beginning."""
+def checkpoints_reset(group: str, category: str | None, yes: bool, **flags: Any) -> None:
+    """Delete a group's checkpoints: its members start again from the beginning."""
+    which = "every checkpoint" if category is None else f"the {category} checkpoints"
     if not yes:
-        click.confirm(f"delete every checkpoint of group {group!r}?", abort=True)
+        click.confirm(f"delete {which} of group {group!r}?", abort=True)
     with reporting_errors():
-        rows = database_call(flags, partial(groups.reset_group, group=group))
+        rows = database_call(flags, partial(groups.reset_group, group=group, category=category))
     click.echo(f"deleted {len(rows)} checkpoint(s) of group {group}")
 
 

@@ -51,6 +51,7 @@ RUN_SETTINGS = (
     "checkpoint_interval",
     "shutdown_timeout",
     "from_tail",
+    "require_events",
     "until_caught_up",
     "pool_size",
     "connect_timeout",
@@ -102,6 +103,19 @@ def option_for(name: str) -> Callable[[F], F]:
     elif isinstance(annotation, type) and issubclass(annotation, enum.Enum):
         kind = click.Choice([member.value for member in annotation])
     return click.option(flag, name, type=kind, default=None, help=help_text)
+
+
+def iso_time(ctx: click.Context, param: click.Parameter, value: str | None) -> datetime | None:
+    """A click callback: an ISO 8601 time (``2026-12-01``, ``2026-12-01T08:30:00+01:00``,
+    ``...Z``) as a datetime."""
+    if value is None:
+        return None
+    try:
+        return datetime.fromisoformat(value)
+    except ValueError:
+        raise click.BadParameter(
+            f"{value!r} is not an ISO 8601 time: give e.g. 2026-12-01T08:30:00Z"
+        ) from None
 
 
 def run_async(main: Callable[[], Coroutine[Any, Any, None]], settings: Settings) -> None:
