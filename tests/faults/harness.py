@@ -34,7 +34,8 @@ from tests.support import messagedb
 CATEGORIES = ("faultA", "faultB", "faultC")
 STREAMS_PER_CATEGORY = 200
 REFUSED_START = "error: cannot connect to the database"
-LEASE_TIMEOUT = 3.0  # seconds: short, so that a SIGSTOP outlasts it and a standby takes over
+LEASE_TIMEOUT = 3.0
+MAX_CONNECTIONS = 400  # seconds: short, so that a SIGSTOP outlasts it and a standby takes over
 ROOT = Path(__file__).resolve().parents[2]
 
 TABLES = """
@@ -84,6 +85,11 @@ class Server:
     def install(cls, cluster: LocalCluster, scripts: Path) -> Server:
         with psycopg.connect(cluster.url, autocommit=True) as conn:
             conn.execute("CREATE DATABASE faults")
+            # Sixteen runners, each transactional one with up to 16 connections (README,
+            # Privileges and connections), overlapping zombies, writers and the harness.
+            conn.execute(f"ALTER SYSTEM SET max_connections = {MAX_CONNECTIONS}")
+        cluster.stop()
+        cluster.start()
         url = urlunsplit(urlsplit(cluster.url)._replace(path="/faults"))
         messagedb.install(url, scripts)
         upgrade(url)
