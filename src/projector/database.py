@@ -21,7 +21,13 @@ from psycopg.abc import PQGen
 from psycopg.waiting import Ready, Wait
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
-from projector.errors import DatabaseUnavailableError
+from projector.errors import (
+    DatabaseError,
+    DatabaseUnavailableError,
+    PrivilegeError,
+    ProjectorError,
+    SchemaMissingError,
+)
 from projector.failures import RECONNECT, RetryPolicy
 
 logger = logging.getLogger(__name__)
@@ -186,6 +192,32 @@ async def outlasting(
             continue
         retries.succeeded()
         return result
+
+
+_MISSING = (
+    psycopg.errors.UndefinedTable,
+    psycopg.errors.UndefinedFunction,
+    psycopg.errors.InvalidSchemaName,
+)
+
+
+def refused(exc: psycopg.Error, doing: str) -> ProjectorError:
+    """The one error users see for a statement of projector's the database did not run: what
+    was refused, why (on one line), and what to do."""
+    reason = first_line(exc)
+    if isinstance(exc, _MISSING):
+        return SchemaMissingError(
+            f"{reason} (while {doing}): run `projector migrate` first (with --message-store "
+            "if the database has no message store yet)"
+        )
+    if isinstance(exc, psycopg.errors.InsufficientPrivilege):
+        return PrivilegeError(
+            f"the database refused {doing}: {reason}; grant the role what README.md's "
+            "'Privileges and connections' lists"
+        )
+    if isinstance(exc, psycopg.OperationalError):
+        return unavailable_during(doing, exc)
+    return DatabaseError(f"the database refused {doing}: {reason}")
 
 
 def unavailable_during(doing: str, exc: Exception) -> DatabaseUnavailableError:

@@ -34,12 +34,25 @@ class SchemaMissingError(ProjectorError):
     """A table or function projector needs is not in the database; the message names the command."""
 
 
+class PrivilegeError(ProjectorError):
+    """The database refused projector for want of a privilege; the README lists what is needed."""
+
+
+class DatabaseError(ProjectorError):
+    """The database refused a statement of projector's."""
+
+
 class MessageStoreError(ProjectorError):
     """The message store refused a read or a write."""
 
 
 class WrongExpectedVersionError(MessageStoreError):
     """A write expected a stream version the stream is not at."""
+
+
+class ParkedStreamsError(ProjectorError):
+    """What was asked for is done, except for streams that are parked: their events are not
+    handled until `projector parked retry`."""
 
 
 class HandlerError(ProjectorError):

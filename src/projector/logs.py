@@ -63,12 +63,34 @@ class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
         """StreamHandler sets its stream; the current sys.stderr is always used instead."""
 
 
+_json_lines = False  # whether `configure` was asked for JSON lines
+
+
 def configure(level: str, log_format: str = "text") -> None:
     """Send projector's logs to stderr at ``level``, as text lines or JSON lines."""
+    global _json_lines
+    _json_lines = log_format == "json"
     handler = _StderrHandler()
-    handler.setFormatter(JsonFormatter() if log_format == "json" else TextFormatter())
+    handler.setFormatter(JsonFormatter() if _json_lines else TextFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
-    # psycopg's pool logs every reconnect attempt at INFO; ours are enough.
-    logging.getLogger("psycopg.pool").setLevel(max(logging.WARNING, root.level))
+    # psycopg's own warnings (each failed reconnect of the pool, several lines each; queries
+    # cancelled as a run stops) are what projector's records say once (`reconnecting`,
+    # `stopping`): shown only when debugging.
+    quiet = logging.DEBUG if root.level <= logging.DEBUG else logging.ERROR
+    for name in ("psycopg", "psycopg.pool"):
+        logging.getLogger(name).setLevel(quiet)
+
+
+def report_error(message: str) -> None:
+    """The error that ends a command, on stderr: ``error: ...``, or with JSON lines a JSON
+    object (action ``error``) like every other line."""
+    if not _json_lines:
+        print(f"error: {message}", file=sys.stderr)
+        return
+    record = logging.makeLogRecord(
+        {"name": "projector", "levelno": logging.ERROR, "levelname": "ERROR", "msg": message}
+    )
+    record.action = "error"
+    print(JsonFormatter().format(record), file=sys.stderr)

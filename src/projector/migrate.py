@@ -5,9 +5,11 @@ from __future__ import annotations
 from importlib import resources
 from pathlib import Path
 
+import psycopg
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import create_engine
+from sqlalchemy.exc import DBAPIError
 
 from projector import database
 
@@ -39,6 +41,10 @@ def upgrade(url: str, revision: str = "head") -> None:
             config = _alembic_config()
             config.attributes["connection"] = connection
             command.upgrade(config, revision)
+    except DBAPIError as exc:
+        if isinstance(exc.orig, psycopg.Error):
+            raise database.refused(exc.orig, "creating projector's tables") from exc
+        raise
     finally:
         engine.dispose()
 

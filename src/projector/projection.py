@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import traceback
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -226,11 +227,15 @@ def load_projection(target: str) -> Projection:
         raise HandlerImportError(f"{target!r} is not MODULE:ATTR (e.g. shop.projections:balances)")
     try:
         module = importlib.import_module(module_name)
-    except ImportError as exc:
+    except ModuleNotFoundError as exc:
+        if exc.name is None or not _names_part_of(exc.name, module_name):
+            raise _import_failed(module_name, exc) from exc
         raise HandlerImportError(
             f"cannot import module {module_name!r} from {target!r}: {exc} "
             "(is it installed, or on PYTHONPATH / in the current directory?)"
         ) from exc
+    except Exception as exc:
+        raise _import_failed(module_name, exc) from exc
     value = module
     for part in attr.split("."):
         try:
@@ -245,3 +250,24 @@ def load_projection(target: str) -> Projection:
         )
     value.check_ready()
     return value
+
+
+def _names_part_of(missing: str, module_name: str) -> bool:
+    """Whether the module found missing is ``module_name`` or a package above it (the user's
+    target is not there), rather than something the target itself imports."""
+    return module_name == missing or module_name.startswith(missing + ".")
+
+
+def _import_failed(module_name: str, exc: BaseException) -> HandlerImportError:
+    """The user's module raised as it was imported: their bug, so their traceback (without
+    importlib's frames), under one line that says what happened."""
+    frames = [
+        frame
+        for frame in traceback.extract_tb(exc.__traceback__)
+        if "importlib" not in frame.filename and frame.filename != __file__
+    ]
+    lines = traceback.format_list(frames) + traceback.format_exception_only(exc)
+    return HandlerImportError(
+        f"importing module {module_name!r} raised {type(exc).__name__}: {exc} "
+        "(its traceback follows)\nTraceback (most recent call last):\n" + "".join(lines).rstrip()
+    )

@@ -103,6 +103,8 @@ class Runner:
                 "no database: pass --database-url postgresql://... or set PROJECTOR_DATABASE_URL"
             )
         self.database_url = settings.database_url
+        # The streams parked when the last catch-up ended (``until_caught_up``): not handled.
+        self.parked: frozenset[str] = frozenset()
         if any(dependency.group == self.group for dependency in projection.depends_on):
             raise ConfigurationError(
                 f"group {self.group!r} cannot depend on itself: run it under another --group, "
@@ -362,10 +364,17 @@ class Runner:
                     await lane.wait_empty()
             finally:
                 status.state = State.STOPPED
+            self.parked = sink.parked_streams
             logger.info(
-                "%s caught up",
+                "%s caught up%s",
                 writer.name,
-                extra={"action": "caught_up", "group": writer.name, **writer.completed},
+                f", but {len(self.parked)} stream(s) are parked" if self.parked else "",
+                extra={
+                    "action": "caught_up",
+                    "group": writer.name,
+                    "parked": sorted(self.parked),
+                    **writer.completed,
+                },
             )
             tasks.cancel_scope.cancel()
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 import enum
 from typing import Annotated, Any
 
+import psycopg
+from psycopg.conninfo import conninfo_to_dict
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
@@ -168,6 +170,27 @@ class Settings(BaseSettings):
     def _check_group(cls, value: str | None) -> str | None:
         return None if value is None else validate_group(value)
 
+    @field_validator("database_url")
+    @classmethod
+    def _check_database_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        scheme, separator, _ = value.partition("://")
+        if separator and scheme not in {"postgresql", "postgres"}:
+            raise ValueError(
+                f"it is a {scheme}:// URL, and projector needs PostgreSQL: give "
+                "postgresql://user@host:5432/dbname"
+            )
+        try:
+            conninfo_to_dict(value)
+        except psycopg.ProgrammingError:
+            # Not libpq's reason: it would quote the URL, and with it any password.
+            raise ValueError(
+                "it is neither a postgresql:// URL nor libpq key=value settings: give "
+                "postgresql://user@host:5432/dbname"
+            ) from None
+        return value
+
     @field_validator("log_level")
     @classmethod
     def _check_log_level(cls, value: str) -> str:
@@ -236,7 +259,9 @@ def _describe(exc: ValidationError) -> str:
     name = str(error["loc"][0]) if error["loc"] else "settings"
     flag = flag_for(name) if name in Settings.model_fields else "--" + name
     message = str(error["msg"]).removeprefix("Value error, ")
-    return (
-        f"setting {name} ({flag} / PROJECTOR_{name.upper()}) is invalid: {message} "
-        f"(got {error.get('input')!r})"
-    )
+    # A URL may hold a password: never repeated back.
+    got = "" if name in _SECRET else f" (got {error.get('input')!r})"
+    return f"setting {name} ({flag} / PROJECTOR_{name.upper()}) is invalid: {message}{got}"
+
+
+_SECRET = frozenset({"database_url"})

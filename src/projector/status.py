@@ -17,7 +17,7 @@ import psycopg
 from projector import database, lease, store
 from projector.checkpoints import check_schema
 from projector.database import Connection
-from projector.events import validate_group
+from projector.events import consumer_group_member, validate_group
 from projector.groups import CheckpointRow, list_checkpoints
 
 if TYPE_CHECKING:
@@ -46,11 +46,19 @@ WHERE message_store.category(stream_name) = %(category)s
 """
 
 
+PARKED = """
+SELECT group_name, category, stream_name, parked_at FROM projector.parked_streams
+WHERE %(group)s::text IS NULL OR group_name = %(group)s
+"""
+
+
 @dataclass(frozen=True, slots=True)
 class MemberStatus:
     """One member's progress in one category. ``checkpoint`` is the next global position to
     read; ``head`` the member's newest event in the category (None: it has none); ``lag_events``
-    its events from the checkpoint on; ``lag_seconds`` the age of the oldest of them."""
+    its events from the checkpoint on; ``lag_seconds`` the age of the oldest of them; ``parked``
+    how many of its streams in the category are parked (their events are not handled, and not
+    counted in the lag), ``oldest_parked_at`` when the first of them was."""
 
     group: str
     member: int
@@ -62,6 +70,8 @@ class MemberStatus:
     lag_seconds: float | None
     last_written: datetime
     running: bool
+    parked: int = 0
+    oldest_parked_at: datetime | None = None
 
     @property
     def name(self) -> str:
@@ -78,7 +88,8 @@ async def collect(conn: Connection, group: str | None = None) -> list[MemberStat
             await check_schema(conn)
             rows = await list_checkpoints(conn, group)
             running: dict[tuple[str, int], bool] = {}
-            return [await _member_status(conn, row, running) for row in rows]
+            parked = await (await conn.execute(PARKED, {"group": group})).fetchall()
+            return [_with_parked(await _member_status(conn, row, running), parked) for row in rows]
     except psycopg.OperationalError as exc:
         raise database.unavailable_during("reading the status", exc) from exc
 
@@ -113,6 +124,22 @@ async def _member_status(
     )
 
 
+def _with_parked(
+    member: MemberStatus, parked: list[tuple[str, str, str, datetime]]
+) -> MemberStatus:
+    """The member's status with its share of the group's parked streams in its category."""
+    times = [
+        parked_at
+        for group, category, stream_name, parked_at in parked
+        if group == member.group
+        and category == member.category
+        and (member.size == 1 or consumer_group_member(stream_name, member.size) == member.member)
+    ]
+    if not times:
+        return member
+    return dataclasses.replace(member, parked=len(times), oldest_parked_at=min(times))
+
+
 COLUMNS = (
     "group",
     "category",
@@ -121,31 +148,53 @@ COLUMNS = (
     "lag (events)",
     "lag (time)",
     "last written",
+    "parked",
     "runner",
 )
-_NUMBERS = {"checkpoint", "head", "lag (events)"}
+_NUMBERS = {"checkpoint", "head", "lag (events)", "parked"}
 
 
 def render(rows: list[MemberStatus], *, now: datetime | None = None) -> Table:
+    """A table for people; ages are relative to ``now`` (default: this machine's clock). The
+    ``parked`` column appears when some member has parked streams, with a caption naming the
+    oldest, so that a table with nothing parked stays narrow."""
     # Imported here: only the status command renders, and a runner starts faster without rich.
     from rich.console import JustifyMethod
     from rich.table import Table
     from rich.text import Text
 
-    """A table for people; ages are relative to ``now`` (default: this machine's clock)."""
     now = now or datetime.now(UTC)
-    cells = [_cells(row, now) for row in rows]
-    empty = "no checkpoints yet: a runner writes its own as it goes"
-    table = Table(box=None, pad_edge=False, caption=None if rows else empty)
-    for column in COLUMNS:
+    parked = any(row.parked for row in rows)
+    columns = [c for c in COLUMNS if parked or c != "parked"]
+    table = Table(box=None, pad_edge=False, caption=_caption(rows, now))
+    for column in columns:
         justify: JustifyMethod = "right" if column in _NUMBERS else "left"
         # On a narrow terminal (80 columns is the default when piped), let the two-word
         # headers wrap rather than have rich cut names and figures short.
         table.add_column(column, justify=justify, no_wrap=" " not in column)
-    for line in cells:
-        *values, runner = line
+    for row in rows:
+        *values, runner = [
+            cell
+            for column, cell in zip(COLUMNS, _cells(row, now), strict=True)
+            if column in columns
+        ]
         table.add_row(*values, Text(runner, style="green" if runner == "running" else "dim"))
     return table
+
+
+def _caption(rows: list[MemberStatus], now: datetime) -> str | None:
+    if not rows:
+        return "no checkpoints yet: a runner writes its own as it goes"
+    oldest = [(row.oldest_parked_at, row) for row in rows if row.oldest_parked_at is not None]
+    if not oldest:
+        return None
+    since, row = min(oldest, key=lambda found: found[0])
+    count = sum(r.parked for r in rows)
+    age = human_duration((now - since).total_seconds())
+    return (
+        f"{count} parked stream(s), their events not handled; the oldest parked {age} ago in "
+        f"{row.name}/{row.category}: `projector parked list --group {row.group}`"
+    )
 
 
 def _cells(row: MemberStatus, now: datetime) -> tuple[str, ...]:
@@ -157,6 +206,7 @@ def _cells(row: MemberStatus, now: datetime) -> tuple[str, ...]:
         str(row.lag_events),
         "-" if row.lag_seconds is None else human_duration(row.lag_seconds),
         f"{human_duration((now - row.last_written).total_seconds())} ago",
+        str(row.parked),
         "running" if row.running else "stopped",
     )
 
@@ -186,6 +236,9 @@ def to_json(rows: list[MemberStatus]) -> str:
             "name": row.name,
             **dataclasses.asdict(row),
             "last_written": row.last_written.isoformat(),
+            "oldest_parked_at": None
+            if row.oldest_parked_at is None
+            else row.oldest_parked_at.isoformat(),
         }
         for row in rows
     ]

@@ -14,7 +14,7 @@ import anyio
 
 from projector import database, exactly_once
 from projector.database import Connection
-from projector.errors import ConfigurationError, ProjectorError
+from projector.errors import ConfigurationError, ParkedStreamsError, ProjectorError
 from projector.events import category, consumer_group_member, validate_group
 
 STREAM_AT = """
@@ -24,6 +24,12 @@ SELECT stream_name, position FROM message_store.messages WHERE global_position =
 GROUP_CHECKPOINTS = """
 SELECT member, group_size, position FROM projector.checkpoints
 WHERE group_name = %(group)s AND category = %(category)s
+"""
+
+# Where a group parked a stream, if it did: its events from there on are not handled.
+PARKED_AT = """
+SELECT position, global_position FROM projector.parked_streams
+WHERE group_name = %(group)s AND stream_name = %(stream)s
 """
 
 DEFAULT_POLL = 0.05
@@ -53,6 +59,8 @@ async def wait_for(
             while True:
                 last_seen = await _handled_below(conn, group, stream_name)
                 if last_seen is not None and last_seen > position:
+                    # Past it, yet perhaps only because its stream is parked.
+                    await _refuse_if_parked(conn, group, stream_name, stream_position, position)
                     return
                 if await _applied(conn, group, stream_name, stream_position):
                     return
@@ -74,6 +82,19 @@ async def _stream_at(conn: Connection, position: int) -> tuple[str, int]:
             "message back for its global position)"
         )
     return str(row[0]), int(row[1])
+
+
+async def _refuse_if_parked(
+    conn: Connection, group: str, stream_name: str, stream_position: int, position: int
+) -> None:
+    params = {"group": group, "stream": stream_name}
+    row = await (await conn.execute(PARKED_AT, params)).fetchone()
+    if row is not None and int(row[0]) <= stream_position:
+        raise ParkedStreamsError(
+            f"group {group!r} has parked {stream_name} at position {row[0]} (global {row[1]}): "
+            f"the event at global position {position} is not handled "
+            f"(`projector parked list --group {group}`; `projector parked retry` replays it)"
+        )
 
 
 async def _applied(conn: Connection, group: str, stream_name: str, position: int) -> bool:

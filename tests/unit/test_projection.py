@@ -263,8 +263,26 @@ def test_load_projection_names_a_module_whose_own_import_fails(user_module: Modu
     name = user_module("import a_dependency_that_is_not_installed\n")
     with pytest.raises(HandlerImportError) as raised:
         load_projection(f"{name}:balances")
-    assert f"cannot import module {name!r}" in str(raised.value)
-    assert "a_dependency_that_is_not_installed" in str(raised.value)
+    header, *traceback = str(raised.value).splitlines()
+    assert header == (
+        f"importing module {name!r} raised ModuleNotFoundError: No module named "
+        "'a_dependency_that_is_not_installed' (its traceback follows)"
+    )
+    assert "    import a_dependency_that_is_not_installed" in traceback
+
+
+def test_a_module_that_raises_on_import_gets_its_own_traceback_under_one_line(
+    user_module: ModuleWriter,
+) -> None:
+    name = user_module("RATES = {}\nDEFAULT = RATES['EUR']\n")
+    with pytest.raises(HandlerImportError) as raised:
+        load_projection(f"{name}:balances")
+    header, *traceback = str(raised.value).splitlines()
+    assert header == f"importing module {name!r} raised KeyError: 'EUR' (its traceback follows)"
+    assert traceback[0] == "Traceback (most recent call last):"
+    assert "    DEFAULT = RATES['EUR']" in traceback
+    assert traceback[-1] == "KeyError: 'EUR'"
+    assert not any("importlib" in line for line in traceback)
 
 
 def test_load_projection_names_a_missing_attribute(user_module: ModuleWriter) -> None:

@@ -57,7 +57,7 @@ def test_durations_are_short_and_never_negative(seconds: float, shown: str) -> N
 def test_the_table_shows_a_member_by_its_checkpoint_name_with_its_figures() -> None:
     header, row = text_of([member()]).splitlines()
 
-    assert header.split() == " ".join(COLUMNS).split()
+    assert header.split() == " ".join(c for c in COLUMNS if c != "parked").split()
     assert row.split() == [
         "balances-1",
         "account",
@@ -96,6 +96,20 @@ def test_names_and_figures_are_not_cut_on_an_80_column_terminal() -> None:
         assert value in text
 
 
+def test_parked_streams_show_with_the_age_of_the_oldest() -> None:
+    row = member(parked=2, oldest_parked_at=NOW - timedelta(minutes=3))
+
+    header, line, *caption = text_of([row], width=200).splitlines()
+    assert "parked" in header.split()
+    assert line.split()[-2:] == ["2", "running"]
+    assert "2 parked stream(s), their events not handled; the oldest parked 3m00s ago in " in (
+        " ".join(caption)
+    )
+    assert json.loads(to_json([row]))["members"][0]["oldest_parked_at"] == (
+        "2026-11-24T11:57:00+00:00"
+    )
+
+
 def test_an_empty_status_says_why_it_is_empty() -> None:
     assert "no checkpoints" in text_of([])
 
@@ -117,6 +131,8 @@ def test_json_is_one_document_of_machine_fields() -> None:
         "lag_seconds": 192.5,
         "last_written": "2026-11-24T11:59:55+00:00",
         "running": True,
+        "parked": 0,
+        "oldest_parked_at": None,
     }
     assert document["members"][1]["head"] is None
     assert document["members"][1]["lag_seconds"] is None

@@ -13,9 +13,11 @@ import click
 from projector import groups, logs, member_index, status, waiting
 from projector import notify as notifications
 from projector.cli.options import (
+    EXIT_PARKED,
     RUN_SETTINGS,
     console,
     database_call,
+    fail,
     given,
     reporting_errors,
     require_url,
@@ -40,6 +42,18 @@ def run(target: str, **flags: Any) -> None:
         runner = Runner(load_projection(target), settings)
     collect_garbage_less_often()
     run_async(runner.run, settings)
+    if runner.parked:
+        fail(parked_message(runner.group, runner.parked), EXIT_PARKED)
+
+
+def parked_message(group: str, parked: frozenset[str], shown: int = 10) -> str:
+    names = sorted(parked)
+    more = f" and {len(names) - shown} more" if len(names) > shown else ""
+    return (
+        f"caught up, but {len(names)} stream(s) of group {group} are parked, their events not "
+        f"handled: {', '.join(names[:shown])}{more} (`projector parked list --group {group}`; "
+        "`projector parked retry` replays them once fixed)"
+    )
 
 
 @click.command("migrate")
@@ -165,10 +179,19 @@ def status_command(group: str | None, as_json: bool, **flags: Any) -> None:
 @click.command("wait")
 @click.option("--group", required=True, help="the group that must have handled it")
 @click.option("--position", type=int, required=True, help="the global position of the event")
-@click.option("--timeout", type=float, default=30.0, show_default=True, help="seconds to wait")
+@click.option(
+    "--timeout",
+    type=float,
+    default=30.0,
+    show_default=True,
+    envvar="PROJECTOR_WAIT_TIMEOUT",
+    show_envvar=True,
+    help="seconds to wait",
+)
 @settings_options("database_url", "log_level")
 def wait_command(group: str, position: int, timeout: float, **flags: Any) -> None:
-    """Wait until GROUP has handled the event at global POSITION (exit 1 on timeout)."""
+    """Wait until GROUP has handled the event at global POSITION (exit 1 on timeout, 3 when
+    the event's stream is parked)."""
     with reporting_errors():
         settings = load_settings(**given(flags))
         url = require_url(settings)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 import uuid
 from datetime import datetime
 from functools import partial
@@ -169,10 +168,9 @@ def parked_list(group: str | None, as_json: bool, **flags: Any) -> None:
 @settings_options("database_url", "log_level")
 def parked_retry(stream: str | None, every: bool, group: str, **flags: Any) -> None:
     """Replay STREAM (or --all) from its first unhandled event, by the runner that owns it."""
-    if (stream is not None) == every:
-        click.echo("error: give one STREAM or --all", err=True)
-        sys.exit(2)
     with reporting_errors():
+        if (stream is not None) == every:
+            raise ConfigurationError("give one STREAM or --all")
         streams = database_call(
             flags, partial(parked_streams.request_retry, group=group, stream_name=stream)
         )

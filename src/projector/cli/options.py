@@ -10,14 +10,21 @@ import sys
 from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from contextlib import contextmanager
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import anyio
 import click
+import psycopg
 
 from projector import database, logs
 from projector.database import Connection
-from projector.errors import ConfigurationError, HandlerError, ProjectorError, find_error
+from projector.errors import (
+    ConfigurationError,
+    HandlerError,
+    ParkedStreamsError,
+    ProjectorError,
+    find_error,
+)
 from projector.runner import backend_options, serve
 from projector.settings import Settings, flag_for, load_settings
 
@@ -124,21 +131,48 @@ def run_async(main: Callable[[], Coroutine[Any, Any, None]], settings: Settings)
         anyio.run(serve, main, backend_options=backend_options(settings))
 
 
+EXIT_FAILED = 1  # the database, a handler or a running member stopped the command
+EXIT_USAGE = 2  # a setting, a flag, a name or the handler module is wrong
+EXIT_PARKED = 3  # caught up, but streams were parked on the way (or the event waited for was)
+
+
 @contextmanager
 def reporting_errors() -> Iterator[None]:
-    """Turn projector's errors into one line on stderr and an exit code (2: bad input)."""
+    """Turn projector's errors, and any statement the database refused, into one line on stderr
+    and an exit code (EXIT_FAILED, or EXIT_USAGE for bad input)."""
     try:
         yield
-    except (ProjectorError, BaseExceptionGroup) as exc:
+    except (ProjectorError, psycopg.Error, BaseExceptionGroup) as exc:
         error = find_error(exc, ProjectorError)
         if error is None:
-            raise
+            refusal = find_error(exc, psycopg.Error)
+            if refusal is None:
+                raise
+            error = database.refused(refusal, f"running `{_command_path()}`")
         if isinstance(error, HandlerError):
             logger.error(
                 "stopped: %s", error, exc_info=error.__cause__, extra={"action": "handler_failed"}
             )
-        click.echo(f"error: {error}", err=True)
-        sys.exit(2 if isinstance(error, ConfigurationError) else 1)
+        fail(error, exit_code(error))
+
+
+def exit_code(error: ProjectorError) -> int:
+    if isinstance(error, ConfigurationError):
+        return EXIT_USAGE
+    if isinstance(error, ParkedStreamsError):
+        return EXIT_PARKED
+    return EXIT_FAILED
+
+
+def fail(error: BaseException | str, code: int) -> NoReturn:
+    """Report ``error`` on stderr (a JSON object under ``--log-format json``) and exit."""
+    logs.report_error(str(error))
+    sys.exit(code)
+
+
+def _command_path() -> str:
+    context = click.get_current_context(silent=True)
+    return context.command_path if context is not None else "projector"
 
 
 async def on_connection(url: str, work: Callable[[Connection], Awaitable[T]]) -> T:

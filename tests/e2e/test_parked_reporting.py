@@ -1,0 +1,61 @@
+"""A parked stream is never reported as success: `run --until-caught-up` exits 3 naming it,
+`wait` for one of its events exits 3 saying it is parked, and `status` counts it."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+from pathlib import Path
+
+import anyio
+import pytest
+
+from tests.support.failures import append
+from tests.support.groups import run_projector
+
+HANDLERS = """
+from projector import Event, Projection
+
+shop = Projection("shop")
+
+@shop.handler
+async def handle(stream_name: str, events: list[Event]) -> None:
+    if stream_name == "order-bad":
+        raise ValueError("cannot handle this order")
+"""
+
+
+@pytest.fixture
+def workdir(tmp_path: Path) -> Path:
+    (tmp_path / "shop_projections.py").write_text(textwrap.dedent(HANDLERS))
+    return tmp_path
+
+
+def test_a_parked_stream_is_reported_by_run_wait_and_status(
+    workdir: Path, own_store_url: str
+) -> None:
+    for name in ("order-1", "order-2"):
+        anyio.run(append, own_store_url, name, 2)
+    bad = anyio.run(append, own_store_url, "order-bad", 2)
+    url = ("--database-url", own_store_url)
+
+    run = run_projector(
+        workdir,
+        *("run", "shop_projections:shop", "--category", "order", "--until-caught-up"),
+        *("--retry-max-attempts", "1", "--log-level", "ERROR", *url),
+    )
+    wait = run_projector(workdir, "wait", "--group", "shop", "--position", str(bad[0]), *url)
+    status = run_projector(workdir, "status", "--json", *url)
+
+    assert run.returncode == 3, run.stderr
+    assert run.stderr.splitlines()[-1].startswith(
+        "error: caught up, but 1 stream(s) of group shop are parked, their events not handled: "
+        "order-bad"
+    )
+    assert wait.returncode == 3, wait.stderr
+    assert "has parked order-bad at position 0" in wait.stderr
+    assert "has handled" not in wait.stdout
+    assert status.returncode == 0, status.stderr
+    [member] = json.loads(status.stdout)["members"]
+    assert member["parked"] == 1
+    assert member["oldest_parked_at"] is not None
