@@ -1,3 +1,3 @@
-from projector.cli import main
+from projector.cli import entry
 
-main()
+entry()

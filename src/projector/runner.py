@@ -15,11 +15,13 @@ from __future__ import annotations
 import gc
 import importlib.util
 import logging
+import os
 import signal
 from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from functools import partial
+from typing import NoReturn
 
 import anyio
 import psycopg
@@ -314,7 +316,8 @@ class Runner:
                 await self._pump(parts, sources, sink, list(lanes.values()))
             finally:
                 with anyio.CancelScope(shield=True):
-                    await sink.stop(grace_period=settings.shutdown_timeout)
+                    if not await sink.stop(grace_period=settings.shutdown_timeout):
+                        _abandoned(parts.writer.name, sink, settings.shutdown_timeout)
 
     def _source(self, parts: Parts, lane: Lane, category: str) -> CategorySource:
         settings = self.settings
@@ -447,6 +450,28 @@ class Runner:
         )
 
 
+def _abandoned(name: str, sink: StreamsSink, grace_period: float) -> None:
+    """Say which handler calls a stop cancels, having waited ``grace_period`` for them."""
+    running = sorted(
+        (stream for stream in sink.troubled(longer_than=0) if stream.state == "running"),
+        key=lambda stream: -stream.seconds,
+    )
+    calls = ", ".join(f"{stream.stream_name} ({stream.seconds:.1f} s)" for stream in running)
+    logger.warning(
+        "%s: %d handler call(s) still running after shutdown_timeout (%g s) are cancelled, "
+        "their events delivered again at the next start: %s",
+        name,
+        len(running),
+        grace_period,
+        calls,
+        extra={
+            "action": "calls_abandoned",
+            "group": name,
+            "calls": {stream.stream_name: round(stream.seconds, 1) for stream in running},
+        },
+    )
+
+
 def _past_the_head(name: str, group: str, category: str, position: int, head: int | None) -> None:
     logger.warning(
         "%s's checkpoint for %s is at %d, past the category's head (%s): the events written "
@@ -495,20 +520,43 @@ def backend_options(settings: Settings) -> dict[str, bool]:
 
 
 async def serve(main: Callable[[], Awaitable[None]]) -> None:
-    """Run ``main`` until it returns or SIGINT/SIGTERM arrives, which cancels it gracefully."""
+    """Run ``main`` until it returns or SIGINT/SIGTERM arrives, which cancels it gracefully
+    (running handler calls get ``shutdown_timeout`` to finish, the checkpoint is committed); a
+    second signal while it stops ends the process at once."""
+    # Shielded: the first signal cancels the task group, and the second must still be heard.
+    listening = anyio.CancelScope(shield=True)
     async with anyio.create_task_group() as tasks:
 
-        async def stop_on_signal() -> None:
-            with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async def watch_signals() -> None:
+            with listening, anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
                 async for signum in signals:
+                    name = signal.Signals(signum).name
+                    if tasks.cancel_scope.cancel_called:
+                        stop_now(
+                            signum,
+                            f"received {name} again: stopping now, without waiting for running "
+                            "handler calls; what was handled since the last checkpoint commit "
+                            "is delivered again at the next start",
+                        )
                     logger.info(
-                        "received %s, stopping",
-                        signal.Signals(signum).name,
-                        extra={"action": "stopping", "signal": signal.Signals(signum).name},
+                        "received %s, stopping (once more to stop at once)",
+                        name,
+                        extra={"action": "stopping", "signal": name},
                     )
                     tasks.cancel_scope.cancel()
-                    return
 
-        tasks.start_soon(stop_on_signal, name="projector-signals")
-        await main()
+        tasks.start_soon(watch_signals, name="projector-signals")
+        try:
+            await main()
+        finally:
+            listening.cancel()
         tasks.cancel_scope.cancel()
+
+
+def stop_now(signum: int, message: str) -> NoReturn:
+    """End the process at once (exit 128 + signal), saying why in one line. Nothing more is
+    committed: what was handled since the last checkpoint commit is delivered again."""
+    name = signal.Signals(signum).name
+    logger.warning(message, extra={"action": "stopping_now", "signal": name})
+    logging.shutdown()
+    os._exit(128 + signum)

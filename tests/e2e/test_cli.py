@@ -212,3 +212,117 @@ def test_a_database_without_projector_tables_names_the_migrate_command(
 
     assert result.returncode == 1
     assert "run `projector migrate`" in result.stderr
+
+
+SLOW_IMPORT = """
+import sys, time
+print("importing", file=sys.stderr, flush=True)
+time.sleep(5)
+from shop_projections import balances
+"""
+
+
+def _started(
+    workdir: Path, *args: str, env: dict[str, str] | None = None, ignore_sigint: bool = False
+) -> tuple[subprocess.Popen[bytes], Path]:
+    """A `projector` process whose stderr goes to a file; with ``ignore_sigint`` it starts
+    with SIGINT ignored, as a script's ``projector run ... &`` does."""
+    log = workdir / f"stderr-{time.monotonic_ns()}.txt"
+
+    def ignoring() -> None:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [*PROJECTOR, *args],
+            cwd=workdir,
+            env={**os.environ, "HANDLED_FILE": str(workdir / "handled.txt"), **(env or {})},
+            stdout=subprocess.DEVNULL,
+            stderr=out,
+            preexec_fn=ignoring if ignore_sigint else None,
+        )
+    return process, log
+
+
+def _wait_for(log: Path, text: str, *, within: float = 30) -> None:
+    deadline = time.monotonic() + within
+    while text not in log.read_text():
+        assert time.monotonic() < deadline, f"never logged {text!r}: {log.read_text()}"
+        time.sleep(0.02)
+
+
+def test_sigint_stops_a_run_started_with_sigint_ignored_even_while_it_starts(
+    workdir: Path, own_store_url: str
+) -> None:
+    (workdir / "slow_projections.py").write_text(textwrap.dedent(SLOW_IMPORT))
+    process, log = _started(
+        workdir,
+        *("run", "slow_projections:balances", "-c", "account", "--database-url", own_store_url),
+        ignore_sigint=True,
+    )
+    _wait_for(log, "importing")
+
+    process.send_signal(signal.SIGINT)
+
+    assert process.wait(timeout=3) == 128 + signal.SIGINT
+    assert "received SIGINT: stopping now" in log.read_text().splitlines()[-1]
+
+
+def test_sigint_stops_a_running_run_gracefully_whatever_it_inherited(
+    workdir: Path, own_store_url: str
+) -> None:
+    anyio.run(write_events, own_store_url, {f"account-{i}": 1 for i in range(5)})
+    process, log = _started(
+        workdir,
+        *("run", "shop_projections:balances", "-c", "account", "--database-url", own_store_url),
+        ignore_sigint=True,
+    )
+    _wait_for(log, "action=source_tail_reached")
+
+    process.send_signal(signal.SIGINT)
+
+    assert process.wait(timeout=15) == 0, log.read_text()
+    assert "action=stopping signal=SIGINT" in log.read_text()
+
+
+def test_a_stop_that_outlasts_shutdown_timeout_names_the_calls_it_abandons(
+    workdir: Path, own_store_url: str
+) -> None:
+    anyio.run(write_events, own_store_url, {"account-slow": 1})
+    process, log = _started(
+        workdir,
+        *("run", "shop_projections:balances", "-c", "account", "--shutdown-timeout", "0.5"),
+        *("--database-url", own_store_url),
+        env={"HANDLER_DELAY": "60"},
+    )
+    _wait_for(log, "action=source_tail_reached")
+
+    process.send_signal(signal.SIGTERM)
+
+    assert process.wait(timeout=15) == 0, log.read_text()
+    [abandoned] = [line for line in log.read_text().splitlines() if "calls_abandoned" in line]
+    assert "1 handler call(s) still running after shutdown_timeout (0.5 s)" in abandoned
+    assert "account-slow (" in abandoned
+
+
+def test_a_second_signal_while_stopping_stops_at_once_in_one_line(
+    workdir: Path, own_store_url: str
+) -> None:
+    anyio.run(write_events, own_store_url, {"account-slow": 1})
+    process, log = _started(
+        workdir,
+        *("run", "shop_projections:balances", "-c", "account", "--shutdown-timeout", "60"),
+        *("--database-url", own_store_url),
+        env={"HANDLER_DELAY": "60"},
+    )
+    _wait_for(log, "action=source_tail_reached")
+    process.send_signal(signal.SIGTERM)
+    _wait_for(log, "action=stopping")
+
+    process.send_signal(signal.SIGINT)
+
+    assert process.wait(timeout=5) == 128 + signal.SIGINT
+    last = log.read_text().splitlines()[-1]
+    assert "received SIGINT again: stopping now" in last
+    assert "Traceback" not in log.read_text()
+    assert "Aborted" not in log.read_text()

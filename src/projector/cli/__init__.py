@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import signal
+from types import FrameType
+
 import click
 
 from projector.cli import commands, operations
+from projector.runner import stop_now
 
 
 @click.group()
@@ -24,3 +28,16 @@ for command in (
     operations.parked,
 ):
     main.add_command(command)
+
+
+def entry() -> None:
+    """The ``projector`` executable: SIGINT and SIGTERM stop it from the start, whatever the
+    disposition it inherited (a script's ``cmd &`` starts it with SIGINT ignored), until a
+    running loop listens for them itself (`runner.serve`)."""
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, _stop_while_starting)
+    main()
+
+
+def _stop_while_starting(signum: int, frame: FrameType | None) -> None:
+    stop_now(signum, f"received {signal.Signals(signum).name}: stopping now")
