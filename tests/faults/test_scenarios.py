@@ -98,14 +98,16 @@ def test_a_transactional_group_killed_again_and_again_then_rebalanced_applies_ea
 def test_an_at_least_once_projector_handles_everything_soon_after_a_5_second_restart(
     fault_server: Server, tmp_path: Path, scenario_run: int, fault_report: list[str]
 ) -> None:
-    server = fault_server
+    server, log = fault_server, tmp_path / "runner.log"
     runner = _runner(
         server,
-        tmp_path / "runner.log",
+        log,
         "tests.faults.projections:deliveries",
         *("--group", "deliveries", "--tail-sleep", "0.1"),
     )
     try:
+        # A running projector: one still starting when the server goes exits, by design.
+        _wait_for_line(log, '"action": "source_tail_reached"', within=30)
         _write(server, 3_000, streams=600, seed=scenario_run)
         time.sleep(0.3)  # still handling what was written when the server goes
         server.cluster.stop(mode="fast")
@@ -127,6 +129,13 @@ def test_an_at_least_once_projector_handles_everything_soon_after_a_5_second_res
     )
     assert left == 0
     assert server.query("SELECT count(*) FROM projector.parked_streams")[0][0] == 0
+
+
+def _wait_for_line(log: Path, text: str, *, within: float) -> None:
+    deadline = time.monotonic() + within
+    while text not in log.read_text():
+        assert time.monotonic() < deadline, f"never logged {text}:\n{log.read_text()}"
+        time.sleep(0.05)
 
 
 def _wait_until_delivered(server: Server, count: int, *, within: float) -> int:
