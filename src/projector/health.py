@@ -12,6 +12,7 @@ import enum
 import json
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -61,6 +62,7 @@ class Health(Observer):
         self.answered_wall: float | None = None  # the same as Unix time, for the metric
         self.last_error: str | None = None
         self.paused: str | None = None  # why the projection waits for its dependencies
+        self.retrying: Callable[[], int] = lambda: 0  # streams waiting for a retry
 
     # -- what the runner reports ----------------------------------------------------------
 
@@ -114,13 +116,17 @@ class Health(Observer):
             details["lag_seconds"] = {name: _round(c.seconds) for name, c in lag.categories.items()}
         if self.paused is not None:
             details["paused"] = self.paused
+        retrying = self.retrying()
+        details["retrying"] = retrying
         if self.state is not State.RUNNING:
             return Verdict(False, {**details, "reason": f"the runner is {self.state.value}"})
         if lag is None or anyio.current_time() - lag.at > self.max_db_age:
             reason = f"lag not measured in the last {self.max_db_age:g} s"
             return Verdict(False, {**details, "reason": reason})
         if not lag.within(self.ready_max_lag):
-            reason = f"a category lags more than {self.ready_max_lag} events"
+            reason = f"a category has more than {self.ready_max_lag} events unhandled"
+            if retrying:
+                reason = f"retrying {retrying} stream(s); {reason}"
             return Verdict(False, {**details, "reason": reason})
         return Verdict(True, details)
 

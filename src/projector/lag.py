@@ -30,13 +30,16 @@ LAG_INTERVAL = 5.0  # seconds between measurements while metrics are served
 class CategoryLag:
     """One category: ``position`` is the next global position the member reads (everything
     below it is handled); ``head`` the member's newest event (None: it has none); ``events`` its
-    events from ``position`` on; ``seconds`` the age of the oldest of them (0 when none)."""
+    events not handled yet; ``seconds`` the age of the oldest of them (0 when none); ``behind``
+    its events from ``position`` on, handled or not: more than ``events`` while a stream that
+    retries holds the position back, and the others' events are handled ahead of it."""
 
     category: str
     position: int
     head: int | None
     events: int
     seconds: float
+    behind: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,9 +68,11 @@ class LagTracker:
         size: int,
         on_measured: Callable[[LagReading], None],
         on_failed: Callable[[DatabaseUnavailableError], None],
+        handled_ahead: Callable[[], Mapping[str, int]] = dict,
     ) -> None:
         self._pool = pool
         self._positions = positions
+        self._handled_ahead = handled_ahead
         self._member = member
         self._size = size
         self._on_measured = on_measured
@@ -97,6 +102,7 @@ class LagTracker:
 
     async def _query(self, positions: dict[str, int]) -> LagReading:
         found: dict[str, CategoryLag] = {}
+        ahead = self._handled_ahead()
         async with database.pooled(self._pool, doing="measuring the lag") as conn:
             for category, position in positions.items():
                 params = {
@@ -107,8 +113,13 @@ class LagTracker:
                 }
                 row = await (await conn.execute(status.MEMBER_LAG, params)).fetchone()
                 assert row is not None  # an aggregate always returns one row
-                head, events, seconds = row
+                head, behind, seconds = row
                 found[category] = CategoryLag(
-                    category, position, head, int(events), max(float(seconds or 0.0), 0.0)
+                    category,
+                    position,
+                    head,
+                    max(int(behind) - ahead.get(category, 0), 0),
+                    max(float(seconds or 0.0), 0.0),
+                    int(behind),
                 )
         return LagReading(found, anyio.current_time(), time.time())

@@ -12,13 +12,14 @@ from projector.events import Event
 
 
 class Batch:
-    __slots__ = ("done", "lane", "on_completed", "remaining")
+    __slots__ = ("done", "lane", "on_completed", "remaining", "size")
 
-    def __init__(self, lane: Lane, on_completed: Callable[[], None]) -> None:
+    def __init__(self, lane: Lane, on_completed: Callable[[], None], size: int) -> None:
         self.lane = lane
         self.on_completed = on_completed
         self.remaining = 0  # streams of this batch that have not yet handled past their events
         self.done = False
+        self.size = size  # its events
 
 
 Schedule = Callable[[Batch, Sequence[Event]], None]
@@ -43,6 +44,11 @@ class Lane:
         """Batches submitted and not yet reported complete."""
         return len(self._batches)
 
+    @property
+    def events_in_flight(self) -> int:
+        """Events of the batches in flight, handled or not."""
+        return sum(batch.size for batch in self._batches)
+
     async def submit(self, events: Sequence[Event], on_completed: Callable[[], None]) -> None:
         """Hand over a batch; waits while ``max_read_ahead`` batches are in flight.
 
@@ -55,7 +61,7 @@ class Lane:
             if self._room.is_set():
                 self._room = anyio.Event()
             await self._room.wait()
-        batch = Batch(self, on_completed)
+        batch = Batch(self, on_completed, len(events))
         self._batches.append(batch)
         if self._empty.is_set():
             self._empty = anyio.Event()

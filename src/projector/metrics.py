@@ -249,6 +249,11 @@ class _StateCollector(Collector):
     def _lag(self) -> Iterable[Metric]:
         group, reading = self._group, self._state.health.lag
         events = _gauge("projector_lag_events", "Events of this member not yet handled", "category")
+        behind = _gauge(
+            "projector_lag_behind_events",
+            "Events from the handled position on, handled or not (what the checkpoint waits on)",
+            "category",
+        )
         seconds = _gauge(
             "projector_lag_seconds", "Age of the oldest event not yet handled", "category"
         )
@@ -258,10 +263,11 @@ class _StateCollector(Collector):
         if reading is not None:
             for name, lag in reading.categories.items():
                 events.add_metric((group, name), lag.events)
+                behind.add_metric((group, name), lag.behind)
                 seconds.add_metric((group, name), lag.seconds)
                 if lag.head is not None:
                     head.add_metric((group, name), lag.head)
-        return (events, seconds, head)
+        return (events, behind, seconds, head)
 
 
 class _HealthCollector(Collector):

@@ -138,6 +138,27 @@ class StreamsSink:
     def parked_streams(self) -> frozenset[str]:
         return frozenset(self._parked)
 
+    @property
+    def failing_streams(self) -> int:
+        """Streams whose last call failed, waiting for their retry."""
+        return sum(1 for stream in self._streams.values() if stream.failing_since is not None)
+
+    def handled_in_flight(self) -> dict[str, int]:
+        """Per lane, the events of its batches in flight that are handled already: those of
+        the streams that went on while an older batch waits for a stream that retries.
+        (Read at a moment of the loop's choosing: a gauge's figure, not a ledger's.)"""
+        unhandled: dict[str, int] = {}
+        running = {call.stream.name: len(call.events) for call in self._calls if call.stream}
+        for stream in self._streams.values():
+            if stream.pending:
+                lane = stream.pending[0][0].lane.name
+                waiting = len(stream.buffer) + running.get(stream.name, 0)
+                unhandled[lane] = unhandled.get(lane, 0) + waiting
+        return {
+            name: max(lane.events_in_flight - unhandled.get(name, 0), 0)
+            for name, lane in self._lanes.items()
+        }
+
     def troubled(self, *, longer_than: float) -> list[TroubledStream]:
         """Streams running one call, or failing, for more than ``longer_than`` seconds."""
         now, found = time.monotonic(), []

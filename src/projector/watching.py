@@ -80,7 +80,9 @@ class Watchers:
             size=settings.group_size,
             on_measured=self.health.lag_measured,
             on_failed=self.health.lag_failed,
+            handled_ahead=sink.handled_in_flight,
         )
+        self.health.retrying = lambda: sink.failing_streams
         if self.metrics is not None:
             # Often enough that a healthy database never looks silent to /health.
             interval = min(LAG_INTERVAL, settings.health_max_db_age / 4)

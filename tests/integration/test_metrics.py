@@ -22,7 +22,7 @@ from projector import Projection
 from projector.database import connect
 from projector.localpg import LocalCluster, free_port
 from projector.settings import Settings
-from tests.support.failures import category_positions, eventually, message_store_on
+from tests.support.failures import Flaky, category_positions, eventually, message_store_on
 from tests.support.projecting import Recorder, run_projection, settings_for, write_events
 
 pytestmark = pytest.mark.anyio
@@ -167,12 +167,40 @@ async def test_ready_answers_503_while_behind_and_200_once_caught_up(
 
     # Probes while starting (lag already measured or not) say so; what matters is that a
     # running projector that is behind answers 503 with its lag.
-    lagging = "a category lags more than 0 events"
+    lagging = "a category has more than 0 events unhandled"
     behind = [body for status, body in seen if status == 503 and body.get("reason") == lagging]
     assert behind, f"/ready never answered 503 with a lag while behind: {seen}"
     assert behind[0]["lag"]["account"] > 0
     assert seen[-1][1]["lag"] == {"account": 0}
     assert recorder.handled == sum(streams.values())
+
+
+async def test_one_retrying_stream_counts_its_own_events_as_lag_not_the_ones_handled_past_it(
+    own_store_url: str,
+) -> None:
+    await write_events(own_store_url, {"account-bad": 2})
+    await write_events(own_store_url, {f"account-{i}": 1 for i in range(200)})
+    flaky = Flaky(failing={"account-bad": "down"})
+    settings = serving(
+        own_store_url, ready_max_lag=10, retry_base=0.05, retry_cap=0.1, retry_max_attempts=1000
+    )
+    labels = frozenset({("group", "flaky"), ("category", "account")})
+    seen: list[tuple[int, dict[str, Any]]] = []
+
+    async def settled() -> bool:
+        seen.append(await probe(settings, "/ready"))
+        return len(flaky.global_positions) == 200 and seen[-1][1].get("lag") == {"account": 2}
+
+    with anyio.fail_after(40):
+        async with running(flaky.projection(), settings):
+            await eventually(settled, within=30, poll=0.1)
+            samples = await scrape(settings)
+
+    status, body = seen[-1]
+    assert status == 200, body
+    assert body["retrying"] == 1
+    assert samples[("projector_lag_events", labels)] == 2
+    assert samples[("projector_lag_behind_events", labels)] == 202
 
 
 async def test_health_fails_while_the_database_is_gone_and_recovers_with_it(
