@@ -43,6 +43,7 @@ SELECT set_config('jit', 'off', false),
        END
 """
 DEFAULT_CONNECT_TIMEOUT = 10.0
+RECONNECT_LOG_EVERY = 10.0  # seconds between logged attempts of one operation in an outage
 EAGER_READS = 64  # reads of data already in the socket before a wait goes through the loop
 
 Connection = psycopg.AsyncConnection[tuple[Any, ...]]
@@ -132,6 +133,7 @@ class Reconnecting:
         self._policy = policy
         self._started: float | None = None
         self._attempt = 0
+        self._logged_at: float | None = None
 
     async def failed(self, exc: Exception) -> None:
         """Wait before the next attempt; raise DatabaseUnavailableError past the limit."""
@@ -147,7 +149,13 @@ class Reconnecting:
         delay = self._policy.backoff(self._attempt)
         if self._on_retry is not None:
             self._on_retry(doing)
-        logger.warning(
+        # The first attempt, then one line every RECONNECT_LOG_EVERY s: an outage of minutes
+        # is a few lines, not one per attempt of every loop.
+        quiet = self._logged_at is not None and now - self._logged_at < RECONNECT_LOG_EVERY
+        if not quiet:
+            self._logged_at = now
+        logger.log(
+            logging.DEBUG if quiet else logging.WARNING,
             "database unavailable while %s (attempt %d), retrying in %.1f s: %s",
             doing,
             self._attempt,
@@ -171,7 +179,7 @@ class Reconnecting:
                 self._attempt,
                 extra={"action": "reconnected", "doing": self._doing, "attempts": self._attempt},
             )
-        self._started, self._attempt = None, 0
+        self._started, self._attempt, self._logged_at = None, 0, None
 
 
 async def outlasting(

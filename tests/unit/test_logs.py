@@ -8,6 +8,9 @@ import re
 import sys
 from pathlib import Path
 
+import pytest
+
+from projector import logs
 from projector.logs import JsonFormatter, TextFormatter
 
 
@@ -68,3 +71,29 @@ def test_every_action_projector_logs_is_named_in_the_readmes_logs_section() -> N
 
     assert logged, "no action found in the sources"
     assert sorted(a for a in logged if f"`{a}`" not in section) == []
+
+
+def test_psycopgs_own_warnings_are_left_to_debugging() -> None:
+    logs.configure("INFO")
+    quiet = {name: logging.getLogger(name).level for name in ("psycopg", "psycopg.pool")}
+    logs.configure("DEBUG")
+    debugging = {name: logging.getLogger(name).level for name in ("psycopg", "psycopg.pool")}
+    logs.configure("WARNING")
+
+    assert quiet == {"psycopg": logging.ERROR, "psycopg.pool": logging.ERROR}
+    assert debugging == {"psycopg": logging.DEBUG, "psycopg.pool": logging.DEBUG}
+
+
+def test_the_error_a_command_ends_with_is_json_too_under_json_logs(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    logs.configure("INFO", "json")
+    logs.report_error("cannot connect to the database u@h:5432/db: refused")
+    logs.configure("INFO", "text")
+    logs.report_error("plain")
+
+    json_line, text_line = capsys.readouterr().err.splitlines()
+    entry = json.loads(json_line)
+    assert (entry["level"], entry["action"]) == ("ERROR", "error")
+    assert entry["message"] == "cannot connect to the database u@h:5432/db: refused"
+    assert text_line == "error: plain"
