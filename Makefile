@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test faults scenarios lint bench clean
+.PHONY: demo demo-stop test faults scenarios lint bench clean
 
 $(BIN)/projector: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -13,6 +13,10 @@ $(BIN)/projector: pyproject.toml
 
 demo: $(BIN)/projector
 	$(BIN)/projector demo
+
+# The demo keeps its local PostgreSQL running between runs; this stops it.
+demo-stop: $(BIN)/projector
+	$(BIN)/projector demo --stop
 
 # pytest exits 5 when it collected no test: that is a failure here, like any non-zero code.
 test: $(BIN)/projector

@@ -21,7 +21,7 @@ from projector.localpg import LocalCluster, default_data_dir
 from projector.runner import Runner
 from projector.settings import Settings
 
-CATEGORY = "account"
+CATEGORY = "demo_account"  # its own: the README's examples use "account"
 DATABASE = "projector_demo"
 
 CREATE_TABLE = """
@@ -114,9 +114,9 @@ async def close_pools() -> None:
         _pools.clear()
 
 
-def local_database() -> tuple[str, Path]:
+def local_database(data_dir: Path | None = None) -> tuple[str, Path]:
     """The URL of the demo database in projector's own local cluster, started if need be."""
-    cluster = LocalCluster(default_data_dir())
+    cluster = LocalCluster(data_dir or default_data_dir())
     server_url = cluster.ensure_running()
     with connect_sync(server_url) as conn:
         conn.autocommit = True  # CREATE DATABASE cannot run in a transaction
@@ -124,6 +124,15 @@ def local_database() -> tuple[str, Path]:
         if exists.fetchone() is None:
             conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(DATABASE)))
     return f"{server_url.rpartition('/')[0]}/{DATABASE}", cluster.data_dir
+
+
+def stop_local(data_dir: Path | None = None) -> bool:
+    """Stop the demo's local cluster; False when it was not running."""
+    cluster = LocalCluster(data_dir or default_data_dir())
+    if cluster.running_port() is None:
+        return False
+    cluster.stop()
+    return True
 
 
 async def run(url: str, *, accounts: int, events: int) -> tuple[int, int, int]:

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import anyio
 import click
 
-from projector import groups, logs, member_index, status, waiting
+from projector import database, groups, logs, member_index, status, waiting
 from projector import notify as notifications
 from projector.cli.options import (
     EXIT_PARKED,
@@ -24,6 +26,7 @@ from projector.cli.options import (
     run_async,
     settings_options,
 )
+from projector.errors import ConfigurationError
 from projector.projection import load_projection
 from projector.runner import Runner, collect_garbage_less_often
 from projector.settings import load_settings
@@ -106,20 +109,45 @@ def migrate_command(
 @settings_options("database_url", "log_level")
 @click.option("--events", default=2000, show_default=True, help="sample events to write")
 @click.option("--accounts", default=100, show_default=True, help="account streams to use")
-def demo_command(events: int, accounts: int, **flags: Any) -> None:
-    """Write sample account events and project them into a balances table.
+@click.option(
+    "--yes",
+    is_flag=True,
+    help="write into the database of --database-url / PROJECTOR_DATABASE_URL without asking",
+)
+@click.option("--stop", is_flag=True, help="stop the local PostgreSQL the demo started, and exit")
+@click.option(
+    "--data-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="where the demo's local PostgreSQL lives (default: ~/.cache/projector/pg, or "
+    "/var/tmp/projector-demo-pg as root)",
+)
+def demo_command(
+    events: int, accounts: int, yes: bool, stop: bool, data_dir: Path | None, **flags: Any
+) -> None:
+    """Write sample events (category demo_account) and project them into table demo_balances.
 
-    Without a database URL, runs projector's own local PostgreSQL cluster (kept between runs).
+    Without a database URL it runs a local PostgreSQL of its own, kept between runs (--stop
+    stops it). Given one, it asks before writing there (--yes does not ask).
     """
-    from projector import demo, migrate
+    from projector import demo, migrate  # Alembic and SQLAlchemy: a third of a second to import
 
+    command = _projector_command()
     with reporting_errors():
+        if stop:
+            stopped = demo.stop_local(data_dir)
+            click.echo("demo PostgreSQL stopped" if stopped else "demo PostgreSQL was not running")
+            return
         settings = load_settings(**given(flags))
         logs.configure(settings.log_level)
         url = settings.database_url
-        if url is None:
-            url, data_dir = demo.local_database()
-            click.echo(f"local PostgreSQL cluster in {data_dir}")
+        if url is not None:
+            _consent(url, events, yes=yes)
+            where = "with PROJECTOR_DATABASE_URL as you gave it"
+        else:
+            url, local_dir = demo.local_database(data_dir)
+            click.echo(f"local PostgreSQL cluster in {local_dir}")
+            # The local cluster trusts local connections: its URL holds no password.
+            where = f"export PROJECTOR_DATABASE_URL='{url}'"
         migrate.install_message_store(url)
         migrate.upgrade(url)
         counted, projected, expected = anyio.run(
@@ -127,14 +155,49 @@ def demo_command(events: int, accounts: int, **flags: Any) -> None:
         )
     verdict = "matches" if projected == expected else "DOES NOT match"
     click.echo(
-        f"wrote {events} events to up to {accounts} account streams; demo_balances has "
+        f"wrote {events} events to up to {accounts} {demo.CATEGORY} streams; demo_balances has "
         f"{counted} accounts, total {projected}, which {verdict} the total of all events "
         f"({expected})\n"
         f"project them yourself:\n"
-        f"  export PROJECTOR_DATABASE_URL='{url}'\n"
-        f"  projector run projector.demo:balances --until-caught-up"
+        f"  {where}\n"
+        f"  {command} run projector.demo:balances --until-caught-up"
     )
+    if settings.database_url is None:
+        click.echo(
+            f"the demo's PostgreSQL keeps running for the next time: `{command} demo --stop` "
+            "(or `make demo-stop`) stops it"
+        )
     sys.exit(0 if projected == expected else 1)
+
+
+def _consent(url: str, events: int, *, yes: bool) -> None:
+    """The demo writes into a database it did not start only once the user says so."""
+    if yes:
+        return
+    what = (
+        f"projector demo writes {events} sample events (category demo_account) and creates "
+        f"table demo_balances, projector's tables and, if it has none, a message store, in "
+        f"{database.describe(url)}"
+    )
+    if not sys.stdin.isatty():
+        raise ConfigurationError(
+            f"{what}: give --yes to let it, or leave PROJECTOR_DATABASE_URL and --database-url "
+            "unset for a local PostgreSQL of its own"
+        )
+    if not click.confirm(f"{what}. Go on?", default=False):
+        raise ConfigurationError("nothing written: the demo needs --yes, or no database URL")
+
+
+def _projector_command() -> str:
+    """How this user runs `projector`: the name when it is on the PATH, else the path of the
+    command (a virtualenv's bin/), or ``python -m projector``."""
+    started = Path(sys.argv[0])
+    if started.name != "projector":
+        return f"{sys.executable} -m projector"
+    found = shutil.which("projector")
+    if found is not None and Path(found).resolve() == started.resolve():
+        return "projector"
+    return str(started)
 
 
 @click.command()

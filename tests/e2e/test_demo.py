@@ -1,0 +1,107 @@
+"""`projector demo` as a newcomer runs it: in a database of its own, or, only once asked to, in
+the user's, where it keeps to its own category and table and never shows the password."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import anyio
+import psycopg
+import pytest
+
+from projector.localpg import LocalCluster
+from tests.support.failures import append
+from tests.support.postgres import Unavailable, give_up, require_server_binaries
+
+PASSWORD = "secretpw"
+
+
+def demo(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if k != "PROJECTOR_DATABASE_URL"}
+    return subprocess.run(
+        [sys.executable, "-m", "projector", "demo", "--events", "50", "--accounts", "5", *args],
+        cwd=cwd,
+        env=env,
+        stdin=subprocess.DEVNULL,  # not a terminal: nobody to ask
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def with_password(url: str) -> str:
+    """The URL with a password in it (the test server trusts local connections anyway)."""
+    parts = urlsplit(url)
+    netloc = f"{parts.username}:{PASSWORD}@{parts.hostname}:{parts.port}"
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def _count(url: str, query: str) -> int:
+    with psycopg.connect(url) as conn:
+        row = conn.execute(query.encode()).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def test_the_demo_writes_into_a_users_database_only_when_told_and_keeps_to_its_own_names(
+    own_store_url: str, tmp_path: Path
+) -> None:
+    anyio.run(append, own_store_url, "account-1", 1)
+    url = with_password(own_store_url)
+
+    refused = demo("--database-url", url, cwd=tmp_path)
+    untouched = _count(own_store_url, "SELECT count(*) FROM message_store.messages")
+    allowed = demo("--database-url", url, "--yes", cwd=tmp_path)
+
+    assert refused.returncode == 2
+    assert "give --yes to let it" in refused.stderr
+    assert untouched == 1
+    assert allowed.returncode == 0, allowed.stderr
+    for output in (refused.stdout, refused.stderr, allowed.stdout, allowed.stderr):
+        assert PASSWORD not in output
+    assert "with PROJECTOR_DATABASE_URL as you gave it" in allowed.stdout
+    assert "-m projector run projector.demo:balances --until-caught-up" in allowed.stdout
+    account = (
+        "SELECT count(*) FROM message_store.messages"
+        " WHERE message_store.category(stream_name) = '{}'"
+    )
+    assert _count(own_store_url, account.format("account")) == 1
+    assert _count(own_store_url, account.format("demo_account")) == 50
+
+
+@pytest.fixture
+def demo_dir() -> Iterator[Path]:
+    """A folder for the demo's own cluster; whatever runs there is stopped at the end."""
+    try:
+        require_server_binaries()
+    except Unavailable as exc:
+        give_up(str(exc))
+    as_root = os.geteuid() == 0
+    base = Path(tempfile.mkdtemp(prefix="projector-demo-", dir="/tmp" if as_root else None))
+    base.chmod(0o711)  # as root, the server user must be able to pass through
+    yield base / "pg"
+    LocalCluster(base / "pg").stop()
+    shutil.rmtree(base)
+
+
+def test_the_demo_runs_its_own_postgres_says_how_to_go_on_and_stops_it(
+    demo_dir: Path, tmp_path: Path
+) -> None:
+    first = demo("--data-dir", str(demo_dir), cwd=tmp_path)
+    stopped = demo("--data-dir", str(demo_dir), "--stop", cwd=tmp_path)
+    again = demo("--data-dir", str(demo_dir), "--stop", cwd=tmp_path)
+
+    assert first.returncode == 0, first.stderr
+    assert f"local PostgreSQL cluster in {demo_dir}" in first.stdout
+    assert "export PROJECTOR_DATABASE_URL='postgresql://postgres@127.0.0.1:" in first.stdout
+    assert "demo --stop` (or `make demo-stop`) stops it" in first.stdout
+    assert (stopped.returncode, stopped.stdout) == (0, "demo PostgreSQL stopped\n")
+    assert (again.returncode, again.stdout) == (0, "demo PostgreSQL was not running\n")
