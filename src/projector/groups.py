@@ -103,6 +103,8 @@ async def check_size(conn: Connection, group: str, size: int) -> None:
 
 
 async def list_checkpoints(conn: Connection, group: str | None = None) -> list[CheckpointRow]:
+    if group is not None:
+        validate_group(group)
     rows = await (await conn.execute(LIST, {"group": group})).fetchall()
     return [CheckpointRow(*row) for row in rows]
 
@@ -130,7 +132,7 @@ async def set_checkpoint(
     async with conn.transaction():
         if not force:
             await _refuse_past_the_head(conn, category, position)
-        rows = await _lock_group(conn, group, range(member, member + 1))
+        rows, _ = await _lock_group(conn, group, range(member, member + 1))
         size = max((row.size for row in rows), default=1)
         if member >= size:
             raise ConfigurationError(
@@ -178,7 +180,7 @@ async def reset_group(
     if category is not None:
         validate_category(category)
     async with conn.transaction():
-        rows = await _lock_group(conn, group)
+        rows, _ = await _lock_group(conn, group)
         if category is None:
             await conn.execute(DELETE_GROUP, {"group": group})
         else:
@@ -193,14 +195,21 @@ async def rebalance(conn: Connection, group: str, size: int, *, dry_run: bool) -
     if size < 1:
         raise ConfigurationError(f"--size {size} is too small: a group has at least 1 member")
     async with conn.transaction() as transaction:
-        rows = await _lock_group(conn, group, extra_members=size)
+        # A dry run changes nothing, so it may look while members run (and says so).
+        rows, busy = await _lock_group(conn, group, extra_members=size, refuse_busy=not dry_run)
         if not rows:
             raise ConfigurationError(
                 f"group {group!r} has no checkpoints, so there is nothing to rebalance: "
                 f"start its members with --group-size {size}"
             )
         plan = _plan(group, size, rows)
-        if dry_run:
+        if busy:
+            plan.notes.append(f"running now: {'; '.join(busy)}; stop every member first")
+        if plan.old_size == size:
+            # Rebalancing to the same size would only replay from the lowest checkpoint.
+            plan.notes.append(f"the group already has {size} member(s): nothing to do")
+            transaction.force_rollback = True
+        elif dry_run:
             transaction.force_rollback = True
         else:
             await conn.execute(DELETE_GROUP, {"group": group})
@@ -248,8 +257,10 @@ async def _lock_group(
     members: range | None = None,
     *,
     extra_members: int = 0,
-) -> list[CheckpointRow]:
-    """Lock a group's rows and its members (all of them unless ``members``); refuse if busy."""
+    refuse_busy: bool = True,
+) -> tuple[list[CheckpointRow], list[str]]:
+    """Lock a group's rows and its members (all of them unless ``members``); refuse if one
+    runs (unless not ``refuse_busy``: then return who runs)."""
     rows = [
         CheckpointRow(*row)
         for row in await (await conn.execute(LOCK_GROUP_ROWS, {"group": group})).fetchall()
@@ -258,11 +269,11 @@ async def _lock_group(
         known = max((max(row.size, row.member + 1) for row in rows), default=1)
         members = range(max(known, extra_members))
     busy = await busy_members(conn, group, members)
-    if busy:
+    if busy and refuse_busy:
         raise MemberBusyError(
             f"group {group!r} is running: {'; '.join(busy)}. Stop every member first"
         )
-    return rows
+    return rows, busy
 
 
 async def _rows_of(conn: Connection, group: str, member: int, category: str) -> list[CheckpointRow]:

@@ -8,11 +8,14 @@ from pathlib import Path
 import psycopg
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import create_engine
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import Connection, create_engine
 from sqlalchemy.exc import DBAPIError
 
 from projector import database
 
+VERSION_SCHEMA = "projector"  # where migrations/env.py keeps Alembic's version table
 _PACKAGE_MIGRATIONS = Path(str(resources.files("projector"))) / "migrations"
 # In a source checkout (editable install) migrations/ sits at the top of the repository.
 _SOURCE_MIGRATIONS = Path(__file__).resolve().parents[2] / "migrations"
@@ -32,21 +35,40 @@ def _alembic_config() -> Config:
     return config
 
 
-def upgrade(url: str, revision: str = "head") -> None:
-    """Bring projector's own tables (schema ``projector``) up to ``revision``."""
+def upgrade(url: str, revision: str = "head") -> list[str]:
+    """Bring projector's own tables (schema ``projector``) up to ``revision``; return what
+    was applied, one line per migration (none when they were up to date)."""
     database.connect_sync(url).close()  # fail with our message before SQLAlchemy wraps the error
     engine = create_engine("postgresql+psycopg://", creator=lambda: database.connect_sync(url))
     try:
         with engine.begin() as connection:
             config = _alembic_config()
             config.attributes["connection"] = connection
+            before = _current(connection)
             command.upgrade(config, revision)
+            after = _current(connection)
     except DBAPIError as exc:
         if isinstance(exc.orig, psycopg.Error):
             raise database.refused(exc.orig, "creating projector's tables") from exc
         raise
     finally:
         engine.dispose()
+    return _applied(config, before, after)
+
+
+def _current(connection: Connection) -> str | None:
+    """The revision projector's tables are at (its version table is in schema projector)."""
+    options = {"version_table_schema": VERSION_SCHEMA}
+    return MigrationContext.configure(connection, opts=options).get_current_revision()
+
+
+def _applied(config: Config, before: str | None, after: str | None) -> list[str]:
+    """The migrations between two revisions, oldest first, as "id: first line of its doc"."""
+    if after is None or before == after:
+        return []
+    scripts = ScriptDirectory.from_config(config)
+    steps = list(scripts.iterate_revisions(after, before or "base"))
+    return [f"{step.revision}: {(step.doc or '').splitlines()[0]}" for step in reversed(steps)]
 
 
 def message_store_sql() -> str:

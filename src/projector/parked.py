@@ -134,6 +134,8 @@ class ParkedStreams:
 
 
 async def list_parked(conn: Connection, group: str | None = None) -> list[ParkedStream]:
+    if group is not None:
+        validate_group(group)
     cursor = await conn.execute(LIST, {"group": group})
     return [ParkedStream(*row) for row in await cursor.fetchall()]
 

@@ -230,16 +230,26 @@ def human_duration(seconds: float) -> str:
 
 
 def to_json(rows: list[MemberStatus]) -> str:
-    """One JSON document, ``{"members": [...]}``: ints, seconds as floats, ISO timestamps."""
-    members = [
-        {
-            "name": row.name,
-            **dataclasses.asdict(row),
-            "last_written": row.last_written.isoformat(),
-            "oldest_parked_at": None
-            if row.oldest_parked_at is None
-            else row.oldest_parked_at.isoformat(),
-        }
-        for row in rows
-    ]
-    return json.dumps({"members": members})
+    """JSON Lines, one object per member and category, named as `checkpoints list --json`
+    names them (see the README's JSON output): ints, seconds as floats, ISO 8601 times."""
+    return "".join(json.dumps(_json_row(row)) + "\n" for row in rows)
+
+
+def _json_row(row: MemberStatus) -> dict[str, object]:
+    return {
+        "name": row.name,
+        "group": row.group,
+        "member": row.member,
+        "size": row.size,
+        "category": row.category,
+        "checkpoint": row.checkpoint,
+        "head": row.head,
+        "lag_events": row.lag_events,
+        "lag_seconds": row.lag_seconds,
+        "updated_at": row.last_written.isoformat(),
+        "running": row.running,
+        "parked": row.parked,
+        "oldest_parked_at": None
+        if row.oldest_parked_at is None
+        else row.oldest_parked_at.isoformat(),
+    }

@@ -78,6 +78,13 @@ def test_migrate_then_run_until_caught_up_projects_every_event(
         workdir, "migrate", "--message-store", "--database-url", empty_database_url
     )
     assert migrated.returncode == 0, migrated.stderr
+    assert migrated.stdout.splitlines()[0] == "message store created"
+    assert "applied 0001: Checkpoints" in migrated.stdout
+    assert migrated.stdout.splitlines()[-1] == (
+        "projector tables created or upgraded (schema projector)"
+    )
+    again = projector(workdir, "migrate", "--message-store", "--database-url", empty_database_url)
+    assert again.stdout == "message store already present\nprojector tables already up to date\n"
     anyio.run(write_events, empty_database_url, {f"account-{i}": 3 for i in range(30)})
 
     run = projector(

@@ -184,7 +184,7 @@ def test_on_failure_stop_exits_1_with_one_error_line_naming_the_stream(
     assert (BAD, 0) not in handled(workdir)
 
 
-def test_a_failing_stream_is_parked_the_run_completes_and_parked_list_names_it(
+def test_a_failing_stream_is_parked_the_run_completes_exit_3_and_parked_list_names_it(
     workdir: Path, own_store_url: str
 ) -> None:
     anyio.run(write_events, own_store_url, {f"account-{i}": 2 for i in range(20)})
@@ -200,7 +200,12 @@ def test_a_failing_stream_is_parked_the_run_completes_and_parked_list_names_it(
     retried = projector(workdir, own_store_url, "parked", "retry", "--group", GROUP, BAD)
     unknown = projector(workdir, own_store_url, "parked", "retry", "--group", GROUP, "account-0")
 
-    assert run.returncode == 0, run.stderr
+    # Caught up, except for the parked stream: exit 3, naming it.
+    assert run.returncode == 3, run.stderr
+    assert run.stderr.splitlines()[-1].startswith(
+        f"error: caught up, but 1 stream(s) of group {GROUP} are parked, their events not "
+        f"handled: {BAD}"
+    )
     assert "action=stream_parked" in run.stderr
     assert {(f"account-{i}", p) for i in range(20) for p in (0, 1)} == handled(workdir)
     assert listed.returncode == 0, listed.stderr

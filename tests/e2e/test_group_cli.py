@@ -166,21 +166,42 @@ def test_commands_that_change_checkpoints_exit_1_while_a_member_runs(
     database = ["--database-url", own_store_url]
     changes = [
         ["rebalance", "--group", GROUP, "--size", "3", *database],
-        ["rebalance", "--group", GROUP, "--size", "3", "--dry-run", *database],
         ["checkpoints", "set", "--group", GROUP, "--category", CATEGORY, "--position", "1",
          "--member", "1", *database],
         ["checkpoints", "reset", "--group", GROUP, "--yes", *database],
     ]  # fmt: skip
 
     refused = [run_projector(workdir, *change) for change in changes]
+    dry_run = run_projector(
+        workdir, "rebalance", "--group", GROUP, "--size", "3", "--dry-run", *database
+    )
 
     for result in refused:
         assert result.returncode == 1, result.stdout
         assert result.stderr.count("\n") == 1, result.stderr
         assert result.stderr.startswith(f"error: group '{GROUP}' is running: member 1 (")
         assert result.stderr.endswith("Stop every member first\n")
+    assert dry_run.returncode == 0, dry_run.stderr
+    assert "  note: running now: member 1 (" in dry_run.stdout
+    assert dry_run.stdout.endswith("dry run: nothing changed\n")
     assert _rows(own_store_url) == rows
     assert running.stop() == 0, running.stderr
+
+
+def test_a_rebalance_to_the_size_the_group_has_changes_nothing(
+    workdir: Path, own_store_url: str
+) -> None:
+    anyio.run(write_events, own_store_url, _streams(0, 20))
+    _run_group_in_process(own_store_url, 2)
+    rows = _rows(own_store_url)
+
+    same = run_projector(
+        workdir, "rebalance", "--group", GROUP, "--size", "2", "--database-url", own_store_url
+    )
+
+    assert same.returncode == 0, same.stderr
+    assert same.stdout == f"group {GROUP} already has 2 member(s): nothing changed\n"
+    assert _rows(own_store_url) == rows
 
 
 def test_a_member_started_with_another_group_size_exits_2_naming_rebalance(
@@ -221,7 +242,14 @@ def test_checkpoints_list_json_shows_each_members_position_after_a_run(
     rows = [json.loads(line) for line in listed.stdout.splitlines()]
     head = anyio.run(category_head, own_store_url)
     assert [{k: v for k, v in row.items() if k != "updated_at"} for row in rows] == [
-        {"group": GROUP, "member": m, "size": 2, "category": CATEGORY, "position": head + 1}
+        {
+            "name": f"{GROUP}-{m}",
+            "group": GROUP,
+            "member": m,
+            "size": 2,
+            "category": CATEGORY,
+            "checkpoint": head + 1,
+        }
         for m in range(2)
     ]
     assert all(datetime.fromisoformat(row["updated_at"]).tzinfo is not None for row in rows)

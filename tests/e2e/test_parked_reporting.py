@@ -56,6 +56,6 @@ def test_a_parked_stream_is_reported_by_run_wait_and_status(
     assert "has parked order-bad at position 0" in wait.stderr
     assert "has handled" not in wait.stdout
     assert status.returncode == 0, status.stderr
-    [member] = json.loads(status.stdout)["members"]
+    [member] = [json.loads(line) for line in status.stdout.splitlines()]
     assert member["parked"] == 1
     assert member["oldest_parked_at"] is not None

@@ -105,7 +105,7 @@ def test_parked_streams_show_with_the_age_of_the_oldest() -> None:
     assert "2 parked stream(s), their events not handled; the oldest parked 3m00s ago in " in (
         " ".join(caption)
     )
-    assert json.loads(to_json([row]))["members"][0]["oldest_parked_at"] == (
+    assert json.loads(to_json([row]))["oldest_parked_at"] == (
         "2026-11-24T11:57:00+00:00"
     )
 
@@ -114,12 +114,12 @@ def test_an_empty_status_says_why_it_is_empty() -> None:
     assert "no checkpoints" in text_of([])
 
 
-def test_json_is_one_document_of_machine_fields() -> None:
+def test_json_is_one_object_per_line_of_machine_fields() -> None:
     rows = [member(), member(member=2, head=None, lag_events=0, lag_seconds=None, running=False)]
 
-    document = json.loads(to_json(rows))
+    lines = [json.loads(line) for line in to_json(rows).splitlines()]
 
-    assert document["members"][0] == {
+    assert lines[0] == {
         "name": "balances-1",
         "group": "balances",
         "member": 1,
@@ -129,12 +129,12 @@ def test_json_is_one_document_of_machine_fields() -> None:
         "head": 190,
         "lag_events": 25,
         "lag_seconds": 192.5,
-        "last_written": "2026-11-24T11:59:55+00:00",
+        "updated_at": "2026-11-24T11:59:55+00:00",
         "running": True,
         "parked": 0,
         "oldest_parked_at": None,
     }
-    assert document["members"][1]["head"] is None
-    assert document["members"][1]["lag_seconds"] is None
-    assert document["members"][1]["running"] is False
-    assert json.loads(to_json([])) == {"members": []}
+    assert lines[1]["head"] is None
+    assert lines[1]["lag_seconds"] is None
+    assert lines[1]["running"] is False
+    assert to_json([]) == ""

@@ -94,8 +94,14 @@ def migrate_command(
         if message_store:
             created = migrate.install_message_store(url)
             click.echo("message store created" if created else "message store already present")
-        migrate.upgrade(url)
-        click.echo("projector tables are up to date")
+        applied = migrate.upgrade(url)
+        for step in applied:
+            click.echo(f"applied {step}")
+        click.echo(
+            "projector tables created or upgraded (schema projector)"
+            if applied
+            else "projector tables already up to date"
+        )
         if notify:
             notifications.install(url)
             click.echo("wake-up trigger installed (projector_messages notifications)")
@@ -206,7 +212,8 @@ def _projector_command() -> str:
 @click.option("--dry-run", is_flag=True, help="print what would change, change nothing")
 @settings_options("database_url", "log_level")
 def rebalance(group: str, size: int, dry_run: bool, **flags: Any) -> None:
-    """Change a consumer group's size (every member must be stopped).
+    """Change a consumer group's size (every member must be stopped; --dry-run may look while
+    they run).
 
     Each category restarts, for every new member, from the lowest checkpoint of the old ones:
     events between it and a member's old checkpoint are delivered again.
@@ -215,6 +222,9 @@ def rebalance(group: str, size: int, dry_run: bool, **flags: Any) -> None:
         plan = database_call(
             flags, partial(groups.rebalance, group=group, size=size, dry_run=dry_run)
         )
+    if plan.old_size == plan.new_size:
+        click.echo(f"group {group} already has {size} member(s): nothing changed")
+        return
     verb = "would restart" if dry_run else "restarted"
     click.echo(f"group {group}: {plan.old_size} -> {plan.new_size} members")
     for category, position in plan.positions.items():
@@ -227,14 +237,14 @@ def rebalance(group: str, size: int, dry_run: bool, **flags: Any) -> None:
 
 @click.command("status")
 @click.option("--group", help="only this group")
-@click.option("--json", "as_json", is_flag=True, help="one JSON document, for scripts")
+@click.option("--json", "as_json", is_flag=True, help="one JSON object per line, for scripts")
 @settings_options("database_url", "log_level")
 def status_command(group: str | None, as_json: bool, **flags: Any) -> None:
     """How far behind each group member is, per category (reads the database only)."""
     with reporting_errors():
         rows = database_call(flags, partial(status.collect, group=group))
     if as_json:
-        click.echo(status.to_json(rows))
+        click.echo(status.to_json(rows), nl=False)
     else:
         console().print(status.render(rows))
 

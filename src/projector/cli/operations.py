@@ -38,7 +38,7 @@ def checkpoints_list(group: str | None, as_json: bool, **flags: Any) -> None:
         rows = database_call(flags, partial(groups.list_checkpoints, group=group))
     if as_json:
         for row in rows:
-            click.echo(json_line(row))
+            click.echo(json_line(_checkpoint_json(row)))
         return
     from rich.table import Table  # only printing a table needs rich
 
@@ -53,6 +53,19 @@ def checkpoints_list(group: str | None, as_json: bool, **flags: Any) -> None:
             row.updated_at.isoformat(timespec="seconds"),
         )
     console().print(table)
+
+
+def _checkpoint_json(row: groups.CheckpointRow) -> dict[str, object]:
+    """A checkpoint as `status --json` names its fields."""
+    return {
+        "name": row.name,
+        "group": row.group,
+        "member": row.member,
+        "size": row.size,
+        "category": row.category,
+        "checkpoint": row.position,
+        "updated_at": row.updated_at,
+    }
 
 
 @checkpoints.command("set")
@@ -164,7 +177,7 @@ def parked_list(group: str | None, as_json: bool, **flags: Any) -> None:
 @parked.command("retry")
 @click.argument("stream", required=False)
 @click.option("--all", "every", is_flag=True, help="every parked stream of the group")
-@click.option("--group", required=True)
+@click.option("--group", required=True, help="the group that parked the stream")
 @settings_options("database_url", "log_level")
 def parked_retry(stream: str | None, every: bool, group: str, **flags: Any) -> None:
     """Replay STREAM (or --all) from its first unhandled event, by the runner that owns it."""
@@ -180,7 +193,7 @@ def parked_retry(stream: str | None, every: bool, group: str, **flags: Any) -> N
 @parked.command("skip")
 @click.argument("stream")
 @click.argument("event_id", type=click.UUID)
-@click.option("--group", required=True)
+@click.option("--group", required=True, help="the group that parked the stream")
 @settings_options("database_url", "log_level")
 def parked_skip(stream: str, event_id: uuid.UUID, group: str, **flags: Any) -> None:
     """Skip a parked STREAM's failing event EVENT_ID on purpose, and replay what follows it."""

@@ -189,12 +189,13 @@ def database_call(flags: dict[str, Any], work: Callable[[Connection], Awaitable[
 
 
 def json_line(row: Any) -> str:
-    """A dataclass row as one JSON object; times in ISO 8601, ids as strings."""
+    """A row (a dataclass or a dict) as one JSON object; times in ISO 8601, ids as strings."""
 
     def encode(value: object) -> str:
         return value.isoformat() if isinstance(value, datetime) else str(value)
 
-    return json.dumps(dataclasses.asdict(row), default=encode)
+    fields = row if isinstance(row, dict) else dataclasses.asdict(row)
+    return json.dumps(fields, default=encode)
 
 
 def console() -> Console:
