@@ -1,4 +1,5 @@
-"""``python -m bench catchup|upsert|tail|group|all [sizes] [--smoke] [--reuse] [--profile DIR]``."""
+"""``python -m bench catchup|upsert|tail|group|startup|all [sizes] [--smoke] [--reuse]
+[--profile DIR]``."""
 
 from __future__ import annotations
 
@@ -11,17 +12,18 @@ from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any
 
-from bench import report, scenarios, seed, server
+from bench import report, scenarios, seed, server, startup
 from bench.profile import summarize
 from bench.scenarios import SMOKE, Measurer, Outcome, Scenario, Sizes
 
-COMMANDS = ("catchup", "upsert", "tail", "group", "all")
+COMMANDS = ("catchup", "upsert", "tail", "group", "startup", "all")
 # The datasets each command reads (see scenarios.datasets).
 DATASETS = {
     "catchup": ("main", "few", "distinct", "upsert"),
     "upsert": ("upsert",),
     "tail": (),
     "group": ("main",),
+    "startup": (),
 }
 SIZE_HELP = {
     "events": "events in each catch-up dataset (and the group one)",
@@ -41,8 +43,12 @@ SIZE_HELP = {
 
 def main(argv: list[str] | None = None) -> None:
     args = _parser().parse_args(argv)
+    if args.command in ("startup", "all"):
+        startup.report(args.repeat)  # no database: a figure of the interpreter and imports
+        if args.command == "startup":
+            return
     sizes = _sizes(args)
-    commands = [c for c in COMMANDS[:-1] if args.command in (c, "all")]
+    commands = [c for c in COMMANDS[:-2] if args.command in (c, "all")]
     needed = {name for command in commands for name in DATASETS[command]}
     datasets = [d for name, d in scenarios.datasets(sizes).items() if name in needed]
     settings = dict(_setting(text) for text in args.setting)

@@ -67,12 +67,15 @@ class CatchUpProgress:
         tick, last = 0, start
         while True:
             if tick % MEASURE_EVERY == 0:
+                # Counted as the measurement starts: what is handled while it runs is still
+                # in its figure, and counting it twice would make the total creep up.
+                before = handled()
                 reading = await measure()
                 if reading is not None:
                     to_go = sum(lag.events for lag in reading.categories.values())
                     if to_go == 0:
                         return
-                    total = handled() - start + to_go
+                    total = before - start + to_go
             now = handled()
             rate = (now - last) / REFRESH if tick else 0.0
             last = now
