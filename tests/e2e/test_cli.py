@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -137,6 +138,7 @@ def test_sigterm_lets_running_handlers_finish_and_commits_the_checkpoint(
     _, stderr = process.communicate(timeout=30)
 
     assert process.returncode == 0, stderr
+    assert "psycopg" not in stderr, "a clean stop logs no warning of the driver's"
     position = committed(own_store_url, "balances", "account")
     assert position is not None, stderr
     assert position > 20, stderr
@@ -333,3 +335,47 @@ def test_a_second_signal_while_stopping_stops_at_once_in_one_line(
     assert "received SIGINT again: stopping now" in last
     assert "Traceback" not in log.read_text()
     assert "Aborted" not in log.read_text()
+
+
+def test_with_json_logs_every_line_is_json_the_last_error_included(workdir: Path) -> None:
+    result = projector(
+        workdir,
+        *("run", "shop_projections:balances", "-c", "account", "--log-format", "json"),
+        *("--database-url", "postgresql://nobody@127.0.0.1:1/none", "--connect-timeout", "1"),
+    )
+
+    entries = [json.loads(line) for line in result.stderr.splitlines()]
+    assert result.returncode == 1
+    assert entries[-1]["action"] == "error"
+    assert entries[-1]["message"].startswith("cannot connect to the database nobody@127.0.0.1:1")
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["parked", "list", "--group", "a b"],
+        ["checkpoints", "list", "--group", "a b"],
+        ["status", "--group", "a b"],
+    ],
+)
+def test_listing_commands_refuse_an_unsafe_group_name_in_one_line(
+    workdir: Path, own_store_url: str, args: list[str]
+) -> None:
+    result = projector(workdir, *args, "--database-url", own_store_url)
+
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1
+    assert "group 'a b'" in result.stderr
+
+
+def test_wait_takes_its_timeout_from_the_environment(workdir: Path, own_store_url: str) -> None:
+    anyio.run(write_events, own_store_url, {"account-1": 1})
+
+    result = projector(
+        workdir,
+        *("wait", "--group", "nobody", "--position", "1", "--database-url", own_store_url),
+        env={"PROJECTOR_WAIT_TIMEOUT": "0.5"},
+    )
+
+    assert result.returncode == 1
+    assert "within 0.5 s" in result.stderr
