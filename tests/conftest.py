@@ -8,8 +8,12 @@ test to one flavour:
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
 from collections.abc import Iterator
 from contextlib import ExitStack
+from pathlib import Path
 
 import pytest
 
@@ -130,6 +134,22 @@ def empty_database_url(pg_server: PgServer) -> Iterator[str]:
     """A new database with nothing installed in it."""
     with pg_server.database() as url:
         yield url
+
+
+@pytest.fixture
+def cluster_dir() -> Iterator[Path]:
+    """A data folder for a local cluster, two levels below a new temp folder (which the server
+    user may pass through); any server left on it is stopped, and the folder removed."""
+    try:
+        require_server_binaries()
+    except Unavailable as exc:
+        give_up(str(exc))
+    as_root = os.geteuid() == 0
+    base = Path(tempfile.mkdtemp(prefix="projector-test-", dir="/tmp" if as_root else None))
+    base.chmod(0o711)
+    yield base / "demo" / "pg"
+    LocalCluster(base / "demo" / "pg").stop()
+    shutil.rmtree(base)
 
 
 @pytest.fixture

@@ -235,18 +235,28 @@ def to_json(rows: list[MemberStatus]) -> str:
     return "".join(json.dumps(_json_row(row)) + "\n" for row in rows)
 
 
-def _json_row(row: MemberStatus) -> dict[str, object]:
+def checkpoint_json(row: CheckpointRow | MemberStatus) -> dict[str, object]:
+    """What `status --json` and `checkpoints list --json` both say of a member's checkpoint
+    in a category, named alike."""
+    checkpoint = row.position if isinstance(row, CheckpointRow) else row.checkpoint
+    updated = row.updated_at if isinstance(row, CheckpointRow) else row.last_written
     return {
         "name": row.name,
         "group": row.group,
         "member": row.member,
         "size": row.size,
         "category": row.category,
-        "checkpoint": row.checkpoint,
+        "checkpoint": checkpoint,
+        "updated_at": updated.isoformat(),
+    }
+
+
+def _json_row(row: MemberStatus) -> dict[str, object]:
+    return {
+        **checkpoint_json(row),
         "head": row.head,
         "lag_events": row.lag_events,
         "lag_seconds": row.lag_seconds,
-        "updated_at": row.last_written.isoformat(),
         "running": row.running,
         "parked": row.parked,
         "oldest_parked_at": None

@@ -294,17 +294,25 @@ def test_sigint_stops_a_running_run_gracefully_whatever_it_inherited(
     assert "action=stopping signal=SIGINT" in log.read_text()
 
 
-def test_a_stop_that_outlasts_shutdown_timeout_names_the_calls_it_abandons(
-    workdir: Path, own_store_url: str
-) -> None:
-    anyio.run(write_events, own_store_url, {"account-slow": 1})
+def _in_a_long_call(
+    workdir: Path, url: str, *, shutdown_timeout: float
+) -> tuple[subprocess.Popen[bytes], Path]:
+    """A run whose handler is in a minute-long call of stream account-slow."""
+    anyio.run(write_events, url, {"account-slow": 1})
     process, log = _started(
         workdir,
-        *("run", "shop_projections:balances", "-c", "account", "--shutdown-timeout", "0.5"),
-        *("--database-url", own_store_url),
+        *("run", "shop_projections:balances", "-c", "account", "--database-url", url),
+        *("--shutdown-timeout", str(shutdown_timeout)),
         env={"HANDLER_DELAY": "60"},
     )
     _wait_for(log, "action=source_tail_reached")
+    return process, log
+
+
+def test_a_stop_that_outlasts_shutdown_timeout_names_the_calls_it_abandons(
+    workdir: Path, own_store_url: str
+) -> None:
+    process, log = _in_a_long_call(workdir, own_store_url, shutdown_timeout=0.5)
 
     process.send_signal(signal.SIGTERM)
 
@@ -317,14 +325,7 @@ def test_a_stop_that_outlasts_shutdown_timeout_names_the_calls_it_abandons(
 def test_a_second_signal_while_stopping_stops_at_once_in_one_line(
     workdir: Path, own_store_url: str
 ) -> None:
-    anyio.run(write_events, own_store_url, {"account-slow": 1})
-    process, log = _started(
-        workdir,
-        *("run", "shop_projections:balances", "-c", "account", "--shutdown-timeout", "60"),
-        *("--database-url", own_store_url),
-        env={"HANDLER_DELAY": "60"},
-    )
-    _wait_for(log, "action=source_tail_reached")
+    process, log = _in_a_long_call(workdir, own_store_url, shutdown_timeout=60)
     process.send_signal(signal.SIGTERM)
     _wait_for(log, "action=stopping")
 

@@ -4,21 +4,15 @@ the user's, where it keeps to its own category and table and never shows the pas
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 import anyio
 import psycopg
-import pytest
 
-from projector.localpg import LocalCluster
 from tests.support.failures import append
-from tests.support.postgres import Unavailable, give_up, require_server_binaries
 
 PASSWORD = "secretpw"
 
@@ -77,24 +71,10 @@ def test_the_demo_writes_into_a_users_database_only_when_told_and_keeps_to_its_o
     assert _count(own_store_url, account.format("demo_account")) == 50
 
 
-@pytest.fixture
-def demo_dir() -> Iterator[Path]:
-    """A folder for the demo's own cluster; whatever runs there is stopped at the end."""
-    try:
-        require_server_binaries()
-    except Unavailable as exc:
-        give_up(str(exc))
-    as_root = os.geteuid() == 0
-    base = Path(tempfile.mkdtemp(prefix="projector-demo-", dir="/tmp" if as_root else None))
-    base.chmod(0o711)  # as root, the server user must be able to pass through
-    yield base / "pg"
-    LocalCluster(base / "pg").stop()
-    shutil.rmtree(base)
-
-
 def test_the_demo_runs_its_own_postgres_says_how_to_go_on_and_stops_it(
-    demo_dir: Path, tmp_path: Path
+    cluster_dir: Path, tmp_path: Path
 ) -> None:
+    demo_dir = cluster_dir
     first = demo("--data-dir", str(demo_dir), cwd=tmp_path)
     stopped = demo("--data-dir", str(demo_dir), "--stop", cwd=tmp_path)
     again = demo("--data-dir", str(demo_dir), "--stop", cwd=tmp_path)

@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg
@@ -19,17 +16,8 @@ AS_ROOT = os.geteuid() == 0
 
 
 @pytest.fixture
-def data_dir() -> Iterator[Path]:
-    """A data folder two levels below a new temp folder; any server left on it is stopped."""
-    try:
-        require_server_binaries()
-    except Unavailable as exc:
-        give_up(str(exc))
-    base = Path(tempfile.mkdtemp(prefix="projector-test-", dir="/tmp" if AS_ROOT else None))
-    base.chmod(0o711)  # as root, the server user must be able to pass through
-    yield base / "demo" / "pg"
-    LocalCluster(base / "demo" / "pg").stop()
-    shutil.rmtree(base)
+def data_dir(cluster_dir: Path) -> Path:
+    return cluster_dir
 
 
 def _fetch(url: str, query: str) -> object:

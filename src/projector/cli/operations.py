@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-from projector import groups
+from projector import groups, status
 from projector import parked as parked_streams
 from projector.cli.options import (
     console,
@@ -38,7 +38,7 @@ def checkpoints_list(group: str | None, as_json: bool, **flags: Any) -> None:
         rows = database_call(flags, partial(groups.list_checkpoints, group=group))
     if as_json:
         for row in rows:
-            click.echo(json_line(_checkpoint_json(row)))
+            click.echo(json_line(status.checkpoint_json(row)))
         return
     from rich.table import Table  # only printing a table needs rich
 
@@ -53,19 +53,6 @@ def checkpoints_list(group: str | None, as_json: bool, **flags: Any) -> None:
             row.updated_at.isoformat(timespec="seconds"),
         )
     console().print(table)
-
-
-def _checkpoint_json(row: groups.CheckpointRow) -> dict[str, object]:
-    """A checkpoint as `status --json` names its fields."""
-    return {
-        "name": row.name,
-        "group": row.group,
-        "member": row.member,
-        "size": row.size,
-        "category": row.category,
-        "checkpoint": row.position,
-        "updated_at": row.updated_at,
-    }
 
 
 @checkpoints.command("set")
