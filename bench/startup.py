@@ -41,7 +41,7 @@ def measure(repeat: int) -> dict[str, float]:
 def report(repeat: int) -> None:
     medians = measure(repeat)
     baseline = medians["python -c pass (baseline)"]
-    print("start-up (median wall time, ratio to the bare interpreter)")
+    print("startup (median wall time, ratio to the bare interpreter)")
     for name, seconds in medians.items():
         print(f"  {name:<28} {seconds * 1000:7.0f} ms  {seconds / baseline:5.1f}x")
     figures = {name: round(seconds, 4) for name, seconds in medians.items()}
