@@ -7,8 +7,7 @@ import sys
 
 import anyio
 
-from projector import write_message
-from projector.database import connect
+from projector import connect, write_message
 
 
 async def main(url: str, count: int) -> None:

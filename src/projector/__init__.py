@@ -1,25 +1,30 @@
 """projector: keeps read models up to date from a Message DB-style event store in Postgres."""
 
+from projector.database import connect
 from projector.dependencies import Dependency
 from projector.errors import (
     ConfigurationError,
+    DatabaseError,
     DatabaseUnavailableError,
     HandlerError,
     HandlerImportError,
     InvalidNameError,
     MessageStoreError,
+    ParkedStreamsError,
+    PrivilegeError,
     ProjectorError,
     SchemaMissingError,
     WrongExpectedVersionError,
 )
 from projector.events import Event
 from projector.failures import OnExhausted, PoisonEvent, RetryAfter, RetryPolicy
-from projector.projection import Projection, StreamResult
+from projector.projection import Projection, StreamResult, idempotency_key
 from projector.store import global_position_of, write_message
 from projector.waiting import WaitTimeoutError, wait_for
 
 __all__ = [
     "ConfigurationError",
+    "DatabaseError",
     "DatabaseUnavailableError",
     "Dependency",
     "Event",
@@ -28,7 +33,9 @@ __all__ = [
     "InvalidNameError",
     "MessageStoreError",
     "OnExhausted",
+    "ParkedStreamsError",
     "PoisonEvent",
+    "PrivilegeError",
     "Projection",
     "ProjectorError",
     "RetryAfter",
@@ -37,7 +44,9 @@ __all__ = [
     "StreamResult",
     "WaitTimeoutError",
     "WrongExpectedVersionError",
+    "connect",
     "global_position_of",
+    "idempotency_key",
     "wait_for",
     "write_message",
 ]

@@ -81,7 +81,6 @@ class RebalancePlan:
     old_size: int
     new_size: int
     positions: dict[str, int]
-    replaced: list[CheckpointRow]
     notes: list[str]
 
 
@@ -248,7 +247,7 @@ def _plan(group: str, size: int, rows: list[CheckpointRow]) -> RebalancePlan:
             positions[category] = FIRST_POSITION
         else:
             positions[category] = min(members.values())
-    return RebalancePlan(group, old_size, size, positions, rows, notes)
+    return RebalancePlan(group, old_size, size, positions, notes)
 
 
 async def _lock_group(

@@ -20,7 +20,6 @@ from projector.database import Connection
 
 logger = logging.getLogger(__name__)
 
-CHANNEL = "projector_messages"
 LISTEN = "LISTEN projector_messages"
 INSTALLED = """
 SELECT EXISTS (

@@ -45,10 +45,6 @@ class StreamState:
         self.failures = 0  # failed calls in a row
         self.failing_since: float | None = None
 
-    @property
-    def busy(self) -> bool:
-        return self.busy_since is not None
-
     def accept(self, events: list[Event]) -> int | None:
         """Buffer the events not yet handled; return the highest such position, if any."""
         floor = self.next_position
