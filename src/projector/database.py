@@ -57,8 +57,8 @@ class EagerConnection(psycopg.AsyncConnection[tuple[Any, ...]]):
     takes five or more reads, and psycopg sends every one of them through the event loop (a
     reader registered, a future, a loop iteration, the reader removed), even when the data is
     already there, as it usually is once the loop has been busy running handlers while the
-    server answered. A zero-timeout poll after each wait is much cheaper: it took the loop
-    trips per batch from about six to under two, and a catch-up's time down by about 5%.
+    server answered. A zero-timeout poll after each wait costs far less than a loop trip, and
+    a batch then usually takes one or two of them.
     """
 
     async def wait(self, gen: PQGen[T], *args: Any, **kwargs: Any) -> T:

@@ -167,7 +167,7 @@ class Event:
 _UNDECODED: Any = object()
 
 
-# orjson decodes about five times faster than json, and agrees with it on everything jsonb can
+# orjson decodes several times faster than json, and agrees with it on everything jsonb can
 # hold but numbers of 19 digits or more: it rounds integers past 64 bits to floats. Those few
 # texts go to json, which keeps them exact; so do texts orjson refuses, so that malformed data
 # fails with json's own message.

@@ -501,9 +501,9 @@ def collect_garbage_less_often() -> None:
 
     A catch-up allocates and frees several objects per event, and the batches in flight (up to
     ``max_read_ahead`` of them) are alive long enough to be traversed again and again by
-    young-generation collections at Python's default threshold: about a fifth of the time of
-    a catch-up with a quick handler went there. Reference counting frees these objects anyway;
-    collecting cycles less often costs a little memory, not correctness.
+    young-generation collections at Python's default threshold, for nothing: reference
+    counting frees these objects anyway. Collecting cycles less often costs a little memory,
+    not correctness.
     """
     first, *older = gc.get_threshold()
     gc.set_threshold(max(GC_FIRST_GENERATION, first), *older)
@@ -512,8 +512,8 @@ def collect_garbage_less_often() -> None:
 def backend_options(settings: Settings) -> dict[str, bool]:
     """anyio's options for the loop a run asks for (``event_loop``): uvloop when installed.
 
-    uvloop's loop is written in C: a handler that makes a database round trip per call ran
-    about a quarter faster on it (psycopg's async waits go through the loop every time).
+    uvloop's loop is written in C, and psycopg's async waits go through the loop at every
+    round trip: a handler that makes one per call spends much of its time there.
     """
     wanted = settings.event_loop is EventLoop.UVLOOP
     return {"use_uvloop": wanted and importlib.util.find_spec("uvloop") is not None}
