@@ -16,6 +16,7 @@ import psycopg
 import pytest
 
 from tests.support.projecting import write_events
+from tests.support.waiting import logged
 
 PROJECTOR = [sys.executable, "-m", "projector"]
 
@@ -253,13 +254,6 @@ def _started(
     return process, log
 
 
-def _wait_for(log: Path, text: str, *, within: float = 30) -> None:
-    deadline = time.monotonic() + within
-    while text not in log.read_text():
-        assert time.monotonic() < deadline, f"never logged {text!r}: {log.read_text()}"
-        time.sleep(0.02)
-
-
 def test_sigint_stops_a_run_started_with_sigint_ignored_even_while_it_starts(
     workdir: Path, own_store_url: str
 ) -> None:
@@ -269,7 +263,7 @@ def test_sigint_stops_a_run_started_with_sigint_ignored_even_while_it_starts(
         *("run", "slow_projections:balances", "-c", "account", "--database-url", own_store_url),
         ignore_sigint=True,
     )
-    _wait_for(log, "importing")
+    logged(log, "importing")
 
     process.send_signal(signal.SIGINT)
 
@@ -286,7 +280,7 @@ def test_sigint_stops_a_running_run_gracefully_whatever_it_inherited(
         *("run", "shop_projections:balances", "-c", "account", "--database-url", own_store_url),
         ignore_sigint=True,
     )
-    _wait_for(log, "action=source_tail_reached")
+    logged(log, "action=source_tail_reached")
 
     process.send_signal(signal.SIGINT)
 
@@ -305,7 +299,7 @@ def _in_a_long_call(
         *("--shutdown-timeout", str(shutdown_timeout)),
         env={"HANDLER_DELAY": "60"},
     )
-    _wait_for(log, "action=source_tail_reached")
+    logged(log, "action=source_tail_reached")
     return process, log
 
 
@@ -327,7 +321,7 @@ def test_a_second_signal_while_stopping_stops_at_once_in_one_line(
 ) -> None:
     process, log = _in_a_long_call(workdir, own_store_url, shutdown_timeout=60)
     process.send_signal(signal.SIGTERM)
-    _wait_for(log, "action=stopping")
+    logged(log, "action=stopping")
 
     process.send_signal(signal.SIGINT)
 

@@ -13,6 +13,7 @@ import textwrap
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator
+from functools import partial
 from pathlib import Path
 
 import anyio
@@ -20,6 +21,7 @@ import pytest
 
 from tests.support.failures import append, contiguous
 from tests.support.projecting import write_events
+from tests.support.waiting import wait_until
 
 PROJECTOR = [sys.executable, "-m", "projector"]
 GROUP = "crashy"
@@ -103,14 +105,20 @@ def calls(workdir: Path) -> list[tuple[str, list[int]]]:
     return [(line.split()[0], [int(p) for p in line.split()[1:]]) for line in lines]
 
 
-def wait_until(
-    condition: Callable[[], bool], process: subprocess.Popen[bytes], *, within: float
-) -> None:
-    deadline = time.monotonic() + within
-    while not condition():
+def _more_calls_than(workdir: Path, count: int) -> bool:
+    return len(calls(workdir)) > count
+
+
+def progressing(
+    condition: Callable[[], bool], process: subprocess.Popen[bytes]
+) -> Callable[[], bool]:
+    """``condition``, checked only while ``process`` runs (a run that exited fails the test)."""
+
+    def check() -> bool:
         assert process.poll() is None, f"projector exited with {process.returncode}"
-        assert time.monotonic() < deadline, "projector made no progress"
-        time.sleep(0.01)
+        return condition()
+
+    return check
 
 
 def test_a_catch_up_killed_at_random_points_still_delivers_every_event_in_stream_order(
@@ -134,7 +142,11 @@ def test_a_catch_up_killed_at_random_points_still_delivers_every_event_in_stream
             )
         processes.append(process)
         # Killed at a random point once it is under way (however long it took to start).
-        wait_until(lambda: len(calls(workdir)) > lives[-1], process, within=30)
+        wait_until(
+            progressing(partial(_more_calls_than, workdir, lives[-1]), process),
+            within=30,
+            what="projector made progress",
+        )
         time.sleep(rnd.uniform(0.0, 0.5))
         process.kill()
         assert process.wait(timeout=10) == -9, (workdir / "killed.log").read_text()

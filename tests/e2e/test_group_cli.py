@@ -25,9 +25,9 @@ from tests.support.groups import (
     group_checkpoints,
     run_members,
     run_projector,
-    wait_until,
 )
 from tests.support.projecting import Recorder, write_events
+from tests.support.waiting import wait_until
 
 GROUP = "balances"  # the handler module's projection, hence its default group
 INFO_LOGS = {"PROJECTOR_LOG_LEVEL": "INFO"}
@@ -95,14 +95,14 @@ def test_a_standby_waits_then_takes_over_within_seconds_when_the_member_is_kille
     processes.append(running)
     wait_until(
         lambda: {s for s, *_ in running.handled()} == _of_member(before, 1, 2),
-        timeout=20,
+        within=20,
         what="the first runner handles its streams",
     )
 
     standby = ProjectorProcess.start(workdir, "standby", *args, env=INFO_LOGS)
     processes.append(standby)
     wait_until(
-        lambda: "action=standby_waiting" in standby.stderr, timeout=20, what="standby_waiting"
+        lambda: "action=standby_waiting" in standby.stderr, within=20, what="standby_waiting"
     )
     time.sleep(1.5)  # more than one poll of the lock
     assert standby.handled() == []
@@ -111,12 +111,12 @@ def test_a_standby_waits_then_takes_over_within_seconds_when_the_member_is_kille
 
     running.kill()
     took = wait_until(
-        lambda: "action=member_acquired" in standby.stderr, timeout=20, what="member_acquired"
+        lambda: "action=member_acquired" in standby.stderr, within=20, what="member_acquired"
     )
     anyio.run(write_events, own_store_url, after)
     wait_until(
         lambda: _of_member(after, 1, 2) <= {s for s, *_ in standby.handled()},
-        timeout=20,
+        within=20,
         what="the standby handles events written after the kill",
     )
 
@@ -133,7 +133,7 @@ def test_no_standby_exits_1_at_once_naming_the_running_member(
         workdir, "running", *_run_args(own_store_url, 1, 2), env=INFO_LOGS
     )
     processes.append(running)
-    wait_until(lambda: "action=member_acquired" in running.stderr, timeout=20, what="acquired")
+    wait_until(lambda: "action=member_acquired" in running.stderr, within=20, what="acquired")
 
     # The running process's application name, as the server keeps it (63 bytes at most).
     holder = f"projector {GROUP}-1 {socket.gethostname()} pid {running.popen.pid}"[:63]
@@ -159,7 +159,7 @@ def test_commands_that_change_checkpoints_exit_1_while_a_member_runs(
     head = anyio.run(category_head, own_store_url)
     wait_until(
         lambda: [row.position for row in _rows(own_store_url)] == [head + 1],
-        timeout=20,
+        within=20,
         what="member 1 checkpoints the category's tail",
     )
     rows = _rows(own_store_url)

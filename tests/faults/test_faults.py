@@ -21,7 +21,6 @@ from __future__ import annotations
 import random
 import time
 from collections import Counter
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -40,6 +39,7 @@ from tests.faults.harness import (
     totals_caught_up,
     totals_mismatches,
 )
+from tests.support.waiting import wait_until
 
 WRITERS = 3
 WRITE_RATE = 100.0  # events per second per writer
@@ -84,7 +84,11 @@ def test_no_event_is_lost_applied_twice_or_disordered_under_random_faults(
             faults.supervise()
             return totals_caught_up(server, fold) and deliveries_caught_up(server)
 
-        caught_up = _wait_for(all_handled, within=CATCH_UP_LIMIT)
+        try:
+            wait_until(all_handled, within=CATCH_UP_LIMIT, poll=0.5)
+            caught_up = True
+        except AssertionError:
+            caught_up = False  # reported with what is left, after the figures
         catch_up = time.monotonic() - last_fault
         left = [] if caught_up else behind(server, fold, size=groups[0].size)
         unasked = [process for group in groups for process in group.unasked_exits()]
@@ -126,12 +130,3 @@ def test_no_event_is_lost_applied_twice_or_disordered_under_random_faults(
     assert totals_mismatches(server, fold) == []
     assert delivery_disorders(server) == []
     assert parked(server) == []
-
-
-def _wait_for(condition: Callable[[], bool], *, within: float) -> bool:
-    deadline = time.monotonic() + within
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.5)
-    return True

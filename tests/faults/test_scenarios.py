@@ -25,6 +25,7 @@ from pathlib import Path
 import pytest
 
 from tests.faults.harness import ROOT, Fold, Server, connect, rebalance, totals_mismatches
+from tests.support.waiting import logged
 
 pytestmark = pytest.mark.scenario
 
@@ -107,7 +108,7 @@ def test_an_at_least_once_projector_handles_everything_soon_after_a_5_second_res
     )
     try:
         # A running projector: one still starting when the server goes exits, by design.
-        _wait_for_line(log, '"action": "source_tail_reached"', within=30)
+        logged(log, '"action": "source_tail_reached"', within=30)
         _write(server, 3_000, streams=600, seed=scenario_run)
         time.sleep(0.3)  # still handling what was written when the server goes
         server.cluster.stop(mode="fast")
@@ -129,13 +130,6 @@ def test_an_at_least_once_projector_handles_everything_soon_after_a_5_second_res
     )
     assert left == 0
     assert server.query("SELECT count(*) FROM projector.parked_streams")[0][0] == 0
-
-
-def _wait_for_line(log: Path, text: str, *, within: float) -> None:
-    deadline = time.monotonic() + within
-    while text not in log.read_text():
-        assert time.monotonic() < deadline, f"never logged {text}:\n{log.read_text()}"
-        time.sleep(0.05)
 
 
 def _wait_until_delivered(server: Server, count: int, *, within: float) -> int:

@@ -26,7 +26,6 @@ from projector.store import MessageStore
 from tests.support.groups import (
     CATEGORY,
     category_head,
-    eventually,
     group_checkpoints,
     run_members,
 )
@@ -37,6 +36,7 @@ from tests.support.projecting import (
     settings_for,
     write_events,
 )
+from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.anyio
 

@@ -14,9 +14,10 @@ import pytest
 
 from projector import Event, Projection
 from projector.dependencies import Dependency
-from tests.support.failures import category_positions, eventually
+from tests.support.failures import category_positions
 from tests.support.groups import group_checkpoints
 from tests.support.projecting import Recorder, run_projection, settings_for, write_events
+from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.anyio
 

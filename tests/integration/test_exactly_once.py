@@ -14,8 +14,8 @@ from projector.errors import ConfigurationError
 from projector.groups import rebalance, reset_group, set_checkpoint
 from projector.projection import idempotency_key
 from tests.support.balances import balances_projection, projected_and_folded, write_transactions
-from tests.support.failures import eventually
 from tests.support.projecting import run_projection, settings_for
+from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.anyio
 

@@ -22,7 +22,7 @@ from projector.localpg import LocalCluster
 from projector.migrate import install_message_store, upgrade
 from projector.store import MessageStore
 from tests.support.balances import ADD, CREATE
-from tests.support.failures import eventually
+from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.anyio
 

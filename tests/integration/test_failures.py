@@ -28,7 +28,6 @@ from tests.support.failures import (
     append,
     category_positions,
     contiguous,
-    eventually,
     message_store_on,
     parked_streams,
     stream_events,
@@ -40,6 +39,7 @@ from tests.support.projecting import (
     settings_for,
     write_events,
 )
+from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.anyio
 

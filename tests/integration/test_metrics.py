@@ -22,8 +22,9 @@ from projector import Projection
 from projector.database import connect
 from projector.localpg import LocalCluster, free_port
 from projector.settings import Settings
-from tests.support.failures import Flaky, category_positions, eventually, message_store_on
+from tests.support.failures import Flaky, category_positions, message_store_on
 from tests.support.projecting import Recorder, run_projection, settings_for, write_events
+from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.anyio
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 import time
 from collections import defaultdict
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from itertools import pairwise
 from urllib.parse import urlsplit, urlunsplit
@@ -129,20 +129,6 @@ async def parked_streams(url: str, group: str) -> list[ParkedStream]:
     conn = await connect(url)
     async with conn:
         return await list_parked(conn, group)
-
-
-async def eventually(
-    condition: Callable[[], Awaitable[bool] | bool], *, within: float, poll: float = 0.02
-) -> None:
-    """Wait until ``condition`` holds; fail the test after ``within`` seconds."""
-    with anyio.fail_after(within):
-        while True:
-            result = condition()
-            if not isinstance(result, bool):
-                result = await result
-            if result:
-                return
-            await anyio.sleep(poll)
 
 
 def contiguous(positions: Sequence[int]) -> bool:

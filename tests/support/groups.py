@@ -7,8 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -74,25 +72,6 @@ async def category_head(url: str, category: str = CATEGORY) -> int:
     assert row is not None
     assert row[0] is not None, f"category {category} is empty"
     return int(row[0])
-
-
-async def eventually(condition: Callable[[], Awaitable[bool]], *, interval: float = 0.02) -> None:
-    """Return once ``condition()`` is true, asking again every ``interval`` seconds (for state
-    no event announces, such as rows in the database); bound it with ``anyio.fail_after``."""
-    while True:
-        if await condition():
-            return
-        await anyio.sleep(interval)
-
-
-def wait_until(condition: Callable[[], bool], *, timeout: float, what: str) -> float:
-    """Poll ``condition`` until true; return the seconds it took, or fail naming ``what``."""
-    start = time.monotonic()
-    while not condition():
-        if time.monotonic() - start > timeout:
-            raise AssertionError(f"not within {timeout} s: {what}")
-        time.sleep(0.05)
-    return time.monotonic() - start
 
 
 def run_projector(
