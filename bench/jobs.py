@@ -331,8 +331,7 @@ def _settings(job: Job) -> Settings:
         "batch_size": job.batch_size,
         "tail_sleep": job.tail_sleep,
         "until_caught_up": job.handler != "tail",
-        "consumer_group_member": job.member,
-        "consumer_group_size": job.size,
+        **({} if job.size is None else {"member": job.member or 0, "group_size": job.size}),
         **job.settings,
     }
     return Settings(_env_file=None, **values)  # type: ignore[call-arg]

@@ -97,7 +97,7 @@ async def check_size(conn: Connection, group: str, size: int) -> None:
         raise GroupSizeMismatchError(
             f"group {group!r} has checkpoints for a group of size {stored}, but this runner "
             f"was started with size {size}: stop every member, run "
-            f"`projector rebalance --group {group} --size {size}`, then start them again"
+            f"`projector rebalance --group {group} --group-size {size}`, then start them again"
         )
 
 
@@ -192,7 +192,7 @@ async def rebalance(conn: Connection, group: str, size: int, *, dry_run: bool) -
     """Restart a group at ``size`` members, each category from the lowest old checkpoint."""
     validate_group(group)
     if size < 1:
-        raise ConfigurationError(f"--size {size} is too small: a group has at least 1 member")
+        raise ConfigurationError(f"--group-size {size} is too small: a group has at least 1 member")
     async with conn.transaction() as transaction:
         # A dry run changes nothing, so it may look while members run (and says so).
         rows, busy = await _lock_group(conn, group, extra_members=size, refuse_busy=not dry_run)

@@ -262,7 +262,7 @@ class Runner:
         writer = CheckpointWriter(member_checkpoints, interval=settings.checkpoint_interval)
         try:
             await checkpoints.check_schema(lease.connection)
-            await lease.acquire(standby=not settings.no_standby)
+            await lease.acquire(standby=settings.standby)
             conn = lease.connection
             async with conn.transaction():
                 key = {"key": groups.group_start_key(self.group)}

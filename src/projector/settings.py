@@ -8,16 +8,20 @@ environment, which wins over ``.env``, which wins over the defaults below.
 from __future__ import annotations
 
 import enum
+import logging
+import os
 from typing import Annotated, Any
 
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import AliasChoices, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from projector.errors import ConfigurationError
 from projector.events import validate_category, validate_group
 from projector.failures import OnExhausted, RetryPolicy
+
+logger = logging.getLogger(__name__)
 
 
 class LogFormat(enum.StrEnum):
@@ -33,8 +37,9 @@ class EventLoop(enum.StrEnum):
 class Settings(BaseSettings):
     """projector's settings; see the README's reference for the same list with examples."""
 
+    # populate_by_name: flags and code give fields by name; the environment by the aliases.
     model_config = SettingsConfigDict(
-        env_prefix="PROJECTOR_", env_file=".env", extra="ignore", frozen=True
+        env_prefix="PROJECTOR_", env_file=".env", extra="ignore", frozen=True, populate_by_name=True
     )
 
     database_url: str | None = Field(
@@ -48,21 +53,22 @@ class Settings(BaseSettings):
         description="categories to read, comma-separated (default: the projection's own)",
         json_schema_extra={"flag": "--category"},
     )
-    consumer_group_member: int | None = Field(
-        None,
+    member: int = Field(
+        0,
         ge=0,
-        description="this process's member number in a consumer group (0 to size - 1)",
-        json_schema_extra={"flag": "--member"},
+        description="this process's member number in a consumer group (0 to group_size - 1)",
+        validation_alias=AliasChoices("PROJECTOR_MEMBER", "PROJECTOR_CONSUMER_GROUP_MEMBER"),
     )
-    consumer_group_size: int | None = Field(
-        None,
+    group_size: int = Field(
+        1,
         ge=1,
         le=10_000,
         description="members in the consumer group; each takes its share of the streams",
-        json_schema_extra={"flag": "--group-size"},
+        validation_alias=AliasChoices("PROJECTOR_GROUP_SIZE", "PROJECTOR_CONSUMER_GROUP_SIZE"),
     )
-    no_standby: bool = Field(
-        False, description="exit at once, instead of waiting, when the member already runs"
+    standby: bool = Field(
+        True,
+        description="wait as the member's hot standby when it already runs (--no-standby: exit)",
     )
     batch_size: int = Field(500, ge=1, le=100_000, description="events per read")
     tail_sleep: float = Field(
@@ -134,8 +140,10 @@ class Settings(BaseSettings):
     summary_interval: float = Field(
         30.0, ge=0, le=86_400, description="seconds between summary log lines (0: none)"
     )
-    no_progress: bool = Field(
-        False, description="no catch-up progress bar, even on an interactive terminal"
+    progress: bool = Field(
+        True,
+        description="draw a catch-up progress bar on an interactive terminal (--no-progress: "
+        "never)",
     )
     metrics_port: int | None = Field(
         None, ge=1, le=65_535, description="serve /metrics, /health and /ready on this port"
@@ -201,27 +209,18 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _check_member(self) -> Settings:
-        member, size = self.consumer_group_member, self.consumer_group_size
-        if (member is None) != (size is None):
+        member, size, given = self.member, self.group_size, self.model_fields_set
+        if ("member" in given) != ("group_size" in given):
             raise ConfigurationError(
-                "a consumer group member needs both --member (PROJECTOR_CONSUMER_GROUP_MEMBER) "
-                "and --group-size (PROJECTOR_CONSUMER_GROUP_SIZE)"
+                "a consumer group member needs both --member (PROJECTOR_MEMBER) and "
+                "--group-size (PROJECTOR_GROUP_SIZE)"
             )
-        if member is not None and size is not None and member >= size:
+        if member >= size:
             raise ConfigurationError(
                 f"--member {member} is out of range for --group-size {size}: "
                 f"members are numbered 0 to {size - 1}"
             )
         return self
-
-    @property
-    def member(self) -> int:
-        """This process's member number; a plain group is member 0 of 1."""
-        return self.consumer_group_member or 0
-
-    @property
-    def group_size(self) -> int:
-        return self.consumer_group_size or 1
 
 
 def retry_policy(settings: Settings, default: RetryPolicy | None) -> RetryPolicy:
@@ -238,13 +237,38 @@ def retry_policy(settings: Settings, default: RetryPolicy | None) -> RetryPolicy
     )
 
 
+# Old spellings, still read: environment variables renamed, and negative ones turned around.
+DEPRECATED_ENV = {
+    "PROJECTOR_CONSUMER_GROUP_MEMBER": "PROJECTOR_MEMBER",
+    "PROJECTOR_CONSUMER_GROUP_SIZE": "PROJECTOR_GROUP_SIZE",
+}
+INVERTED_ENV = {"PROJECTOR_NO_STANDBY": "standby", "PROJECTOR_NO_PROGRESS": "progress"}
+_TRUE = {"1", "true", "yes", "on"}
+
+
 def load_settings(**overrides: Any) -> Settings:
     """Settings from flags (``overrides``; None means not given), the environment and .env."""
     given = {name: value for name, value in overrides.items() if value is not None}
+    for old, new in DEPRECATED_ENV.items():
+        if old in os.environ:
+            _deprecated(old, new)
+    for old, name in INVERTED_ENV.items():
+        if old in os.environ and name not in given:
+            _deprecated(old, f"PROJECTOR_{name.upper()}=false")
+            given[name] = os.environ[old].strip().lower() not in _TRUE
     try:
         return Settings(**given)
     except ValidationError as exc:
         raise ConfigurationError(_describe(exc)) from None
+
+
+def _deprecated(old: str, new: str) -> None:
+    logger.warning(
+        "%s is deprecated: use %s",
+        old,
+        new,
+        extra={"action": "setting_deprecated", "old": old, "new": new},
+    )
 
 
 def flag_for(name: str) -> str:

@@ -42,7 +42,7 @@ class Watchers:
             status,
             None if settings.metrics_port is None else Metrics(name, status),
             Summary(name) if settings.summary_interval > 0 else None,
-            CatchUpProgress() if progress.wanted(disabled=settings.no_progress) else None,
+            CatchUpProgress() if progress.wanted(disabled=not settings.progress) else None,
         )
 
     @property

@@ -216,7 +216,7 @@ def test_a_member_started_with_another_group_size_exits_2_naming_rebalance(
     *_, error = refused.stderr.splitlines()
     assert refused.returncode == 2
     assert error.startswith(f"error: group '{GROUP}' has checkpoints for a group of size 2")
-    assert f"`projector rebalance --group {GROUP} --size 3`" in error
+    assert f"`projector rebalance --group {GROUP} --group-size 3`" in error
     assert refused.stderr.count("error: ") == 1, refused.stderr
     assert not (workdir / "handled").exists()
 
@@ -331,7 +331,7 @@ def test_rebalance_dry_run_prints_the_plan_and_rebalance_prints_the_new_position
     )
     assert lowered.returncode == 0, lowered.stderr
     rows = _rows(own_store_url)
-    rebalance = ["rebalance", "--group", GROUP, "--size", "3", "--database-url", own_store_url]
+    rebalance = ["rebalance", "--group", GROUP, "--group-size", "3", "--database-url", own_store_url]
 
     dry_run = run_projector(workdir, *rebalance, "--dry-run")
     unchanged = _rows(own_store_url)

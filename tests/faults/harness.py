@@ -282,7 +282,7 @@ def rebalance(server: Server, group: str, size: int) -> None:
     deadline = time.monotonic() + 30
     while True:
         done = subprocess.run(
-            [*command, "--size", str(size)],
+            [*command, "--group-size", str(size)],
             capture_output=True,
             text=True,
             env={**os.environ, "PROJECTOR_DATABASE_URL": server.url},

@@ -184,13 +184,13 @@ async def test_a_member_started_with_another_group_size_is_refused_and_handles_n
 
     refused = Recorder()
     settings = settings_for(
-        own_store_url, categories=(CATEGORY,), consumer_group_member=0, consumer_group_size=2
+        own_store_url, categories=(CATEGORY,), member=0, group_size=2
     )
     with pytest.raises(GroupSizeMismatchError) as raised:
         await run_projection(refused.projection(), settings)
 
     assert isinstance(raised.value, ConfigurationError), "a mismatch exits 2, as bad input does"
-    assert "`projector rebalance --group recorder --size 2`" in str(raised.value)
+    assert "`projector rebalance --group recorder --group-size 2`" in str(raised.value)
     assert refused.handled == 0
     assert await group_checkpoints(own_store_url, GROUP) == rows
 
@@ -199,7 +199,7 @@ async def test_a_member_of_another_size_is_refused_even_before_the_group_has_a_c
     own_store_url: str,
 ) -> None:
     other = settings_for(
-        own_store_url, categories=(CATEGORY,), consumer_group_member=1, consumer_group_size=2
+        own_store_url, categories=(CATEGORY,), member=1, group_size=2
     )
 
     with anyio.fail_after(30):
@@ -222,7 +222,7 @@ async def test_a_group_with_checkpoints_of_two_sizes_is_refused_naming_both_size
             row = {"group": GROUP, "member": member, "size": size, "category": CATEGORY}
             await conn.execute(COMMIT, {**row, "position": 1})
     settings = settings_for(
-        own_store_url, categories=(CATEGORY,), consumer_group_member=0, consumer_group_size=3
+        own_store_url, categories=(CATEGORY,), member=0, group_size=3
     )
 
     with pytest.raises(GroupSizeMismatchError) as raised:
@@ -295,7 +295,7 @@ async def test_a_runner_that_lost_its_member_to_another_runner_commits_no_checkp
         own_store_url,
         categories=(CATEGORY,),
         until_caught_up=False,
-        no_standby=True,
+        standby=False,
         checkpoint_interval=3600,  # only the stop itself would commit
     )
 

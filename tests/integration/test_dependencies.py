@@ -139,7 +139,7 @@ async def test_a_downstream_waits_for_every_member_of_a_consumer_group_upstream(
 
     async with anyio.create_task_group() as tasks:
         for member, recorder in members.items():
-            values = {"consumer_group_member": member, "consumer_group_size": 2}
+            values = {"member": member, "group_size": 2}
             settings = settings_for(
                 url, categories=(ACCOUNT,), until_caught_up=False, batch_size=20, **values
             )

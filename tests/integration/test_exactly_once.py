@@ -28,12 +28,8 @@ def anyio_backend() -> str:
 async def _run_members(url: str, size: int) -> None:
     async with anyio.create_task_group() as tasks:
         for member in range(size):
-            settings = settings_for(
-                url,
-                categories=("account",),
-                consumer_group_member=member if size > 1 else None,
-                consumer_group_size=size if size > 1 else None,
-            )
+            group = {"member": member, "group_size": size} if size > 1 else {}
+            settings = settings_for(url, categories=("account",), **group)
             tasks.start_soon(run_projection, balances_projection(), settings)
 
 

@@ -45,8 +45,8 @@ async def run_members(
             settings = settings_for(
                 url,
                 categories=(CATEGORY,),
-                consumer_group_member=member,
-                consumer_group_size=size,
+                member=member,
+                group_size=size,
                 **overrides,
             )
             tasks.start_soon(run_projection, recorder.projection(), settings)

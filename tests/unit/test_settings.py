@@ -9,13 +9,15 @@ import pytest
 
 from projector.errors import ConfigurationError, InvalidNameError
 from projector.runner import backend_options
-from projector.settings import Settings, flag_for, load_settings
+from projector.settings import DEPRECATED_ENV, INVERTED_ENV, Settings, flag_for, load_settings
 
 
 @pytest.fixture(autouse=True)
 def clean_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
     for name in Settings.model_fields:
         monkeypatch.delenv(f"PROJECTOR_{name.upper()}", raising=False)
+    for name in (*DEPRECATED_ENV, *INVERTED_ENV):
+        monkeypatch.delenv(name, raising=False)
     monkeypatch.chdir(tmp_path)
     return tmp_path
 
@@ -110,3 +112,37 @@ def test_runs_use_uvloop_unless_asked_for_plain_asyncio(clean_environment: Path)
     assert backend_options(load_settings(event_loop="asyncio")) == {"use_uvloop": False}
     with pytest.raises(ConfigurationError, match="--event-loop"):
         load_settings(event_loop="trio")
+
+
+def test_old_spellings_still_work_and_say_what_replaces_them(
+    monkeypatch: pytest.MonkeyPatch, clean_environment: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setenv("PROJECTOR_CONSUMER_GROUP_MEMBER", "1")
+    monkeypatch.setenv("PROJECTOR_CONSUMER_GROUP_SIZE", "3")
+    monkeypatch.setenv("PROJECTOR_NO_STANDBY", "1")
+    monkeypatch.setenv("PROJECTOR_NO_PROGRESS", "true")
+
+    settings = load_settings()
+
+    assert (settings.member, settings.group_size) == (1, 3)
+    assert (settings.standby, settings.progress) == (False, False)
+    replaced = {r.__dict__["old"]: r.__dict__["new"] for r in caplog.records}
+    assert replaced == {
+        "PROJECTOR_CONSUMER_GROUP_MEMBER": "PROJECTOR_MEMBER",
+        "PROJECTOR_CONSUMER_GROUP_SIZE": "PROJECTOR_GROUP_SIZE",
+        "PROJECTOR_NO_STANDBY": "PROJECTOR_STANDBY=false",
+        "PROJECTOR_NO_PROGRESS": "PROJECTOR_PROGRESS=false",
+    }
+
+
+def test_the_new_names_win_and_a_member_needs_its_group_size(
+    monkeypatch: pytest.MonkeyPatch, clean_environment: Path
+) -> None:
+    monkeypatch.setenv("PROJECTOR_MEMBER", "2")
+    monkeypatch.setenv("PROJECTOR_GROUP_SIZE", "4")
+    assert (load_settings().member, load_settings().group_size) == (2, 4)
+    assert load_settings(standby=False).standby is False
+
+    monkeypatch.delenv("PROJECTOR_GROUP_SIZE")
+    with pytest.raises(ConfigurationError, match="needs both --member"):
+        load_settings()

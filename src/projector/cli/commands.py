@@ -208,7 +208,15 @@ def _projector_command() -> str:
 
 @click.command()
 @click.option("--group", required=True, help="the consumer group to resize")
-@click.option("--size", type=int, required=True, help="its new number of members")
+@click.option(
+    "--group-size",
+    "--size",
+    "size",
+    type=int,
+    required=True,
+    help="its new number of members (the --group-size its members then run with; --size is "
+    "the old spelling)",
+)
 @click.option("--dry-run", is_flag=True, help="print what would change, change nothing")
 @settings_options("database_url", "log_level")
 def rebalance(group: str, size: int, dry_run: bool, **flags: Any) -> None:

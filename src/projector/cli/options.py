@@ -40,9 +40,9 @@ RUN_SETTINGS = (
     "database_url",
     "categories",
     "group",
-    "consumer_group_member",
-    "consumer_group_size",
-    "no_standby",
+    "member",
+    "group_size",
+    "standby",
     "on_failure",
     "retry_base",
     "retry_cap",
@@ -66,7 +66,7 @@ RUN_SETTINGS = (
     "log_level",
     "log_format",
     "summary_interval",
-    "no_progress",
+    "progress",
     "metrics_port",
     "metrics_host",
     "ready_max_lag",
@@ -99,6 +99,9 @@ def option_for(name: str) -> Callable[[F], F]:
             help=help_text.replace("comma-separated", "repeat the flag"),
         )
     flag = flag_for(name)
+    if field.annotation is bool and field.default is True:
+        # On by default: --name/--no-name, the way off being the one people type.
+        return click.option(f"{flag}/--no-{flag[2:]}", name, default=None, help=help_text)
     if field.annotation is bool:
         return click.option(flag, name, is_flag=True, default=None, help=help_text)
     annotation = field.annotation
