@@ -5,18 +5,36 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable, Sequence
+from typing import Protocol
 
 import anyio
 
 from projector.events import Event
 
 
-class Batch:
-    __slots__ = ("done", "lane", "on_completed", "remaining", "size")
+class Progress(Protocol):
+    """Where a lane reports how far it is done, in order: the checkpoint writer's interface."""
 
-    def __init__(self, lane: Lane, on_completed: Callable[[], None], size: int) -> None:
+    def advance(self, lane: str, position: int) -> None:
+        """Every event of ``lane`` below global ``position`` is handled."""
+
+
+class NoProgress:
+    """Told of progress, keeps none of it (a lane nobody checkpoints)."""
+
+    def advance(self, lane: str, position: int) -> None:
+        return None
+
+
+NO_PROGRESS = NoProgress()
+
+
+class Batch:
+    __slots__ = ("done", "lane", "position", "remaining", "size")
+
+    def __init__(self, lane: Lane, position: int, size: int) -> None:
         self.lane = lane
-        self.on_completed = on_completed
+        self.position = position  # handled below this global position once it is done
         self.remaining = 0  # streams of this batch that have not yet handled past their events
         self.done = False
         self.size = size  # its events
@@ -27,12 +45,16 @@ Schedule = Callable[[Batch, Sequence[Event]], None]
 
 
 class Lane:
-    """Submitted batches in order, at most ``max_read_ahead`` of them at once."""
+    """Submitted batches in order, at most ``max_read_ahead`` of them at once, reporting to
+    ``progress`` how far it is done."""
 
-    def __init__(self, name: str, max_read_ahead: int, schedule: Schedule) -> None:
+    def __init__(
+        self, name: str, max_read_ahead: int, schedule: Schedule, progress: Progress = NO_PROGRESS
+    ) -> None:
         self.name = name
         self._max_read_ahead = max_read_ahead
         self._schedule = schedule
+        self._progress = progress
         self._batches: deque[Batch] = deque()
         self._room = anyio.Event()  # set while fewer than max_read_ahead batches are in flight
         self._room.set()
@@ -49,11 +71,12 @@ class Lane:
         """Events of the batches in flight, handled or not."""
         return sum(batch.size for batch in self._batches)
 
-    async def submit(self, events: Sequence[Event], on_completed: Callable[[], None]) -> None:
-        """Hand over a batch; waits while ``max_read_ahead`` batches are in flight.
+    async def submit(self, events: Sequence[Event], position: int) -> None:
+        """Hand over a batch, read up to just below global ``position``; waits while
+        ``max_read_ahead`` batches are in flight.
 
-        ``on_completed`` is called once every event of the batch, and of every batch submitted
-        before it on this lane, has been handled.
+        Once every event of the batch, and of every batch submitted before it on this lane, has
+        been handled, the lane's progress is told: ``advance(name, position)``.
         """
         # A plain count, not a semaphore: acquiring one yields to the loop even when a slot is
         # free, which costs a loop iteration per batch for nothing.
@@ -61,7 +84,7 @@ class Lane:
             if self._room.is_set():
                 self._room = anyio.Event()
             await self._room.wait()
-        batch = Batch(self, on_completed, len(events))
+        batch = Batch(self, position, len(events))
         self._batches.append(batch)
         if self._empty.is_set():
             self._empty = anyio.Event()
@@ -79,7 +102,7 @@ class Lane:
         # Completions leave strictly in submit order: a later batch that finished first waits
         # here until every older one is done, so the position it reports is always safe.
         while self._batches and self._batches[0].done:
-            self._batches.popleft().on_completed()
+            self._progress.advance(self.name, self._batches.popleft().position)
         if len(self._batches) < self._max_read_ahead:
             self._room.set()
         if not self._batches:

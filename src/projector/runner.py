@@ -302,7 +302,7 @@ class Runner:
             observer=parts.watchers.observer,
         )
         async with sink:
-            lanes = {category: sink.lane(category) for category in self.categories}
+            lanes = {category: sink.lane(category, parts.writer) for category in self.categories}
             sources = [
                 self._source(parts, lanes[category], category) for category in self.categories
             ]
@@ -328,7 +328,6 @@ class Runner:
             position=parts.writer.completed[category],
             batch_size=settings.batch_size,
             tail_sleep=settings.tail_sleep,
-            on_handled=partial(parts.writer.advance, category),
             outage_limit=settings.outage_limit,
             observer=parts.watchers.observer,
             gate=parts.gate or OPEN_GATE,

@@ -37,7 +37,7 @@ from anyio.abc import TaskGroup
 from projector.errors import HandlerError
 from projector.events import Event
 from projector.failures import Decision, HandlerTimeout, Park, Retry, RetryWhen, Stop
-from projector.lane import Batch, Lane
+from projector.lane import NO_PROGRESS, Batch, Lane, Progress
 from projector.observe import NO_OBSERVER, Observer
 from projector.spans import StreamState, TroubledStream, in_order, merge
 
@@ -202,11 +202,12 @@ class StreamsSink:
             scope.cancel()
         return await self._task_group.__aexit__(exc_type, exc, tb)
 
-    def lane(self, name: str) -> Lane:
-        """The lane for one source; each name gets one lane."""
+    def lane(self, name: str, progress: Progress = NO_PROGRESS) -> Lane:
+        """The lane for one source, reporting to ``progress``; each name gets one lane."""
         if name in self._lanes:
             raise ValueError(f"lane {name!r} is already open")
-        lane = self._lanes[name] = Lane(name, self._max_read_ahead, self._schedule)
+        lane = Lane(name, self._max_read_ahead, self._schedule, progress)
+        self._lanes[name] = lane
         return lane
 
     async def stop(self, *, grace_period: float) -> bool:

@@ -15,7 +15,7 @@ of the read, so batches still reach the sink in global order.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Protocol
 
 import anyio
@@ -33,7 +33,9 @@ class CategoryReader(Protocol):
 
 
 class BatchSink(Protocol):
-    async def submit(self, events: Sequence[Event], on_completed: Callable[[], None]) -> None: ...
+    async def submit(self, events: Sequence[Event], position: int) -> None:
+        """Take ``events``, read up to just below global ``position``."""
+        ...
 
 
 class Gate(Protocol):
@@ -53,11 +55,9 @@ OPEN_GATE = OpenGate()
 
 
 class CategorySource:
-    """Reads one category from ``position`` on and submits each non-empty batch to ``sink``.
-
-    ``on_handled(position)`` is called, in order, once every event below ``position`` has been
-    handled; it is what moves the checkpoint.
-    """
+    """Reads one category from ``position`` on and submits each batch to ``sink`` with the
+    position it was read up to (the sink's lane reports that position once the batch, and
+    every one before it, is handled: that is what moves the checkpoint)."""
 
     def __init__(
         self,
@@ -68,7 +68,6 @@ class CategorySource:
         position: int,
         batch_size: int,
         tail_sleep: float,
-        on_handled: Callable[[int], None],
         outage_limit: float = 0.0,
         observer: Observer = NO_OBSERVER,
         gate: Gate = OPEN_GATE,
@@ -79,7 +78,6 @@ class CategorySource:
         self._sink = sink
         self._batch_size = batch_size
         self._tail_sleep = tail_sleep
-        self._on_handled = on_handled
         self._outage_limit = outage_limit
         self._observer = observer
         self._gate = gate
@@ -102,9 +100,9 @@ class CategorySource:
             if read.events:
                 await self._submit_admitted(read)
                 continue
-            if read.next_position > self.position:
+            if read.resume_at > self.position:
                 # Nothing for us, but the position moves past other members' events.
-                await self._submit(read.events, read.next_position)
+                await self._submit(read.events, read.resume_at)
             self._at_tail()
             if stop_at_tail:
                 return
@@ -123,24 +121,24 @@ class CategorySource:
             admitted = await self._gate.admit(events)
             events = events[len(admitted) :]
             # Everything below the first event held back is now submitted (or not ours).
-            next_position = events[0].global_position if events else read.next_position
-            await self._submit(admitted, next_position)
+            resume_at = events[0].global_position if events else read.resume_at
+            await self._submit(admitted, resume_at)
 
-    async def _submit(self, events: Sequence[Event], next_position: int) -> None:
-        self.position = next_position
+    async def _submit(self, events: Sequence[Event], resume_at: int) -> None:
+        self.position = resume_at
         logger.debug(
             "read %d events of %s up to %d",
             len(events),
             self.category,
-            next_position - 1,
+            resume_at - 1,
             extra={
                 "action": "source_batch_read",
                 "category": self.category,
                 "count": len(events),
-                "position": next_position,
+                "position": resume_at,
             },
         )
-        await self._sink.submit(events, lambda: self._on_handled(next_position))
+        await self._sink.submit(events, resume_at)
 
     def _at_tail(self) -> None:
         if not self.reached_tail.is_set():

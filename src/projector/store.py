@@ -125,10 +125,12 @@ SELECT message_store.write_message(
 
 @dataclass(frozen=True, slots=True)
 class Read:
-    """One read: the events found, and the global position the next read starts from."""
+    """One read: the events found, and ``resume_at``, the global position the next read starts
+    from (past the events, and past rows of other members the read went over). A "next
+    position" elsewhere is always a stream position."""
 
     events: list[Event]
-    next_position: int
+    resume_at: int
 
 
 class MessageStore:

@@ -331,7 +331,8 @@ def test_rebalance_dry_run_prints_the_plan_and_rebalance_prints_the_new_position
     )
     assert lowered.returncode == 0, lowered.stderr
     rows = _rows(own_store_url)
-    rebalance = ["rebalance", "--group", GROUP, "--group-size", "3", "--database-url", own_store_url]
+    rebalance = ["rebalance", "--group", GROUP, "--group-size", "3"]
+    rebalance += ["--database-url", own_store_url]
 
     dry_run = run_projector(workdir, *rebalance, "--dry-run")
     unchanged = _rows(own_store_url)

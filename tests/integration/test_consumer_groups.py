@@ -406,9 +406,9 @@ async def _member_read(store: MessageStore, batch_size: int) -> list[Event]:
         read = await store.read_category(CATEGORY, position, batch_size)
         if not read.events:
             return events
-        assert read.next_position > position
+        assert read.resume_at > position
         events.extend(read.events)
-        position = read.next_position
+        position = read.resume_at
 
 
 def _server_partition(url: str, member: int, size: int) -> list[int]:

@@ -43,9 +43,9 @@ async def _member_reads(url: str, member: int) -> list[tuple[str, int, int]]:
         while True:
             read = await store.read_category(CATEGORY, position, 7)
             found += [(e.stream_name, e.position, e.global_position) for e in read.events]
-            if read.next_position == position:
+            if read.resume_at == position:
                 return found
-            position = read.next_position
+            position = read.resume_at
 
 
 def _plan(url: str) -> str:

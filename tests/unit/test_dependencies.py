@@ -9,7 +9,7 @@ Measurements are fed to the gate by hand (`DependencyGate.update`), or by a fake
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from datetime import UTC, datetime
 
 import anyio
@@ -245,15 +245,17 @@ class Submissions:
 
     def __init__(self) -> None:
         self.batches: list[list[int]] = []
+        self.handled: list[int] = []  # the positions it was told of, as a lane reports them
 
-    async def submit(self, events: Sequence[Event], on_completed: Callable[[], None]) -> None:
+    async def submit(self, events: Sequence[Event], position: int) -> None:
         self.batches.append(positions(events))
-        on_completed()
+        self.handled.append(position)
 
 
 @pytest.mark.anyio
 async def test_a_source_submits_only_what_the_gate_admits_in_global_order() -> None:
-    store, sink, handled = Store(events_at(1, 2, 4, 6, 7, 8)), Submissions(), list[int]()
+    store, sink = Store(events_at(1, 2, 4, 6, 7, 8)), Submissions()
+    handled = sink.handled
     gate = open_gate(frontier=5)
     source = CategorySource(
         store,
@@ -262,7 +264,6 @@ async def test_a_source_submits_only_what_the_gate_admits_in_global_order() -> N
         position=1,
         batch_size=10,
         tail_sleep=0.01,
-        on_handled=handled.append,
         gate=gate,
     )
 

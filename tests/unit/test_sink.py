@@ -15,7 +15,6 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from functools import partial
 
 import anyio
 import anyio.lowlevel
@@ -108,13 +107,17 @@ class Handler:
 
 
 class Completions:
-    """Records the order in which a lane reports its batches complete."""
+    """A lane's progress: records the batches it reports done, in order, each by the index it
+    was submitted with (given as its position)."""
 
     def __init__(self) -> None:
         self.order: list[int] = []
 
+    def advance(self, lane: str, position: int) -> None:
+        self.order.append(position)
+
     async def submit(self, lane: Lane, index: int, events: Sequence[Event]) -> None:
-        await lane.submit(events, partial(self.order.append, index))
+        await lane.submit(events, index)
 
 
 @asynccontextmanager
@@ -154,7 +157,7 @@ async def test_concurrent_calls_reach_the_cap_and_never_exceed_it(cap: int) -> N
     handler = Handler(gate=gate)
     async with running_sink(handler, streams=cap) as sink:
         lane = sink.lane("l")
-        await lane.submit([ev(f"s-{i}", 0) for i in range(cap + 5)], lambda: None)
+        await lane.submit([ev(f"s-{i}", 0) for i in range(cap + 5)], 0)
         await settle()
         assert (handler.concurrent, sink.busy_streams) == (cap, cap)
         gate.set()
@@ -168,7 +171,7 @@ async def test_a_busy_stream_gets_no_second_call_until_its_first_returns() -> No
     handler = Handler()
     done = Completions()
     async with running_sink(handler, streams=8) as sink:
-        lane = sink.lane("l")
+        lane = sink.lane("l", done)
         handler.hold("s-1")
         await done.submit(lane, 0, [ev("s-1", 0)])
         await settle()  # its first call is running, and held
@@ -203,7 +206,7 @@ async def test_each_stream_sees_its_events_once_in_ascending_order_across_many_b
     handler = Handler(jitter=rnd)
     done = Completions()
     async with running_sink(handler, streams=4, read_ahead=5) as sink:
-        lane = sink.lane("l")
+        lane = sink.lane("l", done)
         for index, batch in enumerate(batches):
             await done.submit(lane, index, batch)
         await lane.wait_empty()
@@ -218,7 +221,7 @@ async def test_events_buffered_while_a_stream_is_busy_merge_into_its_next_call()
     handler = Handler()
     done = Completions()
     async with running_sink(handler) as sink:
-        lane = sink.lane("l")
+        lane = sink.lane("l", done)
         handler.hold("s-1")
         await done.submit(lane, 0, [ev("s-1", 0)])
         await until(lambda: len(handler.calls) == 1)
@@ -244,7 +247,7 @@ async def test_thirty_single_event_batches_of_one_stream_take_far_fewer_calls() 
         async with StreamsSink(slow, max_concurrent_streams=4, max_read_ahead=10) as sink:
             lane = sink.lane("l")
             for position in range(30):
-                await lane.submit([ev("s-1", position)], lambda: None)
+                await lane.submit([ev("s-1", position)], 0)
             await lane.wait_empty()
     assert [p for call in calls for p in call] == list(range(30))
     assert len(calls) <= 6
@@ -256,7 +259,7 @@ async def test_duplicates_within_a_batch_are_delivered_once() -> None:
     async with running_sink(handler) as sink:
         lane = sink.lane("l")
         batch = [ev("s-1", 0), ev("s-1", 1), ev("s-1", 1), ev("s-1", 0), ev("s-1", 2)]
-        await lane.submit(batch, lambda: None)
+        await lane.submit(batch, 0)
         await lane.wait_empty()
     assert handler.calls == [("s-1", [0, 1, 2])]
 
@@ -266,7 +269,7 @@ async def test_events_resubmitted_while_their_stream_is_busy_are_not_delivered_a
     handler = Handler()
     done = Completions()
     async with running_sink(handler) as sink:
-        lane = sink.lane("l")
+        lane = sink.lane("l", done)
         handler.hold("s-1")
         await done.submit(lane, 0, evs("s-1", [0, 1]))
         await until(lambda: len(handler.calls) == 1)
@@ -283,7 +286,7 @@ async def test_events_below_a_streams_handled_position_are_dropped() -> None:
     handler = Handler()
     done = Completions()
     async with running_sink(handler) as sink:
-        lane = sink.lane("l")
+        lane = sink.lane("l", done)
         handler.hold("s-1")
         await done.submit(lane, 0, [ev("s-1", 0)])
         await until(lambda: len(handler.calls) == 1)
@@ -304,7 +307,7 @@ async def test_events_reordered_within_a_batch_are_delivered_in_stream_order() -
     async with running_sink(handler) as sink:
         lane = sink.lane("l")
         batch = [ev("s-1", 2), ev("s-1", 0), ev("t-1", 1), ev("s-1", 1), ev("t-1", 0)]
-        await lane.submit(batch, lambda: None)
+        await lane.submit(batch, 0)
         await lane.wait_empty()
     assert sorted(handler.calls) == [("s-1", [0, 1, 2]), ("t-1", [0, 1])]
 
@@ -315,10 +318,10 @@ async def test_events_of_buffered_batches_arriving_out_of_order_are_merged_in_or
     async with running_sink(handler) as sink:
         lane = sink.lane("l")
         handler.hold("s-1")
-        await lane.submit([ev("s-1", 0)], lambda: None)
+        await lane.submit([ev("s-1", 0)], 0)
         await until(lambda: len(handler.calls) == 1)
-        await lane.submit(evs("s-1", [3, 4]), lambda: None)
-        await lane.submit(evs("s-1", [2, 1, 3]), lambda: None)
+        await lane.submit(evs("s-1", [3, 4]), 0)
+        await lane.submit(evs("s-1", [2, 1, 3]), 0)
         handler.release("s-1")
         await lane.wait_empty()
     assert handler.calls_of("s-1") == [[0], [1, 2, 3, 4]]
@@ -334,14 +337,14 @@ async def test_submit_waits_while_read_ahead_batches_are_incomplete(read_ahead: 
     returned = anyio.Event()
 
     async def submit_one_more(lane: Lane) -> None:
-        await lane.submit([ev("s-1", read_ahead)], lambda: None)
+        await lane.submit([ev("s-1", read_ahead)], 0)
         returned.set()
 
     async with running_sink(handler, read_ahead=read_ahead) as sink:
         lane = sink.lane("l")
         handler.hold("s-1")
         for position in range(read_ahead):
-            await lane.submit([ev("s-1", position)], lambda: None)
+            await lane.submit([ev("s-1", position)], 0)
         async with anyio.create_task_group() as tasks:
             tasks.start_soon(submit_one_more, lane)
             await settle()
@@ -358,7 +361,7 @@ async def test_batches_complete_in_submit_order_when_later_ones_finish_first() -
     handler = Handler()
     done = Completions()
     async with running_sink(handler) as sink:
-        lane = sink.lane("l")
+        lane = sink.lane("l", done)
         handler.hold("a-1")
         await done.submit(lane, 0, [ev("a-1", 0)])
         await done.submit(lane, 1, [ev("b-1", 0)])
@@ -376,7 +379,7 @@ async def test_a_slow_stream_holds_back_completion_while_other_streams_proceed()
     handler = Handler()
     done = Completions()
     async with running_sink(handler, streams=2) as sink:
-        lane = sink.lane("l")
+        lane = sink.lane("l", done)
         handler.hold("slow-1")
         await done.submit(lane, 0, [ev("slow-1", 0), ev("fast-0", 0)])
         for index in range(1, 6):
@@ -396,7 +399,7 @@ async def test_an_empty_batch_completes_at_once_and_in_order() -> None:
     handler = Handler()
     done = Completions()
     async with running_sink(handler) as sink:
-        lane = sink.lane("l")
+        lane = sink.lane("l", done)
         await done.submit(lane, 0, [])
         assert done.order == [0]
         handler.hold("a-1")
@@ -415,7 +418,7 @@ async def test_a_batch_of_already_handled_events_completes_without_a_call_and_in
     handler = Handler()
     first, second = Completions(), Completions()
     async with running_sink(handler) as sink:
-        lane, other_lane = sink.lane("first"), sink.lane("second")
+        lane, other_lane = sink.lane("first", first), sink.lane("second", second)
         handler.hold("s-1")
         await first.submit(lane, 0, [ev("s-1", 0)])
         await until(lambda: len(handler.calls) == 1)
@@ -442,7 +445,7 @@ async def test_a_partial_result_redelivers_the_rest_and_holds_the_batch_until_ha
     handler = Handler(lambda stream, positions: 2 if positions[0] == 0 else None)
     done = Completions()
     async with running_sink(handler) as sink:
-        lane = sink.lane("l")
+        lane = sink.lane("l", done)
         handler.hold("s-1")
         await done.submit(lane, 0, evs("s-1", [0, 1, 2, 3]))
         await until(lambda: len(handler.calls) == 1)
@@ -473,7 +476,7 @@ async def test_a_call_that_handles_nothing_is_retried_after_the_stall_delay_not_
     handler = Handler(outcome)
     done = Completions()
     async with running_sink(handler, stall_delay=stall_delay) as sink:
-        lane = sink.lane("l")
+        lane = sink.lane("l", done)
         await done.submit(lane, 0, evs("s-1", [0, 1]))
         await anyio.sleep(window)
         assert 2 <= len(handler.calls) <= window / stall_delay + 1
@@ -492,7 +495,7 @@ async def test_skipping_ahead_drops_buffered_and_later_events_below_the_position
     handler = Handler(lambda stream, positions: 5 if positions == [0] else None)
     done = Completions()
     async with running_sink(handler) as sink:
-        lane = sink.lane("l")
+        lane = sink.lane("l", done)
         handler.hold("s-1")
         await done.submit(lane, 0, [ev("s-1", 0)])
         await until(lambda: len(handler.calls) == 1)
@@ -513,9 +516,9 @@ async def test_skipping_ahead_drops_events_read_after_the_stream_went_idle() -> 
     handler = Handler(lambda stream, positions: 5 if positions == [0] else None)
     async with running_sink(handler) as sink:
         lane = sink.lane("l")
-        await lane.submit([ev("s-1", 0)], lambda: None)
+        await lane.submit([ev("s-1", 0)], 0)
         await lane.wait_empty()
-        await lane.submit(evs("s-1", [1, 4, 5]), lambda: None)
+        await lane.submit(evs("s-1", [1, 4, 5]), 0)
         await lane.wait_empty()
     assert handler.calls_of("s-1") == [[0], [5]]
 
@@ -538,7 +541,7 @@ async def test_stream_state_is_forgotten_once_its_batches_complete() -> None:
         for index in range(200):
             first = index * batch_size
             batch = [ev(f"s-{i}", 0) for i in range(first, first + batch_size)]
-            await lane.submit(batch, lambda: None)
+            await lane.submit(batch, 0)
         await lane.wait_empty()
         assert sink.tracked_streams == 0
     assert len(handler.calls) == 200 * batch_size
@@ -561,7 +564,7 @@ async def test_a_handler_exception_leaves_the_sink_and_no_later_batch_completes(
         flatten_subgroups=True,
     ) as caught:
         async with running_sink(handler) as sink:
-            lane = sink.lane("l")
+            lane = sink.lane("l", done)
             await done.submit(lane, 0, [ev("good-1", 0)])
             await until(lambda: done.order == [0])
             handler.hold("bad-1")
@@ -585,7 +588,7 @@ async def test_stop_lets_running_calls_finish_and_starts_no_new_call() -> None:
         stopped.append(await sink.stop(grace_period=1))
 
     async with running_sink(handler, streams=1) as sink:
-        lane = sink.lane("l")
+        lane = sink.lane("l", done)
         handler.hold("a-1")
         await done.submit(lane, 0, [ev("a-1", 0)])
         await done.submit(lane, 1, [ev("b-1", 0)])
@@ -607,7 +610,7 @@ async def test_stop_returns_false_when_a_call_outlasts_the_grace_period() -> Non
     handler = Handler()
     done = Completions()
     async with running_sink(handler) as sink:
-        lane = sink.lane("l")
+        lane = sink.lane("l", done)
         handler.hold("a-1")
         await done.submit(lane, 0, [ev("a-1", 0)])
         await until(lambda: len(handler.calls) == 1)
@@ -706,7 +709,9 @@ class Checker:
             return self.rnd.randint(1, length)
         return length
 
-    def on_completed(self, lane: int, index: int) -> None:
+    def advance(self, name: str, index: int) -> None:
+        """A lane's progress; lane ``c<n>`` submits its batches with their index as position."""
+        lane = int(name.removeprefix("c"))
         if index != self.completed[lane]:
             self.violations.append(f"lane {lane} completed {index} before {self.completed[lane]}")
         self.completed[lane] = index + 1
@@ -729,7 +734,7 @@ async def test_any_batches_are_handled_in_order_within_the_limits_and_complete_i
     async def feed(lane: Lane, index: int) -> None:
         for number, batch in enumerate(scenario.lanes[index]):
             events = [ev(stream, position) for stream, position in batch]
-            await lane.submit(events, partial(checker.on_completed, index, number))
+            await lane.submit(events, number)
             if lane.in_flight > scenario.read_ahead:
                 checker.violations.append(f"lane {index} has {lane.in_flight} batches in flight")
         await lane.wait_empty()
@@ -743,7 +748,7 @@ async def test_any_batches_are_handled_in_order_within_the_limits_and_complete_i
         ) as sink:
             async with anyio.create_task_group() as tasks:
                 for index in range(len(scenario.lanes)):
-                    tasks.start_soon(feed, sink.lane(f"c{index}"), index)
+                    tasks.start_soon(feed, sink.lane(f"c{index}", checker), index)
             assert sink.tracked_streams == 0
     assert checker.violations == []
     assert checker.completed == [len(batches) for batches in scenario.lanes]

@@ -12,7 +12,6 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from functools import partial
 
 import anyio
 import anyio.lowlevel
@@ -131,13 +130,17 @@ class Decisions:
 
 
 class Completions:
-    """Records the order in which a lane reports its batches complete."""
+    """A lane's progress: records the batches it reports done, in order, each by the index it
+    was submitted with (given as its position)."""
 
     def __init__(self) -> None:
         self.order: list[int] = []
 
+    def advance(self, lane: str, position: int) -> None:
+        self.order.append(position)
+
     async def submit(self, lane: Lane, index: int, events: Sequence[Event]) -> None:
-        await lane.submit(events, partial(self.order.append, index))
+        await lane.submit(events, index)
 
 
 @asynccontextmanager
@@ -182,7 +185,7 @@ async def test_a_failing_stream_is_retried_after_the_decided_delay_while_other_s
     decisions = Decisions(lambda error, attempt: Retry(0.05 * attempt))
     done = Completions()
     async with running_sink(handler, decisions) as sink:
-        lane = sink.lane("l")
+        lane = sink.lane("l", done)
         await done.submit(lane, 0, [ev("good-0", 0)])
         await done.submit(lane, 1, [ev("bad-1", 0), ev("good-1", 0)])
         await until(lambda: len(decisions.seen) == 1)
@@ -210,7 +213,7 @@ async def test_a_failing_streams_batch_and_every_later_one_wait_until_it_succeed
     decisions = Decisions(lambda error, attempt: Retry(0.01))
     done = Completions()
     async with running_sink(handler, decisions) as sink:
-        lane = sink.lane("l")
+        lane = sink.lane("l", done)
         await done.submit(lane, 0, [ev("good-0", 0)])
         await done.submit(lane, 1, [ev("bad-1", 0)])
         for index in range(2, 6):
@@ -231,10 +234,10 @@ async def test_retries_follow_the_policys_backoff_and_reset_after_a_success() ->
     decisions = Decisions(policy.decide)
     async with running_sink(handler, decisions) as sink:
         lane = sink.lane("l")
-        await lane.submit([ev("bad-1", 0)], lambda: None)
+        await lane.submit([ev("bad-1", 0)], 0)
         await lane.wait_empty()
         handler.failing["bad-1"] = 1
-        await lane.submit([ev("bad-1", 1)], lambda: None)
+        await lane.submit([ev("bad-1", 1)], 0)
         await lane.wait_empty()
     assert [f.attempt for f in decisions.seen] == [1, 2, 3, 4, 1]
     assert handler.handled("bad-1") == [0, 1]
@@ -251,7 +254,7 @@ async def test_a_stream_told_to_wait_runs_again_once_ready_and_that_failure_is_n
     )
     async with running_sink(handler, decisions) as sink:
         lane = sink.lane("l")
-        await lane.submit([ev("bad-1", 0)], lambda: None)
+        await lane.submit([ev("bad-1", 0)], 0)
         await until(lambda: len(decisions.seen) == 2)
         await settle()
         assert len(handler.calls_of("bad-1")) == 2, "it ran again before it was ready"
@@ -271,7 +274,7 @@ async def test_a_parked_stream_releases_its_batches_and_drops_its_later_events()
     decisions = Decisions(park)
     done = Completions()
     async with running_sink(handler, decisions) as sink:
-        lane = sink.lane("l")
+        lane = sink.lane("l", done)
         handler.gates["good-0"] = anyio.Event()
         await done.submit(lane, 0, [ev("good-0", 0)])
         await done.submit(lane, 1, [ev("bad-1", 0), ev("good-1", 0)])
@@ -295,7 +298,7 @@ async def test_a_held_stream_buffers_its_events_and_release_runs_them_from_the_g
     handler = Handler(failing={"bad-1": None})
     done = Completions()
     async with running_sink(handler, Decisions(park)) as sink:
-        lane = sink.lane("l")
+        lane = sink.lane("l", done)
         await done.submit(lane, 0, [ev("bad-1", 0)])
         await until(lambda: sink.parked_streams == {"bad-1"})
         handler.failing.clear()
@@ -322,7 +325,7 @@ async def test_events_read_after_a_release_below_its_position_are_not_delivered(
     handler = Handler(failing={"bad-1": None})
     done = Completions()
     async with running_sink(handler, Decisions(park)) as sink:
-        lane = sink.lane("l")
+        lane = sink.lane("l", done)
         await done.submit(lane, 0, [ev("bad-1", 0)])
         await until(lambda: sink.parked_streams == {"bad-1"})
         handler.failing.clear()
@@ -339,7 +342,7 @@ async def test_a_stream_parked_when_the_sink_starts_is_never_called() -> None:
     handler = Handler()
     done = Completions()
     async with running_sink(handler, Decisions(park), parked=frozenset({"bad-1"})) as sink:
-        lane = sink.lane("l")
+        lane = sink.lane("l", done)
         await done.submit(lane, 0, [ev("bad-1", 3), ev("good-1", 0)])
         await done.submit(lane, 1, evs("bad-1", [4, 5]))
         await lane.wait_empty()
@@ -353,7 +356,7 @@ async def test_parking_a_held_stream_again_releases_the_batches_waiting_on_it() 
     handler = Handler()
     done = Completions()
     async with running_sink(handler, Decisions(park), parked=frozenset({"bad-1"})) as sink:
-        lane = sink.lane("l")
+        lane = sink.lane("l", done)
         sink.hold("bad-1")
         await done.submit(lane, 0, [ev("bad-1", 3), ev("good-1", 0)])
         await done.submit(lane, 1, [ev("good-2", 0)])
@@ -372,7 +375,7 @@ async def test_a_stream_the_sink_does_not_track_can_be_parked() -> None:
     handler = Handler()
     done = Completions()
     async with running_sink(handler, Decisions(park)) as sink:
-        lane = sink.lane("l")
+        lane = sink.lane("l", done)
         sink.park("bad-1")
         await done.submit(lane, 0, evs("bad-1", [0, 1]))
         await lane.wait_empty()
@@ -388,7 +391,7 @@ async def test_a_call_over_the_handler_timeout_is_cancelled_and_reported_as_a_fa
     decisions = Decisions(lambda error, attempt: Retry(0))
     done = Completions()
     async with running_sink(handler, decisions, handler_timeout=0.1) as sink:
-        lane = sink.lane("l")
+        lane = sink.lane("l", done)
         await done.submit(lane, 0, [ev("slow-1", 0), ev("quick-1", 0)])
         await lane.wait_empty()
         finished = anyio.current_time()
@@ -410,7 +413,7 @@ async def test_calls_within_the_handler_timeout_are_not_affected() -> None:
     decisions = Decisions(park)
     async with running_sink(handler, decisions, handler_timeout=1.0) as sink:
         lane = sink.lane("l")
-        await lane.submit([ev("s-1", 0)], lambda: None)
+        await lane.submit([ev("s-1", 0)], 0)
         await anyio.sleep(0.1)
         handler.gates["s-1"].set()
         await lane.wait_empty()
@@ -434,7 +437,7 @@ async def test_a_stop_decision_raises_a_handler_error_naming_the_stream_and_even
         flatten_subgroups=True,
     ) as caught:
         async with running_sink(handler, decisions) as sink:
-            lane = sink.lane("l")
+            lane = sink.lane("l", done)
             await done.submit(lane, 0, [ev("good-1", 0)])
             await until(lambda: done.order == [0])
             await done.submit(lane, 1, [*evs("bad-1", [2, 3]), ev("good-2", 0)])
@@ -452,7 +455,7 @@ async def test_troubled_reports_a_long_running_call_and_a_failing_stream() -> No
     decisions = Decisions(lambda error, attempt: Retry(0.02))
     async with running_sink(handler, decisions) as sink:
         lane = sink.lane("l")
-        await lane.submit([ev("slow-1", 0), ev("bad-1", 0), ev("fast-1", 0)], lambda: None)
+        await lane.submit([ev("slow-1", 0), ev("bad-1", 0), ev("fast-1", 0)], 0)
         await until(lambda: handler.returned("fast-1") and len(decisions.seen) >= 1)
         assert sink.troubled(longer_than=0.15) == []
         await anyio.sleep(0.2)
