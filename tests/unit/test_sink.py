@@ -11,10 +11,9 @@ from __future__ import annotations
 import itertools
 import random
 from collections import defaultdict
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
 
 import anyio
 import anyio.lowlevel
@@ -26,11 +25,9 @@ from projector.errors import HandlerError
 from projector.events import Event
 from projector.lane import Lane
 from projector.sink import StreamsSink
+from tests.support.sink import Completions, ev, evs, settle, until
 
 TIMEOUT = 2.0
-_EVENT_ID = "7f0c5f1e-1d52-4a0e-9d0c-1f3a4c8e2b6d"
-_T0 = datetime(2024, 1, 1, tzinfo=UTC)
-_global_positions = itertools.count(1)
 
 Outcome = Callable[[str, list[int]], int | None]
 
@@ -38,14 +35,6 @@ Outcome = Callable[[str, list[int]], int | None]
 @pytest.fixture(scope="module")
 def anyio_backend() -> str:
     return "asyncio"
-
-
-def ev(stream: str, position: int) -> Event:
-    return Event(next(_global_positions), position, _T0, stream, "Happened", "{}", None, _EVENT_ID)
-
-
-def evs(stream: str, positions: Sequence[int]) -> list[Event]:
-    return [ev(stream, p) for p in positions]
 
 
 class Handler:
@@ -106,20 +95,6 @@ class Handler:
         return positions[-1] + 1 if result is None else result
 
 
-class Completions:
-    """A lane's progress: records the batches it reports done, in order, each by the index it
-    was submitted with (given as its position)."""
-
-    def __init__(self) -> None:
-        self.order: list[int] = []
-
-    def advance(self, lane: str, position: int) -> None:
-        self.order.append(position)
-
-    async def submit(self, lane: Lane, index: int, events: Sequence[Event]) -> None:
-        await lane.submit(events, index)
-
-
 @asynccontextmanager
 async def running_sink(
     handler: Handler,
@@ -137,14 +112,6 @@ async def running_sink(
             stall_delay=stall_delay,
         ) as sink:
             yield sink
-
-
-async def until(condition: Callable[[], bool]) -> None:
-    while not condition():
-        await anyio.lowlevel.checkpoint()
-
-
-settle = anyio.wait_all_tasks_blocked
 
 
 # -- concurrency ----------------------------------------------------------------------------

@@ -7,11 +7,9 @@ of hanging.
 
 from __future__ import annotations
 
-import itertools
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 
 import anyio
 import anyio.lowlevel
@@ -28,28 +26,17 @@ from projector.failures import (
     RetryWhen,
     Stop,
 )
-from projector.lane import Lane
 from projector.sink import StreamsSink
+from tests.support.sink import Completions, ev, evs, settle, until
 
 pytestmark = pytest.mark.anyio
 
 TIMEOUT = 3.0
-_EVENT_ID = "0b9c4a52-5d3e-4d8e-a0c4-7a1f2e3d4c5b"
-_T0 = datetime(2024, 1, 1, tzinfo=UTC)
-_global_positions = itertools.count(1)
 
 
 @pytest.fixture(scope="module")
 def anyio_backend() -> str:
     return "asyncio"
-
-
-def ev(stream: str, position: int) -> Event:
-    return Event(next(_global_positions), position, _T0, stream, "Happened", "{}", None, _EVENT_ID)
-
-
-def evs(stream: str, positions: Sequence[int]) -> list[Event]:
-    return [ev(stream, p) for p in positions]
 
 
 @dataclass
@@ -129,20 +116,6 @@ class Decisions:
         return self.decide(error, attempt)
 
 
-class Completions:
-    """A lane's progress: records the batches it reports done, in order, each by the index it
-    was submitted with (given as its position)."""
-
-    def __init__(self) -> None:
-        self.order: list[int] = []
-
-    def advance(self, lane: str, position: int) -> None:
-        self.order.append(position)
-
-    async def submit(self, lane: Lane, index: int, events: Sequence[Event]) -> None:
-        await lane.submit(events, index)
-
-
 @asynccontextmanager
 async def running_sink(
     handler: Handler,
@@ -161,14 +134,6 @@ async def running_sink(
             parked=parked,
         ) as sink:
             yield sink
-
-
-async def until(condition: Callable[[], bool]) -> None:
-    while not condition():
-        await anyio.lowlevel.checkpoint()
-
-
-settle = anyio.wait_all_tasks_blocked
 
 
 def park(error: Exception, attempt: int) -> Decision:
