@@ -32,7 +32,7 @@ scenarios: $(BIN)/projector
 
 lint: $(BIN)/projector
 	$(BIN)/ruff check .
-	$(BIN)/mypy --strict src
+	$(BIN)/mypy --strict src tests bench
 
 # Sizes and scenarios: python -m bench --help (e.g. `python -m bench all --smoke`).
 bench: $(BIN)/projector

@@ -34,7 +34,7 @@ def _run(url: str, *command: str) -> str:
 
 def _balances(url: str) -> tuple[dict[str, int], dict[str, int]]:
     with psycopg.connect(url) as conn:
-        projected = dict(
+        projected: dict[str, int] = dict(
             conn.execute("SELECT account_id, balance FROM account_balances").fetchall()
         )
         folded = {k: int(v) for k, v in conn.execute(FOLD).fetchall()}

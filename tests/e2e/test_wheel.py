@@ -49,6 +49,7 @@ def test_projector_migrate_works_from_a_wheel_install(
     )
 
     assert Path(where.stdout.strip()) == target / "projector" / "migrations"
+    assert (target / "projector" / "py.typed").is_file(), "handlers could not type-check"
     assert result.returncode == 0, result.stderr
     assert "message store created" in result.stdout
     assert "projector tables created or upgraded (schema projector)" in result.stdout

@@ -454,7 +454,7 @@ WHERE category(m.stream_name) = ANY (%(categories)s)
 
 
 def deliveries_caught_up(server: Server) -> bool:
-    return server.query(UNDELIVERED, {"categories": list(CATEGORIES)})[0][0] == 0
+    return bool(server.query(UNDELIVERED, {"categories": list(CATEGORIES)})[0][0] == 0)
 
 
 def behind(server: Server, fold: Fold, *, size: int, limit: int = 5) -> list[str]:

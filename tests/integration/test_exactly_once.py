@@ -200,11 +200,11 @@ def test_a_projection_has_one_kind_of_handler() -> None:
 
 def test_idempotency_keys_are_stable_per_group_and_event() -> None:
     event = Event(
-        7, 0, None, "account-1", "Deposited", "{}", None, "8c4d2f0e-9b1a-4f3e-8a55-2f6b1c7d9e01"
-    )  # type: ignore[arg-type]
+        7, 0, None, "account-1", "Deposited", "{}", None, "8c4d2f0e-9b1a-4f3e-8a55-2f6b1c7d9e01"  # type: ignore[arg-type]
+    )
     again = Event(
-        7, 0, None, "account-1", "Deposited", "{}", None, "8c4d2f0e-9b1a-4f3e-8a55-2f6b1c7d9e01"
-    )  # type: ignore[arg-type]
+        7, 0, None, "account-1", "Deposited", "{}", None, "8c4d2f0e-9b1a-4f3e-8a55-2f6b1c7d9e01"  # type: ignore[arg-type]
+    )
 
     assert idempotency_key("balances", event) == idempotency_key("balances", again)
     assert idempotency_key("balances", event) != idempotency_key("reports", event)

@@ -41,11 +41,11 @@ async def test_every_handler_call_is_a_span_naming_its_stream_and_positions(
 
     spans = [s for s in EXPORTER.get_finished_spans() if s.name == "projector.handle"]
     assert len(spans) == len(recorder.calls)
-    by_stream = {}
+    by_stream: dict[object, int] = {}
     for span in spans:
         attributes = dict(span.attributes or {})
         by_stream.setdefault(attributes["projector.stream"], 0)
-        by_stream[attributes["projector.stream"]] += int(attributes["projector.events"])
+        by_stream[attributes["projector.stream"]] += int(str(attributes["projector.events"]))
         assert attributes["projector.category"] == "account"
         assert attributes["projector.group"] == "recorder"
     assert by_stream == {"account-1": 3, "account-2": 2}

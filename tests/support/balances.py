@@ -62,6 +62,8 @@ async def write_transactions(url: str, *, accounts: int, events: int, seed: int)
 def projected_and_folded(url: str) -> tuple[dict[str, int], dict[str, int]]:
     """The read model's balances, and the balances folded straight from the events."""
     with psycopg.connect(url) as conn:
-        projected = dict(conn.execute("SELECT account, balance FROM balances").fetchall())
-        folded = dict(conn.execute(FOLD).fetchall())
+        projected: dict[str, int] = dict(
+            conn.execute("SELECT account, balance FROM balances").fetchall()
+        )
+        folded: dict[str, int] = dict(conn.execute(FOLD).fetchall())
     return projected, {k: int(v) for k, v in folded.items()}

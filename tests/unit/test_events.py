@@ -179,7 +179,7 @@ _JSON_VALUES = st.recursive(
     | st.booleans()
     | st.integers(min_value=-(10**40), max_value=10**40)
     | st.floats(allow_nan=False, allow_infinity=False)
-    | st.text(st.characters(exclude_categories=("Cs",), exclude_characters="\x00")),
+    | st.text(st.characters(exclude_categories=["Cs"], exclude_characters="\x00")),
     lambda children: st.lists(children, max_size=4)
     | st.dictionaries(st.text(max_size=8), children, max_size=4),
     max_leaves=12,

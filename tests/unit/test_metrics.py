@@ -197,7 +197,7 @@ async def test_the_summary_line_reports_throughput_lag_and_streams(
     ) as sink:
         lane = sink.lane("account")
         good = [event("account-1", position) for position in range(30)]
-        await lane.submit([*good, *(event("account-2", p) for p in range(10))], lambda: None)
+        await lane.submit([*good, *(event("account-2", p) for p in range(10))], 0)
         await lane.wait_empty()
         summary.log(sink, reading(anyio.current_time(), account=7), seconds=2.0)
         summary.log(sink, None, seconds=2.0)
