@@ -245,17 +245,15 @@ async def pooled(pool: Pool, *, doing: str) -> AsyncIterator[Connection]:
 
 
 async def probe(url: str, *, connect_timeout: float) -> None:
-    """Raise DatabaseUnavailableError unless a new connection to ``url`` answers a query."""
+    """Raise DatabaseUnavailableError unless a new connection to ``url`` answers a query (the
+    session settings `connect` sends are that query)."""
     try:
-        conn = await psycopg.AsyncConnection.connect(
-            url,
-            connect_timeout=max(1, math.ceil(connect_timeout)),
-            application_name="projector probe",
+        conn = await connect(
+            url, connect_timeout=connect_timeout, application_name="projector probe"
         )
-        async with conn:
-            await conn.execute("SELECT 1")
-    except psycopg.OperationalError as exc:
+    except psycopg.OperationalError as exc:  # connect wraps only a refused connection
         raise unavailable(url, exc) from exc
+    await conn.close()
 
 
 def connect_sync(url: str) -> psycopg.Connection[tuple[Any, ...]]:

@@ -77,20 +77,26 @@ class Recovery:
     async def _connection_lost(
         self, stream_name: str, error: Exception, attempt: int, fields: dict[str, object]
     ) -> Decision:
-        """Never the event's fault, so never parked: wait for the database when it is away
-        (see `outage`), else retry soon (the handler's own connection broke, or a service it
-        calls is away)."""
-        if await self._outage.confirm():
+        """Never the event's fault, so never parked (see `_wait_or_retry_soon`)."""
+        decision = await self._wait_or_retry_soon(attempt)
+        if isinstance(decision, Retry):
+            self._log_retry(stream_name, attempt, decision, error, fields)
+        else:
             logger.debug(
                 "%s waits for the database: %r",
                 stream_name,
                 error,
                 extra={"action": "stream_waiting_for_database", **fields},
             )
-            return RetryWhen(self._outage.wait_until_back)
-        decision = Retry(RECONNECT.backoff(attempt))
-        self._log_retry(stream_name, attempt, decision, error, fields)
         return decision
+
+    async def _wait_or_retry_soon(self, attempt: int) -> Retry | RetryWhen:
+        """After a lost connection: wait for the database while it is away (see `outage`),
+        else retry within seconds (the handler's own connection broke, or a service it calls
+        is away)."""
+        if await self._outage.confirm():
+            return RetryWhen(self._outage.wait_until_back)
+        return Retry(RECONNECT.backoff(attempt))
 
     def _log_retry(
         self,
@@ -128,9 +134,7 @@ class Recovery:
                 exc,
                 extra={"action": "stream_retry_scheduled", **fields},
             )
-            if await self._outage.confirm():
-                return RetryWhen(self._outage.wait_until_back)
-            return Retry(RECONNECT.backoff(attempt))
+            return await self._wait_or_retry_soon(attempt)
         logger.error(
             "%s parked at position %d: %s (`projector parked retry` replays it)",
             stream_name,
