@@ -33,7 +33,7 @@ from tests.support import messagedb
 
 CATEGORIES = ("faultA", "faultB", "faultC")
 STREAMS_PER_CATEGORY = 200
-REFUSED_START = "error: cannot connect to the database"
+REFUSED_START = "cannot connect to the database"  # in the text and in the JSON error line
 LEASE_TIMEOUT = 3.0
 MAX_CONNECTIONS = 400  # seconds: short, so that a SIGSTOP outlasts it and a standby takes over
 ROOT = Path(__file__).resolve().parents[2]
