@@ -22,11 +22,12 @@ import psycopg
 from psycopg import sql
 from psycopg_pool import AsyncConnectionPool
 
-from projector import Event, Projection, member_index, notify
-from projector.database import SESSION_SETTINGS
+from projector import Event, Projection
 from projector.runner import Runner, backend_options, collect_garbage_less_often
 from projector.settings import Settings
-from projector.store import READ_CATEGORY, read_member
+from projector.storage import member_index, notify
+from projector.storage.database import SESSION_SETTINGS
+from projector.storage.message_store import READ_CATEGORY, read_member
 
 GROUP_READ = """
 SELECT * FROM message_store.get_category_messages(%s, %s, %s, NULL, %s, %s, NULL)

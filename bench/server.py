@@ -23,9 +23,9 @@ from pathlib import Path
 import psycopg
 from psycopg import sql
 
-from projector import migrate
-from projector.database import describe
 from projector.localpg import LocalCluster, temporary_cluster
+from projector.storage import migrate
+from projector.storage.database import describe
 
 URL_VARIABLE = "PROJECTOR_BENCH_DATABASE_URL"
 PERSISTENT_DATA_DIR = Path("/var/tmp/projector-bench-pg")

@@ -18,7 +18,7 @@ COMMANDS = {
     "projector run's imports": [
         sys.executable,
         "-c",
-        "import projector.cli.commands, projector.runner, projector.exactly_once",
+        "import projector.cli.commands, projector.runner, projector.runtime.exactly_once",
     ],
 }
 

@@ -10,8 +10,8 @@ import uuid
 
 import psycopg
 
-from projector.database import SESSION_SETTINGS
-from projector.store import WRITE_MESSAGE
+from projector.storage.database import SESSION_SETTINGS
+from projector.storage.message_store import WRITE_MESSAGE
 
 STREAMS = 100
 

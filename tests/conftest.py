@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from projector import migrate
 from projector.localpg import LocalCluster, temporary_cluster
+from projector.storage import migrate
 from tests.support import messagedb
 from tests.support.postgres import (
     PgServer,

@@ -1,7 +1,5 @@
 """projector: keeps read models up to date from a Message DB-style event store in Postgres."""
 
-from projector.database import connect
-from projector.dependencies import Dependency
 from projector.errors import (
     ConfigurationError,
     DatabaseError,
@@ -16,11 +14,13 @@ from projector.errors import (
     SchemaMissingError,
     WrongExpectedVersionError,
 )
-from projector.events import Event
-from projector.failures import OnExhausted, PoisonEvent, RetryAfter, RetryPolicy
-from projector.projection import Projection, StreamResult, idempotency_key
-from projector.store import global_position_of, write_message
-from projector.waiting import WaitTimeoutError, wait_for
+from projector.model.events import Event
+from projector.model.failures import OnExhausted, PoisonEvent, RetryAfter, RetryPolicy
+from projector.model.projection import Projection, StreamResult, idempotency_key
+from projector.ops.waiting import WaitTimeoutError, wait_for
+from projector.runtime.dependencies import Dependency
+from projector.storage.database import connect
+from projector.storage.message_store import global_position_of, write_message
 
 __all__ = [
     "ConfigurationError",

@@ -27,32 +27,33 @@ import anyio
 import psycopg
 from anyio.abc import TaskGroup
 
-from projector import checkpoints, database, groups, member_index, notify
-from projector.checkpoints import DEFAULT_FLUSH_TIMEOUT, Checkpoints, CheckpointWriter
-from projector.database import Pool, Reconnecting
-from projector.dependencies import DependencyGate, UpstreamMeter
 from projector.errors import (
     ConfigurationError,
     DatabaseUnavailableError,
     ProjectorError,
     find_error,
 )
-from projector.exactly_once import ExactlyOnce
-from projector.failures import RESTART
-from projector.health import State
-from projector.lane import Lane
-from projector.lease import LeaseLostError, MemberLease, member_name
-from projector.metrics import RunnerState
-from projector.outage import PROBE_TIMEOUT, Outage
-from projector.parked import ParkedStreams
-from projector.projection import Projection
-from projector.recovery import Recovery
+from projector.model.failures import RESTART
+from projector.model.projection import Projection
+from projector.ops import groups
+from projector.ops.health import State
+from projector.ops.metrics import RunnerState
+from projector.ops.tracing import traced
+from projector.ops.watching import Watchers
+from projector.pipeline.lane import Lane
+from projector.pipeline.sink import SpanHandler, StreamsSink
+from projector.pipeline.source import OPEN_GATE, CategorySource
+from projector.runtime.dependencies import DependencyGate, UpstreamMeter
+from projector.runtime.exactly_once import ExactlyOnce
+from projector.runtime.outage import PROBE_TIMEOUT, Outage
+from projector.runtime.recovery import Recovery
 from projector.settings import EventLoop, Settings, retry_policy
-from projector.sink import SpanHandler, StreamsSink
-from projector.source import OPEN_GATE, CategorySource
-from projector.store import MessageStore
-from projector.tracing import traced
-from projector.watching import Watchers
+from projector.storage import checkpoints, database, member_index, notify
+from projector.storage.checkpoints import DEFAULT_FLUSH_TIMEOUT, Checkpoints, CheckpointWriter
+from projector.storage.database import Pool, Reconnecting
+from projector.storage.leases import LeaseLostError, MemberLease, member_name
+from projector.storage.message_store import MessageStore
+from projector.storage.parked import ParkedStreams
 
 logger = logging.getLogger(__name__)
 

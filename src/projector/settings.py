@@ -18,8 +18,8 @@ from pydantic import AliasChoices, Field, ValidationError, field_validator, mode
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from projector.errors import ConfigurationError
-from projector.events import validate_category, validate_group
-from projector.failures import OnExhausted, RetryPolicy
+from projector.model.events import validate_category, validate_group
+from projector.model.failures import OnExhausted, RetryPolicy
 
 logger = logging.getLogger(__name__)
 

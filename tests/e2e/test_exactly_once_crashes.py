@@ -14,7 +14,7 @@ from pathlib import Path
 import anyio
 import psycopg
 
-from projector.groups import rebalance, reset_group
+from projector.ops.groups import rebalance, reset_group
 from tests.support.balances import projected_and_folded, write_transactions
 
 HANDLERS = """

@@ -15,8 +15,8 @@ from pathlib import Path
 import anyio
 import pytest
 
-from projector.events import consumer_group_member
-from projector.groups import CheckpointRow
+from projector.model.events import consumer_group_member
+from projector.ops.groups import CheckpointRow
 from tests.support.groups import (
     CATEGORY,
     HANDLERS,

@@ -14,10 +14,10 @@ import anyio
 import psycopg
 import pytest
 
-from projector import groups
-from projector.database import connect
-from projector.events import consumer_group_member
-from projector.status import COLUMNS
+from projector.model.events import consumer_group_member
+from projector.ops import groups
+from projector.ops.status import COLUMNS
+from projector.storage.database import connect
 from tests.support.projecting import write_events
 
 PROJECTOR = [sys.executable, "-m", "projector"]

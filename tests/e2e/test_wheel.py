@@ -23,7 +23,7 @@ def test_projector_migrate_works_from_a_wheel_install(
     # PYTHONPATH comes before site-packages, so the wheel's copy shadows the editable one.
     env = {**os.environ, "PYTHONPATH": str(target)}
     where = subprocess.run(
-        [sys.executable, "-c", "import projector.migrate as m; print(m.migrations_dir())"],
+        [sys.executable, "-c", "import projector.storage.migrate as m; print(m.migrations_dir())"],
         cwd=tmp_path,
         env=env,
         capture_output=True,

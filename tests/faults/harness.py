@@ -25,10 +25,10 @@ from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 
-from projector import lease
-from projector.events import consumer_group_member
 from projector.localpg import LocalCluster
-from projector.migrate import upgrade
+from projector.model.events import consumer_group_member
+from projector.storage import leases
+from projector.storage.migrate import upgrade
 from tests.support import messagedb
 
 CATEGORIES = ("faultA", "faultB", "faultC")
@@ -238,7 +238,7 @@ class Group:
 
     def holder(self, member: int) -> Process | None:
         """The process holding the member's lock now, if the suite knows it."""
-        rows = self.server.query(lease.HOLDER, lease.lock_ids(self.name, member))
+        rows = self.server.query(leases.HOLDER, leases.lock_ids(self.name, member))
         if not rows:
             return None
         found = re.search(r"pid (\d+)", rows[0][0] or "")

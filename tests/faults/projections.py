@@ -15,7 +15,7 @@ import anyio
 import psycopg
 
 from projector import Event, Projection
-from projector.database import Connection
+from projector.storage.database import Connection
 
 ADD = """
 INSERT INTO fault_totals AS t (stream, total, applied, last_position, gaps)

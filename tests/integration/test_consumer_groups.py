@@ -15,14 +15,15 @@ import anyio
 import psycopg
 import pytest
 
-from projector import database, groups, lease
-from projector.checkpoints import COMMIT
 from projector.errors import ConfigurationError, ProjectorError
-from projector.events import Event, consumer_group_member
-from projector.groups import GroupSizeMismatchError
-from projector.lease import MemberBusyError
+from projector.model.events import Event, consumer_group_member
+from projector.ops import groups
+from projector.ops.groups import GroupSizeMismatchError
 from projector.settings import Settings
-from projector.store import MessageStore
+from projector.storage import database, leases
+from projector.storage.checkpoints import COMMIT
+from projector.storage.leases import MemberBusyError
+from projector.storage.message_store import MessageStore
 from tests.support.groups import (
     CATEGORY,
     category_head,
@@ -359,18 +360,18 @@ async def _run_until_taken_over(
 async def _take_over_member(conn: database.Connection, group: str, member: int) -> None:
     """End the session holding a member's lock and take the lock on ``conn``, as a standby
     would, before the runner can take it back."""
-    holder = await (await conn.execute(lease.HOLDER, lease.lock_ids(group, member))).fetchone()
+    holder = await (await conn.execute(leases.HOLDER, leases.lock_ids(group, member))).fetchone()
     assert holder is not None, f"nobody holds {group} member {member}"
     # With a timeout, pg_terminate_backend returns once the session (and its lock) is gone.
     await conn.execute("SELECT pg_terminate_backend(%s, 5000)", (holder[2],))
-    key = {"key": lease.lock_key(group, member)}
-    taken = await (await conn.execute(lease.TRY_LOCK, key)).fetchone()
+    key = {"key": leases.lock_key(group, member)}
+    taken = await (await conn.execute(leases.TRY_LOCK, key)).fetchone()
     assert taken == (True,)
 
 
 async def _holds_member(url: str, member: int) -> bool:
     async with _connection(url) as conn:
-        return await lease.is_held(conn, GROUP, member)
+        return await leases.is_held(conn, GROUP, member)
 
 
 async def _has_checkpoints(url: str) -> bool:

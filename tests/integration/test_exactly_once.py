@@ -9,10 +9,10 @@ import psycopg
 import pytest
 
 from projector import Event, Projection, StreamResult
-from projector.database import Connection
 from projector.errors import ConfigurationError
-from projector.groups import rebalance, reset_group, set_checkpoint
-from projector.projection import idempotency_key
+from projector.model.projection import idempotency_key
+from projector.ops.groups import rebalance, reset_group, set_checkpoint
+from projector.storage.database import Connection
 from tests.support.balances import balances_projection, projected_and_folded, write_transactions
 from tests.support.projecting import run_projection, settings_for
 from tests.support.waiting import eventually

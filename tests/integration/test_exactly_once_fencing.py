@@ -16,11 +16,11 @@ import psycopg
 import pytest
 
 from projector import Event, Projection, write_message
-from projector.database import Connection, open_pool
-from projector.exactly_once import ExactlyOnce
 from projector.localpg import LocalCluster
-from projector.migrate import install_message_store, upgrade
-from projector.store import MessageStore
+from projector.runtime.exactly_once import ExactlyOnce
+from projector.storage.database import Connection, open_pool
+from projector.storage.message_store import MessageStore
+from projector.storage.migrate import install_message_store, upgrade
 from tests.support.balances import ADD, CREATE
 from tests.support.waiting import eventually
 

@@ -14,13 +14,16 @@ import anyio
 import psycopg
 import pytest
 
-from projector import Event, failures, lease, parked, recovery
-from projector.database import connect
+from projector import Event
 from projector.errors import ConfigurationError, DatabaseUnavailableError, HandlerError
 from projector.localpg import LocalCluster
-from projector.parked import ParkedStream, ParkedStreams
-from projector.projection import Projection
+from projector.model import failures
+from projector.model.projection import Projection
+from projector.runtime import recovery
 from projector.settings import Settings
+from projector.storage import leases, parked
+from projector.storage.database import connect
+from projector.storage.parked import ParkedStream, ParkedStreams
 from tests.support.balances import balances_projection, projected_and_folded, write_transactions
 from tests.support.failures import (
     CeilingJitter,
@@ -606,7 +609,8 @@ async def _member_sessions(url: str, count: int) -> bool:
 async def _terminate_standby_session(url: str) -> None:
     conn = await connect(url)
     async with conn:
-        holder = await (await conn.execute(lease.HOLDER, lease.lock_ids("recorder", 0))).fetchone()
+        ids = leases.lock_ids("recorder", 0)
+        holder = await (await conn.execute(leases.HOLDER, ids)).fetchone()
         assert holder is not None
         cursor = await conn.execute(
             "SELECT pg_terminate_backend(pid, 5000) FROM pg_stat_activity"

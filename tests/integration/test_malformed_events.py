@@ -6,7 +6,7 @@ import psycopg
 import pytest
 
 from projector import Event, Projection
-from projector.parked import list_parked
+from projector.storage.parked import list_parked
 from tests.support.projecting import checkpoint, run_projection, settings_for, write_events
 
 pytestmark = pytest.mark.anyio

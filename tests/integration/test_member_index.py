@@ -10,10 +10,10 @@ import anyio
 import psycopg
 import pytest
 
-from projector import database, member_index
-from projector.database import SESSION_SETTINGS
-from projector.events import consumer_group_member
-from projector.store import MessageStore, read_member
+from projector.model.events import consumer_group_member
+from projector.storage import database, member_index
+from projector.storage.database import SESSION_SETTINGS
+from projector.storage.message_store import MessageStore, read_member
 from tests.support.groups import CATEGORY, run_members
 from tests.support.projecting import Recorder, write_events
 

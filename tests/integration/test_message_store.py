@@ -18,7 +18,8 @@ import psycopg
 import pytest
 from psycopg import errors as pg_errors
 
-from projector import events, migrate
+from projector.model import events
+from projector.storage import migrate
 from tests.support.postgres import PgServer
 
 Connection = psycopg.Connection[tuple[Any, ...]]

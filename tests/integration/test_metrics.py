@@ -19,9 +19,9 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from projector import Projection
-from projector.database import connect
 from projector.localpg import LocalCluster, free_port
 from projector.settings import Settings
+from projector.storage.database import connect
 from tests.support.failures import Flaky, category_positions, message_store_on
 from tests.support.projecting import Recorder, run_projection, settings_for, write_events
 from tests.support.waiting import eventually

@@ -7,8 +7,9 @@ from functools import partial
 import anyio
 import pytest
 
-from projector import notify, write_message
-from projector.database import connect
+from projector import write_message
+from projector.storage import notify
+from projector.storage.database import connect
 from tests.support.projecting import Recorder, run_projection, settings_for, write_events
 
 pytestmark = pytest.mark.anyio

@@ -8,11 +8,12 @@ from datetime import datetime
 import anyio
 import pytest
 
-from projector import groups, lease, status
-from projector.database import connect
 from projector.errors import InvalidNameError, SchemaMissingError
-from projector.events import consumer_group_member
-from projector.status import MemberStatus
+from projector.model.events import consumer_group_member
+from projector.ops import groups, status
+from projector.ops.status import MemberStatus
+from projector.storage import leases
+from projector.storage.database import connect
 from tests.support.projecting import Recorder, run_projection, settings_for, write_events
 
 pytestmark = pytest.mark.anyio
@@ -146,7 +147,7 @@ async def test_a_member_shows_running_exactly_while_its_lock_is_held(database_ur
     await write_events(database_url, {f"account-{i}": 2 for i in range(10)})
     await _set_group(database_url, "balances", 3, {"account": [1, 1, 1], "invoice": [1, 1, 1]})
 
-    async with lease.MemberLease(database_url, "balances", member=1, size=3) as held:
+    async with leases.MemberLease(database_url, "balances", member=1, size=3) as held:
         await held.acquire(standby=False)
         rows = await _collect(database_url)
         assert [(r.name, r.category, r.running) for r in rows] == [

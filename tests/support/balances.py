@@ -9,7 +9,7 @@ import anyio
 import psycopg
 
 from projector import Event, Projection, write_message
-from projector.database import Connection, connect
+from projector.storage.database import Connection, connect
 
 CREATE = """
 CREATE TABLE IF NOT EXISTS balances (account text PRIMARY KEY, balance bigint NOT NULL)

@@ -15,10 +15,10 @@ import psycopg
 from psycopg import sql
 
 from projector import Event, Projection, StreamResult, write_message
-from projector.database import connect
 from projector.localpg import LocalCluster
-from projector.migrate import install_message_store, upgrade
-from projector.parked import ParkedStream, list_parked
+from projector.storage.database import connect
+from projector.storage.migrate import install_message_store, upgrade
+from projector.storage.parked import ParkedStream, list_parked
 
 
 class CeilingJitter(random.Random):

@@ -13,8 +13,9 @@ from typing import Any
 
 import anyio
 
-from projector import database, groups
-from projector.groups import CheckpointRow
+from projector.ops import groups
+from projector.ops.groups import CheckpointRow
+from projector.storage import database
 from tests.support.projecting import Recorder, run_projection, settings_for
 
 CATEGORY = "account"

@@ -11,9 +11,9 @@ import anyio
 import psycopg
 
 from projector import Event, Projection, write_message
-from projector.database import connect
 from projector.runner import Runner
 from projector.settings import Settings
+from projector.storage.database import connect
 
 
 def settings_for(url: str, **overrides: Any) -> Settings:

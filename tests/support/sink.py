@@ -10,8 +10,8 @@ from datetime import UTC, datetime
 import anyio
 import anyio.lowlevel
 
-from projector.events import Event
-from projector.lane import Lane
+from projector.model.events import Event
+from projector.pipeline.lane import Lane
 
 _EVENT_ID = "7f0c5f1e-1d52-4a0e-9d0c-1f3a4c8e2b6d"
 _T0 = datetime(2024, 1, 1, tzinfo=UTC)

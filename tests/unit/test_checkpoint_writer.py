@@ -8,8 +8,8 @@ import logging
 import anyio
 import pytest
 
-from projector.checkpoints import Checkpoints, CheckpointWriter
 from projector.errors import DatabaseUnavailableError
+from projector.storage.checkpoints import Checkpoints, CheckpointWriter
 from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.anyio

@@ -16,13 +16,13 @@ import anyio
 import anyio.lowlevel
 import pytest
 
-from projector.dependencies import Dependency, DependencyGate, PauseCallback, Upstream
 from projector.errors import ConfigurationError, InvalidNameError
-from projector.events import Event
-from projector.health import Health, State
-from projector.projection import Projection
-from projector.source import CategorySource
-from projector.store import Read
+from projector.model.events import Event
+from projector.model.projection import Projection
+from projector.ops.health import Health, State
+from projector.pipeline.source import CategorySource
+from projector.runtime.dependencies import Dependency, DependencyGate, PauseCallback, Upstream
+from projector.storage.message_store import Read
 
 TIMEOUT = 2.0
 _EVENT_ID = "7f0c5f1e-1d52-4a0e-9d0c-1f3a4c8e2b6d"

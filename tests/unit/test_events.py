@@ -13,7 +13,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from projector.errors import ConfigurationError, InvalidNameError
-from projector.events import (
+from projector.model.events import (
     MAX_NAME_LENGTH,
     Event,
     cardinal_id,

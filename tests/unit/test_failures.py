@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from projector.failures import (
+from projector.model.failures import (
     OnExhausted,
     Park,
     PoisonEvent,

@@ -8,8 +8,8 @@ from collections.abc import Sequence
 import anyio
 import pytest
 
-from projector.events import Event
-from projector.lane import Batch, Lane
+from projector.model.events import Event
+from projector.pipeline.lane import Batch, Lane
 from tests.support.sink import ev
 
 pytestmark = pytest.mark.anyio

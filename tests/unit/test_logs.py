@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from projector import logs
-from projector.logs import JsonFormatter, TextFormatter
+from projector.ops import logs
+from projector.ops.logs import JsonFormatter, TextFormatter
 
 
 def _record(**extra: object) -> logging.LogRecord:

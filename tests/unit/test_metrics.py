@@ -10,13 +10,13 @@ import pytest
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from projector.events import Event
-from projector.failures import HandlerTimeout, Park
-from projector.health import Health, State
-from projector.lag import CategoryLag, LagReading
-from projector.metrics import Metrics
-from projector.sink import StreamsSink
-from projector.summary import Summary
+from projector.model.events import Event
+from projector.model.failures import HandlerTimeout, Park
+from projector.ops.health import Health, State
+from projector.ops.lag import CategoryLag, LagReading
+from projector.ops.metrics import Metrics
+from projector.ops.summary import Summary
+from projector.pipeline.sink import StreamsSink
 
 pytestmark = pytest.mark.anyio
 

@@ -12,8 +12,8 @@ import pytest
 from psycopg_pool import PoolTimeout
 
 from projector.errors import DatabaseUnavailableError
-from projector.observe import Observer
-from projector.outage import Outage, is_connection_error
+from projector.pipeline.observe import Observer
+from projector.runtime.outage import Outage, is_connection_error
 
 pytestmark = pytest.mark.anyio
 

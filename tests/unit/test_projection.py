@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from projector.errors import ConfigurationError, HandlerImportError, InvalidNameError
-from projector.events import Event
-from projector.projection import Projection, StreamHandler, StreamResult, load_projection
+from projector.model.events import Event
+from projector.model.projection import Projection, StreamHandler, StreamResult, load_projection
 
 _EVENT_ID = "0b6f1c1e-3e9a-4a53-8f1e-5b8f8f2f6c11"
 _global_positions = itertools.count(1)

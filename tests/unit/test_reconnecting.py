@@ -7,9 +7,9 @@ import logging
 import anyio
 import pytest
 
-from projector.database import Reconnecting
 from projector.errors import DatabaseUnavailableError
-from projector.failures import RetryPolicy
+from projector.model.failures import RetryPolicy
+from projector.storage.database import Reconnecting
 
 QUICK = RetryPolicy(base=0.001, cap=0.001)
 

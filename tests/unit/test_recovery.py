@@ -9,9 +9,9 @@ import psycopg
 import pytest
 
 from projector.errors import DatabaseUnavailableError
-from projector.failures import Park, Retry, RetryPolicy, RetryWhen
-from projector.outage import Outage
-from projector.recovery import Recovery
+from projector.model.failures import Park, Retry, RetryPolicy, RetryWhen
+from projector.runtime.outage import Outage
+from projector.runtime.recovery import Recovery
 from tests.support.sink import ev
 
 pytestmark = pytest.mark.anyio

@@ -22,9 +22,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from projector.errors import HandlerError
-from projector.events import Event
-from projector.lane import Lane
-from projector.sink import StreamsSink
+from projector.model.events import Event
+from projector.pipeline.lane import Lane
+from projector.pipeline.sink import StreamsSink
 from tests.support.sink import Completions, ev, evs, settle, until
 
 TIMEOUT = 2.0

@@ -16,8 +16,8 @@ import anyio.lowlevel
 import pytest
 
 from projector.errors import HandlerError
-from projector.events import Event
-from projector.failures import (
+from projector.model.events import Event
+from projector.model.failures import (
     Decision,
     HandlerTimeout,
     Park,
@@ -26,7 +26,7 @@ from projector.failures import (
     RetryWhen,
     Stop,
 )
-from projector.sink import StreamsSink
+from projector.pipeline.sink import StreamsSink
 from tests.support.sink import Completions, ev, evs, settle, until
 
 pytestmark = pytest.mark.anyio

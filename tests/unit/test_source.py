@@ -10,9 +10,9 @@ import anyio
 import pytest
 
 from projector.errors import DatabaseUnavailableError
-from projector.events import Event
-from projector.source import CategorySource
-from projector.store import Read
+from projector.model.events import Event
+from projector.pipeline.source import CategorySource
+from projector.storage.message_store import Read
 
 pytestmark = pytest.mark.anyio
 TIMEOUT = 5.0

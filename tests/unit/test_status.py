@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from rich.console import Console
 
-from projector.status import COLUMNS, MemberStatus, human_duration, render, to_json
+from projector.ops.status import COLUMNS, MemberStatus, human_duration, render, to_json
 
 NOW = datetime(2026, 11, 24, 12, 0, 0, tzinfo=UTC)
 

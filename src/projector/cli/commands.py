@@ -12,8 +12,6 @@ from typing import Any
 import anyio
 import click
 
-from projector import database, groups, logs, member_index, status, waiting
-from projector import notify as notifications
 from projector.cli.options import (
     EXIT_PARKED,
     RUN_SETTINGS,
@@ -27,9 +25,12 @@ from projector.cli.options import (
     settings_options,
 )
 from projector.errors import ConfigurationError
-from projector.projection import load_projection
+from projector.model.projection import load_projection
+from projector.ops import groups, logs, status, waiting
 from projector.runner import Runner, collect_garbage_less_often
 from projector.settings import load_settings
+from projector.storage import database, member_index
+from projector.storage import notify as notifications
 
 
 @click.command()
@@ -84,7 +85,7 @@ def migrate_command(
     message_store: bool, notify: bool, member_indexes: tuple[int, ...], **flags: Any
 ) -> None:
     """Create or upgrade projector's tables (and, on request, a message store)."""
-    from projector import migrate  # Alembic and SQLAlchemy: a third of a second to import
+    from projector.storage import migrate  # Alembic and SQLAlchemy: a third of a second to import
 
     with reporting_errors():
         settings = load_settings(**given(flags))
@@ -135,7 +136,8 @@ def demo_command(
     Without a database URL it runs a local PostgreSQL of its own, kept between runs (--stop
     stops it). Given one, it asks before writing there (--yes does not ask).
     """
-    from projector import demo, migrate  # Alembic and SQLAlchemy: a third of a second to import
+    from projector.cli import demo
+    from projector.storage import migrate  # Alembic and SQLAlchemy: a third of a second to import
 
     command = _projector_command()
     with reporting_errors():

@@ -9,8 +9,6 @@ from typing import Any
 
 import click
 
-from projector import groups, status
-from projector import parked as parked_streams
 from projector.cli.options import (
     console,
     database_call,
@@ -19,8 +17,10 @@ from projector.cli.options import (
     reporting_errors,
     settings_options,
 )
-from projector.database import Connection
 from projector.errors import ConfigurationError
+from projector.ops import groups, status
+from projector.storage import parked as parked_streams
+from projector.storage.database import Connection
 
 
 @click.group()

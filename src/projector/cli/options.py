@@ -16,8 +16,6 @@ import anyio
 import click
 import psycopg
 
-from projector import database, logs
-from projector.database import Connection
 from projector.errors import (
     ConfigurationError,
     HandlerError,
@@ -25,8 +23,11 @@ from projector.errors import (
     ProjectorError,
     find_error,
 )
+from projector.ops import logs
 from projector.runner import backend_options, serve
 from projector.settings import Settings, flag_for, load_settings
+from projector.storage import database
+from projector.storage.database import Connection
 
 if TYPE_CHECKING:
     from rich.console import Console

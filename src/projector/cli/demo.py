@@ -1,0 +1,152 @@
+"""``projector demo``: write sample account events and project them into a balances table.
+
+The projection here is also the README's example of an idempotent handler: each account row
+remembers the last stream position it applied, so a redelivered event changes nothing.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import uuid
+from pathlib import Path
+
+import anyio
+from psycopg import sql
+from psycopg_pool import AsyncConnectionPool
+
+from projector import Event, Projection, write_message
+from projector.localpg import LocalCluster, default_data_dir
+from projector.runner import Runner
+from projector.settings import Settings
+from projector.storage.database import Pool, configure, connect, connect_sync
+
+CATEGORY = "demo_account"  # its own: the README's examples use "account"
+DATABASE = "projector_demo"
+
+CREATE_TABLE = """
+CREATE TABLE IF NOT EXISTS demo_balances (
+    account_id text PRIMARY KEY,
+    balance bigint NOT NULL,
+    version bigint NOT NULL
+)
+"""
+
+# Only the events above the row's version count, so a redelivered span is applied once.
+APPLY = """
+INSERT INTO demo_balances AS b (account_id, balance, version)
+VALUES (%(account_id)s, (SELECT sum(d) FROM unnest(%(deltas)s::bigint[]) AS d), %(version)s)
+ON CONFLICT (account_id) DO UPDATE
+SET balance = b.balance + (
+        SELECT coalesce(sum(u.d), 0)
+        FROM unnest(%(positions)s::bigint[], %(deltas)s::bigint[]) AS u(p, d)
+        WHERE u.p > b.version
+    ),
+    version = greatest(b.version, EXCLUDED.version)
+"""
+
+balances = Projection("demo_balances", categories=[CATEGORY])
+_pools: dict[str, Pool] = {}
+
+
+async def _pool() -> Pool:
+    """One pool per process for the read model, from the same URL projector reads."""
+    url = os.environ["PROJECTOR_DATABASE_URL"]
+    if url not in _pools:
+        pool: Pool = AsyncConnectionPool(
+            url, min_size=1, max_size=4, configure=configure, open=False
+        )
+        await pool.open(wait=True)
+        _pools[url] = pool
+    return _pools[url]
+
+
+@balances.handler
+async def apply_balances(stream_name: str, events: list[Event]) -> None:
+    params = {
+        "account_id": stream_name.partition("-")[2],
+        "positions": [e.position for e in events],
+        "deltas": [_amount(e) for e in events],
+        "version": events[-1].position,
+    }
+    pool = await _pool()
+    async with pool.connection() as conn:
+        await conn.execute(APPLY, params)
+
+
+def _amount(event: Event) -> int:
+    amount = int(event.data["amount"])
+    return -amount if event.type == "Withdrawn" else amount
+
+
+async def write_sample_events(url: str, *, accounts: int, events: int, seed: int = 7) -> None:
+    """``events`` deposits and withdrawals spread over ``accounts`` account streams."""
+    rng = random.Random(seed)  # noqa: S311 (sample data, not secrets)
+    conn = await connect(url)
+    async with conn, conn.transaction():
+        await conn.execute(CREATE_TABLE)
+        for _ in range(events):
+            account = f"{CATEGORY}-{uuid.UUID(int=rng.randrange(accounts))}"
+            kind = rng.choice(("Deposited", "Deposited", "Withdrawn"))
+            await write_message(conn, account, kind, {"amount": rng.randrange(1, 100)})
+
+
+async def check_balances(url: str) -> tuple[int, int, int]:
+    """(accounts, total balance in the read model, total computed straight from the events)."""
+    conn = await connect(url)
+    async with conn:
+        cursor = await conn.execute("SELECT count(*), coalesce(sum(balance), 0) FROM demo_balances")
+        accounts, projected = await cursor.fetchone() or (0, 0)
+        cursor = await conn.execute(
+            "SELECT coalesce(sum(CASE WHEN type = 'Withdrawn' THEN -1 ELSE 1 END"
+            " * (data->>'amount')::bigint), 0)"
+            " FROM message_store.messages WHERE message_store.category(stream_name) = %s",
+            (CATEGORY,),
+        )
+        (expected,) = await cursor.fetchone() or (0,)
+    return int(accounts), int(projected), int(expected)
+
+
+async def close_pools() -> None:
+    with anyio.CancelScope(shield=True):
+        for pool in _pools.values():
+            await pool.close()
+        _pools.clear()
+
+
+def local_database(data_dir: Path | None = None) -> tuple[str, Path]:
+    """The URL of the demo database in projector's own local cluster, started if need be."""
+    cluster = LocalCluster(data_dir or default_data_dir())
+    server_url = cluster.ensure_running()
+    with connect_sync(server_url) as conn:
+        conn.autocommit = True  # CREATE DATABASE cannot run in a transaction
+        exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (DATABASE,))
+        if exists.fetchone() is None:
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(DATABASE)))
+    return f"{server_url.rpartition('/')[0]}/{DATABASE}", cluster.data_dir
+
+
+def stop_local(data_dir: Path | None = None) -> bool:
+    """Stop the demo's local cluster; False when it was not running."""
+    cluster = LocalCluster(data_dir or default_data_dir())
+    if cluster.running_port() is None:
+        return False
+    cluster.stop()
+    return True
+
+
+async def run(url: str, *, accounts: int, events: int) -> tuple[int, int, int]:
+    """Write sample events, project them until caught up; return `check_balances`' figures."""
+    os.environ["PROJECTOR_DATABASE_URL"] = url  # the handler's read-model pool uses it
+    await write_sample_events(url, accounts=accounts, events=events)
+    settings = Settings(
+        _env_file=None,  # type: ignore[call-arg]
+        database_url=url,
+        until_caught_up=True,
+        checkpoint_interval=0.5,
+    )
+    try:
+        await Runner(balances, settings).run()
+    finally:
+        await close_pools()
+    return await check_balances(url)

@@ -1,0 +1,116 @@
+"""Read-your-writes: wait until a group has handled a given global position.
+
+A global position belongs to one stream, hence to one category and, in a consumer group, to one
+member; the wait is over once that member's checkpoint for that category has passed it. The
+checkpoint is committed every ``checkpoint_interval`` seconds, which bounds how long a wait for
+an event that is already handled can take. A transactional projection commits the stream's
+position with its read model, so for its groups the wait ends as soon as that position is
+visible, checkpoint or not.
+"""
+
+from __future__ import annotations
+
+import anyio
+
+from projector.errors import ConfigurationError, ParkedStreamsError, ProjectorError
+from projector.model.events import category, consumer_group_member, validate_group
+from projector.runtime import exactly_once
+from projector.storage import database
+from projector.storage.database import Connection
+
+STREAM_AT = """
+SELECT stream_name, position FROM message_store.messages WHERE global_position = %(position)s
+"""
+
+GROUP_CHECKPOINTS = """
+SELECT member, group_size, position FROM projector.checkpoints
+WHERE group_name = %(group)s AND category = %(category)s
+"""
+
+# Where a group parked a stream, if it did: its events from there on are not handled.
+PARKED_AT = """
+SELECT position, global_position FROM projector.parked_streams
+WHERE group_name = %(group)s AND stream_name = %(stream)s
+"""
+
+DEFAULT_POLL = 0.05
+
+
+class WaitTimeoutError(ProjectorError):
+    """The group did not handle the position in time."""
+
+
+async def wait_for(
+    url: str,
+    group: str,
+    position: int,
+    *,
+    timeout: float = 30.0,  # noqa: ASYNC109 (part of the API: the error names what was awaited)
+    poll: float = DEFAULT_POLL,
+) -> None:
+    """Return once ``group`` has handled the event at global ``position``; raise
+    WaitTimeoutError after ``timeout`` seconds."""
+    validate_group(group)
+    conn = await database.connect(url)
+    async with conn:
+        await conn.set_autocommit(True)
+        stream_name, stream_position = await _stream_at(conn, position)
+        last_seen: int | None = None
+        with anyio.move_on_after(timeout):
+            while True:
+                last_seen = await _handled_below(conn, group, stream_name)
+                if last_seen is not None and last_seen > position:
+                    # Past it, yet perhaps only because its stream is parked.
+                    await _refuse_if_parked(conn, group, stream_name, stream_position, position)
+                    return
+                if await _applied(conn, group, stream_name, stream_position):
+                    return
+                await anyio.sleep(poll)
+    where = "no checkpoint yet" if last_seen is None else f"its checkpoint is at {last_seen}"
+    raise WaitTimeoutError(
+        f"group {group!r} has not handled global position {position} ({stream_name}) "
+        f"within {timeout:g} s: {where}"
+    )
+
+
+async def _stream_at(conn: Connection, position: int) -> tuple[str, int]:
+    """The stream, and the position in it, of the message at global ``position``."""
+    row = await (await conn.execute(STREAM_AT, {"position": position})).fetchone()
+    if row is None:
+        raise ConfigurationError(
+            f"there is no message at global position {position}: give the global position "
+            "of a written message (write_message returns the stream position; read the "
+            "message back for its global position)"
+        )
+    return str(row[0]), int(row[1])
+
+
+async def _refuse_if_parked(
+    conn: Connection, group: str, stream_name: str, stream_position: int, position: int
+) -> None:
+    params = {"group": group, "stream": stream_name}
+    row = await (await conn.execute(PARKED_AT, params)).fetchone()
+    if row is not None and int(row[0]) <= stream_position:
+        raise ParkedStreamsError(
+            f"group {group!r} has parked {stream_name} at position {row[0]} (global {row[1]}): "
+            f"the event at global position {position} is not handled "
+            f"(`projector parked list --group {group}`; `projector parked retry` replays it)"
+        )
+
+
+async def _applied(conn: Connection, group: str, stream_name: str, position: int) -> bool:
+    """Whether a transactional ``group`` has committed stream ``position`` of the stream."""
+    params = {"group": group, "stream": stream_name}
+    # A transactional group's row, committed with its read model.
+    row = await (await conn.execute(exactly_once.RECORDED_POSITION, params)).fetchone()
+    return row is not None and int(row[0]) >= position
+
+
+async def _handled_below(conn: Connection, group: str, stream_name: str) -> int | None:
+    """The checkpoint of the member of ``group`` that owns ``stream_name``, if it has one."""
+    params = {"group": group, "category": category(stream_name)}
+    for member, size, position in await (await conn.execute(GROUP_CHECKPOINTS, params)).fetchall():
+        owner = 0 if size == 1 else consumer_group_member(stream_name, size)
+        if member == owner:
+            return int(position)
+    return None

@@ -1,0 +1,103 @@
+"""What watches a run: health always; metrics, the summary line and the progress bar when they
+are enabled. All of them observe the sink and the sources through one `Observer`.
+
+The metrics endpoint starts before the member's lock is taken, so that a standby answers its
+probes too; the lag measurements, summary and progress start with the projecting loops.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from contextlib import AsyncExitStack
+from dataclasses import dataclass
+from functools import partial
+
+import anyio
+from anyio.abc import TaskGroup
+
+from projector.ops import health, progress
+from projector.ops.health import Health
+from projector.ops.lag import LAG_INTERVAL, LagTracker
+from projector.ops.metrics import Metrics
+from projector.ops.progress import CatchUpProgress
+from projector.ops.summary import Summary
+from projector.pipeline.observe import Observer, Observers
+from projector.pipeline.sink import StreamsSink
+from projector.settings import Settings
+from projector.storage.database import Pool
+
+
+@dataclass(frozen=True, slots=True)
+class Watchers:
+    health: Health
+    metrics: Metrics | None
+    summary: Summary | None
+    progress: CatchUpProgress | None
+
+    @classmethod
+    def for_run(cls, settings: Settings, name: str) -> Watchers:
+        """The watchers the settings ask for, for the member ``name``."""
+        status = Health(max_db_age=settings.health_max_db_age, ready_max_lag=settings.ready_max_lag)
+        return cls(
+            status,
+            None if settings.metrics_port is None else Metrics(name, status),
+            Summary(name) if settings.summary_interval > 0 else None,
+            CatchUpProgress() if progress.wanted(disabled=not settings.progress) else None,
+        )
+
+    @property
+    def observer(self) -> Observer:
+        return Observers(self.health, *([] if self.metrics is None else [self.metrics]))
+
+    async def serve_endpoint(self, stack: AsyncExitStack, settings: Settings) -> None:
+        """Serve /metrics, /health and /ready (with ``metrics_port``) until the run ends, from a
+        task group of its own that closes last (the stack closes in reverse)."""
+        if self.metrics is None or settings.metrics_port is None:
+            return
+        tasks: TaskGroup = await stack.enter_async_context(anyio.create_task_group())
+        stack.callback(tasks.cancel_scope.cancel)
+        app = health.application(self.health, self.metrics.registry)
+        await tasks.start(
+            partial(health.serve, app, host=settings.metrics_host, port=settings.metrics_port),
+            name="projector-metrics-endpoint",
+        )
+
+    async def start(
+        self,
+        tasks: TaskGroup,
+        settings: Settings,
+        *,
+        pool: Pool,
+        handled: Callable[[], dict[str, int]],
+        sink: StreamsSink,
+    ) -> None:
+        """Start the lag measurements (once the first is taken), the progress bar and the
+        summary line, as far as they are enabled."""
+        tracker = LagTracker(
+            pool,
+            handled,
+            member=settings.member,
+            size=settings.group_size,
+            on_measured=self.health.lag_measured,
+            on_failed=self.health.lag_failed,
+            handled_ahead=sink.handled_in_flight,
+        )
+        self.health.retrying = lambda: sink.failing_streams
+        if self.metrics is not None:
+            # Often enough that a healthy database never looks silent to /health.
+            interval = min(LAG_INTERVAL, settings.health_max_db_age / 4)
+            await tasks.start(partial(tracker.run, interval=interval), name="projector-lag")
+        if self.progress is not None:
+            tasks.start_soon(
+                self.progress.run,
+                tracker.measure,
+                lambda: sink.handled_events,
+                name="projector-progress",
+            )
+        if self.summary is not None:
+            tasks.start_soon(
+                partial(
+                    self.summary.run, sink, tracker.measure, interval=settings.summary_interval
+                ),
+                name="projector-summary",
+            )

@@ -1,0 +1,106 @@
+"""Per-stream state inside the sink: a stream's buffered span, handled position and failures,
+and the batches waiting on it. Pure data and ordering rules; the sink does the scheduling.
+
+These run once or twice per handler call, so they are written for the common case, a span of
+events in ascending stream order that nothing has handled yet, and fall back to `merge` only
+when events arrive duplicated or out of order.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from projector.model.events import Event
+from projector.pipeline.lane import Batch
+
+
+class StreamState:
+    __slots__ = (
+        "buffer",
+        "busy_since",
+        "failing_since",
+        "failures",
+        "held",
+        "name",
+        "next_position",
+        "pending",
+        "queued",
+    )
+
+    def __init__(
+        self,
+        name: str,
+        buffer: list[Event] | None = None,
+        pending: list[tuple[Batch, int]] | None = None,
+    ) -> None:
+        self.name = name
+        self.next_position: int | None = None  # unknown until a first call returns
+        # Unhandled events, ascending positions, no duplicates.
+        self.buffer: list[Event] = [] if buffer is None else buffer
+        # Batches waiting on this stream, oldest first: (batch, the position it needs handled).
+        self.pending: list[tuple[Batch, int]] = [] if pending is None else pending
+        self.busy_since: float | None = None  # set while a call runs
+        self.queued = False
+        self.held = False  # buffer events, run nothing (a parked stream being replayed)
+        self.failures = 0  # failed calls in a row
+        self.failing_since: float | None = None
+
+    def accept(self, events: list[Event]) -> int | None:
+        """Buffer the events not yet handled; return the highest such position, if any."""
+        floor = self.next_position
+        if floor is not None and events[0].position < floor:
+            events = [e for e in events if e.position >= floor]
+            if not events:
+                return None
+        events = in_order(events)
+        buffer = self.buffer
+        if buffer and events[0].position <= buffer[-1].position:
+            self.buffer = merge(buffer, events)
+        else:
+            buffer.extend(events)
+        return events[-1].position
+
+    def settle(self, handled: list[Event], next_position: int) -> bool:
+        """Record a call's outcome; return whether the call made progress."""
+        first = handled[0].position
+        self.next_position = next_position
+        leftover = [e for e in handled if e.position >= next_position]
+        arrived = [e for e in self.buffer if e.position >= next_position]
+        self.buffer = merge(leftover, arrived) if leftover else arrived
+        return next_position > first
+
+    @property
+    def forgettable(self) -> bool:
+        return not (
+            self.buffer or self.pending or self.busy_since is not None or self.queued or self.held
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class TroubledStream:
+    """A stream whose current call, or run of failures, has lasted ``seconds``."""
+
+    stream_name: str
+    state: str  # "running" or "failing"
+    seconds: float
+    failures: int
+
+
+def in_order(events: list[Event]) -> list[Event]:
+    """``events`` itself when its positions ascend strictly, else a sorted copy without
+    duplicates. A single event (the usual span during a catch-up) costs one length check."""
+    if len(events) > 1:
+        previous = events[0].position
+        for event in events[1:]:
+            if event.position <= previous:
+                return merge([], events)
+            previous = event.position
+    return events
+
+
+def merge(a: list[Event], b: list[Event]) -> list[Event]:
+    """Events of both lists in stream order, one per position (the first seen wins)."""
+    by_position: dict[int, Event] = {}
+    for event in (*a, *b):
+        by_position.setdefault(event.position, event)
+    return [by_position[p] for p in sorted(by_position)]

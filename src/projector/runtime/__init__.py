@@ -1,0 +1,7 @@
+"""The runtime: the parts of a running process that join the pipeline to storage (the
+checkpoint writer, exactly-once transactions, recovery of failing streams, outages,
+dependency gates).
+
+It imports `projector.model`, `projector.pipeline`, `projector.storage` and
+`projector.errors`; never ops or the CLI.
+"""

@@ -1,0 +1,169 @@
+"""Outages of projector's database, as failing handler calls see them.
+
+A call that fails because a connection broke or could not be had says nothing about its events.
+When projector's own database is the one away, every stream fails at once, and counting those
+failures as attempts would grow every stream's backoff towards ``retry_cap`` (so that streams
+wait out long delays after the database is back) and end with healthy streams parked. Instead,
+the first such failure probes the database with a connection of its own; if it does not
+answer, an outage starts (logged ``outage_started``), the failing streams wait for its end
+without losing an attempt, and a probe every ``PROBE_INTERVAL`` seconds ends it (logged
+``outage_ended``), waking them all at once. A connection error while the database answers (the
+handler's own connection went stale across a restart, or a service it calls is away) is
+retried soon, with short backoff, and never parks the stream: it is not the event's fault.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+
+import anyio
+import psycopg
+import psycopg.errors
+from psycopg_pool import PoolTimeout
+
+from projector.errors import DatabaseUnavailableError
+from projector.pipeline.observe import NO_OBSERVER, Observer
+
+logger = logging.getLogger(__name__)
+
+PROBE_INTERVAL = 0.5  # seconds between probes while the database is away
+PROBE_TIMEOUT = 2.0  # seconds a probe may take before the database counts as away
+ANSWER_FRESH = 1.0  # seconds a probe's "it answers" is trusted without probing again
+
+# SQLSTATE classes and codes that mean the session, not the statement, failed.
+_CONNECTION_CLASS = "08"  # connection exception
+_SESSION_ENDED = frozenset({"57P01", "57P02", "57P03"})  # admin/crash shutdown, cannot connect
+
+
+def is_connection_error(error: BaseException) -> bool:
+    """Whether ``error``, or an exception it was raised from, is a lost or refused connection
+    (of psycopg, of the pool, of projector, or an OS-level one), as opposed to a statement
+    that failed (a deadlock, a timeout, a constraint, a bug)."""
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if _is_lost_connection(current):
+            return True
+        current = current.__cause__ or current.__context__
+    return False
+
+
+def _is_lost_connection(error: BaseException) -> bool:
+    if isinstance(error, DatabaseUnavailableError | PoolTimeout | ConnectionError):
+        return True
+    if isinstance(error, psycopg.OperationalError):
+        state = error.sqlstate
+        # No SQLSTATE: libpq's own "connection lost / refused / closed".
+        return state is None or state.startswith(_CONNECTION_CLASS) or state in _SESSION_ENDED
+    return False
+
+
+Probe = Callable[[], Awaitable[None]]
+"""Raises DatabaseUnavailableError unless a new connection to the database answers."""
+
+
+class Outage:
+    """Whether projector's database is away now, and a way to wait for it to be back.
+
+    Run `watch` in a task for as long as streams may wait on it.
+    """
+
+    def __init__(
+        self,
+        probe: Probe,
+        *,
+        limit: float,
+        probe_interval: float = PROBE_INTERVAL,
+        observer: Observer = NO_OBSERVER,
+    ) -> None:
+        self._probe = probe
+        self._limit = limit
+        self._probe_interval = probe_interval
+        self._observer = observer
+        self._started: float | None = None  # anyio time the current outage was found
+        self._back = anyio.Event()
+        self._began = anyio.Event()
+        self._answered_at = -ANSWER_FRESH  # when a probe last found the database answering
+        self._probing: anyio.Event | None = None  # set when the probe in flight ends
+
+    @property
+    def ongoing(self) -> bool:
+        return self._started is not None
+
+    async def confirm(self) -> bool:
+        """Whether the database is away: known already, or found by a probe now (shared by
+        the calls that ask at the same time; an answer is trusted for ANSWER_FRESH s)."""
+        if self._started is not None:
+            return True
+        if anyio.current_time() - self._answered_at < ANSWER_FRESH:
+            return False
+        if self._probing is not None:
+            await self._probing.wait()
+            return self._started is not None
+        self._probing = anyio.Event()
+        try:
+            if await self._answers():
+                self._answered_at = anyio.current_time()
+            else:
+                self._begin()
+        finally:
+            self._probing.set()
+            self._probing = None
+        return self._started is not None
+
+    async def wait_until_back(self) -> None:
+        """Return once the outage (if any) has ended."""
+        if self._started is not None:
+            await self._back.wait()
+
+    async def watch(self) -> None:
+        """Probe while an outage lasts, and end it when the database answers; raise
+        DatabaseUnavailableError once one outlasts ``limit``. Cancel to stop."""
+        while True:
+            await self._began.wait()
+            while True:
+                await anyio.sleep(self._probe_interval)  # the probe that found it just failed
+                if await self._answers():
+                    break
+                assert self._started is not None
+                if anyio.current_time() - self._started > self._limit:
+                    raise DatabaseUnavailableError(
+                        f"the database stayed unavailable for more than {self._limit:g} s "
+                        "while handler calls waited for it (outage_limit)"
+                    )
+            self._end()
+
+    async def _answers(self) -> bool:
+        with anyio.move_on_after(PROBE_TIMEOUT):
+            try:
+                await self._probe()
+            except DatabaseUnavailableError:
+                return False
+            return True
+        return False
+
+    def _begin(self) -> None:
+        self._started = anyio.current_time()
+        self._back = anyio.Event()
+        self._began.set()
+        self._observer.outage_started()
+        logger.warning(
+            "the database is unavailable: handler calls wait for it, without using up retries",
+            extra={"action": "outage_started"},
+        )
+
+    def _end(self) -> None:
+        assert self._started is not None
+        lasted = anyio.current_time() - self._started
+        self._started = None
+        self._answered_at = anyio.current_time()
+        self._began = anyio.Event()
+        self._back.set()
+        self._observer.outage_ended(lasted)
+        logger.info(
+            "the database is back after %.1f s: waiting streams resume",
+            lasted,
+            extra={"action": "outage_ended", "seconds": round(lasted, 3)},
+        )

@@ -1,0 +1,316 @@
+"""Connections to the database that holds the message store and projector's tables.
+
+Every connection gets ``message_store`` at the end of its ``search_path``: Message DB's
+functions call each other by unqualified name, so only its own role finds them without it.
+JIT is turned off because the planner's estimates switch it on for every batch read, where it
+costs more than it saves.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import select
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any, TypeVar
+
+import anyio
+import psycopg
+from psycopg.abc import PQGen
+from psycopg.waiting import Ready, Wait
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
+
+from projector.errors import (
+    DatabaseError,
+    DatabaseUnavailableError,
+    PrivilegeError,
+    ProjectorError,
+    SchemaMissingError,
+)
+from projector.model.failures import RECONNECT, RetryPolicy
+
+logger = logging.getLogger(__name__)
+T = TypeVar("T")
+
+# message_store goes last: Message DB's functions find each other there, while tables that
+# handlers create or use unqualified still land where the connection's own path says (public).
+SESSION_SETTINGS = """
+SELECT set_config('jit', 'off', false),
+       CASE WHEN 'message_store' = ANY (current_schemas(false)) THEN NULL
+            ELSE set_config('search_path', current_setting('search_path') || ', message_store',
+                            false)
+       END
+"""
+DEFAULT_CONNECT_TIMEOUT = 10.0
+RECONNECT_LOG_EVERY = 10.0  # seconds between logged attempts of one operation in an outage
+EAGER_READS = 64  # reads of data already in the socket before a wait goes through the loop
+
+Connection = psycopg.AsyncConnection[tuple[Any, ...]]
+Pool = AsyncConnectionPool[Connection]
+
+
+class EagerConnection(psycopg.AsyncConnection[tuple[Any, ...]]):
+    """An async connection that takes data already waiting in its socket at once.
+
+    libpq reads a result at most a buffer (about 16 kB) at a time, so a batch of 500 events
+    takes five or more reads, and psycopg sends every one of them through the event loop (a
+    reader registered, a future, a loop iteration, the reader removed), even when the data is
+    already there, as it usually is once the loop has been busy running handlers while the
+    server answered. A zero-timeout poll after each wait costs far less than a loop trip, and
+    a batch then usually takes one or two of them.
+    """
+
+    async def wait(self, gen: PQGen[T], *args: Any, **kwargs: Any) -> T:
+        return await super().wait(_eagerly(gen, self.pgconn.socket), *args, **kwargs)
+
+
+def _eagerly(gen: PQGen[T], fileno: int) -> PQGen[T]:
+    """``gen``, fed directly with what the socket holds already, after each wait through the
+    loop, up to EAGER_READS times in a row (so that a long result cannot keep the loop from
+    other tasks). Never before the first wait: the answer to a statement just sent is not
+    there yet, and a short result needs no second read."""
+    poller: select.poll | None = None
+    try:
+        wanted = next(gen)
+        while True:
+            wanted = gen.send((yield wanted))
+            reads = 0
+            while wanted == Wait.R and reads < EAGER_READS:
+                if poller is None:
+                    poller = select.poll()
+                    poller.register(fileno, select.POLLIN)
+                if not poller.poll(0):
+                    break
+                wanted = gen.send(Ready.R)
+                reads += 1
+    except StopIteration as done:
+        result: T = done.value
+        return result
+
+
+def describe(url: str) -> str:
+    """The URL with any password masked, for messages and logs."""
+    try:
+        params = psycopg.conninfo.conninfo_to_dict(url)
+    except psycopg.ProgrammingError:
+        return "<unparseable database URL>"
+    host = params.get("host") or "localhost"
+    user, port, dbname = params.get("user") or "", params.get("port") or 5432, params.get("dbname")
+    return f"{user}@{host}:{port}/{dbname or ''}"
+
+
+def first_line(exc: BaseException) -> str:
+    """A driver error's message on one line (libpq's often run over several)."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def unavailable(url: str, exc: Exception) -> DatabaseUnavailableError:
+    """The one error users see for a database that is down, unreachable or refuses us."""
+    return DatabaseUnavailableError(
+        f"cannot connect to the database {describe(url)}: {first_line(exc)} "
+        "(check --database-url / PROJECTOR_DATABASE_URL and that the server is running)"
+    )
+
+
+class Reconnecting:
+    """The retries of one operation through an outage: backoff between attempts, the outage's
+    ``limit`` (measured from the first failure since the last success), and the logs (action
+    ``reconnecting`` for each attempt, ``reconnected`` once it works again)."""
+
+    def __init__(
+        self,
+        doing: str,
+        *,
+        limit: float,
+        on_retry: Callable[[str], None] | None = None,
+        policy: RetryPolicy = RECONNECT,
+    ) -> None:
+        self._doing = doing
+        self._limit = limit
+        self._on_retry = on_retry
+        self._policy = policy
+        self._started: float | None = None
+        self._attempt = 0
+        self._logged_at: float | None = None
+
+    async def failed(self, exc: Exception) -> None:
+        """Wait before the next attempt; raise DatabaseUnavailableError past the limit."""
+        doing, limit = self._doing, self._limit
+        now = anyio.current_time()
+        self._started = now if self._started is None else self._started
+        if now - self._started > limit:
+            raise DatabaseUnavailableError(
+                f"the database stayed unavailable for more than {limit:g} s while {doing} "
+                f"(outage_limit): {exc}"
+            ) from exc
+        self._attempt += 1
+        delay = self._policy.backoff(self._attempt)
+        if self._on_retry is not None:
+            self._on_retry(doing)
+        # The first attempt, then one line every RECONNECT_LOG_EVERY s: an outage of minutes
+        # is a few lines, not one per attempt of every loop.
+        quiet = self._logged_at is not None and now - self._logged_at < RECONNECT_LOG_EVERY
+        if not quiet:
+            self._logged_at = now
+        logger.log(
+            logging.DEBUG if quiet else logging.WARNING,
+            "database unavailable while %s (attempt %d), retrying in %.1f s: %s",
+            doing,
+            self._attempt,
+            delay,
+            exc,
+            extra={
+                "action": "reconnecting",
+                "doing": doing,
+                "attempt": self._attempt,
+                "delay": round(delay, 3),
+            },
+        )
+        await anyio.sleep(delay)
+
+    def succeeded(self) -> None:
+        """The operation reached the database again: the outage, if any, is over."""
+        if self._attempt:
+            logger.info(
+                "database reachable again while %s after %d attempt(s)",
+                self._doing,
+                self._attempt,
+                extra={"action": "reconnected", "doing": self._doing, "attempts": self._attempt},
+            )
+        self._started, self._attempt, self._logged_at = None, 0, None
+
+
+async def outlasting(
+    operation: Callable[[], Awaitable[T]],
+    *,
+    doing: str,
+    limit: float,
+    on_retry: Callable[[str], None] | None = None,
+) -> T:
+    """Run ``operation``, retrying it with backoff while the database is unavailable, for up to
+    ``limit`` seconds of outage (see `Reconnecting`)."""
+    retries = Reconnecting(doing, limit=limit, on_retry=on_retry)
+    while True:
+        try:
+            result = await operation()
+        except DatabaseUnavailableError as exc:
+            await retries.failed(exc)
+            continue
+        retries.succeeded()
+        return result
+
+
+_MISSING = (
+    psycopg.errors.UndefinedTable,
+    psycopg.errors.UndefinedFunction,
+    psycopg.errors.InvalidSchemaName,
+)
+
+
+def refused(exc: psycopg.Error, doing: str) -> ProjectorError:
+    """The one error users see for a statement of projector's the database did not run: what
+    was refused, why (on one line), and what to do."""
+    reason = first_line(exc)
+    if isinstance(exc, _MISSING):
+        return SchemaMissingError(
+            f"{reason} (while {doing}): run `projector migrate` first (with --message-store "
+            "if the database has no message store yet)"
+        )
+    if isinstance(exc, psycopg.errors.InsufficientPrivilege):
+        return PrivilegeError(
+            f"the database refused {doing}: {reason}; grant the role what README.md's "
+            "'Privileges and connections' lists"
+        )
+    if isinstance(exc, psycopg.OperationalError):
+        return unavailable_during(doing, exc)
+    return DatabaseError(f"the database refused {doing}: {reason}")
+
+
+def unavailable_during(doing: str, exc: Exception) -> DatabaseUnavailableError:
+    """The error for a connection that failed mid-run."""
+    return DatabaseUnavailableError(f"lost the database while {doing}: {first_line(exc)}")
+
+
+@asynccontextmanager
+async def pooled(pool: Pool, *, doing: str) -> AsyncIterator[Connection]:
+    """A pool connection; the database going away (or no connection to be had) while it is
+    used becomes DatabaseUnavailableError, which outages are retried on."""
+    try:
+        async with pool.connection() as conn:
+            yield conn
+    except (psycopg.OperationalError, PoolTimeout) as exc:
+        raise unavailable_during(doing, exc) from exc
+
+
+async def probe(url: str, *, connect_timeout: float) -> None:
+    """Raise DatabaseUnavailableError unless a new connection to ``url`` answers a query (the
+    session settings `connect` sends are that query)."""
+    try:
+        conn = await connect(
+            url, connect_timeout=connect_timeout, application_name="projector probe"
+        )
+    except psycopg.OperationalError as exc:  # connect wraps only a refused connection
+        raise unavailable(url, exc) from exc
+    await conn.close()
+
+
+def connect_sync(url: str) -> psycopg.Connection[tuple[Any, ...]]:
+    """A plain blocking connection, for one-off commands (migrations, installs)."""
+    try:
+        return psycopg.connect(url, connect_timeout=math.ceil(DEFAULT_CONNECT_TIMEOUT))
+    except psycopg.OperationalError as exc:
+        raise unavailable(url, exc) from exc
+
+
+async def configure(conn: Connection) -> None:
+    await conn.execute(SESSION_SETTINGS)
+    await conn.commit()
+
+
+async def connect(
+    url: str,
+    *,
+    connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
+    application_name: str = "projector",
+) -> Connection:
+    """One configured connection, outside any pool (for locks and one-off commands)."""
+    try:
+        conn = await psycopg.AsyncConnection.connect(
+            url,
+            connect_timeout=max(1, math.ceil(connect_timeout)),
+            application_name=application_name,
+        )
+    except psycopg.OperationalError as exc:
+        raise unavailable(url, exc) from exc
+    await configure(conn)
+    return conn
+
+
+@asynccontextmanager
+async def open_pool(
+    url: str, *, max_size: int, connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
+) -> AsyncIterator[Pool]:
+    """A pool of configured connections; a bad URL or a down server fails here, clearly."""
+    # A direct connection first: the pool would only report a timeout, not why it failed.
+    probe = await connect(url, connect_timeout=connect_timeout)
+    await probe.close()
+    pool: Pool = AsyncConnectionPool(
+        url,
+        min_size=1,
+        max_size=max_size,
+        configure=configure,
+        connection_class=EagerConnection,
+        # Autocommit: a read is one round trip, with no BEGIN before it and no COMMIT after;
+        # code that needs a transaction asks for one (conn.transaction()).
+        kwargs={"autocommit": True},
+        open=False,
+        timeout=connect_timeout,
+        name="projector",
+    )
+    await pool.open(wait=True, timeout=connect_timeout)
+    try:
+        yield pool
+    finally:
+        await pool.close()

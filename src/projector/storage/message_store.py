@@ -1,0 +1,240 @@
+"""Every SQL statement that reads or writes the message store (Message DB's interface).
+
+Reads go to ``message_store.messages`` directly rather than through ``get_category_messages``:
+the rows are the same (the function runs this very filter and order), and a plain statement
+can be prepared once and skips a PL/pgSQL call per batch. The filter is written exactly as the
+``messages_category`` index is, so each read is an index range scan.
+
+A consumer-group member's read computes Message DB's partition inline,
+``MOD(@hash_64(cardinal_id(stream_name)), size) = member``, with built-in functions only:
+Message DB's own group read makes three PL/pgSQL calls per row and is several times slower.
+Without help it still reads, and hashes, every row of the category; with the opt-in member index
+for its group's size (`member_index`) it reads its own rows only.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from dataclasses import dataclass
+from itertools import starmap
+from typing import Any, LiteralString
+
+from psycopg import errors as pg_errors
+from psycopg import sql
+
+from projector.errors import MessageStoreError, SchemaMissingError, WrongExpectedVersionError
+from projector.model.events import Event
+from projector.storage import database
+from projector.storage.database import Connection, Pool
+
+READ_CATEGORY = """
+SELECT global_position, position, time, stream_name, type, data::text, metadata::text, id::text
+FROM message_store.messages
+WHERE message_store.category(stream_name) = %(category)s
+  AND global_position >= %(position)s
+ORDER BY global_position
+LIMIT %(batch_size)s
+"""
+
+# hash_64(v) is the first 8 bytes of md5(v) as a signed big-endian bigint; the cardinal id is
+# the part of the stream id (after the first '-') before its first '+'; names with no id belong
+# to no member. `{size}` is filled in with the group's size (see `member_hash`).
+_MEMBER_HASH = """mod(abs(('x' || left(md5(split_part(
+              substr(stream_name, strpos(stream_name, '-') + 1), '+', 1)), 16))::bit(64)::bigint),
+          {size})"""
+
+# Whether a row is member %(member)s's; `{member_hash}` is `_MEMBER_HASH` for a size.
+_MEMBER_OF = """strpos(stream_name, '-') > 0
+      AND {member_hash} = %(member)s::bigint"""
+
+# The partition with the size as a parameter, for statements that run now and then.
+MEMBER_PARTITION = _MEMBER_OF.format(member_hash=_MEMBER_HASH.format(size="%(size)s"))
+
+# The head comes from the same statement, hence the same snapshot: every row of the category
+# up to it is visible (write_message locks the category while it draws a position), so a member
+# may move its position past other members' rows up to the head.
+_READ_MEMBER = """
+WITH head AS (
+    SELECT max(global_position) AS head
+    FROM message_store.messages
+    WHERE message_store.category(stream_name) = %(category)s
+)
+SELECT head.head, m.*
+FROM head LEFT JOIN LATERAL (
+    SELECT global_position, position, time, stream_name, type, data::text, metadata::text,
+           id::text
+    FROM message_store.messages
+    WHERE message_store.category(stream_name) = %(category)s
+      AND global_position >= %(position)s
+      AND {member_of}
+    ORDER BY global_position
+    LIMIT %(batch_size)s
+) AS m ON true
+"""
+
+
+def member_hash(size: int) -> LiteralString:
+    """The member of a group of ``size`` that owns a row's stream, as an SQL expression with
+    the size written in: the expression of the member index for that size (`member_index`),
+    which the planner can only match when the size is a constant, not a parameter."""
+    if size < 1:
+        raise ValueError("a group's size is at least 1")
+    return _MEMBER_HASH.format(size=sql.Literal(int(size)).as_string())
+
+
+def read_member(size: int) -> LiteralString:
+    """A member's read for a group of ``size``: the rows of its streams in the category."""
+    return _READ_MEMBER.format(member_of=_MEMBER_OF.format(member_hash=member_hash(size)))
+
+
+# The rows get_stream_messages returns, read through the (stream_name, position) index.
+READ_STREAM = """
+SELECT global_position, position, time, stream_name, type, data::text, metadata::text, id::text
+FROM message_store.messages
+WHERE stream_name = %(stream_name)s AND position >= %(position)s
+ORDER BY position
+LIMIT %(batch_size)s
+"""
+
+GLOBAL_POSITION_OF = """
+SELECT global_position FROM message_store.messages
+WHERE stream_name = %(stream_name)s AND position = %(position)s
+"""
+
+CATEGORY_HEAD = """
+SELECT global_position
+FROM message_store.messages
+WHERE message_store.category(stream_name) = %(category)s
+ORDER BY global_position DESC
+LIMIT 1
+"""
+
+SCHEMA_PRESENT = """
+SELECT to_regclass('message_store.messages') IS NOT NULL,
+       to_regprocedure('message_store.write_message(varchar,varchar,varchar,jsonb,jsonb,bigint)')
+           IS NOT NULL
+"""
+
+WRITE_MESSAGE = """
+SELECT message_store.write_message(
+    %(id)s, %(stream_name)s, %(type)s, %(data)s::jsonb, %(metadata)s::jsonb, %(expected_version)s
+)
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Read:
+    """One read: the events found, and ``resume_at``, the global position the next read starts
+    from (past the events, and past rows of other members the read went over). A "next
+    position" elsewhere is always a stream position."""
+
+    events: list[Event]
+    resume_at: int
+
+
+class MessageStore:
+    """Reads of one message store through a connection pool, optionally as one member of a
+    consumer group (``member`` of ``size``)."""
+
+    def __init__(self, pool: Pool, *, member: int = 0, size: int = 1) -> None:
+        self._pool = pool
+        self._member = member
+        self._size = size
+        self._member_statement = read_member(size) if size > 1 else ""
+
+    async def check_schema(self) -> None:
+        """Raise SchemaMissingError unless the store's table and write function exist."""
+        async with self._pool.connection() as conn:
+            row = await (await conn.execute(SCHEMA_PRESENT)).fetchone()
+        if row is None or not all(row):
+            raise SchemaMissingError(
+                "no message store in this database (message_store.messages / write_message): "
+                "point --database-url at your Message DB, or create projector's own store "
+                "with `projector migrate --message-store`"
+            )
+
+    async def read_category(self, category: str, position: int, batch_size: int) -> Read:
+        """Up to ``batch_size`` events of ``category`` (of this member's streams) from global
+        ``position`` on, in global order."""
+        if self._size > 1:
+            return await self._read_member(category, position, batch_size)
+        params = {"category": category, "position": position, "batch_size": batch_size}
+        events = list(starmap(Event, await self._fetch(READ_CATEGORY, params)))
+        return Read(events, events[-1].global_position + 1 if events else position)
+
+    async def _read_member(self, category: str, position: int, batch_size: int) -> Read:
+        params = {
+            "category": category,
+            "position": position,
+            "batch_size": batch_size,
+            "member": self._member,
+            "size": self._size,
+        }
+        rows = await self._fetch(self._member_statement, params)
+        head = rows[0][0]
+        events = [Event(*row[1:]) for row in rows if row[1] is not None]
+        if len(events) == batch_size:
+            return Read(events, events[-1].global_position + 1)
+        # A short read scanned the whole category up to the head of its snapshot.
+        return Read(events, position if head is None else max(position, head + 1))
+
+    async def read_stream(self, stream_name: str, position: int, batch_size: int) -> list[Event]:
+        """Up to ``batch_size`` events of one stream from stream ``position`` on, in order."""
+        params = {"stream_name": stream_name, "position": position, "batch_size": batch_size}
+        return [Event(*row) for row in await self._fetch(READ_STREAM, params)]
+
+    async def _fetch(
+        self, query: LiteralString, params: dict[str, object]
+    ) -> list[tuple[Any, ...]]:
+        async with database.pooled(self._pool, doing="reading the message store") as conn:
+            # Binary results: integers and timestamps cost less to load than their text.
+            cursor = await conn.execute(query, params, binary=True)
+            return await cursor.fetchall()
+
+    async def category_head(self, category: str) -> int | None:
+        """The last global position written to ``category``, or None when it is empty."""
+        async with database.pooled(self._pool, doing=f"finding the head of {category}") as conn:
+            row = await (await conn.execute(CATEGORY_HEAD, {"category": category})).fetchone()
+        return None if row is None else int(row[0])
+
+
+async def write_message(
+    conn: Connection,
+    stream_name: str,
+    type: str,
+    data: object,
+    *,
+    metadata: object | None = None,
+    expected_version: int | None = None,
+    id: uuid.UUID | None = None,
+) -> int:
+    """Append one message with Message DB's ``write_message``; returns its stream position.
+
+    The connection must have ``message_store`` on its search_path (projector's connections do).
+    """
+    params = {
+        "id": str(id or uuid.uuid4()),
+        "stream_name": stream_name,
+        "type": type,
+        "data": json.dumps(data),
+        "metadata": None if metadata is None else json.dumps(metadata),
+        "expected_version": expected_version,
+    }
+    try:
+        row = await (await conn.execute(WRITE_MESSAGE, params)).fetchone()
+    except pg_errors.RaiseException as exc:
+        if "Wrong expected version" in str(exc):
+            raise WrongExpectedVersionError(database.first_line(exc)) from exc
+        raise MessageStoreError(database.first_line(exc)) from exc
+    assert row is not None
+    return int(row[0])
+
+
+async def global_position_of(conn: Connection, stream_name: str, position: int) -> int:
+    """The global position of a stream's message, e.g. of one `write_message` just wrote."""
+    params = {"stream_name": stream_name, "position": position}
+    row = await (await conn.execute(GLOBAL_POSITION_OF, params)).fetchone()
+    if row is None:
+        raise MessageStoreError(f"{stream_name} has no message at position {position}")
+    return int(row[0])
