@@ -14,11 +14,11 @@ from projector.errors import (
     SchemaMissingError,
     WrongExpectedVersionError,
 )
+from projector.model.dependencies import Dependency
 from projector.model.events import Event
 from projector.model.failures import OnExhausted, PoisonEvent, RetryAfter, RetryPolicy
 from projector.model.projection import Projection, StreamResult, idempotency_key
 from projector.ops.waiting import WaitTimeoutError, wait_for
-from projector.runtime.dependencies import Dependency
 from projector.storage.database import connect
 from projector.storage.message_store import global_position_of, write_message
 

@@ -2,12 +2,25 @@
 
 Stopping is cancellation (see `serve`): the sources stop reading at once, handler calls already
 running get ``shutdown_timeout`` seconds to finish, and the checkpoint is committed once more,
-shielded and time-boxed, whatever ended the run (a signal, a handler error, caught-up).
+shielded and time-boxed (`projector.cleanup`), whatever ended the run (a signal, a handler
+error, caught-up).
+
+How a handler error ends a run: it does not, by itself. The sink hands every failed call to
+`Recovery.on_failure`, which retries the stream with backoff, waits out an outage of
+projector's database without counting it (`outage`), or parks the stream once its attempts are
+used up; the other streams go on meanwhile. Only a `Stop` decision (``on_exhausted="stop"``
+once the attempts are used up, or at once for a `PoisonEvent` under it) ends the run: the sink
+schedules no more calls and raises HandlerError; calls of other streams still running are
+cancelled as the sink closes (their batches are not done, so their events are redelivered);
+the checkpoint is committed a last time, up to the batches fully handled; and `run` raises the
+HandlerError (the CLI exits 1 with it). Projector's own failures end a run the same way: the
+database away for longer than ``outage_limit``, or a start that cannot complete.
 
 A projection with dependencies gets a `DependencyGate`, measured by a task of its own and asked
 by every source before it submits a batch.
 
-Watching the run (health, metrics, summary, progress) is `watching.Watchers`' business.
+Watching the run (health, metrics, summary, progress) is `projector.ops.watching.Watchers`'
+business.
 """
 
 from __future__ import annotations
@@ -24,34 +37,38 @@ from functools import partial
 from typing import NoReturn
 
 import anyio
-import psycopg
 from anyio.abc import TaskGroup
 
+from projector import cleanup
 from projector.errors import (
     ConfigurationError,
     DatabaseUnavailableError,
     ProjectorError,
     find_error,
 )
+from projector.model.events import FIRST_POSITION, member_name
 from projector.model.failures import RESTART
 from projector.model.projection import Projection
 from projector.ops import groups
 from projector.ops.health import State
 from projector.ops.metrics import RunnerState
+from projector.ops.progress import BarFactory
 from projector.ops.tracing import traced
 from projector.ops.watching import Watchers
 from projector.pipeline.lane import Lane
 from projector.pipeline.sink import SpanHandler, StreamsSink
 from projector.pipeline.source import OPEN_GATE, CategorySource
+from projector.reconnecting import Reconnecting
+from projector.runtime.checkpoint_writer import CheckpointWriter
 from projector.runtime.dependencies import DependencyGate, UpstreamMeter
 from projector.runtime.exactly_once import ExactlyOnce
 from projector.runtime.outage import PROBE_TIMEOUT, Outage
 from projector.runtime.recovery import Recovery
 from projector.settings import EventLoop, Settings, retry_policy
 from projector.storage import checkpoints, database, member_index, notify
-from projector.storage.checkpoints import DEFAULT_FLUSH_TIMEOUT, Checkpoints, CheckpointWriter
-from projector.storage.database import Pool, Reconnecting
-from projector.storage.leases import LeaseLostError, MemberLease, member_name
+from projector.storage.checkpoints import Checkpoints
+from projector.storage.database import Pool
+from projector.storage.leases import LeaseLostError, MemberLease
 from projector.storage.message_store import MessageStore
 from projector.storage.parked import ParkedStreams
 
@@ -91,9 +108,18 @@ class _StartCutShort(DatabaseUnavailableError):
 class Runner:
     """Keeps one projection up to date with its categories, for one group."""
 
-    def __init__(self, projection: Projection, settings: Settings) -> None:
+    def __init__(
+        self,
+        projection: Projection,
+        settings: Settings,
+        *,
+        progress_bar: BarFactory | None = None,
+    ) -> None:
+        """``progress_bar`` draws the catch-up progress on a terminal (the CLI gives rich's;
+        without one there is none)."""
         self.projection = projection
         self.settings = settings
+        self.progress_bar = progress_bar
         self.categories = settings.categories or projection.categories
         self.group = settings.group or projection.name
         if not self.categories:
@@ -121,9 +147,9 @@ class Runner:
         cannot be reached at all, or lacks projector's tables, ends the run at once with its
         error. After that, a start cut short by the database going away (a standby's wait
         included) starts again, for up to ``outage_limit``, and so does a runner whose lock's
-        session was lost (the end of its tenure, see `lease`): from the committed checkpoints,
-        or as the standby of whoever took the member meanwhile. How the projecting ends is
-        `_project`'s business.
+        session was lost (the end of its tenure, see `projector.storage.leases`): from the
+        committed checkpoints, or as the standby of whoever took the member meanwhile. How the
+        projecting ends is `_project`'s business (and the module's docstring).
         """
         settings = self.settings
         async with AsyncExitStack() as stack:
@@ -137,7 +163,7 @@ class Runner:
             store = MessageStore(pool, member=settings.member, size=settings.group_size)
             await store.check_schema()
             name = member_name(self.group, settings.member, settings.group_size)
-            watchers = Watchers.for_run(settings, name)
+            watchers = Watchers.for_run(settings, name, progress_bar=self.progress_bar)
             await watchers.serve_endpoint(stack, settings)
             outage = Outage(
                 partial(database.probe, self.database_url, connect_timeout=PROBE_TIMEOUT),
@@ -215,7 +241,7 @@ class Runner:
 
     async def _project_and_flush(self, parts: Parts, parked: frozenset[str]) -> bool:
         """Project, then commit the checkpoint a last time; True when the lock's session was
-        lost, which ends the tenure with nothing more committed (see `lease`)."""
+        lost, which ends the tenure with nothing more committed (see `projector.storage.leases`)."""
         try:
             await self._project(parts, parked)
         except BaseException as exc:
@@ -233,7 +259,7 @@ class Runner:
 
     async def _span_handler(self, stack: AsyncExitStack, pool: Pool) -> SpanHandler:
         if self.projection.is_transactional:
-            exactly_once = ExactlyOnce(self.projection, pool, self.group)
+            exactly_once = ExactlyOnce.running(self.projection, pool, self.group)
             return (await stack.enter_async_context(exactly_once)).handle
         return self.projection.handle
 
@@ -261,25 +287,22 @@ class Runner:
             lambda: lease.connection, self.group, member=settings.member, size=settings.group_size
         )
         writer = CheckpointWriter(member_checkpoints, interval=settings.checkpoint_interval)
-        try:
+        with database.unavailable_as(f"starting {writer.name}"):
             await checkpoints.check_schema(lease.connection)
             await lease.acquire(standby=settings.standby)
             conn = lease.connection
             async with conn.transaction():
-                key = {"key": groups.group_start_key(self.group)}
-                await conn.execute(groups.LOCK_GROUP_START, key)
+                await checkpoints.lock_group_start(conn, self.group)
                 await groups.check_size(conn, self.group, settings.group_size)
                 for category in self.categories:
                     position = await self._start_position(store, member_checkpoints, category)
                     writer.start_at(category, position)
-        except psycopg.OperationalError as exc:
-            raise database.unavailable_during(f"starting {writer.name}", exc) from exc
         return writer
 
     async def _final_flush(self, writer: CheckpointWriter, *, failing: bool) -> None:
         """The last commit, shielded and time-boxed; while failing, its own error is logged so
         that the error that stopped the run is the one reported."""
-        with anyio.move_on_after(DEFAULT_FLUSH_TIMEOUT, shield=True):
+        with cleanup.shielded("the final checkpoint commit", cleanup.FINAL_FLUSH):
             try:
                 await writer.flush()
             except ProjectorError as exc:
@@ -402,7 +425,7 @@ class Runner:
     ) -> int:
         name = member_checkpoints.name
         head = await store.category_head(category)
-        next_written = groups.FIRST_POSITION if head is None else head + 1
+        next_written = FIRST_POSITION if head is None else head + 1
         if head is None:
             self._empty_category(name, category)
         position = await member_checkpoints.load(category)
@@ -413,7 +436,7 @@ class Runner:
             if self.settings.from_tail:
                 position, origin = next_written, "tail"
             else:
-                position, origin = groups.FIRST_POSITION, "beginning"
+                position, origin = FIRST_POSITION, "beginning"
             # Written at once: it records the group's size for members that start later, and
             # after --from-tail a restart without it must not replay history.
             await member_checkpoints.commit({category: position})

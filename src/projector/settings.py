@@ -12,14 +12,13 @@ import logging
 import os
 from typing import Annotated, Any
 
-import psycopg
-from psycopg.conninfo import conninfo_to_dict
 from pydantic import AliasChoices, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from projector.errors import ConfigurationError
 from projector.model.events import validate_category, validate_group
 from projector.model.failures import OnExhausted, RetryPolicy
+from projector.storage.database import is_connection_string
 
 logger = logging.getLogger(__name__)
 
@@ -189,14 +188,12 @@ class Settings(BaseSettings):
                 f"it is a {scheme}:// URL, and projector needs PostgreSQL: give "
                 "postgresql://user@host:5432/dbname"
             )
-        try:
-            conninfo_to_dict(value)
-        except psycopg.ProgrammingError:
+        if not is_connection_string(value):
             # Not libpq's reason: it would quote the URL, and with it any password.
             raise ValueError(
                 "it is neither a postgresql:// URL nor libpq key=value settings: give "
                 "postgresql://user@host:5432/dbname"
-            ) from None
+            )
         return value
 
     @field_validator("log_level")

@@ -16,7 +16,7 @@ import anyio
 import pytest
 
 from projector.model.events import consumer_group_member
-from projector.ops.groups import CheckpointRow
+from projector.storage.checkpoints import CheckpointRow
 from tests.support.groups import (
     CATEGORY,
     HANDLERS,

@@ -14,9 +14,9 @@ import anyio
 import psycopg
 import pytest
 
+from projector.cli.render import COLUMNS
 from projector.model.events import consumer_group_member
 from projector.ops import groups
-from projector.ops.status import COLUMNS
 from projector.storage.database import connect
 from tests.support.projecting import write_events
 

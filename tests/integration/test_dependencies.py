@@ -13,7 +13,7 @@ import anyio
 import pytest
 
 from projector import Event, Projection
-from projector.runtime.dependencies import Dependency
+from projector.model.dependencies import Dependency
 from tests.support.failures import category_positions
 from tests.support.groups import group_checkpoints
 from tests.support.projecting import Recorder, run_projection, settings_for, write_events

@@ -37,7 +37,10 @@ def anyio_backend() -> str:
 @asynccontextmanager
 async def runner(url: str, projection: Projection) -> AsyncIterator[ExactlyOnce]:
     """One runner's transactional span handler, with a pool of its own."""
-    async with open_pool(url, max_size=4) as pool, ExactlyOnce(projection, pool, "g") as handler:
+    async with (
+        open_pool(url, max_size=4) as pool,
+        ExactlyOnce.running(projection, pool, "g") as handler,
+    ):
         yield handler
 
 

@@ -14,8 +14,8 @@ from typing import Any
 import anyio
 
 from projector.ops import groups
-from projector.ops.groups import CheckpointRow
 from projector.storage import database
+from projector.storage.checkpoints import CheckpointRow
 from tests.support.projecting import Recorder, run_projection, settings_for
 
 CATEGORY = "account"

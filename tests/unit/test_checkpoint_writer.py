@@ -9,7 +9,8 @@ import anyio
 import pytest
 
 from projector.errors import DatabaseUnavailableError
-from projector.storage.checkpoints import Checkpoints, CheckpointWriter
+from projector.runtime.checkpoint_writer import CheckpointWriter
+from projector.storage.checkpoints import Checkpoints
 from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.anyio

@@ -17,12 +17,12 @@ import anyio.lowlevel
 import pytest
 
 from projector.errors import ConfigurationError, InvalidNameError
-from projector.model.events import Event
+from projector.model.dependencies import Dependency, PauseCallback
+from projector.model.events import Event, Read
 from projector.model.projection import Projection
 from projector.ops.health import Health, State
 from projector.pipeline.source import CategorySource
-from projector.runtime.dependencies import Dependency, DependencyGate, PauseCallback, Upstream
-from projector.storage.message_store import Read
+from projector.runtime.dependencies import DependencyGate, Upstream
 
 TIMEOUT = 2.0
 _EVENT_ID = "7f0c5f1e-1d52-4a0e-9d0c-1f3a4c8e2b6d"

@@ -31,7 +31,7 @@ class CatchUp:
     def count(self) -> int:
         return self.handled
 
-    def update(self, task: object, *, completed: int, total: int | None, rate: str) -> None:
+    def update(self, *, completed: int, total: int | None, rate: str) -> None:
         self.totals.append(total)
         self.handled = min(TOTAL, self.handled + 40)
 
@@ -43,7 +43,7 @@ def test_the_total_stays_put_when_nothing_is_written(monkeypatch: pytest.MonkeyP
 
     async def draw() -> None:
         with anyio.fail_after(5):
-            await CatchUpProgress()._draw(catch_up, 0, catch_up.measure, catch_up.count)  # type: ignore[arg-type]
+            await CatchUpProgress.draw(catch_up, catch_up.measure, catch_up.count)
 
     anyio.run(draw)
 

@@ -9,7 +9,7 @@ import pytest
 
 from projector.errors import DatabaseUnavailableError
 from projector.model.failures import RetryPolicy
-from projector.storage.database import Reconnecting
+from projector.reconnecting import Reconnecting
 
 QUICK = RetryPolicy(base=0.001, cap=0.001)
 

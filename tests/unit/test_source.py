@@ -10,9 +10,8 @@ import anyio
 import pytest
 
 from projector.errors import DatabaseUnavailableError
-from projector.model.events import Event
+from projector.model.events import Event, Read
 from projector.pipeline.source import CategorySource
-from projector.storage.message_store import Read
 
 pytestmark = pytest.mark.anyio
 TIMEOUT = 5.0

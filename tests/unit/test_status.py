@@ -8,7 +8,8 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from rich.console import Console
 
-from projector.ops.status import COLUMNS, MemberStatus, human_duration, render, to_json
+from projector.cli.render import COLUMNS, human_duration, status_table
+from projector.ops.status import MemberStatus, to_json
 
 NOW = datetime(2026, 11, 24, 12, 0, 0, tzinfo=UTC)
 
@@ -33,7 +34,7 @@ def member(**changes: object) -> MemberStatus:
 def text_of(rows: list[MemberStatus], *, width: int = 120) -> str:
     console = Console(width=width, color_system=None)
     with console.capture() as captured:
-        console.print(render(rows, now=NOW))
+        console.print(status_table(rows, now=NOW))
     return captured.get()
 
 

@@ -1,4 +1,9 @@
-"""The ``projector`` command: thin commands over the modules, no logic of their own."""
+"""The ``projector`` command: thin commands over the modules, no logic of their own, and the
+only place that renders for people (rich tables and the progress bar).
+
+It may import anything in projector; nothing imports it but the entry point (and the demo,
+for the progress bar).
+"""
 
 from __future__ import annotations
 

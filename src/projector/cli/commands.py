@@ -12,6 +12,7 @@ from typing import Any
 import anyio
 import click
 
+from projector.cli import render
 from projector.cli.options import (
     EXIT_PARKED,
     RUN_SETTINGS,
@@ -24,6 +25,7 @@ from projector.cli.options import (
     run_async,
     settings_options,
 )
+from projector.cli.progress import terminal_bar
 from projector.errors import ConfigurationError
 from projector.model.projection import load_projection
 from projector.ops import groups, logs, status, waiting
@@ -43,7 +45,7 @@ def run(target: str, **flags: Any) -> None:
         logs.configure(settings.log_level, settings.log_format)
         # Like `python -m`, let the working directory's modules be imported.
         sys.path.insert(0, os.getcwd())
-        runner = Runner(load_projection(target), settings)
+        runner = Runner(load_projection(target), settings, progress_bar=terminal_bar)
     collect_garbage_less_often()
     run_async(runner.run, settings)
     if runner.parked:
@@ -136,7 +138,7 @@ def demo_command(
     Without a database URL it runs a local PostgreSQL of its own, kept between runs (--stop
     stops it). Given one, it asks before writing there (--yes does not ask).
     """
-    from projector.cli import demo
+    from projector import demo
     from projector.storage import migrate  # Alembic and SQLAlchemy: a third of a second to import
 
     command = _projector_command()
@@ -256,7 +258,7 @@ def status_command(group: str | None, as_json: bool, **flags: Any) -> None:
     if as_json:
         click.echo(status.to_json(rows), nl=False)
     else:
-        console().print(status.render(rows))
+        console().print(render.status_table(rows))
 
 
 @click.command("wait")

@@ -20,6 +20,7 @@ from projector.cli.options import (
 from projector.errors import ConfigurationError
 from projector.ops import groups, status
 from projector.storage import parked as parked_streams
+from projector.storage.checkpoints import CheckpointRow
 from projector.storage.database import Connection
 
 
@@ -86,7 +87,7 @@ def checkpoints_set(
         if sum((position is not None, to_head, to_time is not None)) != 1:
             raise ConfigurationError("give one of --position N, --to-head or --to-time TIME")
 
-        async def set_it(conn: Connection) -> groups.CheckpointRow:
+        async def set_it(conn: Connection) -> CheckpointRow:
             if to_head:
                 target = await groups.head_position(conn, category)
             elif to_time is not None:

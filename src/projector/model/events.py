@@ -11,6 +11,7 @@ import hashlib
 import json
 import re
 import uuid
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -22,6 +23,8 @@ _CATEGORY_RE = re.compile(r"[A-Za-z0-9_.:+]+")
 _GROUP_RE = re.compile(r"[A-Za-z0-9_.:]+")
 MAX_NAME_LENGTH = 200
 
+
+FIRST_POSITION = 1  # Message DB's global positions start at 1
 
 def category(stream_name: str) -> str:
     """The category of a stream: everything before the first ``-``."""
@@ -51,6 +54,19 @@ def consumer_group_member(stream_name: str, group_size: int) -> int | None:
     id_ = cardinal_id(stream_name)
     # Postgres' MOD keeps the dividend's sign; Message DB takes @ (abs) of the hash first.
     return None if id_ is None else abs(hash_64(id_)) % group_size
+
+
+def owns(member: int, size: int, stream_name: str) -> bool:
+    """Whether member ``member`` of a group of ``size`` handles the stream: in a plain group
+    (size 1) every stream, id-less names included; else by `consumer_group_member`. The same
+    rule in SQL is `projector.storage.message_store.MEMBER_READS`."""
+    return size == 1 or consumer_group_member(stream_name, size) == member
+
+
+def member_name(group: str, member: int, size: int) -> str:
+    """Who owns a member's checkpoints: ``<group>``, or ``<group>-<member>`` in a consumer
+    group."""
+    return group if size == 1 else f"{group}-{member}"
 
 
 def validate_category(name: str) -> str:
@@ -183,3 +199,13 @@ def _decode(text: str | None) -> Any:
         except orjson.JSONDecodeError:
             return json.loads(text)  # malformed: json raises its own error (or accepts it)
     return json.loads(text)
+
+
+@dataclass(frozen=True, slots=True)
+class Read:
+    """One read: the events found, and ``resume_at``, the global position the next read starts
+    from (past the events, and past rows of other members the read went over). A "next
+    position" elsewhere is always a stream position."""
+
+    events: list[Event]
+    resume_at: int

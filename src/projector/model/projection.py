@@ -8,12 +8,18 @@ import traceback
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 from projector.errors import ConfigurationError, HandlerImportError
 from projector.model.events import Event, validate_category, validate_group
 from projector.model.failures import RetryPolicy
-from projector.runtime.dependencies import Dependency, PauseCallback
-from projector.storage.database import Connection
+
+if TYPE_CHECKING:
+    # Only a type: the model does no I/O; a transactional handler is given the connection.
+    from psycopg import AsyncConnection
+
+    Connection: TypeAlias = AsyncConnection[tuple[Any, ...]]
+from projector.model.dependencies import Dependency, PauseCallback
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,7 +68,9 @@ class StreamResult:
 
 
 StreamHandler = Callable[[str, list[Event]], Awaitable[StreamResult | None]]
-TransactionalHandler = Callable[[str, list[Event], Connection], Awaitable[StreamResult | None]]
+TransactionalHandler: TypeAlias = (
+    "Callable[[str, list[Event], Connection], Awaitable[StreamResult | None]]"
+)
 EventHandler = Callable[[Event], Awaitable[None]]
 
 _IDEMPOTENCY_NAMESPACE = uuid.UUID("3f7c2a61-8d0e-4b8e-9c43-5b1f2e6a9d70")

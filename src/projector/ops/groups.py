@@ -1,7 +1,8 @@
 """A group's checkpoints as a whole: the size check, listing, setting, resetting, rebalancing.
 
-Every change here takes the locks of the members it touches (see `lease`) for its transaction:
-it refuses while a runner holds one, and no runner can start until it commits.
+Every change here takes the locks of the members it touches (see `projector.storage.leases`)
+for its transaction: it refuses while a runner holds one, and no runner can start until it
+commits. The statements are `projector.storage.checkpoints`'.
 """
 
 from __future__ import annotations
@@ -10,67 +11,16 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from projector.errors import ConfigurationError
-from projector.model.events import hash_64, validate_category, validate_group
-from projector.storage.checkpoints import COMMIT
+from projector.model.events import FIRST_POSITION, validate_category, validate_group
+from projector.storage import checkpoints, message_store
+from projector.storage.checkpoints import CheckpointRow
 from projector.storage.database import Connection
-from projector.storage.leases import MemberBusyError, busy_members, member_name
-from projector.storage.message_store import CATEGORY_HEAD
-
-FIRST_POSITION = 1  # Message DB's global positions start at 1
-
-# Held while a starting member checks the group's size and writes its first checkpoints, so
-# that two members of different sizes cannot both pass the check on a new group.
-LOCK_GROUP_START = "SELECT pg_advisory_xact_lock(%(key)s)"
-
-GROUP_SIZES = """
-SELECT DISTINCT group_size FROM projector.checkpoints WHERE group_name = %(group)s
-"""
-
-LIST = """
-SELECT group_name, member, group_size, category, position, updated_at
-FROM projector.checkpoints
-WHERE %(group)s::text IS NULL OR group_name = %(group)s
-ORDER BY group_name, category, member
-"""
-
-LOCK_GROUP_ROWS = """
-SELECT group_name, member, group_size, category, position, updated_at
-FROM projector.checkpoints WHERE group_name = %(group)s
-ORDER BY category, member
-FOR UPDATE
-"""
-
-DELETE_GROUP = "DELETE FROM projector.checkpoints WHERE group_name = %(group)s"
-DELETE_CATEGORY = """
-DELETE FROM projector.checkpoints WHERE group_name = %(group)s AND category = %(category)s
-"""
-
-# The first event of a category written at or after a time (Message DB's ``time`` is UTC
-# without a zone); global positions follow write order, so it is where a replay from then
-# starts.
-FIRST_SINCE = """
-SELECT min(global_position) FROM message_store.messages
-WHERE message_store.category(stream_name) = %(category)s AND time >= %(time)s
-"""
+from projector.storage.leases import MemberBusyError, busy_members
 
 
 class GroupSizeMismatchError(ConfigurationError):
     """A member was started with a group size other than its group's checkpoints were written
     with."""
-
-
-@dataclass(frozen=True, slots=True)
-class CheckpointRow:
-    group: str
-    member: int
-    size: int
-    category: str
-    position: int
-    updated_at: datetime
-
-    @property
-    def name(self) -> str:
-        return member_name(self.group, self.member, self.size)
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,14 +34,9 @@ class RebalancePlan:
     notes: list[str]
 
 
-def group_start_key(group: str) -> int:
-    return hash_64(f"projector-start/{group}")
-
-
 async def check_size(conn: Connection, group: str, size: int) -> None:
     """Raise GroupSizeMismatchError unless the group's checkpoints were written at ``size``."""
-    rows = await (await conn.execute(GROUP_SIZES, {"group": group})).fetchall()
-    sizes = sorted(int(row[0]) for row in rows)
+    sizes = await checkpoints.group_sizes(conn, group)
     if sizes and sizes != [size]:
         stored = " and ".join(map(str, sizes))
         raise GroupSizeMismatchError(
@@ -104,8 +49,7 @@ async def check_size(conn: Connection, group: str, size: int) -> None:
 async def list_checkpoints(conn: Connection, group: str | None = None) -> list[CheckpointRow]:
     if group is not None:
         validate_group(group)
-    rows = await (await conn.execute(LIST, {"group": group})).fetchall()
-    return [CheckpointRow(*row) for row in rows]
+    return await checkpoints.rows(conn, group)
 
 
 class PastTheHeadError(ConfigurationError):
@@ -138,25 +82,22 @@ async def set_checkpoint(
                 f"group {group!r} has {size} member(s), numbered 0 to {size - 1}; "
                 f"there is no member {member}"
             )
-        await _write(conn, group, member, size, category, position)
+        await checkpoints.write(conn, group, member, size, category, position)
     return (await _rows_of(conn, group, member, category))[0]
 
 
 async def head_position(conn: Connection, category: str) -> int:
     """The position after the category's last event: a checkpoint there skips all of it."""
-    row = await (await conn.execute(CATEGORY_HEAD, {"category": category})).fetchone()
-    return FIRST_POSITION if row is None else int(row[0]) + 1
+    head = await message_store.category_head(conn, category)
+    return FIRST_POSITION if head is None else head + 1
 
 
 async def position_at(conn: Connection, category: str, time: datetime) -> int:
     """The position of the category's first event written at or after ``time`` (the head
     position when none was): a checkpoint there replays everything written since."""
     utc = time.astimezone(UTC).replace(tzinfo=None) if time.tzinfo else time
-    params = {"category": category, "time": utc}
-    row = await (await conn.execute(FIRST_SINCE, params)).fetchone()
-    if row is None or row[0] is None:
-        return await head_position(conn, category)
-    return int(row[0])
+    first = await message_store.first_since(conn, category, utc)
+    return await head_position(conn, category) if first is None else first
 
 
 async def _refuse_past_the_head(conn: Connection, category: str, position: int) -> None:
@@ -180,10 +121,8 @@ async def reset_group(
         validate_category(category)
     async with conn.transaction():
         rows, _ = await _lock_group(conn, group)
-        if category is None:
-            await conn.execute(DELETE_GROUP, {"group": group})
-        else:
-            await conn.execute(DELETE_CATEGORY, {"group": group, "category": category})
+        await checkpoints.delete(conn, group, category=category)
+        if category is not None:
             rows = [row for row in rows if row.category == category]
     return rows
 
@@ -211,24 +150,11 @@ async def rebalance(conn: Connection, group: str, size: int, *, dry_run: bool) -
         elif dry_run:
             transaction.force_rollback = True
         else:
-            await conn.execute(DELETE_GROUP, {"group": group})
+            await checkpoints.delete(conn, group)
             for category, position in plan.positions.items():
                 for member in range(size):
-                    await _write(conn, group, member, size, category, position)
+                    await checkpoints.write(conn, group, member, size, category, position)
     return plan
-
-
-async def _write(
-    conn: Connection, group: str, member: int, size: int, category: str, position: int
-) -> None:
-    params = {
-        "group": group,
-        "member": member,
-        "size": size,
-        "category": category,
-        "position": position,
-    }
-    await conn.execute(COMMIT, params)
 
 
 def _plan(group: str, size: int, rows: list[CheckpointRow]) -> RebalancePlan:
@@ -260,10 +186,7 @@ async def _lock_group(
 ) -> tuple[list[CheckpointRow], list[str]]:
     """Lock a group's rows and its members (all of them unless ``members``); refuse if one
     runs (unless not ``refuse_busy``: then return who runs)."""
-    rows = [
-        CheckpointRow(*row)
-        for row in await (await conn.execute(LOCK_GROUP_ROWS, {"group": group})).fetchall()
-    ]
+    rows = await checkpoints.lock_rows(conn, group)
     if members is None:
         known = max((max(row.size, row.member + 1) for row in rows), default=1)
         members = range(max(known, extra_members))

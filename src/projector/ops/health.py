@@ -20,6 +20,7 @@ import anyio
 from anyio.abc import TaskStatus
 from prometheus_client import CollectorRegistry
 
+from projector import cleanup
 from projector.errors import ConfigurationError, DatabaseUnavailableError
 from projector.ops.lag import LagReading
 from projector.pipeline.observe import Observer
@@ -29,7 +30,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-ENDPOINT_STOP_TIMEOUT = 2.0  # seconds a stopping runner gives open HTTP connections
 
 
 class State(enum.StrEnum):
@@ -177,7 +177,7 @@ async def serve(
     """Serve ``app`` on ``host:port`` until cancelled; started once the port listens."""
     from aiohttp import web
 
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=ENDPOINT_STOP_TIMEOUT)
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=cleanup.ENDPOINT_STOP)
     await runner.setup()
     try:
         try:
@@ -196,5 +196,5 @@ async def serve(
         task_status.started()
         await anyio.sleep_forever()
     finally:
-        with anyio.move_on_after(ENDPOINT_STOP_TIMEOUT + 1, shield=True):
+        with cleanup.shielded("closing the metrics endpoint", cleanup.ENDPOINT_STOP + 1):
             await runner.cleanup()

@@ -18,9 +18,9 @@ import anyio
 from anyio.abc import TaskStatus
 
 from projector.errors import DatabaseUnavailableError
-from projector.ops import status
-from projector.storage import database
+from projector.storage import database, message_store
 from projector.storage.database import Pool
+from projector.storage.message_store import Partition
 
 logger = logging.getLogger(__name__)
 
@@ -106,21 +106,14 @@ class LagTracker:
         ahead = self._handled_ahead()
         async with database.pooled(self._pool, doing="measuring the lag") as conn:
             for category, position in positions.items():
-                params = {
-                    "category": category,
-                    "position": position,
-                    "member": self._member,
-                    "size": self._size,
-                }
-                row = await (await conn.execute(status.MEMBER_LAG, params)).fetchone()
-                assert row is not None  # an aggregate always returns one row
-                head, behind, seconds = row
+                partition = Partition(category, self._member, self._size, position)
+                lag = await message_store.lag(conn, partition)
                 found[category] = CategoryLag(
                     category,
                     position,
-                    head,
-                    max(int(behind) - ahead.get(category, 0), 0),
-                    max(float(seconds or 0.0), 0.0),
-                    int(behind),
+                    lag.head,
+                    max(lag.events - ahead.get(category, 0), 0),
+                    max(float(lag.seconds or 0.0), 0.0),
+                    lag.events,
                 )
         return LagReading(found, anyio.current_time(), time.time())

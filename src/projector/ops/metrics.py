@@ -34,7 +34,7 @@ from projector.ops.health import Health
 from projector.pipeline.lane import Lane
 from projector.pipeline.observe import Observer
 from projector.pipeline.sink import StreamsSink
-from projector.storage.checkpoints import CheckpointWriter
+from projector.runtime.checkpoint_writer import CheckpointWriter
 
 # From a quick upsert (1 ms) to a call near the default handler_timeout.
 HANDLER_BUCKETS = (

@@ -1,26 +1,33 @@
-"""A catch-up progress bar on an interactive terminal: events handled of events to go, rate, ETA.
+"""Catch-up progress: events handled of events to go, and the rate, until caught up.
 
-Shown only while the first catch-up runs, on a terminal, and never when output is piped, so log
-files and log collectors never see it. Log lines written meanwhile go through rich's live
-display (see `logs.configure`, whose handler writes to whatever ``sys.stderr`` is now), above the
-bar, instead of through it.
+These are the figures; drawing them is a `Bar`'s business (the CLI's is a rich progress bar on
+an interactive terminal, `projector.cli.progress`). Shown only while the first catch-up runs,
+on a terminal, and never when output is piped, so log files and log collectors never see it.
 """
 
 from __future__ import annotations
 
 import sys
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING
+from contextlib import AbstractContextManager
+from typing import Protocol
 
 import anyio
 
 from projector.ops.lag import LagReading
 
-if TYPE_CHECKING:
-    from rich.progress import Progress, TaskID
-
 REFRESH = 0.5  # seconds between redraws
 MEASURE_EVERY = 5  # redraws between lag measurements
+
+
+class Bar(Protocol):
+    def update(self, *, completed: int, total: int | None, rate: str) -> None:
+        """Show ``completed`` events of ``total`` (None: not known yet), at ``rate``."""
+        ...
+
+
+BarFactory = Callable[[], AbstractContextManager[Bar]]
+"""Opens a bar for the length of a catch-up (and removes it after)."""
 
 
 def wanted(*, disabled: bool) -> bool:
@@ -28,37 +35,21 @@ def wanted(*, disabled: bool) -> bool:
 
 
 class CatchUpProgress:
-    """Draws the events handled (as ``handled()`` counts them) against the lag until caught up."""
+    """Feeds a bar the events handled (as ``handled()`` counts them) against the lag."""
+
+    def __init__(self, bar: BarFactory) -> None:
+        self._bar = bar
 
     async def run(
         self, measure: Callable[[], Awaitable[LagReading | None]], handled: Callable[[], int]
     ) -> None:
         """Draw until the lag is 0 (then remove the bar); cancel to stop earlier."""
-        # Imported here: only a terminal shows the bar, and a runner starts faster without rich.
-        from rich.console import Console
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeRemainingColumn,
-        )
+        with self._bar() as bar:
+            await self.draw(bar, measure, handled)
 
-        columns = (
-            TextColumn("catching up"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("{task.fields[rate]:>9} events/s"),
-            TimeRemainingColumn(),
-        )
-        with Progress(*columns, console=Console(stderr=True), transient=True) as bar:
-            task = bar.add_task("catch-up", total=None, rate="-")
-            await self._draw(bar, task, measure, handled)
-
-    async def _draw(
-        self,
-        bar: Progress,
-        task: TaskID,
+    @staticmethod
+    async def draw(
+        bar: Bar,
         measure: Callable[[], Awaitable[LagReading | None]],
         handled: Callable[[], int],
     ) -> None:
@@ -79,6 +70,6 @@ class CatchUpProgress:
             now = handled()
             rate = (now - last) / REFRESH if tick else 0.0
             last = now
-            bar.update(task, completed=now - start, total=total, rate=f"{rate:,.0f}")
+            bar.update(completed=now - start, total=total, rate=f"{rate:,.0f}")
             tick += 1
             await anyio.sleep(REFRESH)

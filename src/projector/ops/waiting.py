@@ -13,25 +13,9 @@ from __future__ import annotations
 import anyio
 
 from projector.errors import ConfigurationError, ParkedStreamsError, ProjectorError
-from projector.model.events import category, consumer_group_member, validate_group
-from projector.runtime import exactly_once
-from projector.storage import database
+from projector.model.events import category, owns, validate_group
+from projector.storage import checkpoints, database, message_store, parked, stream_positions
 from projector.storage.database import Connection
-
-STREAM_AT = """
-SELECT stream_name, position FROM message_store.messages WHERE global_position = %(position)s
-"""
-
-GROUP_CHECKPOINTS = """
-SELECT member, group_size, position FROM projector.checkpoints
-WHERE group_name = %(group)s AND category = %(category)s
-"""
-
-# Where a group parked a stream, if it did: its events from there on are not handled.
-PARKED_AT = """
-SELECT position, global_position FROM projector.parked_streams
-WHERE group_name = %(group)s AND stream_name = %(stream)s
-"""
 
 DEFAULT_POLL = 0.05
 
@@ -75,42 +59,39 @@ async def wait_for(
 
 async def _stream_at(conn: Connection, position: int) -> tuple[str, int]:
     """The stream, and the position in it, of the message at global ``position``."""
-    row = await (await conn.execute(STREAM_AT, {"position": position})).fetchone()
-    if row is None:
+    found = await message_store.stream_at(conn, position)
+    if found is None:
         raise ConfigurationError(
             f"there is no message at global position {position}: give the global position "
             "of a written message (write_message returns the stream position; read the "
             "message back for its global position)"
         )
-    return str(row[0]), int(row[1])
+    return found
 
 
 async def _refuse_if_parked(
     conn: Connection, group: str, stream_name: str, stream_position: int, position: int
 ) -> None:
-    params = {"group": group, "stream": stream_name}
-    row = await (await conn.execute(PARKED_AT, params)).fetchone()
-    if row is not None and int(row[0]) <= stream_position:
+    found = await parked.parked_stream(conn, group, stream_name)
+    if found is not None and found.position <= stream_position:
         raise ParkedStreamsError(
-            f"group {group!r} has parked {stream_name} at position {row[0]} (global {row[1]}): "
-            f"the event at global position {position} is not handled "
-            f"(`projector parked list --group {group}`; `projector parked retry` replays it)"
+            f"group {group!r} has parked {stream_name} at position {found.position} "
+            f"(global {found.global_position}): the event at global position {position} is "
+            f"not handled (`projector parked list --group {group}`; `projector parked retry` "
+            "replays it)"
         )
 
 
 async def _applied(conn: Connection, group: str, stream_name: str, position: int) -> bool:
-    """Whether a transactional ``group`` has committed stream ``position`` of the stream."""
-    params = {"group": group, "stream": stream_name}
-    # A transactional group's row, committed with its read model.
-    row = await (await conn.execute(exactly_once.RECORDED_POSITION, params)).fetchone()
-    return row is not None and int(row[0]) >= position
+    """Whether a transactional ``group`` has committed stream ``position`` of the stream (its
+    row is committed with its read model)."""
+    recorded = await stream_positions.recorded_position(conn, group, stream_name)
+    return recorded is not None and recorded >= position
 
 
 async def _handled_below(conn: Connection, group: str, stream_name: str) -> int | None:
     """The checkpoint of the member of ``group`` that owns ``stream_name``, if it has one."""
-    params = {"group": group, "category": category(stream_name)}
-    for member, size, position in await (await conn.execute(GROUP_CHECKPOINTS, params)).fetchall():
-        owner = 0 if size == 1 else consumer_group_member(stream_name, size)
-        if member == owner:
-            return int(position)
+    for row in await checkpoints.rows(conn, group):
+        if row.category == category(stream_name) and owns(row.member, row.size, stream_name):
+            return row.position
     return None

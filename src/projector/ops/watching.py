@@ -19,7 +19,7 @@ from projector.ops import health, progress
 from projector.ops.health import Health
 from projector.ops.lag import LAG_INTERVAL, LagTracker
 from projector.ops.metrics import Metrics
-from projector.ops.progress import CatchUpProgress
+from projector.ops.progress import BarFactory, CatchUpProgress
 from projector.ops.summary import Summary
 from projector.pipeline.observe import Observer, Observers
 from projector.pipeline.sink import StreamsSink
@@ -35,14 +35,18 @@ class Watchers:
     progress: CatchUpProgress | None
 
     @classmethod
-    def for_run(cls, settings: Settings, name: str) -> Watchers:
-        """The watchers the settings ask for, for the member ``name``."""
+    def for_run(
+        cls, settings: Settings, name: str, *, progress_bar: BarFactory | None = None
+    ) -> Watchers:
+        """The watchers the settings ask for, for the member ``name``; the catch-up progress
+        is drawn with ``progress_bar`` (the CLI's), if given and wanted."""
+        wanted = progress_bar is not None and progress.wanted(disabled=not settings.progress)
         status = Health(max_db_age=settings.health_max_db_age, ready_max_lag=settings.ready_max_lag)
         return cls(
             status,
             None if settings.metrics_port is None else Metrics(name, status),
             Summary(name) if settings.summary_interval > 0 else None,
-            CatchUpProgress() if progress.wanted(disabled=not settings.progress) else None,
+            CatchUpProgress(progress_bar) if wanted and progress_bar is not None else None,
         )
 
     @property

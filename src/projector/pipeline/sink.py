@@ -26,6 +26,7 @@ from __future__ import annotations
 import time
 from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable, Sequence
+from contextlib import AsyncExitStack
 from functools import partial
 from types import TracebackType
 from typing import Self
@@ -111,6 +112,7 @@ class StreamsSink:
         self._ready: deque[StreamState] = deque()
         self._work_ready = anyio.Event()
         self._task_group: TaskGroup | None = None
+        self._exit_stack = AsyncExitStack()
         self._worker_scopes: list[anyio.CancelScope] = []
         self._calls: list[_Call] = []
         self._stopping = False
@@ -177,17 +179,26 @@ class StreamsSink:
 
     # -- lifecycle --------------------------------------------------------------------------
 
-    async def __aenter__(self) -> Self:
-        self._task_group = anyio.create_task_group()
-        await self._task_group.__aenter__()
+    async def start(self, exit_stack: AsyncExitStack) -> Self:
+        """Start the workers in a task group that ``exit_stack`` closes: first cancelling
+        every call still running (`stop` first lets them finish), then waiting for them."""
+        tasks = await exit_stack.enter_async_context(anyio.create_task_group())
+        exit_stack.callback(self._cancel_everything, tasks)
+        self._task_group = tasks
         for index in range(self._workers):
             call = _Call()
             self._calls.append(call)
-            self._task_group.start_soon(self._work, call, name=f"projector-sink-worker-{index}")
+            tasks.start_soon(self._work, call, name=f"projector-sink-worker-{index}")
         if self._handler_timeout is not None:
-            self._task_group.start_soon(
+            tasks.start_soon(
                 self._watch_timeouts, self._handler_timeout, name="projector-sink-timeouts"
             )
+        return self
+
+    async def __aenter__(self) -> Self:
+        async with AsyncExitStack() as stack:
+            await self.start(stack)
+            self._exit_stack = stack.pop_all()
         return self
 
     async def __aexit__(
@@ -196,11 +207,12 @@ class StreamsSink:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> bool | None:
-        assert self._task_group is not None
-        self._task_group.cancel_scope.cancel()
+        return await self._exit_stack.__aexit__(exc_type, exc, tb)
+
+    def _cancel_everything(self, tasks: TaskGroup) -> None:
+        tasks.cancel_scope.cancel()
         for scope in self._worker_scopes:
             scope.cancel()
-        return await self._task_group.__aexit__(exc_type, exc, tb)
 
     def lane(self, name: str, progress: Progress = NO_PROGRESS) -> Lane:
         """The lane for one source, reporting to ``progress``; each name gets one lane."""

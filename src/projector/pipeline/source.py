@@ -20,10 +20,9 @@ from typing import Protocol
 
 import anyio
 
-from projector.model.events import Event
+from projector.model.events import Event, Read
 from projector.pipeline.observe import NO_OBSERVER, Observer
-from projector.storage.database import outlasting
-from projector.storage.message_store import Read
+from projector.reconnecting import outlasting
 
 logger = logging.getLogger(__name__)
 

@@ -29,68 +29,17 @@ from dataclasses import dataclass
 import anyio
 from anyio.abc import TaskStatus
 
-from projector.errors import ConfigurationError
-from projector.model.events import Event, validate_group
-from projector.ops import groups
-from projector.storage import database, leases, message_store
-from projector.storage.database import Connection, Pool, outlasting
+from projector.model.dependencies import Dependency, PauseCallback
+from projector.model.events import FIRST_POSITION, Event, member_name
+from projector.reconnecting import outlasting
+from projector.storage import checkpoints, database, leases, message_store
+from projector.storage.checkpoints import CheckpointRow
+from projector.storage.database import Connection, Pool
+from projector.storage.message_store import Partition
 
 logger = logging.getLogger(__name__)
 
 DEPENDENCY_POLL = 0.5  # seconds between measurements of the upstream groups
-
-# Whether a row is one that member %(member)s of %(size)s reads (see message_store); a plain group
-# (size 1) reads every row of its category.
-_MEMBER_READS = f"(%(size)s = 1 OR ({message_store.MEMBER_PARTITION}))"
-
-# Read before the checkpoints: every event at or below it is visible to the statements after.
-STORE_HEAD = "SELECT max(global_position) FROM message_store.messages"
-
-# A forward scan of the category index that stops at the member's first row.
-FIRST_UNHANDLED = f"""
-SELECT global_position
-FROM message_store.messages
-WHERE message_store.category(stream_name) = %(category)s
-  AND global_position >= %(position)s
-  AND {_MEMBER_READS}
-ORDER BY global_position
-LIMIT 1
-"""
-
-# Counts at most %(limit)s rows: enough to tell whether the upstream is past max_lag, without
-# scanning a long backlog on every measurement.
-BACKLOG = f"""
-SELECT count(*) FROM (
-    SELECT 1
-    FROM message_store.messages
-    WHERE message_store.category(stream_name) = %(category)s
-      AND global_position >= %(position)s
-      AND {_MEMBER_READS}
-    LIMIT %(limit)s
-) AS backlog
-"""
-
-PauseCallback = Callable[[str], None]
-"""Called with the reason when a projection pauses (``on_pause``), and with the reason the pause
-had when it resumes (``on_resume``). Called on the runner's event loop: keep it quick."""
-
-
-@dataclass(frozen=True, slots=True)
-class Dependency:
-    """The upstream ``group`` this projection waits for; with ``max_lag``, it also pauses while
-    the upstream has more than that many events left to handle."""
-
-    group: str
-    max_lag: int | None = None
-
-    def __post_init__(self) -> None:
-        validate_group(self.group)
-        if self.max_lag is not None and self.max_lag < 0:
-            raise ConfigurationError(
-                f"Dependency({self.group!r}, max_lag={self.max_lag}): max_lag must be 0 or "
-                "more, or None for no limit"
-            )
-
 
 @dataclass(frozen=True, slots=True)
 class Upstream:
@@ -102,56 +51,40 @@ class Upstream:
     pause: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class _Partition:
-    category: str
-    member: int
-    size: int
-    position: int  # the member's checkpoint: everything of it below is handled
-
-    def params(self) -> dict[str, object]:
-        return {
-            "category": self.category,
-            "position": self.position,
-            "member": self.member,
-            "size": self.size,
-        }
-
-
 async def measure(conn: Connection, dependency: Dependency) -> Upstream:
     """Where ``dependency``'s group stands now, from the database alone."""
     group = dependency.group
-    head = await _store_head(conn)
-    rows = await groups.list_checkpoints(conn, group)
+    head = await message_store.store_head(conn)
+    rows = await checkpoints.rows(conn, group)
     if not rows:
-        return Upstream(group, groups.FIRST_POSITION, f"upstream {group} has not started")
+        return Upstream(group, FIRST_POSITION, f"upstream {group} has not started")
     partitions = _partitions(rows)
     frontier = head + 1
     for partition in partitions:
-        first = await _first_unhandled(conn, partition)
+        first = await message_store.first_unhandled(conn, partition)
         if first is not None:
             frontier = min(frontier, first)
     return Upstream(group, frontier, await _pause_reason(conn, dependency, partitions))
 
 
-def _partitions(rows: list[groups.CheckpointRow]) -> list[_Partition]:
+def _partitions(rows: list[CheckpointRow]) -> list[Partition]:
     """Every member of every category the group checkpoints; a member with no row there yet
     (it has not started) has handled none of it."""
     size = max(row.size for row in rows)
     positions = {(row.category, row.member): row.position for row in rows}
     return [
-        _Partition(category, member, size, positions.get((category, member), groups.FIRST_POSITION))
+        Partition(category, member, size, positions.get((category, member), FIRST_POSITION))
         for category in sorted({row.category for row in rows})
         for member in range(size)
     ]
 
 
 async def _pause_reason(
-    conn: Connection, dependency: Dependency, partitions: list[_Partition]
+    conn: Connection, dependency: Dependency, partitions: list[Partition]
 ) -> str | None:
     group, size = dependency.group, partitions[0].size
     down = [
-        leases.member_name(group, member, size)
+        member_name(group, member, size)
         for member in range(size)
         if not await leases.is_held(conn, group, member)
     ]
@@ -162,24 +95,11 @@ async def _pause_reason(
     return None
 
 
-async def _store_head(conn: Connection) -> int:
-    row = await (await conn.execute(STORE_HEAD)).fetchone()
-    return groups.FIRST_POSITION - 1 if row is None or row[0] is None else int(row[0])
-
-
-async def _first_unhandled(conn: Connection, partition: _Partition) -> int | None:
-    row = await (await conn.execute(FIRST_UNHANDLED, partition.params())).fetchone()
-    return None if row is None else int(row[0])
-
-
-async def _backlog_over(conn: Connection, partitions: list[_Partition], max_lag: int) -> bool:
+async def _backlog_over(conn: Connection, partitions: list[Partition], max_lag: int) -> bool:
     """Whether the partitions have more than ``max_lag`` unhandled events between them."""
     budget = max_lag + 1
     for partition in partitions:
-        params = {**partition.params(), "limit": budget}
-        row = await (await conn.execute(BACKLOG, params)).fetchone()
-        assert row is not None  # an aggregate always returns one row
-        budget -= int(row[0])
+        budget -= await message_store.backlog(conn, partition, limit=budget)
         if budget <= 0:
             return True
     return False
@@ -226,7 +146,7 @@ class DependencyGate:
         self._outage_limit = outage_limit
         self._on_retry = on_retry
         # Nothing is admitted before the first measurement.
-        self.frontier = groups.FIRST_POSITION
+        self.frontier = FIRST_POSITION
         self.pause_reason: str | None = None
         self._changed = anyio.Event()
 

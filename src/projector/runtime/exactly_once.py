@@ -6,89 +6,32 @@ Per call (one stream span), in one transaction: lock the stream's row in
 handler on the transaction's connection, record the new position only if the row still holds
 the old one (see `ExactlyOnce` for why that makes it exactly once), commit. Redelivered events
 (after a crash, a rebalance or a checkpoint reset) are skipped before the handler sees them.
-The row is keyed by group, not by member, so it holds across rebalances.
-
-A call costs the handler's own statements plus one round trip: its connection comes with its
-transaction already begun, and the position, the COMMIT and the BEGIN of the connection's next
-transaction go to the server in one message (bound client-side, which lets one message hold
-several statements). A call that handled nothing rolls back instead. Connections wait between
-calls in that fresh, empty transaction (no snapshot yet, nothing locked), and one unused for
-``IDLE_RELEASE`` seconds is rolled back and given back to the pool, so none stays idle in a
-transaction for long (servers may set ``idle_in_transaction_session_timeout``).
+A call that handled nothing rolls back instead. The statements, and the sessions that save a
+round trip per call, are `projector.storage.stream_positions`'.
 """
 
 from __future__ import annotations
 
 import logging
-import time
 from collections import OrderedDict
-from types import TracebackType
-from typing import Self
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 import anyio
-import psycopg
-from anyio.abc import TaskGroup
-from psycopg_pool import PoolTimeout
 
-from projector.errors import ProjectorError
 from projector.model.events import Event
 from projector.model.projection import Projection
-from projector.storage import database
-from projector.storage.database import Connection, Pool
+from projector.storage.database import Pool
+from projector.storage.stream_positions import NO_ROW, PositionMovedError, Session, Transactions
 
 logger = logging.getLogger(__name__)
 
-# The position a group last recorded for a stream (`waiting` reads it too).
-RECORDED_POSITION = """
-SELECT position FROM projector.stream_positions
-WHERE group_name = %(group)s AND stream_name = %(stream)s
-"""
-LOCK_POSITION = RECORDED_POSITION + "FOR UPDATE\n"
-
-# A compare-and-set: the write names the position it replaces (-1: no row yet), and a row that
-# holds another one turns the update into a NULL, which the column refuses, so the statement
-# fails, and with it the COMMIT sent after it. (NULL must not appear in VALUES: the column's
-# constraint is checked on the proposed row before the conflict is.) Under READ COMMITTED the
-# conflicting row is locked and re-read at its latest committed version, so a concurrent
-# writer's position is seen once its transaction has ended.
-RECORD_POSITION_AND_COMMIT = """
-INSERT INTO projector.stream_positions AS recorded (group_name, stream_name, position, updated_at)
-VALUES (%(group)s, %(stream)s, %(position)s, now())
-ON CONFLICT (group_name, stream_name)
-DO UPDATE SET position = CASE WHEN recorded.position = %(expected)s THEN EXCLUDED.position END,
-              updated_at = EXCLUDED.updated_at;
-COMMIT;
-BEGIN
-"""
-NO_ROW = -1  # the expected position of a stream whose row does not exist yet
-
-BEGIN = b"BEGIN"
-ROLL_BACK_AND_BEGIN = b"ROLLBACK; BEGIN"
-ROLL_BACK = b"ROLLBACK"
-
 MAX_KNOWN_POSITIONS = 100_000  # streams whose recorded position a runner remembers
-IDLE_RELEASE = 1.0  # seconds a connection may wait in its fresh transaction before release
-CLEANUP_TIMEOUT = 5.0  # seconds a connection's release may take when a run ends or a call dies
-
-
-class PositionMovedError(ProjectorError):
-    """A transactional call found its stream's recorded position moved by someone else; its
-    writes were rolled back."""
-
-
-class _Session:
-    """A pool connection with a transaction begun, waiting for a call."""
-
-    __slots__ = ("conn", "cursor", "idle_since")
-
-    def __init__(self, conn: Connection) -> None:
-        self.conn = conn
-        self.cursor = psycopg.AsyncClientCursor(conn)
-        self.idle_since = 0.0
 
 
 class ExactlyOnce:
-    """The sink's span handler for a transactional projection; use as ``async with``.
+    """The sink's span handler for a transactional projection (`handle`); make one with
+    `running`.
 
     Why each event is applied once, even with two runners on one stream at the same time (a
     zombie: paused past its lease, or cut off from its lock's session, then resumed while its
@@ -114,35 +57,30 @@ class ExactlyOnce:
     call to read the row again. A call whose write finds the position moved is logged
     (``stream_position_moved``) and made once more from the row, under lock. Hints are
     forgotten oldest first past MAX_KNOWN_POSITIONS, and with the runner's tenure (see
-    `lease`).
+    `projector.storage.leases`).
     """
 
-    def __init__(self, projection: Projection, pool: Pool, group: str) -> None:
+    def __init__(self, projection: Projection, transactions: Transactions, group: str) -> None:
         self._projection = projection
-        self._pool = pool
+        self._transactions = transactions
         self._group = group
         self._known: OrderedDict[str, int] = OrderedDict()
-        self._idle: list[_Session] = []  # most recently used last
-        self._tasks: TaskGroup | None = None
 
-    async def __aenter__(self) -> Self:
-        self._tasks = anyio.create_task_group()
-        await self._tasks.__aenter__()
-        self._tasks.start_soon(self._release_idle, name="projector-transactions-release")
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> bool | None:
-        assert self._tasks is not None
-        self._tasks.cancel_scope.cancel()
-        with anyio.move_on_after(CLEANUP_TIMEOUT, shield=True):
-            while self._idle:
-                await self._release(self._idle.pop())
-        return await self._tasks.__aexit__(exc_type, exc, tb)
+    @classmethod
+    @asynccontextmanager
+    async def running(
+        cls, projection: Projection, pool: Pool, group: str
+    ) -> AsyncIterator[ExactlyOnce]:
+        """An ExactlyOnce for the length of the block, with its idle sessions released as it
+        goes and given back when it ends."""
+        transactions = Transactions(pool)
+        try:
+            async with anyio.create_task_group() as tasks:
+                tasks.start_soon(transactions.release_idle, name="projector-transactions-release")
+                yield cls(projection, transactions, group)
+                tasks.cancel_scope.cancel()
+        finally:
+            await transactions.close()
 
     async def handle(self, stream_name: str, events: list[Event]) -> int:
         # The remembered position is taken out for the call and put back only once the call
@@ -168,23 +106,23 @@ class ExactlyOnce:
             return await self._call(stream_name, events, None)
 
     async def _call(self, stream_name: str, events: list[Event], hint: int | None) -> int:
-        session = await self._take()
+        session = await self._transactions.take()
         try:
             next_position, applied = await self._apply(session, stream_name, events, hint)
         except Exception:
-            await self._roll_back(session)
+            await self._transactions.keep_after_failure(session)
             raise
         except BaseException:
             # Cancelled (a handler timeout, or the run ending) with a statement perhaps still
             # running: the pool closes or rolls back what it is given back.
-            await self._give_back(session.conn)
+            await self._transactions.give_back(session)
             raise
-        self._put_back(session)
+        self._transactions.keep(session)
         self._remember(stream_name, applied)
         return next_position
 
     async def _apply(
-        self, session: _Session, stream_name: str, events: list[Event], hint: int | None
+        self, session: Session, stream_name: str, events: list[Event], hint: int | None
     ) -> tuple[int, int]:
         """Run the handler on the events not applied yet and commit with their position; the
         next position to expect, and the last one applied (recorded) for the stream.
@@ -192,88 +130,23 @@ class ExactlyOnce:
         ``hint`` is the last position applied as this runner remembers it; without one, the
         row is read and locked first. Either way the position is written only if the row still
         holds the one this call started from (PositionMovedError otherwise)."""
-        conn, params = session.conn, {"group": self._group, "stream": stream_name}
         applied, locked = hint, False
         if applied is None:
-            row = await (await conn.execute(LOCK_POSITION, params)).fetchone()
-            applied, locked = (NO_ROW if row is None else int(row[0])), True
+            applied, locked = await session.lock_position(self._group, stream_name), True
         fresh = [event for event in events if event.position > applied]
         if not fresh:
             if locked:
-                await conn.execute(ROLL_BACK_AND_BEGIN)  # lets go of the row's lock
+                await session.discard()  # lets go of the row's lock
             return max(events[-1].position, applied) + 1, applied
-        next_position = await self._projection.handle_in_transaction(conn, stream_name, fresh)
+        next_position = await self._projection.handle_in_transaction(
+            session.conn, stream_name, fresh
+        )
         if next_position <= fresh[0].position:
-            await conn.execute(ROLL_BACK_AND_BEGIN)  # it handled none of them: keep nothing
+            await session.discard()  # it handled none of them: keep nothing
             return next_position, applied
         recorded = next_position - 1
-        try:
-            await session.cursor.execute(
-                RECORD_POSITION_AND_COMMIT, {**params, "position": recorded, "expected": applied}
-            )
-        except psycopg.errors.NotNullViolation as exc:
-            raise PositionMovedError(
-                f"its recorded position is no longer {applied}: another runner applied its "
-                "events meanwhile (a takeover), or a commit whose outcome was lost went through"
-            ) from exc
+        await session.record_and_commit(self._group, stream_name, recorded, expected=applied)
         return next_position, recorded
-
-    async def _take(self) -> _Session:
-        if self._idle:
-            return self._idle.pop()
-        try:
-            conn = await self._pool.getconn()
-        except (psycopg.OperationalError, PoolTimeout) as exc:
-            raise database.unavailable_during("starting a transactional call", exc) from exc
-        try:
-            await conn.execute(BEGIN)
-        except BaseException:
-            await self._give_back(conn)
-            raise
-        return _Session(conn)
-
-    async def _give_back(self, conn: Connection) -> None:
-        """Return a connection to the pool, which discards it if broken; shielded and
-        time-boxed, since it also runs while a call is being cancelled."""
-        with anyio.move_on_after(CLEANUP_TIMEOUT, shield=True):
-            await self._pool.putconn(conn)
-
-    def _put_back(self, session: _Session) -> None:
-        session.idle_since = time.monotonic()
-        self._idle.append(session)
-
-    async def _roll_back(self, session: _Session) -> None:
-        """After a failed call: undo its writes and keep the connection, unless it is broken."""
-        try:
-            await session.conn.execute(ROLL_BACK_AND_BEGIN)
-        except psycopg.Error:
-            # Broken (the call most likely failed because of it): the pool discards it, and the
-            # next call starts on another.
-            await self._give_back(session.conn)
-            return
-        self._put_back(session)
-
-    async def _release_idle(self) -> None:
-        """Give connections unused for IDLE_RELEASE seconds back to the pool; cancel to stop."""
-        while True:
-            await anyio.sleep(IDLE_RELEASE)
-            cutoff = time.monotonic() - IDLE_RELEASE
-            stale = [session for session in self._idle if session.idle_since < cutoff]
-            self._idle = [session for session in self._idle if session.idle_since >= cutoff]
-            for session in stale:
-                await self._release(session)
-
-    async def _release(self, session: _Session) -> None:
-        try:
-            await session.conn.execute(ROLL_BACK)
-        except psycopg.Error as exc:
-            # Lost while it waited (e.g. the server restarted): the pool discards it.
-            logger.debug(
-                "a transactional connection was lost while idle: %s",
-                exc,
-                extra={"action": "transaction_connection_lost"},
-            )
-        await self._give_back(session.conn)
 
     def _remember(self, stream_name: str, applied: int) -> None:
         if applied == NO_ROW:

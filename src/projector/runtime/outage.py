@@ -18,47 +18,18 @@ import logging
 from collections.abc import Awaitable, Callable
 
 import anyio
-import psycopg
-import psycopg.errors
-from psycopg_pool import PoolTimeout
 
 from projector.errors import DatabaseUnavailableError
 from projector.pipeline.observe import NO_OBSERVER, Observer
+from projector.storage.database import is_connection_error
+
+__all__ = ["Outage", "Probe", "is_connection_error"]
 
 logger = logging.getLogger(__name__)
 
 PROBE_INTERVAL = 0.5  # seconds between probes while the database is away
 PROBE_TIMEOUT = 2.0  # seconds a probe may take before the database counts as away
 ANSWER_FRESH = 1.0  # seconds a probe's "it answers" is trusted without probing again
-
-# SQLSTATE classes and codes that mean the session, not the statement, failed.
-_CONNECTION_CLASS = "08"  # connection exception
-_SESSION_ENDED = frozenset({"57P01", "57P02", "57P03"})  # admin/crash shutdown, cannot connect
-
-
-def is_connection_error(error: BaseException) -> bool:
-    """Whether ``error``, or an exception it was raised from, is a lost or refused connection
-    (of psycopg, of the pool, of projector, or an OS-level one), as opposed to a statement
-    that failed (a deadlock, a timeout, a constraint, a bug)."""
-    seen: set[int] = set()
-    current: BaseException | None = error
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
-        if _is_lost_connection(current):
-            return True
-        current = current.__cause__ or current.__context__
-    return False
-
-
-def _is_lost_connection(error: BaseException) -> bool:
-    if isinstance(error, DatabaseUnavailableError | PoolTimeout | ConnectionError):
-        return True
-    if isinstance(error, psycopg.OperationalError):
-        state = error.sqlstate
-        # No SQLSTATE: libpq's own "connection lost / refused / closed".
-        return state is None or state.startswith(_CONNECTION_CLASS) or state in _SESSION_ENDED
-    return False
-
 
 Probe = Callable[[], Awaitable[None]]
 """Raises DatabaseUnavailableError unless a new connection to the database answers."""

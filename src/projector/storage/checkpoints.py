@@ -1,25 +1,23 @@
-"""Checkpoints: per group member and category, the next global position to read.
+"""``projector.checkpoints``: per group member and category, the next global position to read.
 
-Every event below a committed checkpoint has been handled. The writer only ever learns of a
-position from the sink's in-order batch completions, so it can never pass an unfinished batch.
-Loads and commits go through the connection that holds the member's lock (see `lease`): a
-runner that lost its lock cannot commit.
+Every event below a committed checkpoint has been handled. A running member's loads and commits
+(`Checkpoints`) go through the connection that holds the member's lock (see `leases`): a
+runner that lost its lock cannot commit. The statements after it are the group's as a whole,
+for administration (`projector.ops.groups`), status and dependencies.
 """
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
 
-import anyio
 import psycopg
 
-from projector.errors import DatabaseUnavailableError, SchemaMissingError
+from projector.errors import SchemaMissingError
+from projector.model.events import hash_64, member_name
 from projector.storage import database
 from projector.storage.database import Connection
-from projector.storage.leases import member_name
-
-logger = logging.getLogger(__name__)
 
 LOAD = """
 SELECT position FROM projector.checkpoints
@@ -40,7 +38,47 @@ SELECT to_regclass('projector.checkpoints') IS NOT NULL
    AND to_regclass('projector.stream_positions') IS NOT NULL
 """
 
-DEFAULT_FLUSH_TIMEOUT = 10.0  # seconds the last commit of a stopping runner may take
+# Held while a starting member checks the group's size and writes its first checkpoints, so
+# that two members of different sizes cannot both pass the check on a new group.
+LOCK_GROUP_START = "SELECT pg_advisory_xact_lock(%(key)s)"
+
+GROUP_SIZES = """
+SELECT DISTINCT group_size FROM projector.checkpoints WHERE group_name = %(group)s
+"""
+
+LIST = """
+SELECT group_name, member, group_size, category, position, updated_at
+FROM projector.checkpoints
+WHERE %(group)s::text IS NULL OR group_name = %(group)s
+ORDER BY group_name, category, member
+"""
+
+LOCK_GROUP_ROWS = """
+SELECT group_name, member, group_size, category, position, updated_at
+FROM projector.checkpoints WHERE group_name = %(group)s
+ORDER BY category, member
+FOR UPDATE
+"""
+
+DELETE_GROUP = "DELETE FROM projector.checkpoints WHERE group_name = %(group)s"
+DELETE_CATEGORY = """
+DELETE FROM projector.checkpoints WHERE group_name = %(group)s AND category = %(category)s
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class CheckpointRow:
+    group: str
+    member: int
+    size: int
+    category: str
+    position: int
+    updated_at: datetime
+
+    @property
+    def name(self) -> str:
+        """The checkpoints' owner: ``<group>`` or ``<group>-<member>``."""
+        return member_name(self.group, self.member, self.size)
 
 
 async def check_schema(conn: Connection) -> None:
@@ -79,89 +117,51 @@ class Checkpoints:
             conn = self._connection()
             async with conn.transaction():
                 for category, position in positions.items():
-                    params = {
-                        "group": self.group,
-                        "member": self.member,
-                        "size": self.size,
-                        "category": category,
-                        "position": position,
-                    }
-                    await conn.execute(COMMIT, params)
+                    await write(conn, self.group, self.member, self.size, category, position)
         except psycopg.OperationalError as exc:
             raise database.unavailable_during("committing a checkpoint", exc) from exc
 
 
-class CheckpointWriter:
-    """Commits positions as batches complete: every ``interval`` seconds when one moved, and on
-    ``flush``."""
+async def write(
+    conn: Connection, group: str, member: int, size: int, category: str, position: int
+) -> None:
+    """Set one member's checkpoint in one category (in the caller's transaction, if any)."""
+    params = {
+        "group": group,
+        "member": member,
+        "size": size,
+        "category": category,
+        "position": position,
+    }
+    await conn.execute(COMMIT, params)
 
-    def __init__(self, checkpoints: Checkpoints, *, interval: float) -> None:
-        self._checkpoints = checkpoints
-        self._interval = interval
-        self._completed: dict[str, int] = {}
-        self._committed: dict[str, int] = {}
 
-    def start_at(self, category: str, position: int) -> None:
-        """The position a category starts from, already committed or about to be."""
-        self._completed[category] = position
-        self._committed[category] = position
+async def lock_group_start(conn: Connection, group: str) -> None:
+    """Serialise, until the transaction ends, the members of ``group`` starting at once."""
+    await conn.execute(LOCK_GROUP_START, {"key": hash_64(f"projector-start/{group}")})
 
-    def advance(self, category: str, position: int) -> None:
-        """Record that every event of ``category`` below ``position`` is handled."""
-        self._completed[category] = position
 
-    @property
-    def name(self) -> str:
-        """The checkpoints' owner: ``<group>`` or ``<group>-<member>``."""
-        return self._checkpoints.name
+async def group_sizes(conn: Connection, group: str) -> list[int]:
+    """The sizes the group's checkpoints were written with (one, unless mid-mistake)."""
+    rows = await (await conn.execute(GROUP_SIZES, {"group": group})).fetchall()
+    return sorted(int(row[0]) for row in rows)
 
-    @property
-    def committed(self) -> dict[str, int]:
-        """The positions last committed (or loaded at start), per category."""
-        return dict(self._committed)
 
-    @property
-    def completed(self) -> dict[str, int]:
-        return dict(self._completed)
+async def rows(conn: Connection, group: str | None = None) -> list[CheckpointRow]:
+    """Every checkpoint (of ``group`` only, if given), by group, category and member."""
+    found = await (await conn.execute(LIST, {"group": group})).fetchall()
+    return [CheckpointRow(*row) for row in found]
 
-    async def run(self) -> None:
-        """Commit on the interval, forever; cancel to stop (then call ``flush``).
 
-        A commit that fails because the database is away is logged and tried again at the next
-        tick: the positions stay in memory, and the sources decide when an outage is too long.
-        """
-        while True:
-            await anyio.sleep(self._interval)
-            try:
-                # Shielded: cancelling a commit in flight makes psycopg close the connection,
-                # and the stopping runner's last commit needs that connection.
-                with anyio.move_on_after(DEFAULT_FLUSH_TIMEOUT, shield=True):
-                    await self.flush()
-            except DatabaseUnavailableError as exc:
-                logger.warning(
-                    "checkpoint commit failed, retrying in %g s: %s",
-                    self._interval,
-                    exc,
-                    extra={"action": "checkpoint_commit_failed", "group": self.name},
-                )
+async def lock_rows(conn: Connection, group: str) -> list[CheckpointRow]:
+    """The group's checkpoints, locked until the transaction ends."""
+    found = await (await conn.execute(LOCK_GROUP_ROWS, {"group": group})).fetchall()
+    return [CheckpointRow(*row) for row in found]
 
-    async def flush(self) -> None:
-        """Commit every position that moved since the last commit."""
-        moved = {c: p for c, p in self._completed.items() if self._committed.get(c) != p}
-        if not moved:
-            return
-        await self._checkpoints.commit(moved)
-        self._committed.update(moved)
-        for category, position in moved.items():
-            logger.info(
-                "checkpoint %s/%s committed at %d",
-                self._checkpoints.name,
-                category,
-                position,
-                extra={
-                    "action": "checkpoint_committed",
-                    "group": self._checkpoints.name,
-                    "category": category,
-                    "position": position,
-                },
-            )
+
+async def delete(conn: Connection, group: str, *, category: str | None = None) -> None:
+    """Delete the group's checkpoints, or only those of ``category``."""
+    if category is None:
+        await conn.execute(DELETE_GROUP, {"group": group})
+    else:
+        await conn.execute(DELETE_CATEGORY, {"group": group, "category": category})

@@ -11,13 +11,13 @@ from __future__ import annotations
 import logging
 import math
 import select
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from typing import Any, TypeVar
 
-import anyio
 import psycopg
 from psycopg.abc import PQGen
+from psycopg.conninfo import conninfo_to_dict
 from psycopg.waiting import Ready, Wait
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
@@ -28,7 +28,6 @@ from projector.errors import (
     ProjectorError,
     SchemaMissingError,
 )
-from projector.model.failures import RECONNECT, RetryPolicy
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -43,11 +42,11 @@ SELECT set_config('jit', 'off', false),
        END
 """
 DEFAULT_CONNECT_TIMEOUT = 10.0
-RECONNECT_LOG_EVERY = 10.0  # seconds between logged attempts of one operation in an outage
 EAGER_READS = 64  # reads of data already in the socket before a wait goes through the loop
 
 Connection = psycopg.AsyncConnection[tuple[Any, ...]]
 Pool = AsyncConnectionPool[Connection]
+SyncConnection = psycopg.Connection[tuple[Any, ...]]
 
 
 class EagerConnection(psycopg.AsyncConnection[tuple[Any, ...]]):
@@ -114,92 +113,33 @@ def unavailable(url: str, exc: Exception) -> DatabaseUnavailableError:
     )
 
 
-class Reconnecting:
-    """The retries of one operation through an outage: backoff between attempts, the outage's
-    ``limit`` (measured from the first failure since the last success), and the logs (action
-    ``reconnecting`` for each attempt, ``reconnected`` once it works again)."""
-
-    def __init__(
-        self,
-        doing: str,
-        *,
-        limit: float,
-        on_retry: Callable[[str], None] | None = None,
-        policy: RetryPolicy = RECONNECT,
-    ) -> None:
-        self._doing = doing
-        self._limit = limit
-        self._on_retry = on_retry
-        self._policy = policy
-        self._started: float | None = None
-        self._attempt = 0
-        self._logged_at: float | None = None
-
-    async def failed(self, exc: Exception) -> None:
-        """Wait before the next attempt; raise DatabaseUnavailableError past the limit."""
-        doing, limit = self._doing, self._limit
-        now = anyio.current_time()
-        self._started = now if self._started is None else self._started
-        if now - self._started > limit:
-            raise DatabaseUnavailableError(
-                f"the database stayed unavailable for more than {limit:g} s while {doing} "
-                f"(outage_limit): {exc}"
-            ) from exc
-        self._attempt += 1
-        delay = self._policy.backoff(self._attempt)
-        if self._on_retry is not None:
-            self._on_retry(doing)
-        # The first attempt, then one line every RECONNECT_LOG_EVERY s: an outage of minutes
-        # is a few lines, not one per attempt of every loop.
-        quiet = self._logged_at is not None and now - self._logged_at < RECONNECT_LOG_EVERY
-        if not quiet:
-            self._logged_at = now
-        logger.log(
-            logging.DEBUG if quiet else logging.WARNING,
-            "database unavailable while %s (attempt %d), retrying in %.1f s: %s",
-            doing,
-            self._attempt,
-            delay,
-            exc,
-            extra={
-                "action": "reconnecting",
-                "doing": doing,
-                "attempt": self._attempt,
-                "delay": round(delay, 3),
-            },
-        )
-        await anyio.sleep(delay)
-
-    def succeeded(self) -> None:
-        """The operation reached the database again: the outage, if any, is over."""
-        if self._attempt:
-            logger.info(
-                "database reachable again while %s after %d attempt(s)",
-                self._doing,
-                self._attempt,
-                extra={"action": "reconnected", "doing": self._doing, "attempts": self._attempt},
-            )
-        self._started, self._attempt, self._logged_at = None, 0, None
+# SQLSTATE classes and codes that mean the session, not the statement, failed.
+_CONNECTION_CLASS = "08"  # connection exception
+_SESSION_ENDED = frozenset({"57P01", "57P02", "57P03"})  # admin/crash shutdown, cannot connect
 
 
-async def outlasting(
-    operation: Callable[[], Awaitable[T]],
-    *,
-    doing: str,
-    limit: float,
-    on_retry: Callable[[str], None] | None = None,
-) -> T:
-    """Run ``operation``, retrying it with backoff while the database is unavailable, for up to
-    ``limit`` seconds of outage (see `Reconnecting`)."""
-    retries = Reconnecting(doing, limit=limit, on_retry=on_retry)
-    while True:
-        try:
-            result = await operation()
-        except DatabaseUnavailableError as exc:
-            await retries.failed(exc)
-            continue
-        retries.succeeded()
-        return result
+def is_connection_error(error: BaseException) -> bool:
+    """Whether ``error``, or an exception it was raised from, is a lost or refused connection
+    (of psycopg, of the pool, of projector, or an OS-level one), as opposed to a statement
+    that failed (a deadlock, a timeout, a constraint, a bug)."""
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if _is_lost_connection(current):
+            return True
+        current = current.__cause__ or current.__context__
+    return False
+
+
+def _is_lost_connection(error: BaseException) -> bool:
+    if isinstance(error, DatabaseUnavailableError | PoolTimeout | ConnectionError):
+        return True
+    if isinstance(error, psycopg.OperationalError):
+        state = error.sqlstate
+        # No SQLSTATE: libpq's own "connection lost / refused / closed".
+        return state is None or state.startswith(_CONNECTION_CLASS) or state in _SESSION_ENDED
+    return False
 
 
 _MISSING = (
@@ -233,6 +173,24 @@ def unavailable_during(doing: str, exc: Exception) -> DatabaseUnavailableError:
     return DatabaseUnavailableError(f"lost the database while {doing}: {first_line(exc)}")
 
 
+@contextmanager
+def unavailable_as(doing: str) -> Iterator[None]:
+    """The database going away inside the block becomes DatabaseUnavailableError."""
+    try:
+        yield
+    except psycopg.OperationalError as exc:
+        raise unavailable_during(doing, exc) from exc
+
+
+def is_connection_string(value: str) -> bool:
+    """Whether libpq accepts ``value`` as a URL or key=value settings."""
+    try:
+        conninfo_to_dict(value)
+    except psycopg.ProgrammingError:
+        return False
+    return True
+
+
 @asynccontextmanager
 async def pooled(pool: Pool, *, doing: str) -> AsyncIterator[Connection]:
     """A pool connection; the database going away (or no connection to be had) while it is
@@ -256,7 +214,7 @@ async def probe(url: str, *, connect_timeout: float) -> None:
     await conn.close()
 
 
-def connect_sync(url: str) -> psycopg.Connection[tuple[Any, ...]]:
+def connect_sync(url: str) -> SyncConnection:
     """A plain blocking connection, for one-off commands (migrations, installs)."""
     try:
         return psycopg.connect(url, connect_timeout=math.ceil(DEFAULT_CONNECT_TIMEOUT))

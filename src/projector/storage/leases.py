@@ -55,8 +55,9 @@ from typing import Self
 import anyio
 import psycopg
 
+from projector import cleanup
 from projector.errors import DatabaseUnavailableError, ProjectorError
-from projector.model.events import hash_64
+from projector.model.events import hash_64, member_name
 from projector.storage import database
 from projector.storage.database import Connection
 
@@ -80,7 +81,6 @@ IDLE_SESSION_TIMEOUT_SINCE = 140_000  # server_version_num of PostgreSQL 14
 
 DEFAULT_STANDBY_POLL = 1.0
 DEFAULT_WATCH_INTERVAL = 2.0
-DEFAULT_RELEASE_TIMEOUT = 5.0
 DEFAULT_LEASE_TIMEOUT = 30.0
 
 
@@ -95,10 +95,6 @@ class LeaseLostError(ProjectorError):
 def lock_key(group: str, member: int) -> int:
     """The advisory lock key of one member (a plain group is member 0)."""
     return hash_64(f"projector/{group}/{member}")
-
-
-def member_name(group: str, member: int, size: int) -> str:
-    return group if size == 1 else f"{group}-{member}"
 
 
 def lock_ids(group: str, member: int) -> dict[str, int]:
@@ -193,7 +189,7 @@ class MemberLease:
     ) -> None:
         if self._conn is None:
             return
-        with anyio.move_on_after(DEFAULT_RELEASE_TIMEOUT, shield=True):
+        with cleanup.shielded(f"releasing {self.name}", cleanup.LEASE_RELEASE):
             # Closing the session releases the lock too, but the server does it a moment after
             # the client has gone: unlocking first means that when a runner has returned, its
             # member is free (an operator's rebalance right after a stop must not be refused).

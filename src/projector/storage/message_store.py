@@ -24,7 +24,7 @@ from psycopg import errors as pg_errors
 from psycopg import sql
 
 from projector.errors import MessageStoreError, SchemaMissingError, WrongExpectedVersionError
-from projector.model.events import Event
+from projector.model.events import Event, Read
 from projector.storage import database
 from projector.storage.database import Connection, Pool
 
@@ -50,6 +50,11 @@ _MEMBER_OF = """strpos(stream_name, '-') > 0
 
 # The partition with the size as a parameter, for statements that run now and then.
 MEMBER_PARTITION = _MEMBER_OF.format(member_hash=_MEMBER_HASH.format(size="%(size)s"))
+
+# Whether a row is one that member %(member)s of a group of %(size)s reads: the ownership rule,
+# written once for statements that run now and then (a plain group, size 1, reads every row of
+# its category, id-less names included). `events.owns` is the same rule in Python.
+MEMBER_READS = f"(%(size)s = 1 OR ({MEMBER_PARTITION}))"
 
 # The head comes from the same statement, hence the same snapshot: every row of the category
 # up to it is visible (write_message locks the category while it draws a position), so a member
@@ -110,6 +115,63 @@ ORDER BY global_position DESC
 LIMIT 1
 """
 
+# Read before the checkpoints: every event at or below it is visible to the statements after.
+STORE_HEAD = "SELECT max(global_position) FROM message_store.messages"
+
+# A forward scan of the category index that stops at the member's first row.
+FIRST_OF_MEMBER = f"""
+SELECT global_position
+FROM message_store.messages
+WHERE message_store.category(stream_name) = %(category)s
+  AND global_position >= %(position)s
+  AND {MEMBER_READS}
+ORDER BY global_position
+LIMIT 1
+"""
+
+# Counts at most %(limit)s rows: enough to tell whether a backlog is past a limit, without
+# scanning a long one.
+MEMBER_BACKLOG = f"""
+SELECT count(*) FROM (
+    SELECT 1
+    FROM message_store.messages
+    WHERE message_store.category(stream_name) = %(category)s
+      AND global_position >= %(position)s
+      AND {MEMBER_READS}
+    LIMIT %(limit)s
+) AS backlog
+"""
+
+# The head is a backward scan of the category index that stops at the member's newest row. The
+# lag is filtered exactly as the messages_category index is, so it scans only the backlog.
+# clock_timestamp(), not now(): the age at the moment of reading, whatever transaction the
+# caller's connection is in, so never negative for a row this statement can see. `time` is UTC
+# with no zone, hence the AT TIME ZONE.
+MEMBER_LAG = f"""
+SELECT
+    (SELECT global_position FROM message_store.messages
+     WHERE message_store.category(stream_name) = %(category)s AND {MEMBER_READS}
+     ORDER BY global_position DESC LIMIT 1),
+    count(*),
+    extract(epoch FROM (clock_timestamp() AT TIME ZONE 'utc') - min(time))::float8
+FROM message_store.messages
+WHERE message_store.category(stream_name) = %(category)s
+  AND global_position >= %(position)s
+  AND {MEMBER_READS}
+"""
+
+# The first event of a category written at or after a time (Message DB's ``time`` is UTC
+# without a zone); global positions follow write order, so it is where a replay from then
+# starts.
+FIRST_SINCE = """
+SELECT min(global_position) FROM message_store.messages
+WHERE message_store.category(stream_name) = %(category)s AND time >= %(time)s
+"""
+
+STREAM_AT = """
+SELECT stream_name, position FROM message_store.messages WHERE global_position = %(position)s
+"""
+
 SCHEMA_PRESENT = """
 SELECT to_regclass('message_store.messages') IS NOT NULL,
        to_regprocedure('message_store.write_message(varchar,varchar,varchar,jsonb,jsonb,bigint)')
@@ -121,16 +183,6 @@ SELECT message_store.write_message(
     %(id)s, %(stream_name)s, %(type)s, %(data)s::jsonb, %(metadata)s::jsonb, %(expected_version)s
 )
 """
-
-
-@dataclass(frozen=True, slots=True)
-class Read:
-    """One read: the events found, and ``resume_at``, the global position the next read starts
-    from (past the events, and past rows of other members the read went over). A "next
-    position" elsewhere is always a stream position."""
-
-    events: list[Event]
-    resume_at: int
 
 
 class MessageStore:
@@ -238,3 +290,78 @@ async def global_position_of(conn: Connection, stream_name: str, position: int) 
     if row is None:
         raise MessageStoreError(f"{stream_name} has no message at position {position}")
     return int(row[0])
+
+
+@dataclass(frozen=True, slots=True)
+class Partition:
+    """The rows one member of a group reads in a category, from global ``position`` on (its
+    checkpoint): member ``member`` of ``size``."""
+
+    category: str
+    member: int
+    size: int
+    position: int
+
+    def params(self) -> dict[str, object]:
+        return {
+            "category": self.category,
+            "position": self.position,
+            "member": self.member,
+            "size": self.size,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Lag:
+    """A partition's newest event (None: it has none), its events from the position on, and
+    the age in seconds of the oldest of them (None: there are none)."""
+
+    head: int | None
+    events: int
+    seconds: float | None
+
+
+async def store_head(conn: Connection) -> int:
+    """The store's highest global position, 0 when it is empty."""
+    row = await (await conn.execute(STORE_HEAD)).fetchone()
+    return 0 if row is None or row[0] is None else int(row[0])
+
+
+async def category_head(conn: Connection, category: str) -> int | None:
+    """The category's highest global position, None when it has no event."""
+    row = await (await conn.execute(CATEGORY_HEAD, {"category": category})).fetchone()
+    return None if row is None else int(row[0])
+
+
+async def first_unhandled(conn: Connection, partition: Partition) -> int | None:
+    """The global position of the partition's first event at or past its position."""
+    row = await (await conn.execute(FIRST_OF_MEMBER, partition.params())).fetchone()
+    return None if row is None else int(row[0])
+
+
+async def backlog(conn: Connection, partition: Partition, *, limit: int) -> int:
+    """The partition's events at or past its position, counted up to ``limit``."""
+    params = {**partition.params(), "limit": limit}
+    row = await (await conn.execute(MEMBER_BACKLOG, params)).fetchone()
+    assert row is not None  # an aggregate always returns one row
+    return int(row[0])
+
+
+async def lag(conn: Connection, partition: Partition) -> Lag:
+    """How far behind the partition's position is."""
+    row = await (await conn.execute(MEMBER_LAG, partition.params())).fetchone()
+    assert row is not None  # an aggregate always returns one row
+    head, events, seconds = row
+    return Lag(None if head is None else int(head), int(events), seconds)
+
+
+async def first_since(conn: Connection, category: str, time: object) -> int | None:
+    """The global position of the category's first event written at or after ``time`` (UTC)."""
+    row = await (await conn.execute(FIRST_SINCE, {"category": category, "time": time})).fetchone()
+    return None if row is None or row[0] is None else int(row[0])
+
+
+async def stream_at(conn: Connection, global_position: int) -> tuple[str, int] | None:
+    """The stream, and the position in it, of the message at ``global_position``."""
+    row = await (await conn.execute(STREAM_AT, {"position": global_position})).fetchone()
+    return None if row is None else (str(row[0]), int(row[1]))

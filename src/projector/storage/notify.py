@@ -15,6 +15,7 @@ import psycopg
 from anyio import TASK_STATUS_IGNORED
 from anyio.abc import TaskStatus
 
+from projector.reconnecting import outlasting
 from projector.storage import database
 from projector.storage.database import Connection
 
@@ -54,7 +55,7 @@ async def listen(
     """Call ``wake(category)`` for every notification, forever (cancel to stop); reconnect
     through outages like the sources do. Started (for ``task_group.start``) once listening."""
     while True:
-        conn = await database.outlasting(
+        conn = await outlasting(
             lambda: database.connect(url), doing="listening for new events", limit=outage_limit
         )
         async with conn:

@@ -15,7 +15,7 @@ from datetime import datetime
 from typing import LiteralString
 
 from projector.errors import ConfigurationError
-from projector.model.events import Event, category, consumer_group_member, validate_group
+from projector.model.events import Event, category, owns, validate_group
 from projector.storage.database import Connection, Pool, pooled
 
 PARK = """
@@ -37,6 +37,11 @@ LIST = f"""
 SELECT {COLUMNS} FROM projector.parked_streams
 WHERE %(group)s::text IS NULL OR group_name = %(group)s
 ORDER BY group_name, parked_at
+"""
+
+ONE = f"""
+SELECT {COLUMNS} FROM projector.parked_streams
+WHERE group_name = %(group)s AND stream_name = %(stream)s
 """
 
 RETRY_REQUESTED = f"""
@@ -90,7 +95,7 @@ class ParkedStreams:
         self._size = size
 
     def owns(self, stream_name: str) -> bool:
-        return self._size == 1 or consumer_group_member(stream_name, self._size) == self._member
+        return owns(self._member, self._size, stream_name)
 
     async def owned(self) -> frozenset[str]:
         rows = await self._fetch(LIST, {"group": self._group})
@@ -138,6 +143,12 @@ async def list_parked(conn: Connection, group: str | None = None) -> list[Parked
         validate_group(group)
     cursor = await conn.execute(LIST, {"group": group})
     return [ParkedStream(*row) for row in await cursor.fetchall()]
+
+
+async def parked_stream(conn: Connection, group: str, stream_name: str) -> ParkedStream | None:
+    """Where ``group`` parked the stream, if it did: its events from there on are not handled."""
+    row = await (await conn.execute(ONE, {"group": group, "stream": stream_name})).fetchone()
+    return None if row is None else ParkedStream(*row)
 
 
 async def request_retry(conn: Connection, group: str, stream_name: str | None) -> list[str]:

@@ -1,7 +1,8 @@
 """``projector demo``: write sample account events and project them into a balances table.
 
 The projection here is also the README's example of an idempotent handler: each account row
-remembers the last stream position it applied, so a redelivered event changes nothing.
+remembers the last stream position it applied, so a redelivered event changes nothing (the
+statements are `projector.storage.demo`'s).
 """
 
 from __future__ import annotations
@@ -12,38 +13,18 @@ import uuid
 from pathlib import Path
 
 import anyio
-from psycopg import sql
 from psycopg_pool import AsyncConnectionPool
 
 from projector import Event, Projection, write_message
+from projector.cli.progress import terminal_bar
 from projector.localpg import LocalCluster, default_data_dir
 from projector.runner import Runner
 from projector.settings import Settings
+from projector.storage import demo as tables
 from projector.storage.database import Pool, configure, connect, connect_sync
 
 CATEGORY = "demo_account"  # its own: the README's examples use "account"
 DATABASE = "projector_demo"
-
-CREATE_TABLE = """
-CREATE TABLE IF NOT EXISTS demo_balances (
-    account_id text PRIMARY KEY,
-    balance bigint NOT NULL,
-    version bigint NOT NULL
-)
-"""
-
-# Only the events above the row's version count, so a redelivered span is applied once.
-APPLY = """
-INSERT INTO demo_balances AS b (account_id, balance, version)
-VALUES (%(account_id)s, (SELECT sum(d) FROM unnest(%(deltas)s::bigint[]) AS d), %(version)s)
-ON CONFLICT (account_id) DO UPDATE
-SET balance = b.balance + (
-        SELECT coalesce(sum(u.d), 0)
-        FROM unnest(%(positions)s::bigint[], %(deltas)s::bigint[]) AS u(p, d)
-        WHERE u.p > b.version
-    ),
-    version = greatest(b.version, EXCLUDED.version)
-"""
 
 balances = Projection("demo_balances", categories=[CATEGORY])
 _pools: dict[str, Pool] = {}
@@ -63,15 +44,14 @@ async def _pool() -> Pool:
 
 @balances.handler
 async def apply_balances(stream_name: str, events: list[Event]) -> None:
-    params = {
-        "account_id": stream_name.partition("-")[2],
-        "positions": [e.position for e in events],
-        "deltas": [_amount(e) for e in events],
-        "version": events[-1].position,
-    }
     pool = await _pool()
     async with pool.connection() as conn:
-        await conn.execute(APPLY, params)
+        await tables.apply(
+            conn,
+            stream_name.partition("-")[2],
+            positions=[e.position for e in events],
+            deltas=[_amount(e) for e in events],
+        )
 
 
 def _amount(event: Event) -> int:
@@ -84,7 +64,7 @@ async def write_sample_events(url: str, *, accounts: int, events: int, seed: int
     rng = random.Random(seed)  # noqa: S311 (sample data, not secrets)
     conn = await connect(url)
     async with conn, conn.transaction():
-        await conn.execute(CREATE_TABLE)
+        await tables.create_tables(conn)
         for _ in range(events):
             account = f"{CATEGORY}-{uuid.UUID(int=rng.randrange(accounts))}"
             kind = rng.choice(("Deposited", "Deposited", "Withdrawn"))
@@ -95,16 +75,7 @@ async def check_balances(url: str) -> tuple[int, int, int]:
     """(accounts, total balance in the read model, total computed straight from the events)."""
     conn = await connect(url)
     async with conn:
-        cursor = await conn.execute("SELECT count(*), coalesce(sum(balance), 0) FROM demo_balances")
-        accounts, projected = await cursor.fetchone() or (0, 0)
-        cursor = await conn.execute(
-            "SELECT coalesce(sum(CASE WHEN type = 'Withdrawn' THEN -1 ELSE 1 END"
-            " * (data->>'amount')::bigint), 0)"
-            " FROM message_store.messages WHERE message_store.category(stream_name) = %s",
-            (CATEGORY,),
-        )
-        (expected,) = await cursor.fetchone() or (0,)
-    return int(accounts), int(projected), int(expected)
+        return await tables.balances(conn, CATEGORY)
 
 
 async def close_pools() -> None:
@@ -120,9 +91,7 @@ def local_database(data_dir: Path | None = None) -> tuple[str, Path]:
     server_url = cluster.ensure_running()
     with connect_sync(server_url) as conn:
         conn.autocommit = True  # CREATE DATABASE cannot run in a transaction
-        exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (DATABASE,))
-        if exists.fetchone() is None:
-            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(DATABASE)))
+        tables.ensure_database(conn, DATABASE)
     return f"{server_url.rpartition('/')[0]}/{DATABASE}", cluster.data_dir
 
 
@@ -146,7 +115,7 @@ async def run(url: str, *, accounts: int, events: int) -> tuple[int, int, int]:
         checkpoint_interval=0.5,
     )
     try:
-        await Runner(balances, settings).run()
+        await Runner(balances, settings, progress_bar=terminal_bar).run()
     finally:
         await close_pools()
     return await check_balances(url)

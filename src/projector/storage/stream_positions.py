@@ -1,0 +1,183 @@
+"""``projector.stream_positions``: per group and stream, the last position a transactional
+projection applied, written in the same transaction as the handler's own writes.
+
+A `Transactions` hands out pool connections with a transaction already begun (`Session`), so
+that a call costs the handler's statements plus one round trip: the position, the COMMIT and
+the BEGIN of the connection's next transaction go to the server in one message (bound
+client-side, which lets one message hold several statements). Connections wait between calls
+in that fresh, empty transaction (no snapshot yet, nothing locked), and one unused for
+``IDLE_RELEASE`` seconds is rolled back and given back to the pool, so none stays idle in a
+transaction for long (servers may set ``idle_in_transaction_session_timeout``).
+
+The row is keyed by group, not by member, so it holds across rebalances.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import anyio
+import psycopg
+from psycopg_pool import PoolTimeout
+
+from projector import cleanup
+from projector.cleanup import CONNECTION_RETURN
+from projector.errors import ProjectorError
+from projector.storage import database
+from projector.storage.database import Connection, Pool
+
+logger = logging.getLogger(__name__)
+
+RECORDED_POSITION = """
+SELECT position FROM projector.stream_positions
+WHERE group_name = %(group)s AND stream_name = %(stream)s
+"""
+LOCK_POSITION = RECORDED_POSITION + "FOR UPDATE\n"
+
+# A compare-and-set: the write names the position it replaces (-1: no row yet), and a row that
+# holds another one turns the update into a NULL, which the column refuses, so the statement
+# fails, and with it the COMMIT sent after it. (NULL must not appear in VALUES: the column's
+# constraint is checked on the proposed row before the conflict is.) Under READ COMMITTED the
+# conflicting row is locked and re-read at its latest committed version, so a concurrent
+# writer's position is seen once its transaction has ended.
+RECORD_POSITION_AND_COMMIT = """
+INSERT INTO projector.stream_positions AS recorded (group_name, stream_name, position, updated_at)
+VALUES (%(group)s, %(stream)s, %(position)s, now())
+ON CONFLICT (group_name, stream_name)
+DO UPDATE SET position = CASE WHEN recorded.position = %(expected)s THEN EXCLUDED.position END,
+              updated_at = EXCLUDED.updated_at;
+COMMIT;
+BEGIN
+"""
+NO_ROW = -1  # the expected position of a stream whose row does not exist yet
+
+BEGIN = b"BEGIN"
+ROLL_BACK_AND_BEGIN = b"ROLLBACK; BEGIN"
+ROLL_BACK = b"ROLLBACK"
+
+IDLE_RELEASE = 1.0  # seconds a connection may wait in its fresh transaction before release
+
+
+class PositionMovedError(ProjectorError):
+    """A transactional call found its stream's recorded position moved by someone else; its
+    writes were rolled back."""
+
+
+async def recorded_position(conn: Connection, group: str, stream_name: str) -> int | None:
+    """The last position ``group`` applied of the stream, None if it applied none."""
+    params = {"group": group, "stream": stream_name}
+    row = await (await conn.execute(RECORDED_POSITION, params)).fetchone()
+    return None if row is None else int(row[0])
+
+
+class Session:
+    """A pool connection with a transaction begun, waiting for a call: the handler writes on
+    ``conn``, and the session reads, locks and records the stream's position around it."""
+
+    __slots__ = ("_cursor", "conn", "idle_since")
+
+    def __init__(self, conn: Connection) -> None:
+        self.conn = conn
+        self._cursor = psycopg.AsyncClientCursor(conn)
+        self.idle_since = 0.0
+
+    async def lock_position(self, group: str, stream_name: str) -> int:
+        """The stream's recorded position (NO_ROW: none yet), its row locked until the
+        transaction ends."""
+        params = {"group": group, "stream": stream_name}
+        row = await (await self.conn.execute(LOCK_POSITION, params)).fetchone()
+        return NO_ROW if row is None else int(row[0])
+
+    async def discard(self) -> None:
+        """Roll back what the transaction did (and its row locks), and begin the next."""
+        await self.conn.execute(ROLL_BACK_AND_BEGIN)
+
+    async def record_and_commit(
+        self, group: str, stream_name: str, position: int, *, expected: int
+    ) -> None:
+        """Record ``position`` if the row still holds ``expected``, and commit; otherwise
+        PositionMovedError, with the transaction failed (`discard` it)."""
+        params = {"group": group, "stream": stream_name, "position": position}
+        try:
+            await self._cursor.execute(RECORD_POSITION_AND_COMMIT, {**params, "expected": expected})
+        except psycopg.errors.NotNullViolation as exc:
+            raise PositionMovedError(
+                f"its recorded position is no longer {expected}: another runner applied its "
+                "events meanwhile (a takeover), or a commit whose outcome was lost went through"
+            ) from exc
+
+
+class Transactions:
+    """Sessions taken from a pool and kept between calls; run `release_idle` beside them, and
+    `close` when done."""
+
+    def __init__(self, pool: Pool) -> None:
+        self._pool = pool
+        self._idle: list[Session] = []  # most recently used last
+
+    async def take(self) -> Session:
+        if self._idle:
+            return self._idle.pop()
+        try:
+            conn = await self._pool.getconn()
+        except (psycopg.OperationalError, PoolTimeout) as exc:
+            raise database.unavailable_during("starting a transactional call", exc) from exc
+        try:
+            await conn.execute(BEGIN)
+        except BaseException:
+            await self.give_back(session=None, conn=conn)
+            raise
+        return Session(conn)
+
+    def keep(self, session: Session) -> None:
+        """Keep a session whose transaction is fresh (committed or discarded) for the next call."""
+        session.idle_since = time.monotonic()
+        self._idle.append(session)
+
+    async def keep_after_failure(self, session: Session) -> None:
+        """After a failed call: undo its writes and keep the connection, unless it is broken."""
+        try:
+            await session.discard()
+        except psycopg.Error:
+            # Broken (the call most likely failed because of it): the pool discards it, and the
+            # next call starts on another.
+            await self.give_back(session)
+            return
+        self.keep(session)
+
+    async def give_back(self, session: Session | None, *, conn: Connection | None = None) -> None:
+        """Return a connection to the pool, which closes or rolls back what it is given;
+        shielded and time-boxed, since it also runs while a call is being cancelled."""
+        target = conn if session is None else session.conn
+        assert target is not None
+        with cleanup.shielded("giving a transactional connection back", CONNECTION_RETURN):
+            await self._pool.putconn(target)
+
+    async def release_idle(self) -> None:
+        """Give sessions unused for IDLE_RELEASE seconds back to the pool; cancel to stop."""
+        while True:
+            await anyio.sleep(IDLE_RELEASE)
+            cutoff = time.monotonic() - IDLE_RELEASE
+            stale = [session for session in self._idle if session.idle_since < cutoff]
+            self._idle = [session for session in self._idle if session.idle_since >= cutoff]
+            for session in stale:
+                await self._release(session)
+
+    async def close(self) -> None:
+        """Give every idle session back, within one cleanup timeout in all."""
+        with cleanup.shielded("giving idle transactional connections back", CONNECTION_RETURN):
+            while self._idle:
+                await self._release(self._idle.pop())
+
+    async def _release(self, session: Session) -> None:
+        try:
+            await session.conn.execute(ROLL_BACK)
+        except psycopg.Error as exc:
+            # Lost while it waited (e.g. the server restarted): the pool discards it.
+            logger.debug(
+                "a transactional connection was lost while idle: %s",
+                exc,
+                extra={"action": "transaction_connection_lost"},
+            )
+        await self.give_back(session)

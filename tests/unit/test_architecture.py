@@ -1,0 +1,213 @@
+"""The layers hold: each package imports only what its docstring allows, SQL lives in storage,
+and rich renders only in the CLI (README, How it is built).
+
+Checked on the source with `ast`, so a forbidden edge fails here before anyone runs it.
+Imports under ``if TYPE_CHECKING:`` are types only, and do not count.
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+SOURCE = Path(__file__).resolve().parents[2] / "src" / "projector"
+
+# What each part of projector may import of projector (its own modules always).
+LEAVES = {"projector.errors", "projector.cleanup", "projector.reconnecting"}
+ALLOWED: dict[str, set[str]] = {
+    "projector.errors": set(),
+    "projector.cleanup": set(),
+    "projector.reconnecting": {"projector.model", "projector.errors"},
+    "projector.model": {"projector.errors"},
+    "projector.pipeline": {"projector.model", "projector.errors", "projector.reconnecting"},
+    "projector.storage": {"projector.model", *LEAVES},
+    "projector.runtime": {"projector.model", "projector.pipeline", "projector.storage", *LEAVES},
+    "projector.ops": {
+        "projector.model",
+        "projector.pipeline",
+        "projector.storage",
+        "projector.runtime",
+        "projector.settings",
+        *LEAVES,
+    },
+    "projector.settings": {"projector.model", "projector.storage", "projector.errors"},
+    "projector.localpg": {"projector.errors"},
+}
+# Libraries that do I/O (or drive it): the model imports none of them, the pipeline no driver.
+IO_LIBRARIES = {
+    "psycopg",
+    "psycopg_pool",
+    "sqlalchemy",
+    "alembic",
+    "aiohttp",
+    "anyio",
+    "socket",
+    "subprocess",
+    "prometheus_client",
+    "opentelemetry",
+    "rich",
+    "click",
+}
+FORBIDDEN_LIBRARIES = {
+    "projector.model": IO_LIBRARIES,
+    "projector.pipeline": IO_LIBRARIES - {"anyio"},
+}
+# What a statement looks like: a string constant holding one (docstrings excluded).
+SQL = re.compile(
+    r"\b(SELECT\s.+\bFROM\b|INSERT\s+INTO|UPDATE\s+\S+\s+SET|DELETE\s+FROM|CREATE\s+(TABLE|INDEX"
+    r"|DATABASE)|ALTER\s+TABLE|pg_advisory\w*|pg_try_advisory\w*|ROLLBACK|LISTEN\s|NOTIFY\s)",
+    re.IGNORECASE | re.DOTALL,
+)
+
+
+@dataclass(frozen=True)
+class Module:
+    name: str
+    path: Path
+    tree: ast.Module
+
+    @property
+    def part(self) -> str:
+        """The part of the house it belongs to: its package, or itself at the top level."""
+        parts = self.name.split(".")
+        return ".".join(parts[:2])
+
+    def imports(self) -> list[tuple[str, int]]:
+        """(module imported, line) for every import that runs (not TYPE_CHECKING-only)."""
+        found: list[tuple[str, int]] = []
+        for node in _runtime_nodes(self.tree):
+            if isinstance(node, ast.Import):
+                found.extend((alias.name, node.lineno) for alias in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.module is not None:
+                assert node.level == 0, f"{self.name}: use absolute imports"
+                found.append((node.module, node.lineno))
+                # `from projector import x` may name a submodule
+                if node.module == "projector":
+                    found.extend((f"projector.{a.name}", node.lineno) for a in node.names)
+        return found
+
+    def strings(self) -> list[tuple[str, int]]:
+        """String (and bytes) constants that are not docstrings, with their line."""
+        docstrings = {
+            id(node.body[0].value)
+            for node in ast.walk(self.tree)
+            if isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef)
+            and node.body
+            and isinstance(node.body[0], ast.Expr)
+            and isinstance(node.body[0].value, ast.Constant)
+        }
+        found: list[tuple[str, int]] = []
+        for node in ast.walk(self.tree):
+            if not isinstance(node, ast.Constant) or id(node) in docstrings:
+                continue
+            if isinstance(node.value, bytes):
+                found.append((node.value.decode(errors="replace"), node.lineno))
+            elif isinstance(node.value, str):
+                found.append((node.value, node.lineno))
+        return found
+
+
+def _runtime_nodes(tree: ast.Module) -> list[ast.AST]:
+    skipped: set[int] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            skipped.update(id(child) for child in ast.walk(node))
+    return [node for node in ast.walk(tree) if id(node) not in skipped]
+
+
+def _modules() -> list[Module]:
+    modules = []
+    for path in sorted(SOURCE.rglob("*.py")):
+        parts = path.relative_to(SOURCE.parent).with_suffix("").parts
+        name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+        modules.append(Module(name, path, ast.parse(path.read_text(), str(path))))
+    return modules
+
+
+MODULES = _modules()
+
+
+def _part_of(imported: str) -> str | None:
+    if imported != "projector" and not imported.startswith("projector."):
+        return None
+    return ".".join(imported.split(".")[:2])
+
+
+@pytest.mark.parametrize("part", sorted(ALLOWED))
+def test_each_layer_imports_only_what_it_may(part: str) -> None:
+    wrong = [
+        f"{module.name}:{line} imports {imported}"
+        for module in MODULES
+        if module.part == part
+        for imported, line in module.imports()
+        if (target := _part_of(imported)) not in (None, "projector", part)
+        and target not in ALLOWED[part]
+    ]
+    assert wrong == [], f"{part} may import only {sorted(ALLOWED[part])}"
+
+
+@pytest.mark.parametrize("part", sorted(FORBIDDEN_LIBRARIES))
+def test_the_model_does_no_io_and_the_pipeline_has_no_driver(part: str) -> None:
+    wrong = [
+        f"{module.name}:{line} imports {imported}"
+        for module in MODULES
+        if module.part == part
+        for imported, line in module.imports()
+        if imported.split(".")[0] in FORBIDDEN_LIBRARIES[part]
+    ]
+    assert wrong == []
+
+
+def test_nothing_below_the_runner_imports_the_runner_or_the_cli() -> None:
+    wrong = [
+        f"{module.name}:{line} imports {imported}"
+        for module in MODULES
+        if module.part in ALLOWED
+        for imported, line in module.imports()
+        if _part_of(imported) in {"projector.runner", "projector.cli", "projector.demo"}
+    ]
+    assert wrong == []
+
+
+def test_every_sql_statement_is_in_the_storage_package() -> None:
+    wrong = [
+        f"{module.name}:{line}: {text!r:.60}"
+        for module in MODULES
+        if module.part != "projector.storage"
+        for text, line in module.strings()
+        if SQL.search(text)
+    ]
+    assert wrong == []
+
+
+def test_only_the_cli_renders_with_rich() -> None:
+    wrong = [
+        f"{module.name}:{line} imports {imported}"
+        for module in MODULES
+        if module.part != "projector.cli"
+        for imported, line in module.imports()
+        if imported.split(".")[0] == "rich"
+    ]
+    assert wrong == []
+
+
+def test_every_package_says_what_may_import_it() -> None:
+    silent = [
+        module.name
+        for module in MODULES
+        if module.path.name == "__init__.py"
+        and module.name != "projector"
+        and "import" not in (ast.get_docstring(module.tree) or "")
+    ]
+    assert silent == []
+
+
+def test_the_checks_see_the_whole_house() -> None:
+    """The checks above are only as good as what they walk: every part has modules."""
+    parts = {module.part for module in MODULES}
+    assert set(ALLOWED) <= parts
+    assert any(imported == "psycopg" for m in MODULES for imported, _ in m.imports())
