@@ -1,5 +1,5 @@
-"""``python -m bench catchup|upsert|tail|group|startup|all [sizes] [--smoke] [--reuse]
-[--profile DIR]``."""
+"""``python -m bench catchup|upsert|tail|group|startup|all [sizes] [--smoke] [--scale]
+[--reuse] [--profile DIR]``."""
 
 from __future__ import annotations
 
@@ -38,7 +38,12 @@ SIZE_HELP = {
     "tail_seconds": "seconds of tail-latency measurement per tail_sleep",
     "tail_warmup": "seconds of writing before tail latencies count",
     "tail_sleeps": "comma-separated tail_sleep values to measure",
+    "scale_events": "events of the --scale catch-up dataset",
+    "scale_tail_streams": "streams the --scale tail writer spreads its events over",
+    "scale_tail_rate": "events/s the --scale tail writer appends",
 }
+# What --scale adds to a command: its datasets and its scenarios (see scenarios.scaled_*).
+SCALE_DATASETS = {"catchup": ("main", "scale"), "tail": ()}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -50,6 +55,8 @@ def main(argv: list[str] | None = None) -> None:
     sizes = _sizes(args)
     commands = [c for c in COMMANDS[:-2] if args.command in (c, "all")]
     needed = {name for command in commands for name in DATASETS[command]}
+    if args.scale:
+        needed |= {name for command in commands for name in SCALE_DATASETS.get(command, ())}
     datasets = [d for name, d in scenarios.datasets(sizes).items() if name in needed]
     settings = dict(_setting(text) for text in args.setting)
     started = time.perf_counter()
@@ -59,7 +66,7 @@ def main(argv: list[str] | None = None) -> None:
         url = _seeded_database(pg, dbname, store, scripts, datasets)
         run_id = server.run_id()
         try:
-            plan = _plan(commands, url, run_id, sizes, settings, store)
+            plan = _plan(commands, url, run_id, sizes, settings, store, scale=args.scale)
             measurer = Measurer(
                 repeat=args.repeat,
                 timeout=args.timeout,
@@ -97,6 +104,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("command", choices=COMMANDS)
     parser.add_argument("--smoke", action="store_true", help="tiny sizes, seconds (for CI)")
+    parser.add_argument(
+        "--scale",
+        action="store_true",
+        help="also the scale scenarios of catchup and tail: a catch-up of --scale-events "
+        "(10M) against the main one, and a tail of --scale-tail-streams (10k) written at "
+        "--scale-tail-rate (2k/s); long",
+    )
     for field in fields(Sizes):
         flag = "--" + field.name.replace("_", "-")
         kind = _floats if field.name == "tail_sleeps" else type(field.default)
@@ -176,6 +190,8 @@ def _plan(
     sizes: Sizes,
     settings: dict[str, Any],
     store: str,
+    *,
+    scale: bool = False,
 ) -> list[Scenario]:
     builders: dict[str, Callable[[], list[Scenario]]] = {
         "catchup": lambda: scenarios.catchup(url, run_id, sizes, settings),
@@ -188,6 +204,10 @@ def _plan(
         if command == "upsert" and "catchup" in commands:
             continue  # catchup includes it
         plan.extend(builders[command]())
+        if scale and command == "catchup":
+            plan.extend(scenarios.scaled_catchup(url, run_id, sizes, settings))
+        if scale and command == "tail":
+            plan.extend(scenarios.scaled_tail(url, run_id, sizes, settings))
     return plan
 
 

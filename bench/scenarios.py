@@ -40,6 +40,10 @@ class Sizes:
     tail_seconds: float = 10.0
     tail_warmup: float = 1.0
     tail_sleeps: tuple[float, ...] = (0.1, 1.0)
+    # --scale only: a catch-up ten times the main one, and a wide, fast tail.
+    scale_events: int = 10_000_000
+    scale_tail_streams: int = 10_000
+    scale_tail_rate: float = 2_000.0
 
 
 SMOKE = Sizes(
@@ -50,6 +54,9 @@ SMOKE = Sizes(
     upsert_streams=100,
     tail_seconds=1.0,
     tail_warmup=0.5,
+    scale_events=6_000,
+    scale_tail_streams=200,
+    scale_tail_rate=200.0,
 )
 
 
@@ -66,6 +73,12 @@ class Scenario:
     memory_limit_mb: float | None = None
     references: tuple[tuple[str, Job], ...] = ()
     dataset: Dataset | None = None
+    # False when the baseline does other work on purpose (the scale ratio: 10M against 1M
+    # events), so that handling different counts is not a failure.
+    same_work: bool = True
+    # Tail scenarios: the writer's rate and streams (None: the run's --tail-rate, 100 streams).
+    writer_rate: float | None = None
+    writer_streams: int = 100
 
 
 @dataclass
@@ -118,7 +131,54 @@ def datasets(sizes: Sizes) -> dict[str, Dataset]:
         "few": Dataset("bench_few", sizes.events, sizes.few_streams),
         "distinct": Dataset("bench_distinct", sizes.events, sizes.events),
         "upsert": Dataset("bench_upsert", sizes.upsert_events, sizes.upsert_streams),
+        "scale": Dataset("bench_scale", sizes.scale_events, sizes.streams),
     }
+
+
+def scaled_catchup(url: str, run_id: str, sizes: Sizes, settings: dict[str, Any]) -> list[Scenario]:
+    """The main catch-up ten times over (--scale): its rate must stay within 10% of the main
+    dataset's, measured in the same run, and its memory flat."""
+    data = datasets(sizes)
+    main, scale = data["main"], data["scale"]
+
+    def project(name: str, dataset: Dataset) -> Job:
+        return Job(
+            "projector",
+            url=url,
+            category=dataset.category,
+            group=f"bench_{run_id}_{name.replace('-', '_')}",
+            batch_size=sizes.batch_size,
+            settings=settings,
+        )
+
+    return [
+        Scenario(
+            "catchup-scale",
+            f"catch-up, no-op handler, {scale.events:,} events over {scale.streams:,} streams",
+            project("catchup-scale", scale),
+            project("catchup-scale-base", main),
+            f"projector on the main dataset, {main.events:,} events",
+            target=0.9,
+            memory_limit_mb=MEMORY_LIMIT_MB,
+            dataset=scale,
+            same_work=False,
+        )
+    ]
+
+
+def scaled_tail(url: str, run_id: str, sizes: Sizes, settings: dict[str, Any]) -> list[Scenario]:
+    """A wide, fast tail (--scale): many streams written at a high rate, woken by NOTIFY."""
+    streams, rate = sizes.scale_tail_streams, sizes.scale_tail_rate
+    return [
+        Scenario(
+            "tail-notify-scale",
+            f"tail latency, commit to handler call, {streams:,} streams written at {rate:g} "
+            "events/s, woken by the NOTIFY trigger, tail_sleep 1",
+            _tail_job(url, f"bench_{run_id}_tailscale", sizes, settings, 1.0, notify=True),
+            writer_rate=rate,
+            writer_streams=streams,
+        )
+    ]
 
 
 def catchup(url: str, run_id: str, sizes: Sizes, settings: dict[str, Any]) -> list[Scenario]:
@@ -302,18 +362,7 @@ def tail(url: str, run_id: str, sizes: Sizes, settings: dict[str, Any]) -> list[
             f"tail-sleep-{sleep:g}",
             f"tail latency, commit to handler call, one writer at {sizes.tail_rate:g} events/s, "
             f"polling only, tail_sleep {sleep:g}",
-            Job(
-                "projector",
-                url=url,
-                category=f"bench_{run_id}_tail{index}",
-                group=f"bench_{run_id}_tail{index}",
-                handler="tail",
-                tail_sleep=sleep,
-                warmup=sizes.tail_warmup,
-                seconds=sizes.tail_seconds,
-                batch_size=sizes.batch_size,
-                settings=settings,
-            ),
+            _tail_job(url, f"bench_{run_id}_tail{index}", sizes, settings, sleep),
         )
         for index, sleep in enumerate(sizes.tail_sleeps)
     ] + [
@@ -321,21 +370,34 @@ def tail(url: str, run_id: str, sizes: Sizes, settings: dict[str, Any]) -> list[
             "tail-notify-sleep-1",
             f"tail latency, commit to handler call, one writer at {sizes.tail_rate:g} events/s, "
             "woken by the NOTIFY trigger (projector migrate --notify), tail_sleep 1",
-            Job(
-                "projector",
-                url=url,
-                category=f"bench_{run_id}_tailnotify",
-                group=f"bench_{run_id}_tailnotify",
-                handler="tail",
-                tail_sleep=1.0,
-                notify=True,
-                warmup=sizes.tail_warmup,
-                seconds=sizes.tail_seconds,
-                batch_size=sizes.batch_size,
-                settings=settings,
-            ),
+            _tail_job(url, f"bench_{run_id}_tailnotify", sizes, settings, 1.0, notify=True),
         )
     ]
+
+
+def _tail_job(
+    url: str,
+    name: str,
+    sizes: Sizes,
+    settings: dict[str, Any],
+    tail_sleep: float,
+    *,
+    notify: bool = False,
+) -> Job:
+    """projector on a tail of its own (category and group ``name``), measuring latencies."""
+    return Job(
+        "projector",
+        url=url,
+        category=name,
+        group=name,
+        handler="tail",
+        tail_sleep=tail_sleep,
+        notify=notify,
+        warmup=sizes.tail_warmup,
+        seconds=sizes.tail_seconds,
+        batch_size=sizes.batch_size,
+        settings=settings,
+    )
 
 
 class Measurer:
@@ -419,7 +481,12 @@ class Measurer:
 
     def _tail(self, scenario: Scenario) -> Outcome:
         job = scenario.projector
-        writer = SteadyWriter(job.url, job.category, self.tail_rate)
+        writer = SteadyWriter(
+            job.url,
+            job.category,
+            scenario.writer_rate or self.tail_rate,
+            streams=scenario.writer_streams,
+        )
         writer.start()
         try:
             figures = self.measure(job, scenario.name)
@@ -448,7 +515,7 @@ def _median(runs: list[dict[str, Any]]) -> dict[str, Any]:
 def _check_counts(outcome: Outcome) -> None:
     """projector must have handled exactly what the baseline read (and written as much)."""
     baseline, projector = outcome.baseline, outcome.projector
-    if baseline is None:
+    if baseline is None or not outcome.scenario.same_work:
         return
     if baseline["events"] != projector["events"]:
         outcome.notes.append(

@@ -1,5 +1,6 @@
 """The steady writer of the tail-latency scenario: ``rate`` events a second through the store's
-``write_message``, one event (one transaction) at a time, over 100 streams of one category."""
+``write_message``, one event (one transaction) at a time, over ``streams`` streams of one
+category."""
 
 from __future__ import annotations
 
@@ -13,14 +14,13 @@ import psycopg
 from projector.storage.database import SESSION_SETTINGS
 from projector.storage.message_store import WRITE_MESSAGE
 
-STREAMS = 100
-
 
 class SteadyWriter:
     """Writes in a background thread from `start` until `stop`; `written` counts the events."""
 
-    def __init__(self, url: str, category: str, rate: float) -> None:
+    def __init__(self, url: str, category: str, rate: float, *, streams: int = 100) -> None:
         self._url = url
+        self._streams = streams
         self._category = category
         self._rate = rate
         self._stopping = threading.Event()
@@ -51,7 +51,7 @@ class SteadyWriter:
     def _message(self, index: int) -> dict[str, object]:
         return {
             "id": str(uuid.uuid4()),
-            "stream_name": f"{self._category}-{index % STREAMS}",
+            "stream_name": f"{self._category}-{index % self._streams}",
             "type": "Deposited",
             "data": json.dumps({"amount": index}),
             "metadata": None,

@@ -25,7 +25,11 @@ SCENARIOS = {
     "tail-notify-sleep-1",
     "group-member-0-of-4",
     "startup",
+    "catchup-scale",
+    "tail-notify-scale",
 }
+# Its baseline is projector on the smaller main dataset: the counts differ on purpose.
+OTHER_WORK = {"catchup-scale"}
 
 
 @pytest.fixture
@@ -44,7 +48,7 @@ def bench_env() -> dict[str, str]:
 
 def test_bench_smoke_prints_a_row_and_a_json_line_per_scenario(bench_env: dict[str, str]) -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "bench", "all", "--smoke"],
+        [sys.executable, "-m", "bench", "all", "--smoke", "--scale"],
         cwd=ROOT,
         env=bench_env,
         capture_output=True,
@@ -70,7 +74,8 @@ def test_bench_smoke_prints_a_row_and_a_json_line_per_scenario(bench_env: dict[s
         assert projector["peak_rss_mb"] > 0
         assert record["notes"] == [] or record["scenario"].startswith("tail-")
         if record["target"] is not None:
-            assert record["baseline"]["events"] == projector["events"]
+            if record["scenario"] not in OTHER_WORK:
+                assert record["baseline"]["events"] == projector["events"]
             assert isinstance(record["met"], bool)
         if record["scenario"].startswith("tail-"):
             assert projector["p50_ms"] <= projector["p99_ms"]

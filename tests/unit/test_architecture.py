@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ast
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -137,40 +138,37 @@ def _part_of(imported: str) -> str | None:
     return ".".join(imported.split(".")[:2])
 
 
+def _imports(importer: Callable[[str], bool], imported: Callable[[str], bool]) -> list[str]:
+    """Every import, as ``module:line imports name``, of a module whose part ``importer``
+    accepts, of a name ``imported`` accepts."""
+    return [
+        f"{module.name}:{line} imports {name}"
+        for module in MODULES
+        if importer(module.part)
+        for name, line in module.imports()
+        if imported(name)
+    ]
+
+
 @pytest.mark.parametrize("part", sorted(ALLOWED))
 def test_each_layer_imports_only_what_it_may(part: str) -> None:
-    wrong = [
-        f"{module.name}:{line} imports {imported}"
-        for module in MODULES
-        if module.part == part
-        for imported, line in module.imports()
-        if (target := _part_of(imported)) not in (None, "projector", part)
-        and target not in ALLOWED[part]
-    ]
+    def forbidden(name: str) -> bool:
+        target = _part_of(name)
+        return target not in (None, "projector", part) and target not in ALLOWED[part]
+
+    wrong = _imports(lambda importer: importer == part, forbidden)
     assert wrong == [], f"{part} may import only {sorted(ALLOWED[part])}"
 
 
 @pytest.mark.parametrize("part", sorted(FORBIDDEN_LIBRARIES))
 def test_the_model_does_no_io_and_the_pipeline_has_no_driver(part: str) -> None:
-    wrong = [
-        f"{module.name}:{line} imports {imported}"
-        for module in MODULES
-        if module.part == part
-        for imported, line in module.imports()
-        if imported.split(".")[0] in FORBIDDEN_LIBRARIES[part]
-    ]
-    assert wrong == []
+    libraries = FORBIDDEN_LIBRARIES[part]
+    assert _imports(lambda importer: importer == part, lambda n: n.split(".")[0] in libraries) == []
 
 
 def test_nothing_below_the_runner_imports_the_runner_or_the_cli() -> None:
-    wrong = [
-        f"{module.name}:{line} imports {imported}"
-        for module in MODULES
-        if module.part in ALLOWED
-        for imported, line in module.imports()
-        if _part_of(imported) in {"projector.runner", "projector.cli", "projector.demo"}
-    ]
-    assert wrong == []
+    above = {"projector.runner", "projector.cli", "projector.demo"}
+    assert _imports(lambda importer: importer in ALLOWED, lambda n: _part_of(n) in above) == []
 
 
 def test_every_sql_statement_is_in_the_storage_package() -> None:
@@ -185,14 +183,10 @@ def test_every_sql_statement_is_in_the_storage_package() -> None:
 
 
 def test_only_the_cli_renders_with_rich() -> None:
-    wrong = [
-        f"{module.name}:{line} imports {imported}"
-        for module in MODULES
-        if module.part != "projector.cli"
-        for imported, line in module.imports()
-        if imported.split(".")[0] == "rich"
-    ]
-    assert wrong == []
+    outside_cli = _imports(
+        lambda importer: importer != "projector.cli", lambda n: n.split(".")[0] == "rich"
+    )
+    assert outside_cli == []
 
 
 def test_every_package_says_what_may_import_it() -> None:

@@ -278,7 +278,7 @@ async def test_a_held_stream_buffers_its_events_and_release_runs_them_from_the_g
         assert done.order == [0]
         assert sink.parked_streams == frozenset()
 
-        sink.release("bad-1", 3)
+        sink.resume("bad-1", 3)
         await lane.wait_empty()
         await done.submit(lane, 3, [ev("bad-1", 5)])
         await lane.wait_empty()
@@ -295,7 +295,7 @@ async def test_events_read_after_a_release_below_its_position_are_not_delivered(
         await until(lambda: sink.parked_streams == {"bad-1"})
         handler.failing.clear()
         sink.hold("bad-1")
-        sink.release("bad-1", 5)  # the replay handled 0 to 4 before the source read them
+        sink.resume("bad-1", 5)  # the replay handled 0 to 4 before the source read them
         await done.submit(lane, 1, evs("bad-1", [3, 4]))
         await done.submit(lane, 2, evs("bad-1", [5, 6]))
         await lane.wait_empty()
@@ -442,3 +442,26 @@ async def test_troubled_reports_a_long_running_call_and_a_failing_stream() -> No
         handler.gates.pop("slow-1").set()
         await lane.wait_empty()
         assert sink.troubled(longer_than=0) == []
+
+
+@pytest.mark.parametrize("outcome", ["handled", "raised"])
+async def test_a_stream_parked_while_its_call_runs_is_not_run_again(outcome: str) -> None:
+    # An operator's or a replay's park can land while the stream's call is running: whatever
+    # the call does then, the stream stays parked and its batches are not held back by it.
+    gate = anyio.Event()
+    handler = Handler(gates={"s-1": gate}, failing={"s-1": None} if outcome == "raised" else {})
+    decisions = Decisions(lambda error, attempt: Retry(0))
+    done = Completions()
+    async with running_sink(handler, decisions) as sink:
+        lane = sink.lane("l", done)
+        await done.submit(lane, 0, evs("s-1", [0, 1]))
+        await until(lambda: sink.busy_streams == 1)
+        sink.park("s-1")
+        await done.submit(lane, 1, [ev("s-1", 2), ev("s-2", 0)])
+        gate.set()
+        await lane.wait_empty()
+        await settle()
+    assert handler.calls_of("s-1") == [[0, 1]]
+    assert decisions.seen == []
+    assert sink.parked_streams == {"s-1"}
+    assert done.order == [0, 1]

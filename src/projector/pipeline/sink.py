@@ -40,7 +40,18 @@ from projector.model.events import Event
 from projector.model.failures import Decision, HandlerTimeout, Park, Retry, RetryWhen, Stop
 from projector.pipeline.lane import NO_PROGRESS, Batch, Lane, Progress
 from projector.pipeline.observe import NO_OBSERVER, Observer
-from projector.pipeline.streams import StreamState, TroubledStream, in_order, merge
+from projector.pipeline.streams import (
+    HELD,
+    IDLE,
+    PARKED,
+    QUEUED,
+    RUNNING,
+    WAITING,
+    StreamState,
+    TroubledStream,
+    in_order,
+    merge,
+)
 
 SpanHandler = Callable[[str, list[Event]], Awaitable[int]]
 """Handles one stream's events (in stream order) and returns the stream position to expect next:
@@ -165,9 +176,11 @@ class StreamsSink:
         """Streams running one call, or failing, for more than ``longer_than`` seconds."""
         now, found = time.monotonic(), []
         for stream in self._streams.values():
-            if stream.busy_since is not None and now - stream.busy_since > longer_than:
+            if stream.phase is RUNNING and now - stream.running_since > longer_than:
                 found.append(
-                    TroubledStream(stream.name, "running", now - stream.busy_since, stream.failures)
+                    TroubledStream(
+                        stream.name, "running", now - stream.running_since, stream.failures
+                    )
                 )
             elif stream.failing_since is not None and now - stream.failing_since > longer_than:
                 found.append(
@@ -263,7 +276,7 @@ class StreamsSink:
                 stream = streams[name] = StreamState(name, span, [(batch, span[-1].position)])
                 waiting += 1
                 if not self._stopping:
-                    stream.queued = True
+                    stream.phase = QUEUED
                     ready.append(stream)
                 continue
             if stream is None:
@@ -281,8 +294,8 @@ class StreamsSink:
             self._work_ready.set()
 
     def _enqueue(self, stream: StreamState) -> None:
-        if not (stream.busy_since is not None or stream.queued or stream.held or self._stopping):
-            stream.queued = True
+        if stream.phase is IDLE and not self._stopping:
+            stream.phase = QUEUED
             self._ready.append(stream)
             self._work_ready.set()
 
@@ -317,9 +330,12 @@ class StreamsSink:
                 yielded = time.monotonic()
                 continue
             stream = ready.popleft()
-            stream.queued = False
+            if stream.phase is not QUEUED:
+                continue  # parked while it waited in the queue
             if stream.buffer:
                 await self._run(stream, call, now)
+            else:
+                stream.phase = IDLE
 
     async def _watch_timeouts(self, limit: float) -> None:
         while True:
@@ -344,7 +360,8 @@ class StreamsSink:
         # The hot path of a catch-up, once per call: kept flat, with the common outcome (every
         # event handled, nothing new buffered meanwhile) settled inline.
         events, stream.buffer = stream.buffer, []
-        stream.busy_since = call.started = started
+        stream.phase, stream.running_since = RUNNING, started
+        call.started = started
         call.stream, call.events = stream, events
         self._busy += 1
         try:
@@ -363,6 +380,8 @@ class StreamsSink:
         if self._call_hook is not None:
             self._call_hook(stream.name, len(events), time.monotonic() - started, None)
         self._handled += len(events)
+        if stream.phase is PARKED:
+            return  # parked while its call ran: what it left is dropped
         if stream.failing_since is not None:
             stream.failures, stream.failing_since = 0, None
         if stream.buffer or next_position != events[-1].position + 1:
@@ -376,18 +395,21 @@ class StreamsSink:
             if batch.remaining == 0:
                 batch.lane.complete(batch)
         stream.pending.clear()
-        if not (stream.queued or stream.held) and self._streams.get(stream.name) is stream:
+        if self._streams.get(stream.name) is stream:
             del self._streams[stream.name]
 
     def _idle_again(self, stream: StreamState) -> None:
-        stream.busy_since = None
+        if stream.phase is RUNNING:  # not parked while it ran
+            stream.phase = IDLE
         self._busy -= 1
         if self._busy == 0 and self._stopping:
             self._idle.set()  # `stop` waits for it
 
     async def _failed(self, stream: StreamState, events: list[Event], error: Exception) -> None:
-        # Queued while the decision is made, so new events cannot start a second call.
-        stream.queued = True
+        if stream.phase is PARKED:
+            return  # parked while its call ran: its events are dropped
+        # Waiting while the decision is made, so new events cannot start a second call.
+        stream.phase = WAITING
         stream.buffer = merge(events, stream.buffer)
         stream.failures += 1
         if stream.failing_since is None:
@@ -409,7 +431,7 @@ class StreamsSink:
 
     def _settle(self, stream: StreamState, events: list[Event], next_position: int) -> None:
         progressed = stream.settle(events, next_position)
-        self._release(stream)
+        self._free_batches(stream)
         if stream.buffer:
             if progressed:
                 self._enqueue(stream)
@@ -432,8 +454,8 @@ class StreamsSink:
         self._requeue_when(stream, partial(anyio.sleep, delay))
 
     def _requeue_when(self, stream: StreamState, ready: Callable[[], Awaitable[object]]) -> None:
-        # Marked queued meanwhile, so that new events for the stream do not run it early.
-        stream.queued = True
+        # Waiting meanwhile, so that new events for the stream do not run it early.
+        stream.phase = WAITING
         assert self._task_group is not None
         self._task_group.start_soon(self._requeue_later, stream, ready, name="projector-requeue")
 
@@ -441,8 +463,9 @@ class StreamsSink:
         self, stream: StreamState, ready: Callable[[], Awaitable[object]]
     ) -> None:
         await ready()
-        stream.queued = False
-        self._enqueue(stream)
+        if stream.phase is WAITING:  # not parked meanwhile
+            stream.phase = IDLE
+            self._enqueue(stream)
 
     # -- parked streams ---------------------------------------------------------------------
 
@@ -457,7 +480,7 @@ class StreamsSink:
     def _park(self, stream: StreamState) -> None:
         self._parked.add(stream.name)
         self._skip_hints.pop(stream.name, None)
-        stream.buffer, stream.held, stream.queued = [], False, False
+        stream.buffer, stream.phase = [], PARKED
         pending, stream.pending = stream.pending, []
         for batch, _ in pending:
             batch.remaining -= 1
@@ -466,27 +489,27 @@ class StreamsSink:
         del self._streams[stream.name]
 
     def hold(self, stream_name: str) -> None:
-        """Keep a parked stream's new events from now on, without running it, until `release`."""
+        """Keep a parked stream's new events from now on, without running it, until `resume`."""
         self._parked.discard(stream_name)
         stream = self._streams.get(stream_name)
         if stream is None:
             stream = self._streams[stream_name] = StreamState(stream_name)
-        stream.held = True
+        stream.phase = HELD
 
-    def release(self, stream_name: str, next_position: int) -> None:
+    def resume(self, stream_name: str, next_position: int) -> None:
         """Run a held stream again, from stream position ``next_position`` on."""
         stream = self._streams[stream_name]
-        stream.held, stream.failures, stream.failing_since = False, 0, None
+        stream.phase, stream.failures, stream.failing_since = IDLE, 0, None
         stream.next_position = next_position
         stream.buffer = [e for e in stream.buffer if e.position >= next_position]
-        self._release(stream)
+        self._free_batches(stream)
         if stream.buffer:
             self._enqueue(stream)
         else:
             # The replay may have handled events the source has yet to read: keep the position.
             self._forget_if_idle(stream, skipped=True)
 
-    def _release(self, stream: StreamState) -> None:
+    def _free_batches(self, stream: StreamState) -> None:
         """Tell the batches waiting on this stream that it has handled past their events."""
         handled_below = stream.next_position
         assert handled_below is not None

@@ -8,23 +8,49 @@ when events arrive duplicated or out of order.
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass
 
 from projector.model.events import Event
 from projector.pipeline.lane import Batch
 
 
+class Phase(enum.Enum):
+    """Where a stream is in the sink; exactly one at a time.
+
+    ::
+
+        IDLE ──(events, a worker free)──> QUEUED ──(a worker takes it)──> RUNNING
+        RUNNING ──(handled; more buffered)──> QUEUED     RUNNING ──(handled all)──> IDLE
+        RUNNING ──(failed, or handled none)──> WAITING ──(its delay or the database)──> IDLE
+        WAITING ──(given up)──> PARKED (its state dropped; new events skipped)
+        PARKED ──(a replay begins: `hold`)──> HELD ──(replayed: `resume`)──> IDLE
+
+    Only an IDLE stream is queued, so a stream is never in the ready queue twice and never
+    runs two calls at once; HELD and WAITING buffer new events without running them.
+    """
+
+    IDLE = "idle"
+    QUEUED = "queued"
+    RUNNING = "running"
+    WAITING = "waiting"  # for a retry's delay, the database, or after a call that did nothing
+    HELD = "held"  # a parked stream being replayed: buffer its events, run nothing
+    PARKED = "parked"
+
+
+IDLE, QUEUED, RUNNING, WAITING, HELD, PARKED = Phase
+
+
 class StreamState:
     __slots__ = (
         "buffer",
-        "busy_since",
         "failing_since",
         "failures",
-        "held",
         "name",
         "next_position",
         "pending",
-        "queued",
+        "phase",
+        "running_since",
     )
 
     def __init__(
@@ -39,9 +65,8 @@ class StreamState:
         self.buffer: list[Event] = [] if buffer is None else buffer
         # Batches waiting on this stream, oldest first: (batch, the position it needs handled).
         self.pending: list[tuple[Batch, int]] = [] if pending is None else pending
-        self.busy_since: float | None = None  # set while a call runs
-        self.queued = False
-        self.held = False  # buffer events, run nothing (a parked stream being replayed)
+        self.phase = IDLE
+        self.running_since = 0.0  # when the running call started (while RUNNING)
         self.failures = 0  # failed calls in a row
         self.failing_since: float | None = None
 
@@ -71,9 +96,7 @@ class StreamState:
 
     @property
     def forgettable(self) -> bool:
-        return not (
-            self.buffer or self.pending or self.busy_since is not None or self.queued or self.held
-        )
+        return self.phase is IDLE and not (self.buffer or self.pending)
 
 
 @dataclass(frozen=True, slots=True)

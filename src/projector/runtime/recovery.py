@@ -177,7 +177,7 @@ class Recovery:
                 raise  # the retry request stays, and is served when the database is back
             await self._park_again(name, progress.position, error)
             return
-        sink.release(name, progress.position)
+        sink.resume(name, progress.position)
         await self._parked.unpark(parked)
         logger.info(
             "%s replayed up to position %d and running again",
