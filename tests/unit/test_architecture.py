@@ -171,6 +171,17 @@ def test_nothing_below_the_runner_imports_the_runner_or_the_cli() -> None:
     assert _imports(lambda importer: importer in ALLOWED, lambda n: _part_of(n) in above) == []
 
 
+def test_only_storage_speaks_to_the_driver() -> None:
+    """Driver errors become projector's in storage only (the CLI's last-resort reporting and
+    the demo's own read-model pool aside)."""
+    speakers = {"projector.storage", "projector.cli", "projector.demo"}
+    drivers = {"psycopg", "psycopg_pool"}
+    assert (
+        _imports(lambda importer: importer not in speakers, lambda n: n.split(".")[0] in drivers)
+        == []
+    )
+
+
 def test_every_sql_statement_is_in_the_storage_package() -> None:
     wrong = [
         f"{module.name}:{line}: {text!r:.60}"
