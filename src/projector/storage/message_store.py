@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from itertools import starmap
 from typing import Any, LiteralString
@@ -91,6 +92,20 @@ def member_hash(size: int) -> LiteralString:
 def read_member(size: int) -> LiteralString:
     """A member's read for a group of ``size``: the rows of its streams in the category."""
     return _READ_MEMBER.format(member_of=_MEMBER_OF.format(member_hash=member_hash(size)))
+
+
+# Whether a row is in one of the buckets %(buckets)s and at or past its own bucket's start:
+# %(starts)s holds a start per bucket of the group (index bucket + 1), so one read from the
+# lowest start serves buckets that start at different positions, with nothing redelivered.
+_IN_BUCKETS = """strpos(stream_name, '-') > 0
+      AND {bucket} = ANY(%(buckets)s::bigint[])
+      AND global_position >= (%(starts)s::bigint[])[({bucket})::integer + 1]"""
+
+
+def read_buckets(size: int) -> LiteralString:
+    """An elastic member's read in a group of ``size`` buckets: one statement for all the
+    buckets it owns in a category, each from its own checkpoint on."""
+    return _READ_MEMBER.format(member_of=_IN_BUCKETS.format(bucket=member_hash(size)))
 
 
 # The rows get_stream_messages returns, read through the (stream_name, position) index.
@@ -223,7 +238,13 @@ class MessageStore:
             "member": self._member,
             "size": self._size,
         }
-        rows = await self._fetch(self._member_statement, params)
+        return await self._read_partition(self._member_statement, params, position, batch_size)
+
+    async def _read_partition(
+        self, statement: LiteralString, params: dict[str, object], position: int, batch_size: int
+    ) -> Read:
+        """A read of part of a category that also returns the category's head (`_READ_MEMBER`)."""
+        rows = await self._fetch(statement, params)
         head = rows[0][0]
         events = [Event(*row[1:]) for row in rows if row[1] is not None]
         if len(events) == batch_size:
@@ -249,6 +270,37 @@ class MessageStore:
         async with database.pooled(self._pool, doing=f"finding the head of {category}") as conn:
             row = await (await conn.execute(CATEGORY_HEAD, {"category": category})).fetchone()
         return None if row is None else int(row[0])
+
+
+class BucketStore(MessageStore):
+    """Reads of an elastic member: the rows of the buckets it owns (of a group of ``size``),
+    each category's bucket from its own start (``starts``: category -> bucket -> position)."""
+
+    def __init__(
+        self,
+        pool: Pool,
+        *,
+        size: int,
+        buckets: Iterable[int],
+        starts: Mapping[str, Mapping[int, int]],
+    ) -> None:
+        super().__init__(pool)
+        self._statement = read_buckets(size)
+        self._buckets = sorted(buckets)
+        self._starts = {
+            category: [by_bucket.get(bucket, 0) for bucket in range(size)]
+            for category, by_bucket in starts.items()
+        }
+
+    async def read_category(self, category: str, position: int, batch_size: int) -> Read:
+        params = {
+            "category": category,
+            "position": position,
+            "batch_size": batch_size,
+            "buckets": self._buckets,
+            "starts": self._starts[category],
+        }
+        return await self._read_partition(self._statement, params, position, batch_size)
 
 
 async def write_message(
