@@ -469,7 +469,12 @@ class Runner:
                 await self._pump(parts, sources, sink, list(lanes.values()))
             finally:
                 with anyio.CancelScope(shield=True):
-                    if not await sink.stop(grace_period=settings.shutdown_timeout):
+                    grace = settings.shutdown_timeout
+                    if parts.ending is not None:
+                        # An elastic tenure ends by handing its buckets over: it finishes what
+                        # it has read, so that the next owner is given none of it again.
+                        grace = await _drain(list(lanes.values()), grace_period=grace)
+                    if not await sink.stop(grace_period=grace):
                         _abandoned(parts.writer.name, sink, settings.shutdown_timeout)
 
     def _source(self, parts: Parts, lane: Lane, category: str) -> CategorySource:
@@ -518,8 +523,7 @@ class Runner:
                                 name=f"projector-source-{source.category}",
                             )
                 if reading.cancel_called:
-                    await _drain(lanes, grace_period=settings.shutdown_timeout)
-                    tasks.cancel_scope.cancel()
+                    tasks.cancel_scope.cancel()  # a rebalance: `_project` drains the lanes
                     return
                 # Only reached with until_caught_up: every source has read to its tail.
                 for lane in lanes:
@@ -614,12 +618,14 @@ async def _cancel_when(event: anyio.Event, scope: anyio.CancelScope) -> None:
     scope.cancel()
 
 
-async def _drain(lanes: list[Lane], *, grace_period: float) -> None:
-    """Let every batch already submitted finish (for up to ``grace_period``), so that a
-    rebalance commits past all of them and the next owner redelivers none."""
+async def _drain(lanes: list[Lane], *, grace_period: float) -> float:
+    """Let every batch already submitted finish, for up to ``grace_period`` seconds, so that
+    the last commit passes all of them; the seconds left of the grace period."""
+    deadline = anyio.current_time() + grace_period
     with anyio.move_on_after(grace_period):
         for lane in lanes:
             await lane.wait_empty()
+    return max(0.0, deadline - anyio.current_time())
 
 
 def _abandoned(name: str, sink: StreamsSink, grace_period: float) -> None:

@@ -63,6 +63,17 @@ class Tenure:
     async def watch(self) -> None:
         """Raise LeaseLostError once a heartbeat finds a bucket of this tenure taken."""
         await self.lost.wait()
+        logger.warning(
+            "%s lost buckets of %s (silent past its lease): starting over from the committed "
+            "checkpoints",
+            self.member.identity.member_id,
+            self.member.group,
+            extra={
+                "action": "buckets_lost",
+                "group": self.member.group,
+                "member": self.member.identity.member_id,
+            },
+        )
         raise LeaseLostError(
             f"{self.member.identity.member_id} lost buckets of group {self.member.group!r} "
             "(silent past its lease): starting over from the committed checkpoints"
@@ -95,6 +106,17 @@ class BucketCheckpoints:
             )
         except psycopg.OperationalError as exc:
             raise database.unavailable_during("committing bucket checkpoints", exc) from exc
+        except LeaseLostError:
+            logger.warning(
+                "%s's checkpoint commit was refused: it no longer holds all its buckets",
+                member.identity.member_id,
+                extra={
+                    "action": "checkpoint_fenced",
+                    "group": member.group,
+                    "member": member.identity.member_id,
+                },
+            )
+            raise
 
 
 class ElasticMember:
