@@ -213,7 +213,7 @@ class Runner:
             )
             async with conn:
                 await checkpoints.check_schema(conn)
-                await groups.check_size(conn, self.group, settings.buckets)
+                await groups.check_elastic(conn, self.group)
         member = await stack.enter_async_context(
             ElasticMember(
                 self.database_url,
