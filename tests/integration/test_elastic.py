@@ -13,7 +13,8 @@ import pytest
 from projector import Event, Projection
 from projector.errors import ConfigurationError
 from projector.model.events import consumer_group_member
-from projector.storage import buckets, checkpoints, database
+from projector.storage import buckets, checkpoints, database, member_index
+from projector.storage.message_store import BucketStore, read_buckets
 from tests.support.groups import CATEGORY, category_head
 from tests.support.projecting import Recorder, run_projection, settings_for, write_events
 from tests.support.waiting import eventually
@@ -184,3 +185,49 @@ def test_elastic_refuses_a_member_number() -> None:
 def test_buckets_needs_elastic() -> None:
     with pytest.raises(ConfigurationError, match="add --elastic"):
         settings_for("postgresql://x/y", buckets=8)
+
+
+async def _read_all(store: BucketStore, position: int = 1) -> list[tuple[str, int]]:
+    found: list[tuple[str, int]] = []
+    while True:
+        read = await store.read_category(CATEGORY, position, 7)
+        found.extend((event.stream_name, event.global_position) for event in read.events)
+        if read.resume_at == position:
+            return found
+        position = read.resume_at
+
+
+async def test_a_bucket_read_gives_each_owned_bucket_from_its_start_with_or_without_the_index(
+    own_store_url: str,
+) -> None:
+    url = own_store_url
+    await write_events(url, streams(0, count=60, events=3))
+    owned = {1: 1, 2: 40, 5: 90}  # not contiguous: buckets 3 and 4 are someone else's
+    conn = await database.connect(url)
+    async with conn:
+        rows = await (
+            await conn.execute(
+                "SELECT stream_name, global_position FROM message_store.messages"
+                " ORDER BY global_position"
+            )
+        ).fetchall()
+    expected = [
+        (name, position)
+        for name, position in rows
+        if (bucket := consumer_group_member(name, BUCKETS)) in owned and position >= owned[bucket]
+    ]
+    async with database.open_pool(url, max_size=2) as pool:
+        store = BucketStore(pool, size=BUCKETS, buckets=owned, starts={CATEGORY: owned})
+        without = await _read_all(store)
+        member_index.install_bucket_index(url, BUCKETS)
+        with_index = await _read_all(store)
+        async with pool.connection() as conn:
+            plan = await (
+                await conn.execute(
+                    "EXPLAIN " + read_buckets(BUCKETS),
+                    {"category": CATEGORY, "position": 1, "batch_size": 7, "low": 1, "high": 5},
+                )
+            ).fetchall()
+    assert without == expected
+    assert with_index == expected
+    assert member_index.bucket_index_name(BUCKETS) in "\n".join(row[0] for row in plan)

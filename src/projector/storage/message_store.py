@@ -25,7 +25,7 @@ from psycopg import errors as pg_errors
 from psycopg import sql
 
 from projector.errors import MessageStoreError, SchemaMissingError, WrongExpectedVersionError
-from projector.model.events import Event, Read
+from projector.model.events import Event, Read, consumer_group_member
 from projector.storage import database
 from projector.storage.database import Connection, Pool
 
@@ -94,17 +94,18 @@ def read_member(size: int) -> LiteralString:
     return _READ_MEMBER.format(member_of=_MEMBER_OF.format(member_hash=member_hash(size)))
 
 
-# Whether a row is in one of the buckets %(buckets)s and at or past its own bucket's start:
-# %(starts)s holds a start per bucket of the group (index bucket + 1), so one read from the
-# lowest start serves buckets that start at different positions, with nothing redelivered.
+# Whether a row is in the buckets %(low)s to %(high)s. A range, not a set: with the bucket index
+# (`member_index.bucket_index_name`) on (category, global_position, bucket), a range on its last
+# column is checked in the index itself while the scan keeps global order, so a member reads
+# only its own rows' heap tuples; `= ANY(...)` there would cost the order (and a sort of the
+# whole backlog). The caller drops what the range holds beyond its set.
 _IN_BUCKETS = """strpos(stream_name, '-') > 0
-      AND {bucket} = ANY(%(buckets)s::bigint[])
-      AND global_position >= (%(starts)s::bigint[])[({bucket})::integer + 1]"""
+      AND {bucket} BETWEEN %(low)s::bigint AND %(high)s::bigint"""
 
 
 def read_buckets(size: int) -> LiteralString:
-    """An elastic member's read in a group of ``size`` buckets: one statement for all the
-    buckets it owns in a category, each from its own checkpoint on."""
+    """An elastic member's read in a group of ``size`` buckets: one statement for a range of
+    buckets in a category."""
     return _READ_MEMBER.format(member_of=_IN_BUCKETS.format(bucket=member_hash(size)))
 
 
@@ -286,21 +287,35 @@ class BucketStore(MessageStore):
     ) -> None:
         super().__init__(pool)
         self._statement = read_buckets(size)
-        self._buckets = sorted(buckets)
-        self._starts = {
-            category: [by_bucket.get(bucket, 0) for bucket in range(size)]
-            for category, by_bucket in starts.items()
+        self._size = size
+        self._buckets = frozenset(buckets)
+        self._range = (min(self._buckets, default=0), max(self._buckets, default=-1))
+        self._contiguous = len(self._buckets) == self._range[1] - self._range[0] + 1
+        self._starts = {category: dict(by_bucket) for category, by_bucket in starts.items()}
+        self._highest = {
+            category: max(by_bucket.values(), default=0) for category, by_bucket in starts.items()
         }
 
     async def read_category(self, category: str, position: int, batch_size: int) -> Read:
+        low, high = self._range
         params = {
             "category": category,
             "position": position,
             "batch_size": batch_size,
-            "buckets": self._buckets,
-            "starts": self._starts[category],
+            "low": low,
+            "high": high,
         }
-        return await self._read_partition(self._statement, params, position, batch_size)
+        read = await self._read_partition(self._statement, params, position, batch_size)
+        if self._contiguous and position >= self._highest[category]:
+            return read  # every row read is of an owned bucket, past its bucket's start
+        starts = self._starts[category]
+        kept = [
+            event
+            for event in read.events
+            if (bucket := consumer_group_member(event.stream_name, self._size)) in self._buckets
+            and event.global_position >= starts[bucket]
+        ]
+        return Read(kept, read.resume_at)
 
 
 async def write_message(
