@@ -377,7 +377,10 @@ class Runner:
                 return True
             await self._final_flush(parts.writer, failing=True)
             raise
-        await self._final_flush(parts.writer, failing=False)
+        try:
+            await self._final_flush(parts.writer, failing=False)
+        except LeaseLostError:
+            return True  # an elastic tenure's buckets were taken while it drained
         # An elastic tenure drained for a rebalance: the next one starts at once.
         return parts.ending is not None and parts.ending.is_set()
 

@@ -34,6 +34,9 @@ ON CONFLICT (group_name) DO NOTHING
 
 STORED_BUCKETS = "SELECT buckets FROM projector.elastic_groups WHERE group_name = %(group)s"
 
+# A fixed runner's role needs no right on the elastic tables (README, Privileges).
+MAY_READ_GROUPS = "SELECT has_table_privilege('projector.elastic_groups', 'SELECT')"
+
 CREATE_LEASES = """
 INSERT INTO projector.bucket_leases (group_name, bucket)
 SELECT %(group)s, bucket FROM generate_series(0, %(buckets)s - 1) AS bucket
@@ -170,7 +173,11 @@ async def register(conn: Connection, group: str, buckets: int) -> None:
 
 
 async def stored_buckets(conn: Connection, group: str) -> int | None:
-    """The group's bucket count, None when it is not an elastic group."""
+    """The group's bucket count, None when it is not an elastic group, or when this role may
+    not read the elastic groups (no elastic member can run as it: joining needs that right)."""
+    allowed = await (await conn.execute(MAY_READ_GROUPS)).fetchone()
+    if allowed is None or not allowed[0]:
+        return None
     row = await (await conn.execute(STORED_BUCKETS, {"group": group})).fetchone()
     return None if row is None else int(row[0])
 
