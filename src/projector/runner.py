@@ -34,7 +34,7 @@ from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from functools import partial
-from typing import NoReturn
+from typing import NoReturn, Protocol
 
 import anyio
 from anyio.abc import TaskGroup
@@ -61,15 +61,16 @@ from projector.pipeline.source import OPEN_GATE, CategorySource
 from projector.reconnecting import Reconnecting
 from projector.runtime.checkpoint_writer import CheckpointWriter
 from projector.runtime.dependencies import DependencyGate, UpstreamMeter
+from projector.runtime.elastic import BucketCheckpoints, ElasticMember, Tenure, start_positions
 from projector.runtime.exactly_once import ExactlyOnce
 from projector.runtime.outage import PROBE_TIMEOUT, Outage
 from projector.runtime.recovery import Recovery
 from projector.settings import EventLoop, Settings, retry_policy
 from projector.storage import checkpoints, database, member_index, notify
 from projector.storage.checkpoints import Checkpoints
-from projector.storage.database import Pool
+from projector.storage.database import Connection, Pool
 from projector.storage.leases import LeaseLostError, MemberLease
-from projector.storage.message_store import MessageStore
+from projector.storage.message_store import BucketStore, MessageStore
 from projector.storage.parked import ParkedStreams
 
 logger = logging.getLogger(__name__)
@@ -78,12 +79,23 @@ logger = logging.getLogger(__name__)
 @dataclass(frozen=True, slots=True)
 class Lasting:
     """What a runner keeps from one tenure to the next: its pool and store, what watches it,
-    and whether the database is away (an outage outlives the tenure it ended)."""
+    whether the database is away (an outage outlives the tenure it ended), and, in an elastic
+    group, its membership."""
 
     pool: Pool
     store: MessageStore
     watchers: Watchers
     outage: Outage
+    elastic: ElasticMember | None = None
+
+
+class TenureLease(Protocol):
+    """What a tenure holds the right to project with: a member's lock, or leased buckets."""
+
+    @property
+    def connection(self) -> Connection: ...
+
+    async def watch(self) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,12 +105,14 @@ class Parts:
     pool: Pool
     store: MessageStore
     writer: CheckpointWriter
-    lease: MemberLease
+    lease: TenureLease
     recovery: Recovery
     outage: Outage
     watchers: Watchers
     handle: SpanHandler
     gate: DependencyGate | None
+    # Set when an elastic tenure should end gracefully: stop reading, drain, commit.
+    ending: anyio.Event | None = None
 
 
 class _StartCutShort(DatabaseUnavailableError):
@@ -162,7 +176,11 @@ class Runner:
             )
             store = MessageStore(pool, member=settings.member, size=settings.group_size)
             await store.check_schema()
-            name = member_name(self.group, settings.member, settings.group_size)
+            name = (
+                self.group
+                if settings.elastic
+                else member_name(self.group, settings.member, settings.group_size)
+            )
             watchers = Watchers.for_run(settings, name, progress_bar=self.progress_bar)
             await watchers.serve_endpoint(stack, settings)
             outage = Outage(
@@ -170,7 +188,8 @@ class Runner:
                 limit=settings.outage_limit,
                 observer=watchers.observer,
             )
-            lasting = Lasting(pool, store, watchers, outage)
+            elastic = await self._join(stack) if settings.elastic else None
+            lasting = Lasting(pool, store, watchers, outage, elastic)
             retries = Reconnecting(
                 f"starting {name}",
                 limit=settings.outage_limit,
@@ -183,6 +202,32 @@ class Runner:
                         return
                 except _StartCutShort as exc:
                     await retries.failed(exc)
+
+    async def _join(self, stack: AsyncExitStack) -> ElasticMember:
+        """Join the elastic group, and heartbeat until the run ends; leaving releases the
+        buckets after the last tenure's final commit (the stack closes in reverse)."""
+        settings = self.settings
+        with database.unavailable_as(f"joining {self.group}"):
+            conn = await database.connect(
+                self.database_url, connect_timeout=settings.connect_timeout
+            )
+            async with conn:
+                await checkpoints.check_schema(conn)
+                await groups.check_elastic(conn, self.group)
+        member = await stack.enter_async_context(
+            ElasticMember(
+                self.database_url,
+                self.group,
+                buckets=settings.buckets,
+                heartbeat=settings.heartbeat,
+                lease=settings.bucket_lease,
+                connect_timeout=settings.connect_timeout,
+            )
+        )
+        beating = await stack.enter_async_context(anyio.create_task_group())
+        stack.callback(beating.cancel_scope.cancel)
+        beating.start_soon(member.heartbeats, name="projector-heartbeats")
+        return member
 
     async def _attempt(self, lasting: Lasting, connected: Callable[[], None]) -> bool:
         """One tenure: take the member and project; True when the lock's session was lost.
@@ -202,6 +247,8 @@ class Runner:
     ) -> tuple[Parts, frozenset[str]]:
         """Everything before the first read: the member's lock, the checkpoints, the parked
         streams, the span handler. Nothing is handled yet, so all of it can be done again."""
+        if lasting.elastic is not None:
+            return await self._start_elastic(stack, lasting, lasting.elastic, connected)
         settings = self.settings
         pool, store, watchers, outage = (
             lasting.pool,
@@ -239,6 +286,87 @@ class Runner:
         parts = Parts(pool, store, writer, lease, recovery, outage, watchers, handle, gate)
         return parts, await parked.owned()
 
+    async def _start_elastic(
+        self,
+        stack: AsyncExitStack,
+        lasting: Lasting,
+        member: ElasticMember,
+        connected: Callable[[], None],
+    ) -> tuple[Parts, frozenset[str]]:
+        """An elastic tenure's start: its buckets, where each starts, and a reader of them."""
+        settings, pool = self.settings, lasting.pool
+        tenure = await member.next_tenure()
+        connected()
+        heads = {c: await lasting.store.category_head(c) for c in self.categories}
+        starts = await start_positions(tenure, self.categories, heads, from_tail=settings.from_tail)
+        writer = CheckpointWriter(
+            BucketCheckpoints(tenure, starts), interval=settings.checkpoint_interval
+        )
+        for category in self.categories:
+            writer.start_at(category, self._elastic_start(tenure, starts, category, heads))
+        by_category = {
+            category: {bucket: starts[(bucket, category)] for bucket in tenure.owned}
+            for category in self.categories
+        }
+        store = BucketStore(pool, size=member.buckets, buckets=tenure.owned, starts=by_category)
+        parked = ParkedStreams(pool, self.group, owner=tenure.owns)
+        handle = await self._span_handler(stack, pool)
+        recovery = Recovery(
+            retry_policy(settings, self.projection.retry),
+            parked,
+            store,
+            handle,
+            lasting.outage,
+            group=writer.name,
+            batch_size=settings.batch_size,
+            handler_timeout=settings.handler_timeout,
+        )
+        gate = self._dependency_gate(pool, lasting.watchers, writer.name)
+        parts = Parts(
+            pool,
+            store,
+            writer,
+            tenure,
+            recovery,
+            lasting.outage,
+            lasting.watchers,
+            handle,
+            gate,
+            tenure.ending,
+        )
+        return parts, await parked.owned()
+
+    def _elastic_start(
+        self,
+        tenure: Tenure,
+        starts: dict[tuple[int, str], int],
+        category: str,
+        heads: dict[str, int | None],
+    ) -> int:
+        """A category's read starts at the lowest start of the owned buckets; with none owned,
+        at the head (there is nothing to read for this tenure)."""
+        head = heads[category]
+        if head is None:
+            self._empty_category(self.group, category)
+        positions = [starts[(bucket, category)] for bucket in tenure.owned]
+        position = min(positions, default=FIRST_POSITION if head is None else head + 1)
+        logger.info(
+            "%s starts %s at %d with %d bucket(s)",
+            tenure.member.identity.member_id,
+            category,
+            position,
+            len(positions),
+            extra={
+                "action": "source_started",
+                "group": self.group,
+                "category": category,
+                "position": position,
+                "origin": "checkpoint",
+                "buckets": sorted(tenure.owned),
+            },
+        )
+        return position
+
     async def _project_and_flush(self, parts: Parts, parked: frozenset[str]) -> bool:
         """Project, then commit the checkpoint a last time; True when the lock's session was
         lost, which ends the tenure with nothing more committed (see `projector.storage.leases`)."""
@@ -249,8 +377,12 @@ class Runner:
                 return True
             await self._final_flush(parts.writer, failing=True)
             raise
-        await self._final_flush(parts.writer, failing=False)
-        return False
+        try:
+            await self._final_flush(parts.writer, failing=False)
+        except LeaseLostError:
+            return True  # an elastic tenure's buckets were taken while it drained
+        # An elastic tenure drained for a rebalance: the next one starts at once.
+        return parts.ending is not None and parts.ending.is_set()
 
     def _pool_size(self) -> int:
         """Transactional handlers each hold a pool connection for their call."""
@@ -340,7 +472,12 @@ class Runner:
                 await self._pump(parts, sources, sink, list(lanes.values()))
             finally:
                 with anyio.CancelScope(shield=True):
-                    if not await sink.stop(grace_period=settings.shutdown_timeout):
+                    grace = settings.shutdown_timeout
+                    if parts.ending is not None:
+                        # An elastic tenure ends by handing its buckets over: it finishes what
+                        # it has read, so that the next owner is given none of it again.
+                        grace = await _drain(list(lanes.values()), grace_period=grace)
+                    if not await sink.stop(grace_period=grace):
                         _abandoned(parts.writer.name, sink, settings.shutdown_timeout)
 
     def _source(self, parts: Parts, lane: Lane, category: str) -> CategorySource:
@@ -379,12 +516,18 @@ class Runner:
             await self._listen(tasks, parts, sources)
             status.state = State.RUNNING
             try:
-                async with anyio.create_task_group() as readers:
-                    for source in sources:
-                        readers.start_soon(
-                            partial(source.run, stop_at_tail=settings.until_caught_up),
-                            name=f"projector-source-{source.category}",
-                        )
+                with anyio.CancelScope() as reading:
+                    if parts.ending is not None:
+                        tasks.start_soon(_cancel_when, parts.ending, reading)
+                    async with anyio.create_task_group() as readers:
+                        for source in sources:
+                            readers.start_soon(
+                                partial(source.run, stop_at_tail=settings.until_caught_up),
+                                name=f"projector-source-{source.category}",
+                            )
+                if reading.cancel_called:
+                    tasks.cancel_scope.cancel()  # a rebalance: `_project` drains the lanes
+                    return
                 # Only reached with until_caught_up: every source has read to its tail.
                 for lane in lanes:
                     await lane.wait_empty()
@@ -471,6 +614,21 @@ class Runner:
             category,
             extra={"action": "category_empty", "group": name, "category": category},
         )
+
+
+async def _cancel_when(event: anyio.Event, scope: anyio.CancelScope) -> None:
+    await event.wait()
+    scope.cancel()
+
+
+async def _drain(lanes: list[Lane], *, grace_period: float) -> float:
+    """Let every batch already submitted finish, for up to ``grace_period`` seconds, so that
+    the last commit passes all of them; the seconds left of the grace period."""
+    deadline = anyio.current_time() + grace_period
+    with anyio.move_on_after(grace_period):
+        for lane in lanes:
+            await lane.wait_empty()
+    return max(0.0, deadline - anyio.current_time())
 
 
 def _abandoned(name: str, sink: StreamsSink, grace_period: float) -> None:

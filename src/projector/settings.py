@@ -16,6 +16,7 @@ from pydantic import AliasChoices, Field, ValidationError, field_validator, mode
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from projector.errors import ConfigurationError
+from projector.model.buckets import DEFAULT_BUCKETS
 from projector.model.events import validate_category, validate_group
 from projector.model.failures import OnExhausted, RetryPolicy
 from projector.storage.database import is_connection_string
@@ -64,6 +65,27 @@ class Settings(BaseSettings):
         le=10_000,
         description="members in the consumer group; each takes its share of the streams",
         validation_alias=AliasChoices("PROJECTOR_GROUP_SIZE", "PROJECTOR_CONSUMER_GROUP_SIZE"),
+    )
+    elastic: bool = Field(
+        False,
+        description="join an elastic consumer group: lease buckets of streams, sharing them "
+        "with whichever members are alive (no --member / --group-size)",
+    )
+    buckets: int = Field(
+        DEFAULT_BUCKETS,
+        ge=1,
+        le=10_000,
+        description="buckets of an elastic group, set once when the group is created",
+    )
+    heartbeat: float = Field(
+        0.5, gt=0, le=60, description="seconds between an elastic member's heartbeats"
+    )
+    bucket_lease: float = Field(
+        5.0,
+        gt=0,
+        le=3600,
+        description="seconds an elastic member keeps its buckets without a heartbeat before "
+        "others may take them",
     )
     standby: bool = Field(
         True,
@@ -216,6 +238,23 @@ class Settings(BaseSettings):
             raise ConfigurationError(
                 f"--member {member} is out of range for --group-size {size}: "
                 f"members are numbered 0 to {size - 1}"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _check_elastic(self) -> Settings:
+        given = self.model_fields_set
+        if self.elastic and given & {"member", "group_size"}:
+            raise ConfigurationError(
+                "--elastic members share the buckets among themselves: drop --member and "
+                "--group-size (or drop --elastic for a fixed group)"
+            )
+        if not self.elastic and "buckets" in given:
+            raise ConfigurationError("--buckets is for elastic groups: add --elastic, or drop it")
+        if self.elastic and self.heartbeat * 2 > self.bucket_lease:
+            raise ConfigurationError(
+                f"--heartbeat {self.heartbeat:g} is too long for --bucket-lease "
+                f"{self.bucket_lease:g}: give a heartbeat at most half the lease"
             )
         return self
 

@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import os
+import time
 
 import anyio
 import psycopg
@@ -60,8 +61,50 @@ _lock = anyio.Lock()
 
 @deliveries.handler
 async def deliver(stream_name: str, events: list[Event]) -> None:
-    global _connection
     positions = [event.position for event in events]
+    await _record(RECORD, {"stream": stream_name, "positions": positions, "pid": os.getpid()})
+
+
+# The elastic suite's projection: one row per call that returned, with the positions it was
+# given and when it ran, so that calls of one stream by two processes at once show up.
+CALLS_TABLE = """
+CREATE TABLE IF NOT EXISTS fault_calls (
+    seq bigserial PRIMARY KEY,
+    stream text NOT NULL,
+    first bigint NOT NULL,
+    last bigint NOT NULL,
+    pid int NOT NULL,
+    started float8 NOT NULL,
+    ended float8 NOT NULL
+)
+"""
+CALL = """
+INSERT INTO fault_calls (stream, first, last, pid, started, ended)
+VALUES (%(stream)s, %(first)s, %(last)s, %(pid)s, %(started)s, %(ended)s)
+"""
+
+calls = Projection("calls")
+
+
+@calls.handler
+async def record_call(stream_name: str, events: list[Event]) -> None:
+    started = time.time()
+    await anyio.sleep(0.002)  # a call that takes a moment: overlaps would be caught
+    ended = time.time()
+    params = {
+        "stream": stream_name,
+        "first": events[0].position,
+        "last": events[-1].position,
+        "pid": os.getpid(),
+        "started": started,
+        "ended": ended,
+    }
+    await _record(CALL, params)
+
+
+async def _record(statement: str, params: dict[str, object]) -> None:
+    """Run one statement on the process's own connection, opened again after it broke."""
+    global _connection
     async with _lock:
         try:
             if _connection is None:
@@ -71,9 +114,7 @@ async def deliver(stream_name: str, events: list[Event]) -> None:
                     connect_timeout=2,
                     application_name="fault-handler",
                 )
-            await _connection.execute(
-                RECORD, {"stream": stream_name, "positions": positions, "pid": os.getpid()}
-            )
+            await _connection.execute(statement.encode(), params)
         except psycopg.OperationalError:
             broken, _connection = _connection, None
             if broken is not None:

@@ -31,6 +31,7 @@ for command in (
     commands.wait_command,
     operations.checkpoints,
     operations.parked,
+    operations.group_command,
 ):
     main.add_command(command)
 

@@ -83,8 +83,21 @@ def parked_message(group: str, parked: frozenset[str], shown: int = 10) -> str:
     help="also build the index that lets each member of a consumer group of SIZE read only its "
     "own events (repeatable)",
 )
+@click.option(
+    "--bucket-index",
+    "bucket_indexes",
+    type=int,
+    multiple=True,
+    metavar="BUCKETS",
+    help="also build the index that lets each member of an elastic group of BUCKETS buckets "
+    "read only its own events (repeatable)",
+)
 def migrate_command(
-    message_store: bool, notify: bool, member_indexes: tuple[int, ...], **flags: Any
+    message_store: bool,
+    notify: bool,
+    member_indexes: tuple[int, ...],
+    bucket_indexes: tuple[int, ...],
+    **flags: Any,
 ) -> None:
     """Create or upgrade projector's tables (and, on request, a message store)."""
     from projector.storage import migrate  # Alembic and SQLAlchemy: a third of a second to import
@@ -112,6 +125,10 @@ def migrate_command(
             state = "built" if member_index.install(url, size) else "already present"
             name = member_index.index_name(size)
             click.echo(f"member index for groups of {size} {state} ({name})")
+        for count in bucket_indexes:
+            state = "built" if member_index.install_bucket_index(url, count) else "already present"
+            name = member_index.bucket_index_name(count)
+            click.echo(f"bucket index for elastic groups of {count} buckets {state} ({name})")
 
 
 @click.command("demo")

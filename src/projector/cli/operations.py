@@ -18,6 +18,7 @@ from projector.cli.options import (
     settings_options,
 )
 from projector.errors import ConfigurationError
+from projector.model.buckets import DEFAULT_BUCKETS
 from projector.ops import groups, status
 from projector.storage import parked as parked_streams
 from projector.storage.checkpoints import CheckpointRow
@@ -191,3 +192,78 @@ def parked_skip(stream: str, event_id: uuid.UUID, group: str, **flags: Any) -> N
             partial(parked_streams.skip_event, group=group, stream_name=stream, event_id=event_id),
         )
     click.echo(f"{row.stream_name}: skipping event {event_id}; replay from position {row.position}")
+
+
+@click.group("group")
+def group_command() -> None:
+    """Show an elastic group, or convert a fixed group into one."""
+
+
+@group_command.command("show")
+@click.argument("group")
+@settings_options("database_url", "log_level")
+def group_show(group: str, **flags: Any) -> None:
+    """An elastic GROUP's members, the buckets each holds, and their last heartbeat."""
+    with reporting_errors():
+        view = database_call(flags, partial(groups.show_elastic, group=group))
+    from rich.table import Table  # only printing a table needs rich
+
+    table = Table("member", "host", "pid", "buckets", "heartbeat age", box=None)
+    for member in view.members:
+        table.add_row(
+            member.member_id,
+            member.host,
+            str(member.pid),
+            _ranges(view.owned_by(member.member_id)),
+            f"{member.heartbeat_age:.1f} s",
+        )
+    console().print(f"elastic group {view.group}: {view.buckets} buckets")
+    console().print(table)
+    if view.unowned:
+        console().print(f"buckets free or expired: {_ranges(view.unowned)}")
+
+
+@group_command.command("convert")
+@click.argument("group")
+@click.option("--to-elastic", is_flag=True, required=True, help="convert to an elastic group")
+@click.option(
+    "--buckets",
+    type=int,
+    default=DEFAULT_BUCKETS,
+    show_default=True,
+    help="the elastic group's bucket count (set once)",
+)
+@click.option("--dry-run", is_flag=True, help="print what would change, change nothing")
+@settings_options("database_url", "log_level")
+def group_convert(group: str, to_elastic: bool, buckets: int, dry_run: bool, **flags: Any) -> None:
+    """Turn a stopped fixed GROUP's checkpoints into an elastic group's bucket checkpoints.
+
+    Each bucket starts at the lowest checkpoint of the old members that owned its streams:
+    events between it and a member's own checkpoint are delivered once more, none is skipped.
+    """
+    with reporting_errors():
+        plan = database_call(
+            flags,
+            partial(groups.convert_to_elastic, group=group, bucket_count=buckets, dry_run=dry_run),
+        )
+    verb = "would start" if dry_run else "start"
+    click.echo(f"group {group}: {plan.old_size} member(s) -> elastic, {plan.buckets} buckets")
+    for category, by_bucket in plan.positions.items():
+        lowest, highest = min(by_bucket.values()), max(by_bucket.values())
+        click.echo(f"  {category}: buckets {verb} at {lowest} to {highest}")
+    click.echo(
+        "dry run: nothing changed"
+        if dry_run
+        else f"start its members with `projector run ... --group {group} --elastic`"
+    )
+
+
+def _ranges(numbers: list[int]) -> str:
+    """``0-3, 7`` for [0, 1, 2, 3, 7]."""
+    spans: list[list[int]] = []
+    for number in sorted(numbers):
+        if spans and number == spans[-1][1] + 1:
+            spans[-1][1] = number
+        else:
+            spans.append([number, number])
+    return ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in spans) or "none"

@@ -11,8 +11,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from projector.errors import ConfigurationError
+from projector.model.buckets import converted_positions
 from projector.model.events import FIRST_POSITION, validate_category, validate_group
-from projector.storage import checkpoints, message_store
+from projector.storage import buckets, checkpoints, message_store
+from projector.storage.buckets import Lease, Member
 from projector.storage.checkpoints import CheckpointRow
 from projector.storage.database import Connection
 from projector.storage.leases import MemberBusyError, busy_members
@@ -35,7 +37,13 @@ class RebalancePlan:
 
 
 async def check_size(conn: Connection, group: str, size: int) -> None:
-    """Raise GroupSizeMismatchError unless the group's checkpoints were written at ``size``."""
+    """Raise GroupSizeMismatchError unless the group's checkpoints were written at ``size``
+    (and it is not an elastic group, whose buckets are not members)."""
+    if await buckets.stored_buckets(conn, group) is not None:
+        raise GroupSizeMismatchError(
+            f"group {group!r} is an elastic group: start its members with --elastic (and no "
+            "--member / --group-size)"
+        )
     sizes = await checkpoints.group_sizes(conn, group)
     if sizes and sizes != [size]:
         stored = " and ".join(map(str, sizes))
@@ -43,6 +51,18 @@ async def check_size(conn: Connection, group: str, size: int) -> None:
             f"group {group!r} has checkpoints for a group of size {stored}, but this runner "
             f"was started with size {size}: stop every member, run "
             f"`projector rebalance --group {group} --group-size {size}`, then start them again"
+        )
+
+
+async def check_elastic(conn: Connection, group: str) -> None:
+    """Refuse to start an elastic member on a fixed group's checkpoints (convert it first)."""
+    if await buckets.stored_buckets(conn, group) is not None:
+        return
+    sizes = await checkpoints.group_sizes(conn, group)
+    if sizes:
+        raise GroupSizeMismatchError(
+            f"group {group!r} is a fixed group of {max(sizes)} member(s): stop its members, "
+            f"run `projector group convert {group} --to-elastic`, then start them with --elastic"
         )
 
 
@@ -174,6 +194,88 @@ def _plan(group: str, size: int, rows: list[CheckpointRow]) -> RebalancePlan:
         else:
             positions[category] = min(members.values())
     return RebalancePlan(group, old_size, size, positions, notes)
+
+
+@dataclass(frozen=True, slots=True)
+class Conversion:
+    """What converting a fixed group to an elastic one does: per category, each bucket's
+    starting position (the lowest checkpoint of the old members that owned its streams)."""
+
+    group: str
+    old_size: int
+    buckets: int
+    positions: dict[str, dict[int, int]]
+
+
+async def convert_to_elastic(
+    conn: Connection, group: str, bucket_count: int, *, dry_run: bool
+) -> Conversion:
+    """Turn the ``<group>-<member>`` checkpoints of a stopped fixed group into the checkpoints
+    of ``bucket_count`` buckets, in one transaction: events are delivered again at most once,
+    and none is skipped."""
+    validate_group(group)
+    if bucket_count < 1:
+        raise ConfigurationError(f"--buckets {bucket_count}: an elastic group has at least 1")
+    async with conn.transaction() as transaction:
+        if await buckets.stored_buckets(conn, group) is not None:
+            raise ConfigurationError(
+                f"group {group!r} is elastic already: start its members with --elastic"
+            )
+        rows, _ = await _lock_group(conn, group)
+        if not rows:
+            raise ConfigurationError(
+                f"group {group!r} has no checkpoints, so there is nothing to convert: start its "
+                f"members with --elastic --buckets {bucket_count}"
+            )
+        old_size = max(row.size for row in rows)
+        positions = {
+            category: converted_positions(
+                {row.member: row.position for row in rows if row.category == category},
+                old_size,
+                bucket_count,
+            )
+            for category in sorted({row.category for row in rows})
+        }
+        if dry_run:
+            transaction.force_rollback = True
+        else:
+            await checkpoints.delete(conn, group)
+            for category, by_bucket in positions.items():
+                for bucket, position in by_bucket.items():
+                    await checkpoints.write(conn, group, bucket, bucket_count, category, position)
+            await buckets.register(conn, group, bucket_count)
+    return Conversion(group, old_size, bucket_count, positions)
+
+
+@dataclass(frozen=True, slots=True)
+class ElasticGroup:
+    """An elastic group as `projector group show` prints it."""
+
+    group: str
+    buckets: int
+    members: list[Member]
+    leases: list[Lease]
+
+    def owned_by(self, member_id: str) -> list[int]:
+        return [lease.bucket for lease in self.leases if lease.owner == member_id]
+
+    @property
+    def unowned(self) -> list[int]:
+        return [lease.bucket for lease in self.leases if lease.free]
+
+
+async def show_elastic(conn: Connection, group: str) -> ElasticGroup:
+    """An elastic group's members (their buckets, their last heartbeat) and leases."""
+    validate_group(group)
+    count = await buckets.stored_buckets(conn, group)
+    if count is None:
+        raise ConfigurationError(
+            f"group {group!r} is not an elastic group (`projector status --group {group}` shows "
+            "a fixed one)"
+        )
+    return ElasticGroup(
+        group, count, await buckets.members(conn, group), await buckets.leases(conn, group)
+    )
 
 
 async def _lock_group(

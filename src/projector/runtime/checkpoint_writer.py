@@ -8,21 +8,30 @@ unfinished batch.
 from __future__ import annotations
 
 import logging
+from typing import Protocol
 
 import anyio
 
 from projector import cleanup
 from projector.errors import DatabaseUnavailableError
-from projector.storage.checkpoints import Checkpoints
 
 logger = logging.getLogger(__name__)
+
+
+class CommitsCheckpoints(Protocol):
+    """Where a writer commits: a member's `Checkpoints`, or an elastic tenure's buckets."""
+
+    @property
+    def name(self) -> str: ...
+
+    async def commit(self, positions: dict[str, int]) -> None: ...
 
 
 class CheckpointWriter:
     """Commits positions as batches complete: every ``interval`` seconds when one moved, and on
     ``flush``."""
 
-    def __init__(self, checkpoints: Checkpoints, *, interval: float) -> None:
+    def __init__(self, checkpoints: CommitsCheckpoints, *, interval: float) -> None:
         self._checkpoints = checkpoints
         self._interval = interval
         self._completed: dict[str, int] = {}

@@ -36,6 +36,7 @@ TABLES_PRESENT = """
 SELECT to_regclass('projector.checkpoints') IS NOT NULL
    AND to_regclass('projector.parked_streams') IS NOT NULL
    AND to_regclass('projector.stream_positions') IS NOT NULL
+   AND to_regclass('projector.bucket_leases') IS NOT NULL
 """
 
 # Held while a starting member checks the group's size and writes its first checkpoints, so
@@ -87,7 +88,8 @@ async def check_schema(conn: Connection) -> None:
     if row is None or not row[0]:
         raise SchemaMissingError(
             "projector's tables are missing or out of date (projector.checkpoints, "
-            "projector.parked_streams, projector.stream_positions): run `projector migrate`"
+            "projector.parked_streams, projector.stream_positions, projector.bucket_leases): "
+            "run `projector migrate`"
         )
 
 

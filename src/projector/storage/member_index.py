@@ -65,20 +65,59 @@ def install(url: str, size: int) -> bool:
     """Build the member index for groups of ``size`` unless a valid one exists; True when it
     was built now. Takes a while on a large store (every row is hashed once)."""
     check_size(size)
+    built = _build(url, _qualified(size), create_statement(size), drop_statement(size))
+    if built:
+        logger.info(
+            "member index for groups of %d built",
+            size,
+            extra={"action": "member_index_built", "size": size, "index": index_name(size)},
+        )
+    return built
+
+
+def bucket_index_name(buckets: int) -> str:
+    """The name of the bucket index of elastic groups of ``buckets``, e.g.
+    ``projector_bucket_64``."""
+    return f"projector_bucket_{int(buckets)}"
+
+
+def install_bucket_index(url: str, buckets: int) -> bool:
+    """Build the index elastic members of groups of ``buckets`` read through: on (category,
+    global_position, bucket), so that a read of a range of buckets scans in global order and
+    checks the bucket in the index, fetching only its own rows (see
+    `message_store.read_buckets`). True when it was built now."""
+    if buckets < 1:
+        raise ConfigurationError(f"--bucket-index {buckets}: an elastic group has 1 bucket or more")
+    name = sql.Identifier(bucket_index_name(buckets))
+    create = sql.SQL(
+        "CREATE INDEX CONCURRENTLY IF NOT EXISTS {name} ON message_store.messages "
+        "(message_store.category(stream_name), global_position, ({bucket}))"
+    ).format(name=name, bucket=sql.SQL(message_store.member_hash(buckets)))
+    drop = sql.SQL("DROP INDEX CONCURRENTLY IF EXISTS message_store.{name}").format(name=name)
+    built = _build(url, f"message_store.{bucket_index_name(buckets)}", create, drop)
+    if built:
+        logger.info(
+            "bucket index for elastic groups of %d buckets built",
+            buckets,
+            extra={
+                "action": "member_index_built",
+                "size": buckets,
+                "index": bucket_index_name(buckets),
+            },
+        )
+    return built
+
+
+def _build(url: str, qualified: str, create: sql.Composed, drop: sql.Composed) -> bool:
     with database.connect_sync(url) as conn:
         conn.autocommit = True  # CREATE INDEX CONCURRENTLY refuses to run in a transaction
-        row = conn.execute(INDEX_STATE, {"index": _qualified(size)}).fetchone()
+        row = conn.execute(INDEX_STATE, {"index": qualified}).fetchone()
         if row is not None and row[0]:
             return False
         if row is not None:
             # An interrupted build leaves an invalid index that IF NOT EXISTS would keep.
-            conn.execute(drop_statement(size))
-        conn.execute(create_statement(size))
-    logger.info(
-        "member index for groups of %d built",
-        size,
-        extra={"action": "member_index_built", "size": size, "index": index_name(size)},
-    )
+            conn.execute(drop)
+        conn.execute(create)
     return True
 
 

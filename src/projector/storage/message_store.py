@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from itertools import starmap
 from typing import Any, LiteralString
@@ -24,7 +25,7 @@ from psycopg import errors as pg_errors
 from psycopg import sql
 
 from projector.errors import MessageStoreError, SchemaMissingError, WrongExpectedVersionError
-from projector.model.events import Event, Read
+from projector.model.events import Event, Read, consumer_group_member
 from projector.storage import database
 from projector.storage.database import Connection, Pool
 
@@ -91,6 +92,21 @@ def member_hash(size: int) -> LiteralString:
 def read_member(size: int) -> LiteralString:
     """A member's read for a group of ``size``: the rows of its streams in the category."""
     return _READ_MEMBER.format(member_of=_MEMBER_OF.format(member_hash=member_hash(size)))
+
+
+# Whether a row is in the buckets %(low)s to %(high)s. A range, not a set: with the bucket index
+# (`member_index.bucket_index_name`) on (category, global_position, bucket), a range on its last
+# column is checked in the index itself while the scan keeps global order, so a member reads
+# only its own rows' heap tuples; `= ANY(...)` there would cost the order (and a sort of the
+# whole backlog). The caller drops what the range holds beyond its set.
+_IN_BUCKETS = """strpos(stream_name, '-') > 0
+      AND {bucket} BETWEEN %(low)s::bigint AND %(high)s::bigint"""
+
+
+def read_buckets(size: int) -> LiteralString:
+    """An elastic member's read in a group of ``size`` buckets: one statement for a range of
+    buckets in a category."""
+    return _READ_MEMBER.format(member_of=_IN_BUCKETS.format(bucket=member_hash(size)))
 
 
 # The rows get_stream_messages returns, read through the (stream_name, position) index.
@@ -223,7 +239,13 @@ class MessageStore:
             "member": self._member,
             "size": self._size,
         }
-        rows = await self._fetch(self._member_statement, params)
+        return await self._read_partition(self._member_statement, params, position, batch_size)
+
+    async def _read_partition(
+        self, statement: LiteralString, params: dict[str, object], position: int, batch_size: int
+    ) -> Read:
+        """A read of part of a category that also returns the category's head (`_READ_MEMBER`)."""
+        rows = await self._fetch(statement, params)
         head = rows[0][0]
         events = [Event(*row[1:]) for row in rows if row[1] is not None]
         if len(events) == batch_size:
@@ -249,6 +271,51 @@ class MessageStore:
         async with database.pooled(self._pool, doing=f"finding the head of {category}") as conn:
             row = await (await conn.execute(CATEGORY_HEAD, {"category": category})).fetchone()
         return None if row is None else int(row[0])
+
+
+class BucketStore(MessageStore):
+    """Reads of an elastic member: the rows of the buckets it owns (of a group of ``size``),
+    each category's bucket from its own start (``starts``: category -> bucket -> position)."""
+
+    def __init__(
+        self,
+        pool: Pool,
+        *,
+        size: int,
+        buckets: Iterable[int],
+        starts: Mapping[str, Mapping[int, int]],
+    ) -> None:
+        super().__init__(pool)
+        self._statement = read_buckets(size)
+        self._size = size
+        self._buckets = frozenset(buckets)
+        self._range = (min(self._buckets, default=0), max(self._buckets, default=-1))
+        self._contiguous = len(self._buckets) == self._range[1] - self._range[0] + 1
+        self._starts = {category: dict(by_bucket) for category, by_bucket in starts.items()}
+        self._highest = {
+            category: max(by_bucket.values(), default=0) for category, by_bucket in starts.items()
+        }
+
+    async def read_category(self, category: str, position: int, batch_size: int) -> Read:
+        low, high = self._range
+        params = {
+            "category": category,
+            "position": position,
+            "batch_size": batch_size,
+            "low": low,
+            "high": high,
+        }
+        read = await self._read_partition(self._statement, params, position, batch_size)
+        if self._contiguous and position >= self._highest[category]:
+            return read  # every row read is of an owned bucket, past its bucket's start
+        starts = self._starts[category]
+        kept = [
+            event
+            for event in read.events
+            if (bucket := consumer_group_member(event.stream_name, self._size)) in self._buckets
+            and event.global_position >= starts[bucket]
+        ]
+        return Read(kept, read.resume_at)
 
 
 async def write_message(

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import traceback
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
+from functools import partial
 from typing import LiteralString
 
 from projector.errors import ConfigurationError
@@ -88,14 +90,22 @@ class ParkedStream:
 class ParkedStreams:
     """The parked streams one runner owns: those of its group that belong to its member."""
 
-    def __init__(self, pool: Pool, group: str, *, member: int = 0, size: int = 1) -> None:
+    def __init__(
+        self,
+        pool: Pool,
+        group: str,
+        *,
+        member: int = 0,
+        size: int = 1,
+        owner: Callable[[str], bool] | None = None,
+    ) -> None:
+        """``owner`` replaces the member rule (an elastic tenure owns a set of buckets)."""
         self._pool = pool
         self._group = group
-        self._member = member
-        self._size = size
+        self._owns = owner or partial(owns, member, size)
 
     def owns(self, stream_name: str) -> bool:
-        return owns(self._member, self._size, stream_name)
+        return self._owns(stream_name)
 
     async def owned(self) -> frozenset[str]:
         rows = await self._fetch(LIST, {"group": self._group})

@@ -1,0 +1,352 @@
+"""Elastic groups with real processes while writers append: scaling 1 to 4 to 2 to 3 members,
+a SIGKILL, a SIGSTOP past the lease, a rolling restart.
+
+Every runner is a `projector run --elastic` process projecting ``calls`` (see `projections`),
+which records each call: its stream, the positions it was given, its process and when it ran.
+The checks are against ``message_store.messages`` itself: no event is missed, no stream is
+handled by two processes at once, a stream's calls never skip ahead of what was handled, and
+a graceful change (a member joining, or leaving with SIGTERM) delivers nothing twice.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import subprocess
+import sys
+import time
+from collections import Counter, defaultdict
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from projector.localpg import temporary_cluster
+from tests.faults.harness import CATEGORIES, ROOT, Process, Server, Writers, connect
+from tests.faults.projections import CALLS_TABLE
+from tests.support import messagedb
+from tests.support.postgres import Unavailable, give_up, require_server_binaries
+from tests.support.waiting import wait_until
+
+BUCKETS = 16
+HEARTBEAT = 0.2
+LEASE = 2.0
+WRITE_RATE = 40.0  # events per second per writer
+SETTLE = 60.0  # seconds a rebalance or a catch-up may take on a loaded machine
+
+
+@pytest.fixture(scope="module")
+def shared_server(pytestconfig: pytest.Config) -> Iterator[Server]:
+    """One server for the module (installing Message DB takes seconds): each test empties the
+    store and the calls table first, and runs a group of its own."""
+    try:
+        require_server_binaries()
+        scripts = messagedb.database_scripts(pytestconfig.rootpath / ".cache" / "message-db")
+    except Unavailable as exc:
+        give_up(str(exc))
+    with temporary_cluster() as cluster:
+        server = Server.install(cluster, scripts)
+        with connect(server.url) as conn:
+            conn.execute(CALLS_TABLE.encode())
+        yield server
+
+
+@pytest.fixture
+def server(shared_server: Server) -> Server:
+    with connect(shared_server.url) as conn:
+        conn.execute("TRUNCATE fault_calls, message_store.messages")
+    return shared_server
+
+
+@dataclass
+class Elastic:
+    """The processes of one elastic group, started and stopped as an operator would."""
+
+    name: str
+    server: Server
+    logs: Path
+    processes: list[Process] = field(default_factory=list)
+    started: int = 0
+
+    def spawn(self) -> Process:
+        self.started += 1
+        log = self.logs / f"{self.name}-{self.started}.log"
+        command = [
+            *(sys.executable, "-m", "projector", "run", "tests.faults.projections:calls"),
+            *("--group", self.name, "--elastic", "--buckets", str(BUCKETS)),
+            *(arg for category in CATEGORIES for arg in ("--category", category)),
+            *("--heartbeat", str(HEARTBEAT), "--bucket-lease", str(LEASE)),
+            *("--batch-size", "50", "--checkpoint-interval", "1", "--tail-sleep", "0.05"),
+            *("--log-format", "json", "--summary-interval", "0", "--no-progress"),
+        ]
+        env = {**os.environ, "PROJECTOR_DATABASE_URL": self.server.url, "PYTHONPATH": str(ROOT)}
+        with log.open("wb") as out:
+            popen = subprocess.Popen(
+                command, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT
+            )
+        process = Process(popen, log, f"{self.name} {self.started}")
+        self.processes.append(process)
+        return process
+
+    def live(self) -> list[Process]:
+        return [p for p in self.processes if p.popen.poll() is None and not p.paused]
+
+    def owners(self) -> Counter[int]:
+        """Buckets held per process id (expired leases included: nobody has taken them)."""
+        rows = self.server.query(
+            "SELECT owner FROM projector.bucket_leases WHERE group_name = %(group)s"
+            " AND owner IS NOT NULL",
+            {"group": self.name},
+        )
+        return Counter(_pid(owner) for (owner,) in rows)
+
+    def settled(self, processes: list[Process]) -> bool:
+        """Every bucket held, evenly, by exactly ``processes``."""
+        owners = self.owners()
+        shares = sorted(owners.values())
+        return (
+            set(owners) == {p.pid for p in processes}
+            and sum(shares) == BUCKETS
+            and shares[-1] - shares[0] <= 1
+        )
+
+    def wait_settled(self, processes: list[Process]) -> None:
+        wait_until(
+            lambda: self.settled(processes),
+            within=SETTLE,
+            poll=0.1,
+            what=f"{self.name}'s buckets spread over {[p.pid for p in processes]}",
+        )
+
+    def stop(self) -> None:
+        for process in self.processes:
+            process.stop()
+
+    def unasked_exits(self) -> list[str]:
+        return [
+            f"{p.label} (exit {p.popen.returncode}):\n{p.log_tail()}"
+            for p in self.processes
+            if p.died_unasked()
+        ]
+
+
+def _pid(owner: str) -> int:
+    """The process id in a member id, ``<host>-<pid>-<suffix>``."""
+    return int(owner.rsplit("-", 2)[-2])
+
+
+@dataclass(frozen=True)
+class Call:
+    stream: str
+    first: int
+    last: int
+    pid: int
+    started: float
+    ended: float
+
+
+def calls(server: Server) -> list[Call]:
+    rows = server.query(
+        "SELECT stream, first, last, pid, started, ended FROM fault_calls ORDER BY seq"
+    )
+    return [Call(*row) for row in rows]
+
+
+def written(server: Server) -> dict[str, int]:
+    """Each stream's last position, from message_store.messages."""
+    rows = server.query(
+        "SELECT stream_name, max(position) FROM message_store.messages"
+        " WHERE category(stream_name) = ANY (%(categories)s) GROUP BY stream_name",
+        {"categories": list(CATEGORIES)},
+    )
+    return {name: int(last) for name, last in rows}
+
+
+def missed(server: Server, found: list[Call]) -> list[str]:
+    handled: dict[str, set[int]] = defaultdict(set)
+    for call in found:
+        handled[call.stream].update(range(call.first, call.last + 1))
+    return [
+        f"{stream}: {sorted(set(range(last + 1)) - handled[stream])[:5]}"
+        for stream, last in sorted(written(server).items())
+        if not set(range(last + 1)) <= handled[stream]
+    ]
+
+
+def overlaps(found: list[Call]) -> list[str]:
+    """Calls of one stream by two processes whose running times intersect."""
+    by_stream: dict[str, list[Call]] = defaultdict(list)
+    for call in found:
+        by_stream[call.stream].append(call)
+    wrong: list[str] = []
+    for stream, stream_calls in by_stream.items():
+        busy_until: dict[int, float] = {}  # per process, when its latest call ended
+        for call in sorted(stream_calls, key=lambda c: c.started):
+            others = [pid for pid, until in busy_until.items() if pid != call.pid]
+            wrong.extend(
+                f"{stream}: pid {pid} and {call.pid} at once"
+                for pid in others
+                if busy_until[pid] > call.started
+            )
+            busy_until[call.pid] = max(busy_until.get(call.pid, 0.0), call.ended)
+    return wrong
+
+
+def skips(found: list[Call]) -> list[str]:
+    """Calls that began past the next event of their stream nobody had handled yet."""
+    highest: dict[str, int] = {}
+    wrong = []
+    for call in sorted(found, key=lambda c: c.started):
+        seen = highest.get(call.stream, -1)
+        if call.first > seen + 1:
+            wrong.append(f"{call.stream}: pid {call.pid} began at {call.first} after {seen}")
+        highest[call.stream] = max(seen, call.last)
+    return wrong
+
+
+def redelivered(found: list[Call]) -> int:
+    given = Counter(p for call in found for p in _positions(call))
+    return sum(count - 1 for count in given.values())
+
+
+def _positions(call: Call) -> list[tuple[str, int]]:
+    return [(call.stream, position) for position in range(call.first, call.last + 1)]
+
+
+def caught_up(server: Server) -> None:
+    wait_until(
+        lambda: missed(server, calls(server)) == [],
+        within=SETTLE,
+        poll=0.5,
+        what="every event handled",
+    )
+
+
+def check(server: Server, group: Elastic, *, graceful: bool) -> None:
+    found = calls(server)
+    assert group.unasked_exits() == []
+    assert missed(server, found) == []
+    assert overlaps(found) == []
+    assert skips(found) == []
+    if graceful:
+        assert redelivered(found) == 0
+
+
+def test_scaling_1_4_2_3_while_writers_append_misses_nothing_and_repeats_nothing(
+    server: Server, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    writers = Writers(server, tmp_path)
+    group = Elastic(request.node.name.removeprefix("test_")[:40], server, tmp_path)
+    try:
+        writers.start(2, rate=WRITE_RATE, seed=random.randrange(10**6))
+        group.wait_settled([group.spawn()])
+        for _ in range(3):
+            group.spawn()
+        group.wait_settled(group.live())
+        for process in group.live()[:2]:
+            process.stop()  # SIGTERM: a graceful leave
+        group.wait_settled(group.live())
+        group.spawn()
+        group.wait_settled(group.live())
+        writers.stop()
+        caught_up(server)
+    finally:
+        writers.stop()
+        group.stop()
+    check(server, group, graceful=True)
+
+
+def test_a_killed_members_buckets_move_once_its_lease_expires(
+    server: Server, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    writers = Writers(server, tmp_path)
+    group = Elastic(request.node.name.removeprefix("test_")[:40], server, tmp_path)
+    try:
+        writers.start(2, rate=WRITE_RATE, seed=random.randrange(10**6))
+        survivor, victim = group.spawn(), group.spawn()
+        group.wait_settled([survivor, victim])
+        victim.kill()
+        killed_at = time.monotonic()
+        group.wait_settled([survivor])
+        assert time.monotonic() - killed_at >= LEASE * 0.9, "taken before the lease expired"
+        writers.stop()
+        caught_up(server)
+    finally:
+        writers.stop()
+        group.stop()
+    check(server, group, graceful=False)
+
+
+def test_a_member_paused_past_its_lease_commits_nothing_when_it_resumes(
+    server: Server, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    writers = Writers(server, tmp_path)
+    group = Elastic(request.node.name.removeprefix("test_")[:40], server, tmp_path)
+    try:
+        writers.start(2, rate=WRITE_RATE, seed=random.randrange(10**6))
+        successor, zombie = group.spawn(), group.spawn()
+        group.wait_settled([successor, zombie])
+        zombie.pause()
+        group.wait_settled([successor])
+        writers.stop()
+        caught_up(server)
+        successor.stop()  # commits past everything, and frees the buckets
+        before = _checkpoints(server, group.name)
+        resumed_at = len(zombie.log.read_text().splitlines())
+        zombie.resume()
+        # The zombie's tenure ends, and a new one takes every free bucket again.
+        group.wait_settled([zombie])
+        time.sleep(1.5)  # past its checkpoint interval: a stale commit would have landed
+        after = _checkpoints(server, group.name)
+    finally:
+        writers.stop()
+        group.stop()
+    assert after == before, "the zombie moved checkpoints back"
+    actions = _actions(zombie.log, since=resumed_at)
+    ended = min(
+        (actions.index(a) for a in ("buckets_lost", "checkpoint_fenced") if a in actions),
+        default=None,
+    )
+    assert ended is not None, f"the zombie's tenure did not end: {actions}"
+    assert "checkpoint_committed" not in actions[:ended]
+    check(server, group, graceful=False)
+
+
+def test_a_rolling_restart_of_every_member_repeats_nothing(
+    server: Server, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    writers = Writers(server, tmp_path)
+    group = Elastic(request.node.name.removeprefix("test_")[:40], server, tmp_path)
+    try:
+        writers.start(2, rate=WRITE_RATE, seed=random.randrange(10**6))
+        for _ in range(3):
+            group.spawn()
+        group.wait_settled(group.live())
+        for process in list(group.live()):
+            process.stop()
+            group.spawn()
+            group.wait_settled(group.live())
+        writers.stop()
+        caught_up(server)
+    finally:
+        writers.stop()
+        group.stop()
+    check(server, group, graceful=True)
+
+
+def _checkpoints(server: Server, group: str) -> dict[tuple[int, str], int]:
+    rows = server.query(
+        "SELECT member, category, position FROM projector.checkpoints WHERE group_name = %(g)s",
+        {"g": group},
+    )
+    return {(int(member), str(category)): int(position) for member, category, position in rows}
+
+
+def _actions(log: Path, *, since: int) -> list[str]:
+    actions = []
+    for line in log.read_text(errors="replace").splitlines()[since:]:
+        if line.startswith("{"):
+            actions.append(str(json.loads(line).get("action", "")))
+    return actions

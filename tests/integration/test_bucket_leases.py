@@ -1,0 +1,114 @@
+"""Bucket leases against a real server: acquire, renew, expire, release, and the fenced commit
+that no zombie can pass."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import anyio
+import pytest
+
+from projector.errors import ConfigurationError
+from projector.storage import buckets, checkpoints, database
+from projector.storage.buckets import Identity
+from projector.storage.database import Connection
+from projector.storage.leases import LeaseLostError
+
+GROUP = "elastic"
+A = Identity(GROUP, "a", "host-a", 1)
+B = Identity(GROUP, "b", "host-b", 2)
+LEASE = 0.5
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture
+async def conn(own_store_url: str) -> AsyncIterator[Connection]:
+    connection = await database.connect(own_store_url)
+    await connection.set_autocommit(True)
+    async with connection:
+        await buckets.register(connection, GROUP, 4)
+        yield connection
+
+
+async def test_a_group_records_its_bucket_count_once_and_refuses_another(conn: Connection) -> None:
+    await buckets.register(conn, GROUP, 4)
+    with pytest.raises(ConfigurationError, match="--buckets 4"):
+        await buckets.register(conn, GROUP, 8)
+    assert [lease.bucket for lease in await buckets.leases(conn, GROUP)] == [0, 1, 2, 3]
+
+
+async def test_a_bucket_held_by_one_member_cannot_be_taken_by_another(conn: Connection) -> None:
+    assert await buckets.acquire(conn, A, [0, 1], lease=30) == {0: 1, 1: 1}
+    assert await buckets.acquire(conn, B, [0, 1, 2], lease=30) == {2: 1}
+
+
+async def test_heartbeats_keep_a_lease_and_a_silent_member_loses_it(conn: Connection) -> None:
+    await buckets.acquire(conn, A, [0], lease=LEASE)
+    for _ in range(3):
+        await anyio.sleep(LEASE / 2)
+        assert await buckets.heartbeat(conn, A, lease=LEASE) == {0: 1}
+        assert await buckets.acquire(conn, B, [0], lease=LEASE) == {}
+    assert await buckets.live_members(conn, GROUP, lease=LEASE) == ["a"]
+    await anyio.sleep(LEASE * 1.5)
+    assert await buckets.live_members(conn, GROUP, lease=LEASE) == []
+    assert await buckets.acquire(conn, B, [0], lease=LEASE) == {0: 2}
+    # The silent member, back, learns it lost the bucket at its next heartbeat.
+    assert await buckets.heartbeat(conn, A, lease=LEASE) == {}
+
+
+async def test_a_released_bucket_is_free_at_once(conn: Connection) -> None:
+    owned = await buckets.acquire(conn, A, [0, 1], lease=30)
+    await buckets.release(conn, A, {0: owned[0]})
+    assert await buckets.acquire(conn, B, [0, 1], lease=30) == {0: 2}
+
+
+async def test_the_owner_commits_its_buckets_checkpoints(conn: Connection) -> None:
+    owned = await buckets.acquire(conn, A, [0, 1], lease=30)
+    positions = {(0, "account"): 10, (1, "account"): 12}
+    await buckets.commit_fenced(conn, A, size=4, owned=owned, positions=positions)
+    assert await buckets.load(conn, GROUP, [0, 1, 2]) == positions
+    rows = await checkpoints.rows(conn, GROUP)
+    assert {(row.member, row.size) for row in rows} == {(0, 4), (1, 4)}
+
+
+async def test_a_zombie_whose_bucket_was_taken_commits_nothing(conn: Connection) -> None:
+    zombie = await buckets.acquire(conn, A, [0, 1], lease=LEASE)
+    await anyio.sleep(LEASE * 1.5)
+    assert await buckets.acquire(conn, B, [1], lease=30) == {1: 2}
+    with pytest.raises(LeaseLostError):
+        await buckets.commit_fenced(
+            conn, A, size=4, owned=zombie, positions={(0, "account"): 5, (1, "account"): 5}
+        )
+    assert await buckets.load(conn, GROUP, [0, 1]) == {}
+
+
+async def test_an_expired_lease_commits_nothing_even_when_nobody_took_it(conn: Connection) -> None:
+    owned = await buckets.acquire(conn, A, [0], lease=LEASE)
+    await anyio.sleep(LEASE * 1.5)
+    with pytest.raises(LeaseLostError):
+        await buckets.commit_fenced(conn, A, size=4, owned=owned, positions={(0, "account"): 5})
+    assert await buckets.load(conn, GROUP, [0]) == {}
+
+
+async def test_an_old_generation_commits_nothing_after_the_same_member_took_it_again(
+    conn: Connection,
+) -> None:
+    first = await buckets.acquire(conn, A, [0], lease=30)
+    await buckets.release(conn, A, first)
+    await buckets.acquire(conn, A, [0], lease=30)
+    with pytest.raises(LeaseLostError):
+        await buckets.commit_fenced(conn, A, size=4, owned=first, positions={(0, "account"): 5})
+
+
+async def test_a_member_that_leaves_frees_its_buckets_and_its_row(conn: Connection) -> None:
+    await buckets.heartbeat(conn, A, lease=30)
+    owned = await buckets.acquire(conn, A, [0, 1, 2, 3], lease=30)
+    await buckets.leave(conn, A, owned)
+    assert await buckets.live_members(conn, GROUP, lease=30) == []
+    assert all(lease.free for lease in await buckets.leases(conn, GROUP))

@@ -1,0 +1,233 @@
+"""Elastic groups in-process against real Postgres: one member projects every bucket; two split
+them; members joining and leaving hand buckets over with nothing delivered twice."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable
+from typing import Any
+
+import anyio
+import pytest
+
+from projector import Event, Projection
+from projector.errors import ConfigurationError
+from projector.model.events import consumer_group_member
+from projector.storage import buckets, checkpoints, database, member_index
+from projector.storage.message_store import BucketStore, read_buckets
+from tests.support.groups import CATEGORY, category_head
+from tests.support.projecting import Recorder, run_projection, settings_for, write_events
+from tests.support.waiting import eventually
+
+pytestmark = pytest.mark.anyio
+
+BUCKETS = 8
+GROUP = "elastic"
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+def elastic_settings(url: str, **overrides: Any) -> Any:
+    values: dict[str, Any] = {
+        "categories": (CATEGORY,),
+        "group": GROUP,
+        "elastic": True,
+        "buckets": BUCKETS,
+        "heartbeat": 0.1,
+        "bucket_lease": 1.0,
+        "until_caught_up": False,
+        "summary_interval": 0,
+    }
+    values.update(overrides)
+    return settings_for(url, **values)
+
+
+def streams(start: int, count: int = 40, events: int = 5) -> dict[str, int]:
+    return {f"{CATEGORY}-{index}": events for index in range(start, start + count)}
+
+
+class Deliveries:
+    """Every (stream, position) handled by any member, and the streams two members ran at once."""
+
+    def __init__(self) -> None:
+        self.handled: Counter[tuple[str, int]] = Counter()
+        self.running: set[str] = set()
+        self.overlaps: list[str] = []
+
+    def projection(self) -> Projection:
+        projection = Projection(GROUP)
+
+        @projection.handler
+        async def handle(stream_name: str, events: list[Event]) -> None:
+            if stream_name in self.running:
+                self.overlaps.append(stream_name)
+            self.running.add(stream_name)
+            try:
+                await anyio.sleep(0.001)  # a real handler waits: let the other member run
+            finally:
+                self.running.discard(stream_name)
+            self.handled.update((stream_name, event.position) for event in events)
+
+        return projection
+
+    def duplicates(self) -> int:
+        return sum(count - 1 for count in self.handled.values())
+
+    def total(self) -> int:
+        return len(self.handled)
+
+
+async def written(url: str) -> int:
+    conn = await database.connect(url)
+    async with conn:
+        row = await (await conn.execute("SELECT count(*) FROM message_store.messages")).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+async def owners(url: str) -> dict[str | None, int]:
+    conn = await database.connect(url)
+    async with conn:
+        found: Counter[str | None] = Counter(
+            lease.owner for lease in await buckets.leases(conn, GROUP) if not lease.free
+        )
+    return dict(found)
+
+
+async def test_one_member_projects_every_bucket_and_checkpoints_each(own_store_url: str) -> None:
+    url = own_store_url
+    await write_events(url, streams(0))
+    recorder = Recorder(name=GROUP)
+    await run_projection(recorder.projection(), elastic_settings(url, until_caught_up=True))
+    assert recorder.handled == 200
+    assert sorted(recorder.positions) == sorted(streams(0))
+    conn = await database.connect(url)
+    async with conn:
+        rows = await checkpoints.rows(conn, GROUP)
+        leases = await buckets.leases(conn, GROUP)
+    head = await category_head(url)
+    assert sorted((row.member, row.size) for row in rows) == [(b, BUCKETS) for b in range(BUCKETS)]
+    assert {row.position for row in rows} == {head + 1}
+    assert all(lease.free for lease in leases), "a member that left keeps no bucket"
+
+
+async def test_a_bucket_starts_at_its_own_checkpoint_and_nothing_below_it_is_delivered(
+    own_store_url: str,
+) -> None:
+    url = own_store_url
+    await write_events(url, streams(0))
+    await run_projection(
+        Recorder(name=GROUP).projection(), elastic_settings(url, until_caught_up=True)
+    )
+    await write_events(url, streams(100, count=40, events=2))
+    # Bucket 0 goes back to the beginning; the others stay at the head.
+    conn = await database.connect(url)
+    async with conn:
+        await checkpoints.write(conn, GROUP, 0, BUCKETS, CATEGORY, 1)
+    again = Recorder(name=GROUP)
+    await run_projection(again.projection(), elastic_settings(url, until_caught_up=True))
+    delivered = {name for name, _ in again.calls}
+    bucket_0 = {name for name in streams(0) if consumer_group_member(name, BUCKETS) == 0}
+    assert delivered == bucket_0 | set(streams(100, count=40))
+
+
+async def test_two_members_split_the_buckets_and_a_graceful_leave_redelivers_nothing(
+    own_store_url: str,
+) -> None:
+    url = own_store_url
+    deliveries = Deliveries()
+    await write_events(url, streams(0))
+    async with anyio.create_task_group() as tasks:
+        first = anyio.CancelScope()
+        second = anyio.CancelScope()
+        tasks.start_soon(_run_in, first, deliveries.projection(), elastic_settings(url))
+        await eventually(_all_handled(deliveries, url))
+        tasks.start_soon(_run_in, second, deliveries.projection(), elastic_settings(url))
+        await eventually(lambda: _split_between(url, 2))
+        await write_events(url, streams(100))
+        await eventually(_all_handled(deliveries, url))
+        second.cancel()  # a graceful leave: the other member takes its buckets back
+        await eventually(lambda: _split_between(url, 1))
+        await write_events(url, streams(200))
+        await eventually(_all_handled(deliveries, url))
+        first.cancel()
+    assert deliveries.total() == await written(url)
+    assert deliveries.duplicates() == 0
+    assert deliveries.overlaps == []
+
+
+async def _run_in(scope: anyio.CancelScope, projection: Projection, settings: Any) -> None:
+    with scope:
+        await run_projection(projection, settings)
+
+
+def _all_handled(deliveries: Deliveries, url: str) -> Callable[[], Any]:
+    async def check() -> bool:
+        return deliveries.total() == await written(url)
+
+    return check
+
+
+async def _split_between(url: str, members: int) -> bool:
+    found = await owners(url)
+    shares = sorted(found.values())
+    return len(found) == members and sum(shares) == BUCKETS and shares[-1] - shares[0] <= 1
+
+
+def test_elastic_refuses_a_member_number() -> None:
+    with pytest.raises(ConfigurationError, match="drop --member"):
+        elastic_settings("postgresql://x/y", member=1, group_size=2)
+
+
+def test_buckets_needs_elastic() -> None:
+    with pytest.raises(ConfigurationError, match="add --elastic"):
+        settings_for("postgresql://x/y", buckets=8)
+
+
+async def _read_all(store: BucketStore, position: int = 1) -> list[tuple[str, int]]:
+    found: list[tuple[str, int]] = []
+    while True:
+        read = await store.read_category(CATEGORY, position, 7)
+        found.extend((event.stream_name, event.global_position) for event in read.events)
+        if read.resume_at == position:
+            return found
+        position = read.resume_at
+
+
+async def test_a_bucket_read_gives_each_owned_bucket_from_its_start_with_or_without_the_index(
+    own_store_url: str,
+) -> None:
+    url = own_store_url
+    await write_events(url, streams(0, count=60, events=3))
+    owned = {1: 1, 2: 40, 5: 90}  # not contiguous: buckets 3 and 4 are someone else's
+    conn = await database.connect(url)
+    async with conn:
+        rows = await (
+            await conn.execute(
+                "SELECT stream_name, global_position FROM message_store.messages"
+                " ORDER BY global_position"
+            )
+        ).fetchall()
+    expected = [
+        (name, position)
+        for name, position in rows
+        if (bucket := consumer_group_member(name, BUCKETS)) in owned and position >= owned[bucket]
+    ]
+    async with database.open_pool(url, max_size=2) as pool:
+        store = BucketStore(pool, size=BUCKETS, buckets=owned, starts={CATEGORY: owned})
+        without = await _read_all(store)
+        member_index.install_bucket_index(url, BUCKETS)
+        with_index = await _read_all(store)
+        async with pool.connection() as conn:
+            plan = await (
+                await conn.execute(
+                    "EXPLAIN " + read_buckets(BUCKETS),
+                    {"category": CATEGORY, "position": 1, "batch_size": 7, "low": 1, "high": 5},
+                )
+            ).fetchall()
+    assert without == expected
+    assert with_index == expected
+    assert member_index.bucket_index_name(BUCKETS) in "\n".join(row[0] for row in plan)
