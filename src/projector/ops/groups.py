@@ -153,6 +153,12 @@ async def rebalance(conn: Connection, group: str, size: int, *, dry_run: bool) -
     if size < 1:
         raise ConfigurationError(f"--group-size {size} is too small: a group has at least 1 member")
     async with conn.transaction() as transaction:
+        stored = await buckets.stored_buckets(conn, group)
+        if stored is not None:
+            raise ConfigurationError(
+                f"group {group!r} is elastic ({stored} buckets): members join and leave "
+                "without a rebalance; start or stop `projector run --elastic` processes instead"
+            )
         # A dry run changes nothing, so it may look while members run (and says so).
         rows, busy = await _lock_group(conn, group, extra_members=size, refuse_busy=not dry_run)
         if not rows:
@@ -293,6 +299,9 @@ async def _lock_group(
         known = max((max(row.size, row.member + 1) for row in rows), default=1)
         members = range(max(known, extra_members))
     busy = await busy_members(conn, group, members)
+    # An elastic group's members hold bucket leases, not member locks.
+    owners = sorted(set((await buckets.lock_held(conn, group)).values()))
+    busy += [f"elastic member {owner}" for owner in owners]
     if busy and refuse_busy:
         raise MemberBusyError(
             f"group {group!r} is running: {'; '.join(busy)}. Stop every member first"

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from projector.model.events import member_name, owns, validate_group
-from projector.storage import checkpoints, database, leases, message_store, parked
+from projector.storage import buckets, checkpoints, database, leases, message_store, parked
 from projector.storage.checkpoints import CheckpointRow, check_schema
 from projector.storage.database import Connection
 from projector.storage.message_store import Partition
@@ -70,7 +70,8 @@ async def _member_status(
     # A member has one lock for all its categories: look it up once.
     key = (row.group, row.member)
     if key not in running:
-        running[key] = await leases.is_held(conn, row.group, row.member)
+        held = await buckets.held(conn, row.group)  # an elastic group's buckets
+        running[key] = row.member in held or await leases.is_held(conn, row.group, row.member)
     return MemberStatus(
         row.group,
         row.member,

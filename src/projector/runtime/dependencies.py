@@ -32,7 +32,7 @@ from anyio.abc import TaskStatus
 from projector.model.dependencies import Dependency, PauseCallback
 from projector.model.events import FIRST_POSITION, Event, member_name
 from projector.reconnecting import outlasting
-from projector.storage import checkpoints, database, leases, message_store
+from projector.storage import buckets, checkpoints, database, leases, message_store
 from projector.storage.checkpoints import CheckpointRow
 from projector.storage.database import Connection, Pool
 from projector.storage.message_store import Partition
@@ -83,10 +83,11 @@ async def _pause_reason(
     conn: Connection, dependency: Dependency, partitions: list[Partition]
 ) -> str | None:
     group, size = dependency.group, partitions[0].size
+    held = await buckets.held(conn, group)  # an elastic upstream's buckets run under leases
     down = [
         member_name(group, member, size)
         for member in range(size)
-        if not await leases.is_held(conn, group, member)
+        if member not in held and not await leases.is_held(conn, group, member)
     ]
     if down:
         return f"upstream {', '.join(down)} not running"

@@ -30,7 +30,6 @@ from types import TracebackType
 from typing import Self
 
 import anyio
-import psycopg
 
 from projector import cleanup
 from projector.errors import DatabaseUnavailableError
@@ -97,15 +96,14 @@ class BucketCheckpoints:
         }
         member = self._tenure.member
         try:
-            await buckets.commit_fenced(
-                member.connection,
-                member.identity,
-                size=member.buckets,
-                owned=self._tenure.owned,
-                positions=rows,
-            )
-        except psycopg.OperationalError as exc:
-            raise database.unavailable_during("committing bucket checkpoints", exc) from exc
+            with database.unavailable_as("committing bucket checkpoints"):
+                await buckets.commit_fenced(
+                    member.connection,
+                    member.identity,
+                    size=member.buckets,
+                    owned=self._tenure.owned,
+                    positions=rows,
+                )
         except LeaseLostError:
             logger.warning(
                 "%s's checkpoint commit was refused: it no longer holds all its buckets",
@@ -182,14 +180,15 @@ class ElasticMember:
         with cleanup.shielded(f"leaving {self.group}", cleanup.LEASE_RELEASE):
             owned = self._tenure.owned if self._tenure is not None else {}
             try:
-                await buckets.leave(self._conn, self.identity, owned)
+                with database.unavailable_as(f"releasing the buckets of {self.identity.member_id}"):
+                    await buckets.leave(self._conn, self.identity, owned)
                 self._released(owned, reason="left")
-            except psycopg.OperationalError as exc:
+            except DatabaseUnavailableError as exc:
                 logger.warning(
                     "could not release the buckets of %s (they are taken once their lease "
                     "expires): %s",
                     self.identity.member_id,
-                    database.first_line(exc),
+                    exc,
                     extra={"action": "bucket_release_failed", "group": self.group},
                 )
             await self._conn.close()
@@ -200,12 +199,13 @@ class ElasticMember:
         while True:
             await anyio.sleep(self._heartbeat)
             try:
-                await self._beat()
-            except psycopg.OperationalError as exc:
+                with database.unavailable_as(f"the heartbeat of {self.identity.member_id}"):
+                    await self._beat()
+            except DatabaseUnavailableError as exc:
                 logger.warning(
                     "heartbeat of %s failed: %s",
                     self.identity.member_id,
-                    database.first_line(exc),
+                    exc,
                     extra={"action": "heartbeat_failed", "group": self.group},
                 )
                 await self._reconnect()

@@ -94,6 +94,20 @@ WHERE group_name = %(group)s AND owner = %(member)s
       SELECT * FROM unnest(%(buckets)s::integer[], %(generations)s::bigint[]))
 """
 
+# Buckets a member holds now (lease unexpired), with their owners; FOR UPDATE in the
+# administrative variant, so that no member takes one until the caller's transaction ends.
+HELD = """
+SELECT bucket, owner FROM projector.bucket_leases
+WHERE group_name = %(group)s AND owner IS NOT NULL AND expires_at > now()
+ORDER BY bucket
+"""
+LOCK_LEASES = """
+SELECT bucket, owner, owner IS NOT NULL AND expires_at > now()
+FROM projector.bucket_leases WHERE group_name = %(group)s
+ORDER BY bucket
+FOR UPDATE
+"""
+
 LEAVE = """
 DELETE FROM projector.elastic_members WHERE group_name = %(group)s AND member_id = %(member)s
 """
@@ -216,6 +230,23 @@ async def leases(conn: Connection, group: str) -> list[Lease]:
     return [
         Lease(int(b), owner, int(g), expires, bool(free)) for b, owner, g, expires, free in rows
     ]
+
+
+async def held(conn: Connection, group: str) -> dict[int, str]:
+    """The buckets a live member holds now, with their owners (empty for a fixed group)."""
+    if await stored_buckets(conn, group) is None:
+        return {}
+    rows = await (await conn.execute(HELD, {"group": group})).fetchall()
+    return {int(bucket): str(owner) for bucket, owner in rows}
+
+
+async def lock_held(conn: Connection, group: str) -> dict[int, str]:
+    """Like `held`, with every lease row of the group locked for the rest of ``conn``'s
+    transaction: no member takes a bucket meanwhile (administration refuses while any runs)."""
+    if await stored_buckets(conn, group) is None:
+        return {}
+    rows = await (await conn.execute(LOCK_LEASES, {"group": group})).fetchall()
+    return {int(bucket): str(owner) for bucket, owner, live in rows if live}
 
 
 async def members(conn: Connection, group: str) -> list[Member]:

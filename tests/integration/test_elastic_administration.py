@@ -1,0 +1,75 @@
+"""An elastic group's members hold bucket leases, not member locks: administration refuses
+while any runs, status shows them running, and a projection depending on the group sees it up.
+
+The leases are taken with storage's own statements, as a member's heartbeat would.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import pytest
+
+from projector.errors import ConfigurationError
+from projector.model.dependencies import Dependency
+from projector.ops import groups, status
+from projector.runtime import dependencies
+from projector.storage import buckets, checkpoints, database
+from projector.storage.buckets import Identity
+from projector.storage.database import Connection
+from projector.storage.leases import MemberBusyError
+
+GROUP = "elastic_admin"
+MEMBER = Identity(GROUP, "a", "host-a", 1)
+BUCKETS = 4
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture
+async def conn(own_store_url: str) -> AsyncIterator[Connection]:
+    connection = await database.connect(own_store_url)
+    await connection.set_autocommit(True)
+    async with connection:
+        await buckets.register(connection, GROUP, BUCKETS)
+        for bucket in range(BUCKETS):
+            await checkpoints.write(connection, GROUP, bucket, BUCKETS, "account", 1)
+        yield connection
+
+
+async def test_checkpoint_changes_refuse_while_an_elastic_member_holds_buckets(
+    conn: Connection,
+) -> None:
+    await buckets.acquire(conn, MEMBER, [0, 1], lease=30)
+    with pytest.raises(MemberBusyError, match="elastic member a"):
+        await groups.set_checkpoint(conn, GROUP, "account", 1, member=2)
+    with pytest.raises(MemberBusyError, match="elastic member a"):
+        await groups.reset_group(conn, GROUP)
+    assert {row.position for row in await checkpoints.rows(conn, GROUP)} == {1}
+
+    await buckets.leave(conn, MEMBER, {0: 1, 1: 1})
+    assert [row.member for row in await groups.reset_group(conn, GROUP)] == [0, 1, 2, 3]
+
+
+async def test_an_elastic_group_is_never_rebalanced(conn: Connection) -> None:
+    with pytest.raises(ConfigurationError, match="elastic"):
+        await groups.rebalance(conn, GROUP, 2, dry_run=True)
+    assert {row.size for row in await checkpoints.rows(conn, GROUP)} == {BUCKETS}
+
+
+async def test_status_and_dependents_see_the_buckets_a_member_holds_as_running(
+    conn: Connection,
+) -> None:
+    await buckets.acquire(conn, MEMBER, [0, 1], lease=30)
+    running = {row.member: row.running for row in await status.collect(conn, GROUP)}
+    assert running == {0: True, 1: True, 2: False, 3: False}
+    upstream = await dependencies.measure(conn, Dependency(GROUP))
+    assert upstream.pause == f"upstream {GROUP}-2, {GROUP}-3 not running"
+
+    await buckets.acquire(conn, MEMBER, [2, 3], lease=30)
+    assert (await dependencies.measure(conn, Dependency(GROUP))).pause is None
