@@ -189,6 +189,8 @@ class Runner:
                 observer=watchers.observer,
             )
             elastic = await self._join(stack) if settings.elastic else None
+            if elastic is not None and watchers.metrics is not None:
+                watchers.metrics.watch_buckets(elastic)
             lasting = Lasting(pool, store, watchers, outage, elastic)
             retries = Reconnecting(
                 f"starting {name}",

@@ -213,3 +213,24 @@ async def test_the_summary_line_reports_throughput_lag_and_streams(
     assert (fields["busy_streams"], fields["parked_streams"]) == (0, 2)
     assert vars(second)["handled"] == 0
     assert vars(second)["lag"] is None
+
+
+class _Holder:
+    """An elastic member as metrics see it: the buckets it owns, its rebalances."""
+
+    def __init__(self) -> None:
+        self.owned: frozenset[int] = frozenset()
+        self.rebalances = 0
+
+
+def test_an_elastic_member_reports_its_buckets_and_rebalances() -> None:
+    metrics = Metrics("shop", Health(max_db_age=30, ready_max_lag=0))
+    member = _Holder()
+    metrics.watch_buckets(member)
+    group = frozenset({("group", "shop")})
+    assert scrape(metrics)[("projector_buckets_owned", group)] == 0
+
+    member.owned, member.rebalances = frozenset({0, 1, 2}), 2
+    samples = scrape(metrics)
+    assert samples[("projector_buckets_owned", group)] == 3
+    assert samples[("projector_rebalances_total", group)] == 2

@@ -17,6 +17,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from itertools import accumulate
+from typing import Protocol
 
 from prometheus_client import CollectorRegistry, Counter
 from prometheus_client.metrics_core import (
@@ -115,6 +116,10 @@ class Metrics(Observer):
     def watch(self, state: RunnerState) -> None:
         """Report the gauges of a running pipeline from now on (once per runner)."""
         self.registry.register(_StateCollector(self.group, state))
+
+    def watch_buckets(self, member: BucketHolder) -> None:
+        """Report an elastic member's buckets and rebalances from now on (once per process)."""
+        self.registry.register(_BucketCollector(self.group, member))
 
     # -- observer hooks -----------------------------------------------------------------------
 
@@ -267,6 +272,35 @@ class _StateCollector(Collector):
                 if lag.head is not None:
                     head.add_metric((group, name), lag.head)
         return (events, behind, seconds, head)
+
+
+class BucketHolder(Protocol):
+    """What an elastic member tells metrics: the buckets it owns now, its rebalances so far."""
+
+    @property
+    def owned(self) -> frozenset[int]: ...
+
+    @property
+    def rebalances(self) -> int: ...
+
+
+class _BucketCollector(Collector):
+    """An elastic member's buckets owned and rebalances, at each scrape."""
+
+    def __init__(self, group: str, member: BucketHolder) -> None:
+        self._group = group
+        self._member = member
+
+    def collect(self) -> Iterable[Metric]:
+        owned = _gauge("projector_buckets_owned", "Buckets this elastic member owns now")
+        owned.add_metric((self._group,), float(len(self._member.owned)))
+        rebalances = CounterMetricFamily(
+            "projector_rebalances",
+            "Rebalances this elastic member went through (its bucket set changed)",
+            labels=("group",),
+        )
+        rebalances.add_metric((self._group,), float(self._member.rebalances))
+        return [owned, rebalances]
 
 
 class _HealthCollector(Collector):
