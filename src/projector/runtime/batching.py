@@ -52,22 +52,27 @@ class _Call:
 
     def __init__(self, events: list[Event]) -> None:
         self.events = events
-        self.done = anyio.Event()
+        self.done = False
         self.next_position = 0
         self.error: Exception | None = None
         self.traceback: TracebackType | None = None
 
 
 class _Group:
-    """Calls gathered for one batch call."""
+    """Calls gathered for one batch call.
 
-    __slots__ = ("arrivals", "calls", "closed", "filled", "scope")
+    Its calls wait for one event, set once every one of them has its outcome: an event per
+    call would cost more than the rest of the call's way through the batcher, and only a
+    split batch has outcomes at different times (its streams wait for the split to end)."""
+
+    __slots__ = ("arrivals", "calls", "closed", "filled", "scope", "settled")
 
     def __init__(self) -> None:
         self.calls: dict[str, _Call] = {}
         self.arrivals = 0
         self.closed = False
         self.filled = anyio.Event()
+        self.settled = anyio.Event()
         self.scope: anyio.CancelScope | None = None  # set once the batch call runs
 
 
@@ -121,7 +126,7 @@ class Batcher:
         if len(group.calls) >= self._max_streams:
             self._close(group)
         try:
-            await call.done.wait()
+            await group.settled.wait()
         except BaseException:
             self._leave(group, stream_name, call)
             raise
@@ -147,7 +152,7 @@ class Batcher:
 
     def _leave(self, group: _Group, stream_name: str, call: _Call) -> None:
         """A call was cancelled while it waited."""
-        if call.done.is_set():
+        if call.done:
             return  # its outcome came too late: the sink redelivers, and redelivery is safe
         if group.scope is None:
             del group.calls[stream_name]  # not started: the batch goes on without it
@@ -166,6 +171,7 @@ class Batcher:
             # Cancelled (a call of the group was, or the run ends): no call waits forever.
             self._close(group)
             self._fail_unsettled(group)
+            group.settled.set()
 
     async def _gather(self, group: _Group) -> None:
         """Until the group is full, or no call joined it for ``linger`` seconds (or a turn)."""
@@ -201,7 +207,7 @@ class Batcher:
     def _fail_unsettled(self, group: _Group) -> None:
         """The batch call was cancelled: the calls still waiting fail (and are retried)."""
         for call in group.calls.values():
-            if not call.done.is_set():
+            if not call.done:
                 error = HandlerTimeout(
                     "cancelled with its batch call: another stream's call in it outlasted "
                     "handler_timeout, or the run is ending"
@@ -228,7 +234,6 @@ def _nobody_s_fault(error: Exception) -> bool:
 
 
 def _resolve(call: _Call, *, next_position: int = 0, error: Exception | None = None) -> None:
-    call.next_position, call.error = next_position, error
+    call.next_position, call.error, call.done = next_position, error, True
     if error is not None:
         call.traceback = error.__traceback__
-    call.done.set()
