@@ -202,3 +202,33 @@ async def test_a_batch_waiting_for_a_slot_keeps_gathering() -> None:
         calls.gate.set()
 
     assert calls.batches == [["account-0"], ["account-1", "account-2", "account-3"]]
+
+
+async def test_a_batch_call_running_when_the_run_is_cancelled_finishes_for_its_calls() -> None:
+    # A stop lets running calls finish: the sink's workers are shielded, so must their batch be.
+    calls = BatchCalls(gate=anyio.Event())
+    spans = spans_of(1)
+    outcomes: dict[str, int] = {}
+
+    async def worker(handler: Batcher) -> None:
+        with anyio.CancelScope(shield=True):
+            outcomes["account-0"] = await handler.handle("account-0", spans["account-0"])
+
+    async def open_the_gate_soon() -> None:
+        with anyio.CancelScope(shield=True):
+            await anyio.sleep(0.05)
+            assert calls.gate is not None
+            calls.gate.set()
+
+    with anyio.fail_after(TIMEOUT):
+        async with anyio.create_task_group() as run, Batcher.running(
+            calls.run, group="g", max_streams=10, linger=0.0, max_batches=1
+        ) as handler:
+            run.start_soon(worker, handler)
+            await settle()  # the batch call runs, waiting on the gate
+            run.start_soon(open_the_gate_soon)
+            run.cancel_scope.cancel()
+            await anyio.sleep(1)  # cancelled at once
+
+    assert outcomes == {"account-0": 2}
+    assert calls.cancelled == 0

@@ -20,7 +20,8 @@ nothing of batches:
 - A call cancelled (its ``handler_timeout``, or the run ending) while its group gathers leaves
   it; one cancelled while its group runs cancels the batch call (its transaction rolls back),
   and the group's other calls fail with `HandlerTimeout`, to be retried: none of its streams
-  may go on while a batch call for it still runs.
+  may go on while a batch call for it still runs. Cancelling the runner does not cancel a
+  batch call by itself: a stop lets the sink's running calls finish, and so their batch.
 """
 
 from __future__ import annotations
@@ -160,18 +161,23 @@ class Batcher:
             group.scope.cancel()
 
     async def _dispatch(self, group: _Group) -> None:
-        try:
-            await self._gather(group)
-            async with self._slots:
+        # Shielded, as the sink's workers are: a stop lets the calls running finish (within
+        # shutdown_timeout), so their batch must go on. Only its own calls' cancellation cuts
+        # it short (`_leave`); once they are all gone, it ends by itself: a batch gathering
+        # nobody closes, and one left with no calls runs nothing.
+        with anyio.CancelScope(shield=True):
+            try:
+                await self._gather(group)
+                async with self._slots:
+                    self._close(group)
+                    if group.calls:  # unless every call left while it gathered
+                        with anyio.CancelScope() as group.scope:
+                            await self._settle(group, list(group.calls))
+            finally:
+                # Cancelled (a call of the group was): no call waits forever.
                 self._close(group)
-                if group.calls:  # unless every call left while it gathered
-                    with anyio.CancelScope() as group.scope:
-                        await self._settle(group, list(group.calls))
-        finally:
-            # Cancelled (a call of the group was, or the run ends): no call waits forever.
-            self._close(group)
-            self._fail_unsettled(group)
-            group.settled.set()
+                self._fail_unsettled(group)
+                group.settled.set()
 
     async def _gather(self, group: _Group) -> None:
         """Until the group is full, or no call joined it for ``linger`` seconds (or a turn)."""
