@@ -4,15 +4,15 @@ every one of their positions with the handler's writes.
 The argument is `ExactlyOnce`'s, made for each stream of the batch at once: every stream's
 position is written by a compare-and-set against the position the call started from (read
 under ``FOR UPDATE``, or remembered from this runner's own last commit), all of them in one
-statement sent with the COMMIT (`Session.record_all_and_commit`). If any stream's row moved,
+statement just before the COMMIT (`Session.record_all_and_commit`). If any stream's row moved,
 the statement fails, and the whole transaction rolls back with every write of the handler; so
 a zombie can commit none of a batch whose streams another runner has moved since. Such a
 batch is made once more with every row read under lock (``stream_position_moved``); a batch
 that fails again goes back to the `Batcher`, which splits it.
 
 A batch costs one transaction, whatever its size: a lock-and-read of the rows of the streams
-this runner knows nothing of (none, once it has met them), the handler's statements, and one
-round trip for the positions, the COMMIT and the next BEGIN.
+this runner knows nothing of (none, once it has met them), the handler's statements, the
+positions' statement, and one round trip for the COMMIT and the next BEGIN.
 """
 
 from __future__ import annotations
