@@ -52,6 +52,18 @@ WHERE m.position < excluded.position
 """
 
 
+# The same rows for a whole batch of spans in one statement (batch handlers); arrays bound in
+# binary (%b), which psycopg dumps several times faster than as text.
+UPSERT_ALL = """
+INSERT INTO {table} AS m (stream_name, position, balance, events)
+SELECT * FROM unnest(%b::text[], %b::bigint[], %b::bigint[], %b::bigint[])
+ON CONFLICT (stream_name) DO UPDATE
+SET position = excluded.position, balance = m.balance + excluded.balance,
+    events = m.events + excluded.events
+WHERE m.position < excluded.position
+"""
+
+
 @dataclass(frozen=True)
 class Job:
     """One measurement; ``kind`` names the function below that runs it."""
@@ -62,7 +74,8 @@ class Job:
     batch_size: int = 500
     decode: bool = False
     decoder: str = "json"  # read loops that decode: json, or orjson (what Event.data uses)
-    handler: str = "noop"  # projector runs: noop, decode, upsert, transactional or tail
+    # projector runs: noop, decode, upsert, transactional, batch, transactional_batch or tail
+    handler: str = "noop"
     group: str = "bench"
     member: int | None = None
     size: int | None = None
@@ -198,9 +211,9 @@ def projector(job: Job) -> dict[str, Any]:
 async def _projector(job: Job) -> dict[str, Any]:
     tally = Tally()
     pool = None
-    if job.handler == "transactional":
+    if job.handler in ("transactional", "transactional_batch"):
         return await _transactional(job, tally)
-    if job.handler == "upsert":
+    if job.handler in ("upsert", "batch"):
         with psycopg.connect(job.url, autocommit=True) as conn:
             _create_read_model(conn, job.table)
         pool = AsyncConnectionPool(
@@ -211,9 +224,13 @@ async def _projector(job: Job) -> dict[str, Any]:
             open=False,
         )
         await pool.open(wait=True)
-    handler = _handler(job, tally, pool)
     _member_index(job)
-    runner = Runner(Projection("bench", handler=handler), _settings(job))
+    if job.handler == "batch":
+        assert pool is not None
+        projection = _batch_projection(job, tally, pool)
+    else:
+        projection = Projection("bench", handler=_handler(job, tally, pool))
+    runner = Runner(projection, _settings(job))
     started = time.perf_counter()
     tally.window_start = time.time() + job.warmup
     if job.handler == "tail":
@@ -240,18 +257,27 @@ async def _projector(job: Job) -> dict[str, Any]:
 
 
 async def _transactional(job: Job, tally: Tally) -> dict[str, Any]:
-    """The upsert handler as a transactional (exactly-once) projection, on projector's pool."""
+    """The upsert handler as a transactional (exactly-once) projection, on projector's pool:
+    one upsert per span, or (``transactional_batch``) one for a whole batch of spans."""
     with psycopg.connect(job.url, autocommit=True) as conn:
         _create_read_model(conn, job.table)
     upsert = _upsert_statement(job.table)
+    upsert_all = _upsert_statement(job.table, UPSERT_ALL)
     projection = Projection("bench")
 
-    @projection.transactional
     async def upserting(stream_name: str, events: list[Event], conn: Any) -> None:
         balance = sum(event.data["amount"] for event in events)
         await conn.execute(upsert, (stream_name, events[-1].position, balance, len(events)))
         tally.events += len(events)
 
+    async def upserting_all(spans: dict[str, list[Event]], conn: Any) -> None:
+        await conn.execute(upsert_all, _rows(spans))
+        tally.events += sum(len(events) for events in spans.values())
+
+    if job.handler == "transactional_batch":
+        projection.transactional_batch(upserting_all)
+    else:
+        projection.transactional(upserting)
     started = time.perf_counter()
     await Runner(projection, _settings(job)).run()
     result: dict[str, Any] = {"events": tally.events, "seconds": time.perf_counter() - started}
@@ -320,6 +346,31 @@ def _handler(
     return {"noop": noop, "decode": decode, "upsert": upserting, "tail": tail}[job.handler]
 
 
+def _batch_projection(job: Job, tally: Tally, pool: AsyncConnectionPool[Any]) -> Projection:
+    """The upsert of every span of a batch in one statement, at least once, through ``pool``."""
+    upsert_all = _upsert_statement(job.table, UPSERT_ALL)
+    projection = Projection("bench")
+
+    @projection.batch
+    async def upserting_all(spans: dict[str, list[Event]]) -> None:
+        async with pool.connection() as conn:
+            await conn.execute(upsert_all, _rows(spans))
+        tally.events += sum(len(events) for events in spans.values())
+
+    return projection
+
+
+def _rows(spans: dict[str, list[Event]]) -> tuple[list[str], list[int], list[int], list[int]]:
+    """The read-model rows of a batch of spans, one per stream, as columns for ``unnest``."""
+    names = list(spans)
+    return (
+        names,
+        [spans[name][-1].position for name in names],
+        [sum(event.data["amount"] for event in spans[name]) for name in names],
+        [len(spans[name]) for name in names],
+    )
+
+
 # The trigger would wake every later run on this database: polling-only figures need it gone.
 DROP_NOTIFY = "DROP TRIGGER IF EXISTS projector_notify ON message_store.messages"
 
@@ -362,10 +413,10 @@ def _read_params(job: Job, position: int) -> dict[str, Any]:
     return {"category": job.category, "position": position, "batch_size": job.batch_size}
 
 
-def _upsert_statement(table: str) -> bytes:
+def _upsert_statement(table: str, statement: str = UPSERT) -> bytes:
     """The upsert as plain bytes, as a handler would write it: psycopg caches a statement's
     parsing by its text, and a `sql.Composed` would be rendered again on every execute."""
-    return sql.SQL(UPSERT).format(table=sql.Identifier(table)).as_bytes(None)
+    return sql.SQL(statement).format(table=sql.Identifier(table)).as_bytes(None)
 
 
 def _create_read_model(conn: psycopg.Connection[Any], table: str) -> None:

@@ -264,6 +264,15 @@ def upserting(url: str, run_id: str, sizes: Sizes, settings: dict[str, Any]) -> 
         "batch_size": sizes.batch_size,
     }
     return [
+        *_per_span_upserts(run_id, sizes, settings, dataset, common),
+        *_batch_upserts(run_id, sizes, settings, dataset, common),
+    ]
+
+
+def _per_span_upserts(
+    run_id: str, sizes: Sizes, settings: dict[str, Any], dataset: Dataset, common: dict[str, Any]
+) -> list[Scenario]:
+    return [
         Scenario(
             "upsert",
             f"catch-up, handler upserts one row per stream span through a pool of "
@@ -306,6 +315,64 @@ def upserting(url: str, run_id: str, sizes: Sizes, settings: dict[str, Any]) -> 
             ),
             "the at-least-once pipeline running the same upsert handler",
             target=0.5,
+            dataset=dataset,
+        ),
+    ]
+
+
+def _batch_upserts(
+    run_id: str, sizes: Sizes, settings: dict[str, Any], dataset: Dataset, common: dict[str, Any]
+) -> list[Scenario]:
+    """The same rows, one per stream span, written by batch handlers: one statement per batch
+    call of up to ``batch_max_streams`` spans."""
+    batching = {
+        "max_concurrent_streams": 2 * sizes.batch_size,
+        "batch_max_streams": sizes.batch_size,
+        "max_concurrent_batches": 2,
+        **settings,
+    }
+
+    def batch_job(handler: str, name: str) -> Job:
+        return Job(
+            "projector",
+            handler=handler,
+            group=f"bench_{run_id}_{name}",
+            table=f"bench_{run_id}_{name}",
+            pool_size=sizes.pool_size,
+            settings=batching,
+            **common,
+        )
+
+    what = (
+        f"exactly-once batch upserts (transactional_batch, one unnest upsert and one "
+        f"position statement per batch of up to {sizes.batch_size} spans), "
+        f"{dataset.events:,} events over {dataset.streams:,} streams"
+    )
+    return [
+        Scenario(
+            "transactional-batch",
+            what,
+            batch_job("transactional_batch", "transactional_batch"),
+            Job(
+                "projector",
+                handler="upsert",
+                group=f"bench_{run_id}_per_span",
+                table=f"bench_{run_id}_per_span",
+                pool_size=sizes.pool_size,
+                settings=settings,
+                **common,
+            ),
+            "the at-least-once pipeline upserting one span at a time (the upsert scenario)",
+            target=3.0,
+            dataset=dataset,
+        ),
+        Scenario(
+            "transactional-batch-vs-batch",
+            what,
+            batch_job("transactional_batch", "transactional_batch_2"),
+            batch_job("batch", "batch"),
+            "an at-least-once batch handler making the same upserts through a pool",
+            target=0.9,
             dataset=dataset,
         ),
     ]

@@ -59,10 +59,12 @@ from projector.pipeline.lane import Lane
 from projector.pipeline.sink import SpanHandler, StreamsSink
 from projector.pipeline.source import OPEN_GATE, CategorySource
 from projector.reconnecting import Reconnecting
+from projector.runtime.batching import Batcher, BatchRun
 from projector.runtime.checkpoint_writer import CheckpointWriter
 from projector.runtime.dependencies import DependencyGate, UpstreamMeter
 from projector.runtime.elastic import BucketCheckpoints, ElasticMember, Tenure, start_positions
 from projector.runtime.exactly_once import ExactlyOnce
+from projector.runtime.exactly_once_batch import ExactlyOnceBatch
 from projector.runtime.outage import PROBE_TIMEOUT, Outage
 from projector.runtime.recovery import Recovery
 from projector.settings import EventLoop, Settings, retry_policy
@@ -387,15 +389,40 @@ class Runner:
         return parts.ending is not None and parts.ending.is_set()
 
     def _pool_size(self) -> int:
-        """Transactional handlers each hold a pool connection for their call."""
-        extra = self.settings.max_concurrent_streams if self.projection.is_transactional else 0
-        return self.settings.pool_size + extra
+        """Transactional handlers each hold a pool connection for their call (a batch's, for
+        the batch handlers)."""
+        settings, projection = self.settings, self.projection
+        if not projection.is_transactional:
+            return settings.pool_size
+        if projection.is_batch:
+            return settings.pool_size + settings.max_concurrent_batches
+        return settings.pool_size + settings.max_concurrent_streams
 
     async def _span_handler(self, stack: AsyncExitStack, pool: Pool) -> SpanHandler:
-        if self.projection.is_transactional:
-            exactly_once = ExactlyOnce.running(self.projection, pool, self.group)
+        projection = self.projection
+        if projection.is_batch:
+            return await self._batcher(stack, pool)
+        if projection.is_transactional:
+            exactly_once = ExactlyOnce.running(projection, pool, self.group)
             return (await stack.enter_async_context(exactly_once)).handle
-        return self.projection.handle
+        return projection.handle
+
+    async def _batcher(self, stack: AsyncExitStack, pool: Pool) -> SpanHandler:
+        """A batch projection's span handler: the sink's calls gathered into batch calls. It
+        closes before what runs them (the exit stack unwinds in reverse)."""
+        settings, projection = self.settings, self.projection
+        run: BatchRun = projection.handle_batch
+        if projection.is_transactional:
+            exactly_once = ExactlyOnceBatch.running(projection, pool, self.group)
+            run = (await stack.enter_async_context(exactly_once)).run
+        batcher = Batcher.running(
+            run,
+            group=self.group,
+            max_streams=settings.batch_max_streams,
+            linger=settings.batch_linger,
+            max_batches=settings.max_concurrent_batches,
+        )
+        return (await stack.enter_async_context(batcher)).handle
 
     def _dependency_gate(self, pool: Pool, watchers: Watchers, name: str) -> DependencyGate | None:
         """The gate of a projection with dependencies; health shows its pauses."""

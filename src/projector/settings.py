@@ -101,6 +101,23 @@ class Settings(BaseSettings):
     max_read_ahead: int = Field(
         3, ge=1, le=1_000, description="batches per category read but not yet fully handled"
     )
+    batch_max_streams: int = Field(
+        500, ge=1, le=100_000, description="most stream spans in one batch handler call"
+    )
+    batch_linger: float = Field(
+        0.0,
+        ge=0,
+        le=10,
+        description="seconds a batch waits for more streams once none joined (0: one event-loop "
+        "turn)",
+    )
+    max_concurrent_batches: int = Field(
+        2,
+        ge=1,
+        le=1_000,
+        description="batch handler calls running at once (a transactional batch holds a "
+        "connection each)",
+    )
     checkpoint_interval: float = Field(
         5.0, gt=0, le=3600, description="seconds between checkpoint commits (when moved)"
     )

@@ -20,6 +20,8 @@ SCENARIOS = {
     "catchup-distinct-streams",
     "upsert",
     "transactional",
+    "transactional-batch",
+    "transactional-batch-vs-batch",
     "tail-sleep-0.1",
     "tail-sleep-1",
     "tail-notify-sleep-1",

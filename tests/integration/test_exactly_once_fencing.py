@@ -2,8 +2,9 @@
 lost its member, a successor started before its predecessor's last transaction ended), and
 commits whose outcome the runner never learns: each event is still applied exactly once.
 
-Each test drives `ExactlyOnce` (the span handler of a transactional runner) directly, so the
-interleaving that broke exactly-once under faults happens every time, not by chance.
+Each test drives `ExactlyOnce` (the span handler of a transactional runner) or `ExactlyOnceBatch`
+(what runs a transactional batch handler) directly, so the interleaving that broke exactly-once
+under faults happens every time, not by chance.
 """
 
 from __future__ import annotations
@@ -17,7 +18,9 @@ import pytest
 
 from projector import Event, Projection, write_message
 from projector.localpg import LocalCluster
+from projector.model.projection import Spans
 from projector.runtime.exactly_once import ExactlyOnce
+from projector.runtime.exactly_once_batch import ExactlyOnceBatch
 from projector.storage.database import Connection, open_pool
 from projector.storage.message_store import MessageStore
 from projector.storage.migrate import install_message_store, upgrade
@@ -27,6 +30,7 @@ from tests.support.waiting import eventually
 pytestmark = pytest.mark.anyio
 
 STREAM = "account-1"
+OTHER = "account-2"
 
 
 @pytest.fixture
@@ -44,20 +48,30 @@ async def runner(url: str, projection: Projection) -> AsyncIterator[ExactlyOnce]
         yield handler
 
 
-async def deposit(url: str, *amounts: int) -> list[Event]:
-    """Append deposits to STREAM; return all of its events."""
+@asynccontextmanager
+async def batch_runner(url: str, projection: Projection) -> AsyncIterator[ExactlyOnceBatch]:
+    """One runner's transactional batch handler, with a pool of its own."""
+    async with (
+        open_pool(url, max_size=4) as pool,
+        ExactlyOnceBatch.running(projection, pool, "g") as handler,
+    ):
+        yield handler
+
+
+async def deposit(url: str, *amounts: int, stream: str = STREAM) -> list[Event]:
+    """Append deposits to ``stream``; return all of its events."""
     async with await psycopg.AsyncConnection.connect(url) as conn:
         await conn.execute(CREATE)
         for amount in amounts:
-            await write_message(conn, STREAM, "Deposited", {"amount": amount})
+            await write_message(conn, stream, "Deposited", {"amount": amount})
         await conn.commit()
     async with open_pool(url, max_size=1) as pool:
-        return await MessageStore(pool).read_stream(STREAM, 0, 100)
+        return await MessageStore(pool).read_stream(stream, 0, 100)
 
 
-def balance(url: str) -> int | None:
+def balance(url: str, stream: str = STREAM) -> int | None:
     with psycopg.connect(url) as conn:
-        row = conn.execute("SELECT balance FROM balances WHERE account = %s", (STREAM,)).fetchone()
+        row = conn.execute("SELECT balance FROM balances WHERE account = %s", (stream,)).fetchone()
     return None if row is None else int(row[0])
 
 
@@ -70,6 +84,25 @@ def adding(*, paused: anyio.Event | None = None, wrote: anyio.Event | None = Non
     async def add(stream_name: str, events: list[Event], conn: Connection) -> None:
         delta = sum(int(event.data["amount"]) for event in events)
         await conn.execute(ADD, {"account": stream_name, "delta": delta})
+        if wrote is not None:
+            wrote.set()
+        if paused is not None:
+            await paused.wait()
+
+    return projection
+
+
+def adding_in_batches(
+    *, paused: anyio.Event | None = None, wrote: anyio.Event | None = None
+) -> Projection:
+    """`adding` as a transactional batch handler: one write per stream, in name order."""
+    projection = Projection("adding")
+
+    @projection.transactional_batch
+    async def add(spans: Spans, conn: Connection) -> None:
+        for name, events in sorted(spans.items()):
+            delta = sum(int(event.data["amount"]) for event in events)
+            await conn.execute(ADD, {"account": name, "delta": delta})
         if wrote is not None:
             wrote.set()
         if paused is not None:
@@ -184,3 +217,78 @@ async def _terminate_waiting_commit(url: str) -> bool:
         )
         row = await cursor.fetchone()
     return row is not None and row[0] > 0
+
+
+# -- the same interleavings for a transactional batch ------------------------------------------
+
+
+async def test_a_zombie_batch_never_applies_what_its_successor_applied(own_store_url: str) -> None:
+    moved = await deposit(own_store_url, 1, 10)
+    kept = await deposit(own_store_url, 2, 20, stream=OTHER)
+    async with batch_runner(own_store_url, adding_in_batches()) as zombie:
+        assert await zombie.run({STREAM: moved[:1], OTHER: kept[:1]}) == {STREAM: 1, OTHER: 1}
+        # The zombie loses its member; its successor applies one of the two streams.
+        async with batch_runner(own_store_url, adding_in_batches()) as successor:
+            assert await successor.run({STREAM: moved}) == {STREAM: 2}
+        # The zombie wakes up with both streams' next events, one of them applied already:
+        # its batch fails as a whole, and is made again from the rows.
+        assert await zombie.run({STREAM: moved[1:], OTHER: kept[1:]}) == {STREAM: 2, OTHER: 2}
+
+    assert (balance(own_store_url), balance(own_store_url, OTHER)) == (11, 22)
+
+
+async def test_a_batch_beside_an_unfinished_batch_never_applies_its_events_again(
+    own_store_url: str,
+) -> None:
+    spans = {
+        STREAM: await deposit(own_store_url, 5),
+        OTHER: await deposit(own_store_url, 6, stream=OTHER),
+    }
+    release, wrote = anyio.Event(), anyio.Event()
+    async with (
+        batch_runner(own_store_url, adding_in_batches(paused=release, wrote=wrote)) as first,
+        batch_runner(own_store_url, adding_in_batches()) as second,
+        anyio.create_task_group() as tasks,
+    ):
+        tasks.start_soon(first.run, spans)
+        await wrote.wait()
+        results: list[dict[str, int]] = []
+
+        async def second_call() -> None:
+            results.append(await second.run(spans))
+
+        tasks.start_soon(second_call)
+        await eventually(lambda: _waits_for_a_lock(own_store_url), within=10)
+        release.set()
+
+    assert results == [{STREAM: 1, OTHER: 1}]
+    assert (balance(own_store_url), balance(own_store_url, OTHER)) == (5, 6)
+
+
+@pytest.mark.parametrize("cut", ["handler_timeout", "terminated_session"])
+async def test_a_batch_commit_whose_outcome_was_lost_is_not_applied_again(
+    store_cluster: str, cut: str
+) -> None:
+    # As in test_a_commit_whose_outcome_was_lost_is_not_applied_again, for a batch.
+    url = store_cluster + "?options=-c%20synchronous_commit%3Don"
+    events = {STREAM: await deposit(url, 3, 7), OTHER: await deposit(url, 4, 8, stream=OTHER)}
+    first = {name: span[:1] for name, span in events.items()}
+    rest = {name: span[1:] for name, span in events.items()}
+    async with batch_runner(url, adding_in_batches()) as handler:
+        assert await handler.run(first) == {STREAM: 1, OTHER: 1}
+        _set_system(url, "synchronous_standby_names", "nobody")
+        try:
+            with anyio.move_on_after(1.0 if cut == "handler_timeout" else 30):
+                async with anyio.create_task_group() as tasks:
+                    tasks.start_soon(handler.run, rest)
+                    if cut == "terminated_session":
+                        await eventually(lambda: _terminate_waiting_commit(url), within=10)
+        except* psycopg.OperationalError:
+            pass  # the terminated session's call fails: the runner retries it
+        finally:
+            _set_system(url, "synchronous_standby_names", None)
+        assert (balance(url), balance(url, OTHER)) == (10, 12)  # committed, never acknowledged
+
+        assert await handler.run(rest) == {STREAM: 2, OTHER: 2}
+
+    assert (balance(url), balance(url, OTHER)) == (10, 12)

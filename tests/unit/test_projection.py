@@ -14,7 +14,13 @@ import pytest
 
 from projector.errors import ConfigurationError, HandlerImportError, InvalidNameError
 from projector.model.events import Event
-from projector.model.projection import Projection, StreamHandler, StreamResult, load_projection
+from projector.model.projection import (
+    Projection,
+    Spans,
+    StreamHandler,
+    StreamResult,
+    load_projection,
+)
 
 _EVENT_ID = "0b6f1c1e-3e9a-4a53-8f1e-5b8f8f2f6c11"
 _global_positions = itertools.count(1)
@@ -187,6 +193,64 @@ def test_a_second_handler_for_one_event_type_is_refused() -> None:
     projection.on("Deposited")(deposited)
     with pytest.raises(ConfigurationError, match="already handles 'Deposited'"):
         projection.on("Deposited")(deposited)
+
+
+def test_a_sync_batch_handler_is_refused() -> None:
+    projection = Projection("balances")
+
+    def bulk(spans: Spans) -> None: ...
+
+    with pytest.raises(ConfigurationError, match=r"bulk must be an async function"):
+        projection.batch(bulk)  # type: ignore[arg-type]
+
+
+def test_a_batch_handler_beside_any_other_handler_is_refused() -> None:
+    projection = Projection("balances")
+
+    @projection.batch
+    async def bulk(spans: Spans) -> None: ...
+
+    async def bulk_in_transaction(spans: Spans, conn: object) -> None: ...
+
+    async def deposited(event: Event) -> None: ...
+
+    with pytest.raises(ConfigurationError, match="'balances' already has handlers"):
+        projection.transactional_batch(bulk_in_transaction)
+    with pytest.raises(ConfigurationError, match="already has handlers"):
+        projection.handler(_async_stream_handler())
+    with pytest.raises(ConfigurationError, match="already has a stream handler"):
+        projection.on("Deposited")(deposited)
+
+
+@pytest.mark.anyio
+async def test_a_batch_result_names_only_the_streams_that_handled_less() -> None:
+    projection = Projection("balances")
+
+    @projection.batch
+    async def bulk(spans: Spans) -> dict[str, StreamResult]:
+        return {
+            "account-1": StreamResult.partially_processed(1),
+            "account-2": StreamResult.none_processed(),
+        }
+
+    spans = {name: [ev(3, stream=name), ev(5, stream=name)] for name in ("account-1", "account-2")}
+    spans["account-3"] = [ev(8, stream="account-3")]
+
+    assert await projection.handle_batch(spans) == {"account-1": 5, "account-2": 3, "account-3": 9}
+    assert projection.is_batch
+    assert not projection.is_transactional
+
+
+@pytest.mark.anyio
+async def test_a_batch_result_for_a_stream_not_given_fails_the_call() -> None:
+    projection = Projection("balances")
+
+    @projection.batch
+    async def bulk(spans: Spans) -> dict[str, StreamResult]:
+        return {"account-9": StreamResult.all_processed()}
+
+    with pytest.raises(ValueError, match="'account-9', a stream it was not given"):
+        await projection.handle_batch({"account-1": [ev(0)]})
 
 
 def test_a_projection_name_or_category_the_store_cannot_hold_is_refused() -> None:

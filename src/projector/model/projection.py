@@ -72,6 +72,13 @@ TransactionalHandler: TypeAlias = (
     "Callable[[str, list[Event], Connection], Awaitable[StreamResult | None]]"
 )
 EventHandler = Callable[[Event], Awaitable[None]]
+Spans: TypeAlias = dict[str, list[Event]]
+"""Several streams' spans: each stream's events, in stream order, by stream name."""
+BatchResults: TypeAlias = "dict[str, StreamResult] | None"
+"""What a batch handler returns: None when it handled every span, else a `StreamResult` for
+each stream that handled less (streams left out handled all of theirs)."""
+BatchHandler: TypeAlias = "Callable[[Spans], Awaitable[BatchResults]]"
+TransactionalBatchHandler: TypeAlias = "Callable[[Spans, Connection], Awaitable[BatchResults]]"
 
 _IDEMPOTENCY_NAMESPACE = uuid.UUID("3f7c2a61-8d0e-4b8e-9c43-5b1f2e6a9d70")
 
@@ -103,6 +110,9 @@ class Projection:
 
         @projection.on("Deposited")
         async def deposited(event: Event) -> None: ...
+
+    or one of the transactional and batch handlers (`transactional`, `batch`,
+    `transactional_batch`).
     """
 
     def __init__(
@@ -126,6 +136,8 @@ class Projection:
             _require_coroutine(handler)
         self._stream_handler = handler
         self._transactional_handler: TransactionalHandler | None = None
+        self._batch_handler: BatchHandler | None = None
+        self._transactional_batch_handler: TransactionalBatchHandler | None = None
         self._event_handlers: dict[str, EventHandler] = {}
 
     def __repr__(self) -> str:
@@ -145,22 +157,62 @@ class Projection:
         self._transactional_handler = fn
         return fn
 
+    def batch(self, fn: BatchHandler) -> BatchHandler:
+        """Register a handler called with several streams' spans at once (``{stream_name:
+        events}``), for writers that work in bulk; delivered at least once, like `handler`
+        (decorator)."""
+        self._require_no_handler(fn)
+        self._batch_handler = fn
+        return fn
+
+    def transactional_batch(self, fn: TransactionalBatchHandler) -> TransactionalBatchHandler:
+        """Register a batch handler that writes through the connection it is given, inside one
+        transaction that also records the position of every stream it was given: each event
+        is applied exactly once (decorator)."""
+        self._require_no_handler(fn)
+        self._transactional_batch_handler = fn
+        return fn
+
     @property
     def is_transactional(self) -> bool:
-        return self._transactional_handler is not None
+        """Whether its handler writes in projector's transaction (one stream's or a batch's)."""
+        return (
+            self._transactional_handler is not None
+            or self._transactional_batch_handler is not None
+        )
+
+    @property
+    def is_batch(self) -> bool:
+        """Whether its handler takes several streams' spans at once."""
+        return self._batch_handler is not None or self._transactional_batch_handler is not None
+
+    def _has_handler(self) -> bool:
+        return bool(
+            self._stream_handler
+            or self._transactional_handler
+            or self._batch_handler
+            or self._transactional_batch_handler
+            or self._event_handlers
+        )
 
     def _require_no_handler(self, fn: Callable[..., object]) -> None:
         _require_coroutine(fn)
-        if self._stream_handler or self._transactional_handler or self._event_handlers:
-            raise ConfigurationError(f"projection {self.name!r} already has handlers")
+        if self._has_handler():
+            raise ConfigurationError(
+                f"projection {self.name!r} already has handlers: register one kind of handler "
+                "per projection (make another Projection for the other)"
+            )
 
     def on(self, event_type: str) -> Callable[[EventHandler], EventHandler]:
         """Register a handler for one event type (decorator)."""
 
         def register(fn: EventHandler) -> EventHandler:
             _require_coroutine(fn)
-            if self._stream_handler is not None or self._transactional_handler is not None:
-                raise ConfigurationError(f"projection {self.name!r} already has a stream handler")
+            if self._has_handler() and not self._event_handlers:
+                raise ConfigurationError(
+                    f"projection {self.name!r} already has a stream handler (or a batch one): "
+                    "per-type handlers go on a projection of their own"
+                )
             if event_type in self._event_handlers:
                 raise ConfigurationError(f"projection {self.name!r} already handles {event_type!r}")
             self._event_handlers[event_type] = fn
@@ -185,9 +237,19 @@ class Projection:
         assert self._transactional_handler is not None
         return _next_position(await self._transactional_handler(stream_name, events, conn), events)
 
+    async def handle_batch(self, spans: Spans) -> dict[str, int]:
+        """Run the batch handler; return each stream's position to expect next."""
+        assert self._batch_handler is not None
+        return _next_positions(await self._batch_handler(spans), spans)
+
+    async def handle_batch_in_transaction(self, conn: Connection, spans: Spans) -> dict[str, int]:
+        """Run the transactional batch handler; return each stream's position to expect next."""
+        assert self._transactional_batch_handler is not None
+        return _next_positions(await self._transactional_batch_handler(spans, conn), spans)
+
     def check_ready(self) -> None:
         """Raise ConfigurationError unless a handler is registered."""
-        if not (self._stream_handler or self._transactional_handler or self._event_handlers):
+        if not self._has_handler():
             raise ConfigurationError(
                 f"projection {self.name!r} has no handler: decorate an async function with "
                 f"@{self.name}.handler or @{self.name}.on('EventType')"
@@ -200,6 +262,19 @@ def _next_position(result: StreamResult | None, events: list[Event]) -> int:
     if result is None:
         return events[-1].position + 1
     return result.next_position_after(events)
+
+
+def _next_positions(results: BatchResults, spans: Spans) -> dict[str, int]:
+    """Each stream's position to expect after a batch call that returned ``results``."""
+    positions = {name: events[-1].position + 1 for name, events in spans.items()}
+    for name, result in (results or {}).items():
+        events = spans.get(name)
+        if events is None:
+            raise ValueError(
+                f"the batch handler returned a result for {name!r}, a stream it was not given"
+            )
+        positions[name] = result.next_position_after(events)
+    return positions
 
 
 def _check_dependencies(name: str, depends_on: Sequence[Dependency]) -> tuple[Dependency, ...]:

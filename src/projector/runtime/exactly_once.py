@@ -7,7 +7,8 @@ handler on the transaction's connection, record the new position only if the row
 the old one (see `ExactlyOnce` for why that makes it exactly once), commit. Redelivered events
 (after a crash, a rebalance or a checkpoint reset) are skipped before the handler sees them.
 A call that handled nothing rolls back instead. The statements, and the sessions that save a
-round trip per call, are `projector.storage.stream_positions`'.
+round trip per call, are `projector.storage.stream_positions`'. The same for a batch of
+streams in one transaction is `projector.runtime.exactly_once_batch`'s.
 """
 
 from __future__ import annotations
@@ -27,6 +28,42 @@ from projector.storage.stream_positions import NO_ROW, PositionMovedError, Sessi
 logger = logging.getLogger(__name__)
 
 MAX_KNOWN_POSITIONS = 100_000  # streams whose recorded position a runner remembers
+
+
+class KnownPositions:
+    """The positions this runner recorded last, by stream: hints that save reading a row.
+
+    A hint is taken out for the length of a call (`take`) and put back only once the call has
+    ended cleanly (`remember`), so that after a failure or a cancellation (whose COMMIT may or
+    may not have happened) the next call reads the row again, under lock. Forgotten oldest
+    first past MAX_KNOWN_POSITIONS."""
+
+    def __init__(self) -> None:
+        self._known: OrderedDict[str, int] = OrderedDict()
+
+    def take(self, stream_name: str) -> int | None:
+        return self._known.pop(stream_name, None)
+
+    def remember(self, stream_name: str, applied: int) -> None:
+        if applied == NO_ROW:
+            return  # nothing recorded, nothing to remember: the next call locks and reads
+        self._known[stream_name] = applied
+        if len(self._known) > MAX_KNOWN_POSITIONS:
+            self._known.popitem(last=False)
+
+
+@asynccontextmanager
+async def transactions_for(pool: Pool) -> AsyncIterator[Transactions]:
+    """Transactions on ``pool`` for the length of the block, with idle sessions released as
+    it goes and given back when it ends."""
+    transactions = Transactions(pool)
+    try:
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(transactions.release_idle, name="projector-transactions-release")
+            yield transactions
+            tasks.cancel_scope.cancel()
+    finally:
+        await transactions.close()
 
 
 class ExactlyOnce:
@@ -64,29 +101,19 @@ class ExactlyOnce:
         self._projection = projection
         self._transactions = transactions
         self._group = group
-        self._known: OrderedDict[str, int] = OrderedDict()
+        self._known = KnownPositions()
 
     @classmethod
     @asynccontextmanager
     async def running(
         cls, projection: Projection, pool: Pool, group: str
     ) -> AsyncIterator[ExactlyOnce]:
-        """An ExactlyOnce for the length of the block, with its idle sessions released as it
-        goes and given back when it ends."""
-        transactions = Transactions(pool)
-        try:
-            async with anyio.create_task_group() as tasks:
-                tasks.start_soon(transactions.release_idle, name="projector-transactions-release")
-                yield cls(projection, transactions, group)
-                tasks.cancel_scope.cancel()
-        finally:
-            await transactions.close()
+        """An ExactlyOnce for the length of the block (see `transactions_for`)."""
+        async with transactions_for(pool) as transactions:
+            yield cls(projection, transactions, group)
 
     async def handle(self, stream_name: str, events: list[Event]) -> int:
-        # The remembered position is taken out for the call and put back only once the call
-        # has ended cleanly: after a failure or a cancellation (whose COMMIT may or may not
-        # have happened) the next call reads the row again, under lock.
-        hint = self._known.pop(stream_name, None)
+        hint = self._known.take(stream_name)  # put back only after a clean end
         try:
             return await self._call(stream_name, events, hint)
         except PositionMovedError as moved:
@@ -118,7 +145,7 @@ class ExactlyOnce:
             await self._transactions.give_back(session)
             raise
         self._transactions.keep(session)
-        self._remember(stream_name, applied)
+        self._known.remember(stream_name, applied)
         return next_position
 
     async def _apply(
@@ -147,10 +174,3 @@ class ExactlyOnce:
         recorded = next_position - 1
         await session.record_and_commit(self._group, stream_name, recorded, expected=applied)
         return next_position, recorded
-
-    def _remember(self, stream_name: str, applied: int) -> None:
-        if applied == NO_ROW:
-            return  # nothing recorded, nothing to remember: the next call locks and reads
-        self._known[stream_name] = applied
-        if len(self._known) > MAX_KNOWN_POSITIONS:
-            self._known.popitem(last=False)

@@ -52,6 +52,47 @@ BEGIN
 """
 NO_ROW = -1  # the expected position of a stream whose row does not exist yet
 
+# A batch's streams, locked in one order (the sort runs below the lock), so that two batch
+# transactions locking overlapping streams wait for each other instead of deadlocking. Arrays
+# are bound in binary: for hundreds of names, rendering them as text costs more than the trip.
+LOCK_POSITIONS = """
+SELECT stream_name, position FROM projector.stream_positions
+WHERE group_name = %(group)s AND stream_name = ANY(%(streams)b)
+ORDER BY stream_name
+FOR UPDATE
+"""
+
+# The compare-and-set of RECORD_POSITION_AND_COMMIT for every stream of a batch, in one
+# statement. ON CONFLICT's SET sees only the proposed row, not the position it should replace,
+# so the rows expected to exist are updated first, joined to the proposals: a row holding
+# another position gets NULL and fails the statement (under READ COMMITTED a row updated
+# meanwhile is re-read at its latest committed version, and the CASE evaluated on that). Every
+# stream that update did not touch (no row expected, or its row gone) is inserted, and any
+# conflict there fails the statement too: someone else created the row since this transaction
+# found none. So a batch commits only if every one of its rows held what it started from.
+# (The ANY makes the update look up its rows by key: a join alone reads the group's every row.)
+# Bound server-side and in binary, then COMMIT; BEGIN: one round trip more than a single
+# stream's, and much less CPU than rendering hundreds of values into the text of one message.
+RECORD_POSITIONS = """
+WITH proposed AS (
+    SELECT * FROM unnest(%(streams)b::text[], %(positions)b::bigint[], %(expected)b::bigint[])
+        AS proposed (stream_name, position, expected)
+), moved AS (
+    UPDATE projector.stream_positions AS recorded
+    SET position = CASE WHEN recorded.position = proposed.expected THEN proposed.position END,
+        updated_at = now()
+    FROM proposed
+    WHERE recorded.group_name = %(group)s AND recorded.stream_name = ANY(%(streams)b::text[])
+      AND recorded.stream_name = proposed.stream_name AND proposed.expected <> -1
+    RETURNING recorded.stream_name
+)
+INSERT INTO projector.stream_positions AS recorded (group_name, stream_name, position, updated_at)
+SELECT %(group)s, stream_name, position, now() FROM proposed
+WHERE stream_name NOT IN (SELECT stream_name FROM moved)
+ON CONFLICT (group_name, stream_name) DO UPDATE SET position = NULL
+"""
+COMMIT_AND_BEGIN = b"COMMIT; BEGIN"
+
 BEGIN = b"BEGIN"
 ROLL_BACK_AND_BEGIN = b"ROLLBACK; BEGIN"
 ROLL_BACK = b"ROLLBACK"
@@ -89,6 +130,15 @@ class Session:
         row = await (await self.conn.execute(LOCK_POSITION, params)).fetchone()
         return NO_ROW if row is None else int(row[0])
 
+    async def lock_positions(self, group: str, stream_names: list[str]) -> dict[str, int]:
+        """Each stream's recorded position (NO_ROW: none yet), their rows locked until the
+        transaction ends."""
+        params = {"group": group, "streams": stream_names}
+        rows = await (await self.conn.execute(LOCK_POSITIONS, params)).fetchall()
+        positions = dict.fromkeys(stream_names, NO_ROW)
+        positions.update((name, int(position)) for name, position in rows)
+        return positions
+
     async def discard(self) -> None:
         """Roll back what the transaction did (and its row locks), and begin the next."""
         await self.conn.execute(ROLL_BACK_AND_BEGIN)
@@ -106,6 +156,29 @@ class Session:
                 f"its recorded position is no longer {expected}: another runner applied its "
                 "events meanwhile (a takeover), or a commit whose outcome was lost went through"
             ) from exc
+
+
+    async def record_all_and_commit(
+        self, group: str, positions: dict[str, int], *, expected: dict[str, int]
+    ) -> None:
+        """Record every stream's position if each row still holds its ``expected`` one, and
+        commit; otherwise PositionMovedError, with the transaction failed (`discard` it)."""
+        names = list(positions)
+        params = {
+            "group": group,
+            "streams": names,
+            "positions": [positions[name] for name in names],
+            "expected": [expected[name] for name in names],
+        }
+        try:
+            await self.conn.execute(RECORD_POSITIONS, params)
+        except psycopg.errors.NotNullViolation as exc:
+            raise PositionMovedError(
+                "the recorded position of one of its streams moved: another runner applied "
+                "its events meanwhile (a takeover), or a commit whose outcome was lost went "
+                "through"
+            ) from exc
+        await self.conn.execute(COMMIT_AND_BEGIN)
 
 
 class Transactions:

@@ -1,0 +1,130 @@
+"""Transactional batch projections: several streams' spans in one transaction, which records
+every one of their positions with the handler's writes.
+
+The argument is `ExactlyOnce`'s, made for each stream of the batch at once: every stream's
+position is written by a compare-and-set against the position the call started from (read
+under ``FOR UPDATE``, or remembered from this runner's own last commit), all of them in one
+statement just before the COMMIT (`Session.record_all_and_commit`). If any stream's row moved,
+the statement fails, and the whole transaction rolls back with every write of the handler; so
+a zombie can commit none of a batch whose streams another runner has moved since. Such a
+batch is made once more with every row read under lock (``stream_position_moved``); a batch
+that fails again goes back to the `Batcher`, which splits it.
+
+A batch costs one transaction, whatever its size: a lock-and-read of the rows of the streams
+this runner knows nothing of (none, once it has met them), the handler's statements, the
+positions' statement, and one round trip for the COMMIT and the next BEGIN.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from projector.model.events import Event
+from projector.model.projection import Projection, Spans
+from projector.runtime.exactly_once import KnownPositions, transactions_for
+from projector.storage.database import Pool
+from projector.storage.stream_positions import PositionMovedError, Session, Transactions
+
+logger = logging.getLogger(__name__)
+
+
+class ExactlyOnceBatch:
+    """Runs a transactional batch handler (`run`, for a `Batcher`); make one with `running`."""
+
+    def __init__(self, projection: Projection, transactions: Transactions, group: str) -> None:
+        self._projection = projection
+        self._transactions = transactions
+        self._group = group
+        self._known = KnownPositions()
+
+    @classmethod
+    @asynccontextmanager
+    async def running(
+        cls, projection: Projection, pool: Pool, group: str
+    ) -> AsyncIterator[ExactlyOnceBatch]:
+        """An ExactlyOnceBatch for the length of the block (see `transactions_for`)."""
+        async with transactions_for(pool) as transactions:
+            yield cls(projection, transactions, group)
+
+    async def run(self, spans: Spans) -> dict[str, int]:
+        """Apply the spans' events not applied yet, in one transaction; each stream's next
+        position to expect."""
+        hints = {name: self._known.take(name) for name in spans}  # put back after a clean end
+        try:
+            return await self._call(spans, hints)
+        except PositionMovedError as moved:
+            logger.warning(
+                "a batch of %d streams: %s; reading them again",
+                len(spans),
+                moved,
+                extra={
+                    "action": "stream_position_moved",
+                    "group": self._group,
+                    "streams": len(spans),
+                },
+            )
+            return await self._call(spans, dict.fromkeys(spans))
+
+    async def _call(self, spans: Spans, hints: dict[str, int | None]) -> dict[str, int]:
+        session = await self._transactions.take()
+        try:
+            next_positions, applied = await self._apply(session, spans, hints)
+        except Exception:
+            await self._transactions.keep_after_failure(session)
+            raise
+        except BaseException:
+            # Cancelled with a statement perhaps still running: see `ExactlyOnce._call`.
+            await self._transactions.give_back(session)
+            raise
+        self._transactions.keep(session)
+        for name, position in applied.items():
+            self._known.remember(name, position)
+        return next_positions
+
+    async def _apply(
+        self, session: Session, spans: Spans, hints: dict[str, int | None]
+    ) -> tuple[dict[str, int], dict[str, int]]:
+        """Run the handler on the events not applied yet and commit with their positions;
+        each stream's next position to expect, and its last position applied (recorded)."""
+        applied = {name: hint for name, hint in hints.items() if hint is not None}
+        unknown = [name for name in spans if name not in applied]
+        if unknown:
+            applied.update(await session.lock_positions(self._group, unknown))
+        fresh, next_positions = _fresh(spans, applied)
+        if not fresh:
+            if unknown:
+                await session.discard()  # lets go of the rows' locks
+            return next_positions, applied
+        handled = await self._projection.handle_batch_in_transaction(session.conn, fresh)
+        next_positions.update(handled)
+        recorded = {
+            name: position - 1
+            for name, position in handled.items()
+            if position > fresh[name][0].position
+        }
+        if not recorded:
+            await session.discard()  # it handled none of them: keep nothing
+            return next_positions, applied
+        expected = {name: applied[name] for name in recorded}
+        await session.record_all_and_commit(self._group, recorded, expected=expected)
+        return next_positions, {**applied, **recorded}
+
+
+def _fresh(spans: Spans, applied: dict[str, int]) -> tuple[Spans, dict[str, int]]:
+    """The events above each stream's applied position, by stream; and the next position of
+    the streams left with none (everything they were given was applied already)."""
+    fresh: dict[str, list[Event]] = {}
+    done: dict[str, int] = {}
+    for name, events in spans.items():
+        last = applied[name]
+        if events[0].position > last:
+            fresh[name] = events
+            continue
+        kept = [event for event in events if event.position > last]
+        if kept:
+            fresh[name] = kept
+        else:
+            done[name] = max(events[-1].position, last) + 1
+    return fresh, done
