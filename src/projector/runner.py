@@ -254,12 +254,7 @@ class Runner:
         if lasting.elastic is not None:
             return await self._start_elastic(stack, lasting, lasting.elastic, connected)
         settings = self.settings
-        pool, store, watchers, outage = (
-            lasting.pool,
-            lasting.store,
-            lasting.watchers,
-            lasting.outage,
-        )
+        pool, store = lasting.pool, lasting.store
         lease = await stack.enter_async_context(
             MemberLease(
                 self.database_url,
@@ -275,19 +270,45 @@ class Runner:
         if settings.group_size > 1:
             await member_index.report(pool, size=settings.group_size, member=writer.name)
         parked = ParkedStreams(pool, self.group, member=settings.member, size=settings.group_size)
+        return await self._parts(stack, lasting, store, writer, lease, parked)
+
+    async def _parts(
+        self,
+        stack: AsyncExitStack,
+        lasting: Lasting,
+        store: MessageStore,
+        writer: CheckpointWriter,
+        lease: TenureLease,
+        parked: ParkedStreams,
+        ending: anyio.Event | None = None,
+    ) -> tuple[Parts, frozenset[str]]:
+        """What a fixed member's start and an elastic tenure's share: the span handler, the
+        care of failing streams, the dependency gate, and the streams parked now."""
+        settings, pool = self.settings, lasting.pool
         handle = await self._span_handler(stack, pool)
         recovery = Recovery(
             retry_policy(settings, self.projection.retry),
             parked,
             store,
             handle,
-            outage,
+            lasting.outage,
             group=writer.name,
             batch_size=settings.batch_size,
             handler_timeout=settings.handler_timeout,
         )
-        gate = self._dependency_gate(pool, watchers, writer.name)
-        parts = Parts(pool, store, writer, lease, recovery, outage, watchers, handle, gate)
+        gate = self._dependency_gate(pool, lasting.watchers, writer.name)
+        parts = Parts(
+            pool,
+            store,
+            writer,
+            lease,
+            recovery,
+            lasting.outage,
+            lasting.watchers,
+            handle,
+            gate,
+            ending,
+        )
         return parts, await parked.owned()
 
     async def _start_elastic(
@@ -314,31 +335,7 @@ class Runner:
         }
         store = BucketStore(pool, size=member.buckets, buckets=tenure.owned, starts=by_category)
         parked = ParkedStreams(pool, self.group, owner=tenure.owns)
-        handle = await self._span_handler(stack, pool)
-        recovery = Recovery(
-            retry_policy(settings, self.projection.retry),
-            parked,
-            store,
-            handle,
-            lasting.outage,
-            group=writer.name,
-            batch_size=settings.batch_size,
-            handler_timeout=settings.handler_timeout,
-        )
-        gate = self._dependency_gate(pool, lasting.watchers, writer.name)
-        parts = Parts(
-            pool,
-            store,
-            writer,
-            tenure,
-            recovery,
-            lasting.outage,
-            lasting.watchers,
-            handle,
-            gate,
-            tenure.ending,
-        )
-        return parts, await parked.owned()
+        return await self._parts(stack, lasting, store, writer, tenure, parked, tenure.ending)
 
     def _elastic_start(
         self,

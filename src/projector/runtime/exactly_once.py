@@ -17,6 +17,7 @@ import logging
 from collections import OrderedDict
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Self
 
 import anyio
 
@@ -66,7 +67,25 @@ async def transactions_for(pool: Pool) -> AsyncIterator[Transactions]:
         await transactions.close()
 
 
-class ExactlyOnce:
+class Transactional:
+    """What a transactional handler runs with: its projection, sessions on the pool, and the
+    positions it remembers; make one with `running`."""
+
+    def __init__(self, projection: Projection, transactions: Transactions, group: str) -> None:
+        self._projection = projection
+        self._transactions = transactions
+        self._group = group
+        self._known = KnownPositions()
+
+    @classmethod
+    @asynccontextmanager
+    async def running(cls, projection: Projection, pool: Pool, group: str) -> AsyncIterator[Self]:
+        """One for the length of the block (see `transactions_for`)."""
+        async with transactions_for(pool) as transactions:
+            yield cls(projection, transactions, group)
+
+
+class ExactlyOnce(Transactional):
     """The sink's span handler for a transactional projection (`handle`); make one with
     `running`.
 
@@ -96,21 +115,6 @@ class ExactlyOnce:
     forgotten oldest first past MAX_KNOWN_POSITIONS, and with the runner's tenure (see
     `projector.storage.leases`).
     """
-
-    def __init__(self, projection: Projection, transactions: Transactions, group: str) -> None:
-        self._projection = projection
-        self._transactions = transactions
-        self._group = group
-        self._known = KnownPositions()
-
-    @classmethod
-    @asynccontextmanager
-    async def running(
-        cls, projection: Projection, pool: Pool, group: str
-    ) -> AsyncIterator[ExactlyOnce]:
-        """An ExactlyOnce for the length of the block (see `transactions_for`)."""
-        async with transactions_for(pool) as transactions:
-            yield cls(projection, transactions, group)
 
     async def handle(self, stream_name: str, events: list[Event]) -> int:
         hint = self._known.take(stream_name)  # put back only after a clean end

@@ -18,35 +18,17 @@ positions' statement, and one round trip for the COMMIT and the next BEGIN.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 
 from projector.model.events import Event
-from projector.model.projection import Projection, Spans
-from projector.runtime.exactly_once import KnownPositions, transactions_for
-from projector.storage.database import Pool
-from projector.storage.stream_positions import PositionMovedError, Session, Transactions
+from projector.model.projection import Spans
+from projector.runtime.exactly_once import Transactional
+from projector.storage.stream_positions import PositionMovedError, Session
 
 logger = logging.getLogger(__name__)
 
 
-class ExactlyOnceBatch:
+class ExactlyOnceBatch(Transactional):
     """Runs a transactional batch handler (`run`, for a `Batcher`); make one with `running`."""
-
-    def __init__(self, projection: Projection, transactions: Transactions, group: str) -> None:
-        self._projection = projection
-        self._transactions = transactions
-        self._group = group
-        self._known = KnownPositions()
-
-    @classmethod
-    @asynccontextmanager
-    async def running(
-        cls, projection: Projection, pool: Pool, group: str
-    ) -> AsyncIterator[ExactlyOnceBatch]:
-        """An ExactlyOnceBatch for the length of the block (see `transactions_for`)."""
-        async with transactions_for(pool) as transactions:
-            yield cls(projection, transactions, group)
 
     async def run(self, spans: Spans) -> dict[str, int]:
         """Apply the spans' events not applied yet, in one transaction; each stream's next
