@@ -9,8 +9,10 @@ under faults happens every time, not by chance.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
+from functools import partial
+from typing import Any
 
 import anyio
 import psycopg
@@ -192,16 +194,7 @@ async def test_a_commit_whose_outcome_was_lost_is_not_applied_again(
     async with runner(url, adding()) as handler:
         assert await handler.handle(STREAM, events[:1]) == 1
         _set_system(url, "synchronous_standby_names", "nobody")
-        try:
-            with anyio.move_on_after(1.0 if cut == "handler_timeout" else 30):
-                async with anyio.create_task_group() as tasks:
-                    tasks.start_soon(handler.handle, STREAM, events[1:])
-                    if cut == "terminated_session":
-                        await eventually(lambda: _terminate_waiting_commit(url), within=10)
-        except* psycopg.OperationalError:
-            pass  # the terminated session's call fails: the runner retries it
-        finally:
-            _set_system(url, "synchronous_standby_names", None)
+        await _cut_while_committing(url, cut, partial(handler.handle, STREAM, events[1:]))
         assert balance(url) == 10  # committed, though the call never returned
 
         assert await handler.handle(STREAM, events[1:]) == 2
@@ -209,11 +202,34 @@ async def test_a_commit_whose_outcome_was_lost_is_not_applied_again(
     assert balance(url) == 10
 
 
-async def _terminate_waiting_commit(url: str) -> bool:
+async def _cut_while_committing(
+    url: str, cut: str, call: Callable[[], Coroutine[Any, Any, object]]
+) -> None:
+    """Run ``call`` while no synchronous standby answers, and cut it short once its COMMIT
+    waits for one (committed locally, never acknowledged): cancelled, as handler_timeout
+    cancels a call, or its session terminated. Cutting only then, not after a fixed time: on a
+    slow machine an earlier cut comes before the commit and proves nothing."""
+    try:
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(call)
+            if cut == "terminated_session":
+                await eventually(lambda: _waiting_commits(url, end=True), within=10)
+            else:
+                await eventually(lambda: _waiting_commits(url), within=10)
+                tasks.cancel_scope.cancel()
+    except* psycopg.OperationalError:
+        pass  # the terminated session's call fails: the runner retries it
+    finally:
+        _set_system(url, "synchronous_standby_names", None)
+
+
+async def _waiting_commits(url: str, *, end: bool = False) -> bool:
+    """Whether a COMMIT waits for the synchronous standby (terminating its session if
+    ``end``)."""
+    counted = "pg_terminate_backend(pid)" if end else "pid"
     async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
         cursor = await conn.execute(
-            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
-            " WHERE wait_event = 'SyncRep'"
+            f"SELECT count({counted}) FROM pg_stat_activity WHERE wait_event = 'SyncRep'"
         )
         row = await cursor.fetchone()
     return row is not None and row[0] > 0
@@ -277,16 +293,7 @@ async def test_a_batch_commit_whose_outcome_was_lost_is_not_applied_again(
     async with batch_runner(url, adding_in_batches()) as handler:
         assert await handler.run(first) == {STREAM: 1, OTHER: 1}
         _set_system(url, "synchronous_standby_names", "nobody")
-        try:
-            with anyio.move_on_after(1.0 if cut == "handler_timeout" else 30):
-                async with anyio.create_task_group() as tasks:
-                    tasks.start_soon(handler.run, rest)
-                    if cut == "terminated_session":
-                        await eventually(lambda: _terminate_waiting_commit(url), within=10)
-        except* psycopg.OperationalError:
-            pass  # the terminated session's call fails: the runner retries it
-        finally:
-            _set_system(url, "synchronous_standby_names", None)
+        await _cut_while_committing(url, cut, partial(handler.run, rest))
         assert (balance(url), balance(url, OTHER)) == (10, 12)  # committed, never acknowledged
 
         assert await handler.run(rest) == {STREAM: 2, OTHER: 2}
