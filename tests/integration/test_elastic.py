@@ -4,7 +4,7 @@ them; members joining and leaving hand buckets over with nothing delivered twice
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import anyio
@@ -13,6 +13,7 @@ import pytest
 from projector import Event, Projection
 from projector.errors import ConfigurationError
 from projector.model.events import consumer_group_member
+from projector.runtime.elastic import ElasticMember
 from projector.storage import buckets, checkpoints, database, member_index
 from projector.storage.message_store import BucketStore, read_buckets
 from tests.support.groups import CATEGORY, category_head
@@ -231,3 +232,56 @@ async def test_a_bucket_read_gives_each_owned_bucket_from_its_start_with_or_with
     assert without == expected
     assert with_index == expected
     assert member_index.bucket_index_name(BUCKETS) in "\n".join(row[0] for row in plan)
+
+
+async def test_a_member_stopped_during_a_heartbeat_still_releases_its_buckets(
+    own_store_url: str,
+) -> None:
+    """A stop landing while a heartbeat's query runs: the query finishes, so the member's
+    connection is still there for the last commit and the leave. (Cancelling psycopg mid-query
+    closed it: the buckets then waited out their lease, and their next owner was given again
+    what had been handled since the last commit.)"""
+    member = ElasticMember(own_store_url, GROUP, buckets=BUCKETS, heartbeat=0.05, lease=10.0)
+    blocker = await database.connect(own_store_url)
+    observer = await database.connect(own_store_url)
+    await observer.set_autocommit(True)
+    async with blocker, observer:
+        async with member:
+            assert len((await member.next_tenure()).owned) == BUCKETS
+            # A heartbeat's first statement updates the member's row: it waits for this lock.
+            await blocker.execute(
+                "SELECT 1 FROM projector.elastic_members WHERE member_id = %s FOR UPDATE",
+                (member.identity.member_id,),
+            )
+            beating = anyio.CancelScope()
+            async with anyio.create_task_group() as tasks:
+                tasks.start_soon(_within, beating, member.heartbeats)
+                await eventually(lambda: _waits_for_a_lock(observer, member.identity.member_id))
+                beating.cancel()  # as a stopping runner does
+                await anyio.sleep(0.2)
+                await blocker.commit()  # the heartbeat's query can finish now
+            assert not member.connection.closed
+        held = await (
+            await observer.execute(
+                "SELECT count(*) FROM projector.bucket_leases WHERE group_name = %s"
+                " AND owner IS NOT NULL",
+                (GROUP,),
+            )
+        ).fetchone()
+    assert held == (0,), "the buckets are still held: they wait out their lease"
+
+
+async def _within(scope: anyio.CancelScope, run: Callable[[], Awaitable[None]]) -> None:
+    with scope:
+        await run()
+
+
+async def _waits_for_a_lock(conn: database.Connection, member_id: str) -> bool:
+    row = await (
+        await conn.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s"
+            " AND wait_event_type = 'Lock'",
+            (f"projector {member_id}",),
+        )
+    ).fetchone()
+    return row == (1,)

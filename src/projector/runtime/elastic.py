@@ -179,6 +179,7 @@ class ElasticMember:
             return
         with cleanup.shielded(f"leaving {self.group}", cleanup.LEASE_RELEASE):
             owned = self._tenure.owned if self._tenure is not None else {}
+            await self._reconnect()  # the buckets are released by member id, on any session
             try:
                 with database.unavailable_as(f"releasing the buckets of {self.identity.member_id}"):
                     await buckets.leave(self._conn, self.identity, owned)
@@ -199,13 +200,18 @@ class ElasticMember:
         while True:
             await anyio.sleep(self._heartbeat)
             try:
-                with database.unavailable_as(f"the heartbeat of {self.identity.member_id}"):
+                # Uninterrupted: the last tenure's final commit and the leave need the
+                # connection once the run is cancelled.
+                with (
+                    database.unavailable_as(f"the heartbeat of {self.identity.member_id}"),
+                    database.uninterrupted(self._lease),
+                ):
                     await self._beat()
-            except DatabaseUnavailableError as exc:
+            except (DatabaseUnavailableError, TimeoutError) as exc:
                 logger.warning(
                     "heartbeat of %s failed: %s",
                     self.identity.member_id,
-                    exc,
+                    str(exc) or f"no answer within {self._lease:g} s",
                     extra={"action": "heartbeat_failed", "group": self.group},
                 )
                 await self._reconnect()

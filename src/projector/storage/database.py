@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from typing import Any, TypeVar
 
+import anyio
 import psycopg
 from psycopg.abc import PQGen
 from psycopg.conninfo import conninfo_to_dict
@@ -180,6 +181,19 @@ def unavailable_as(doing: str) -> Iterator[None]:
         yield
     except psycopg.OperationalError as exc:
         raise unavailable_during(doing, exc) from exc
+
+
+@contextmanager
+def uninterrupted(timeout: float) -> Iterator[None]:
+    """Let the round trips in the block finish though their task is cancelled, for at most
+    ``timeout`` seconds (then TimeoutError).
+
+    For a connection that a stopping runner still needs (its last commit, releasing its
+    buckets or its lock): cancelling psycopg mid-query closes the connection, since under
+    anyio the cancellation also interrupts psycopg's request to cancel the query.
+    """
+    with anyio.CancelScope(shield=True), anyio.fail_after(timeout):
+        yield
 
 
 def is_connection_string(value: str) -> bool:

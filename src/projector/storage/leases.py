@@ -236,7 +236,7 @@ class MemberLease:
         while True:
             await anyio.sleep(self.watch_interval)
             try:
-                with anyio.fail_after(self._lease_timeout):
+                with database.uninterrupted(self._lease_timeout):
                     await self.connection.execute(PING)
             except (psycopg.OperationalError, TimeoutError) as exc:
                 logger.warning(
