@@ -6,7 +6,7 @@ process holds the bucket's lease row, renewed by heartbeats, fenced by its gener
 
 Revision ID: 0004
 Revises: 0003
-Create Date: 2026-12-05
+Create Date: 2026-12-02
 """
 
 from alembic import op

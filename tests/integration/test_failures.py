@@ -522,8 +522,8 @@ async def test_streams_failing_through_a_database_restart_resume_at_once_and_non
         tail_sleep=0.1,
         connect_timeout=2,
         outage_limit=60,
-        retry_base=30,
-        retry_cap=60,
+        retry_base=120,
+        retry_cap=300,
         retry_max_attempts=2,
     )
     async with running(writer.projection(), settings) as ended:
@@ -533,7 +533,8 @@ async def test_streams_failing_through_a_database_restart_resume_at_once_and_non
         await anyio.sleep(3)
         await anyio.to_thread.run_sync(throwaway_cluster.start)
         await write_events(url, after)
-        await eventually(lambda: _all(writer.written, 6000), within=20)
+        # Well short of the first retry delay (120 s), with room for a loaded machine.
+        await eventually(lambda: _all(writer.written, 6000), within=60)
         assert ended == []
 
     assert await parked_streams(url, "writer") == []
