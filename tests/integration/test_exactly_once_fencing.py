@@ -9,6 +9,7 @@ under faults happens every time, not by chance.
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
 from functools import partial
@@ -179,6 +180,18 @@ def _set_system(url: str, setting: str, value: str | None) -> None:
         else:
             conn.execute(f"ALTER SYSTEM SET {setting} = '{value}'")
         conn.execute("SELECT pg_reload_conf()")
+    # The reload is asynchronous: the postmaster reads the file, then signals the sessions. A
+    # new session shows the postmaster's value, so once it shows the new one every session has
+    # been signalled (and applies it before its next statement).
+    expected = value or ""
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        with psycopg.connect(url, autocommit=True) as conn:
+            row = conn.execute(f"SHOW {setting}").fetchone()
+        if row is not None and row[0] == expected:
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"{setting} did not become {expected!r} within 30 s of the reload")
 
 
 @pytest.mark.parametrize("cut", ["handler_timeout", "terminated_session"])
