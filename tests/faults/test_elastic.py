@@ -28,10 +28,13 @@ from tests.faults.harness import (
     CATEGORIES,
     ROOT,
     RUNNER_SESSIONS,
+    Fold,
     Process,
     Server,
     Writers,
     connect,
+    totals_caught_up,
+    totals_mismatches,
 )
 from tests.faults.projections import CALLS_TABLE
 from tests.support import messagedb
@@ -64,7 +67,7 @@ def shared_server(pytestconfig: pytest.Config) -> Iterator[Server]:
 @pytest.fixture
 def server(shared_server: Server) -> Server:
     with connect(shared_server.url) as conn:
-        conn.execute("TRUNCATE fault_calls, message_store.messages")
+        conn.execute("TRUNCATE fault_calls, fault_totals, message_store.messages")
     return shared_server
 
 
@@ -75,6 +78,7 @@ class Elastic:
     name: str
     server: Server
     logs: Path
+    projection: str = "tests.faults.projections:calls"
     processes: list[Process] = field(default_factory=list)
     started: int = 0
 
@@ -82,7 +86,7 @@ class Elastic:
         self.started += 1
         log = self.logs / f"{self.name}-{self.started}.log"
         command = [
-            *(sys.executable, "-m", "projector", "run", "tests.faults.projections:calls"),
+            *(sys.executable, "-m", "projector", "run", self.projection),
             *("--group", self.name, "--elastic", "--buckets", str(BUCKETS)),
             *(arg for category in CATEGORIES for arg in ("--category", category)),
             *("--heartbeat", str(HEARTBEAT), "--bucket-lease", str(LEASE)),
@@ -353,23 +357,26 @@ def test_a_rolling_restart_of_every_member_repeats_nothing(
     check(server, group, graceful=True)
 
 
-
 def test_server_restarts_and_terminated_sessions_miss_nothing_and_run_nothing_twice_at_once(
     server: Server, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
     """The faults a member's database sessions meet: its connections cut by
     ``pg_terminate_backend``, and the server restarted (``fast`` and ``immediate``), for up to
     the bucket lease, so that leases expire and buckets move. Events may be delivered again
-    (at least once), but none is missed or handled by two processes at once."""
+    (at least once), but none is missed or handled by two processes at once; a transactional
+    group beside it applies each event exactly once (its totals equal the fold of the store)."""
     seed = random.randrange(10**6)
     rng = random.Random(seed)
     writers = Writers(server, tmp_path)
     group = Elastic(request.node.name.removeprefix("test_")[:40], server, tmp_path)
+    totals = Elastic("elastic_totals", server, tmp_path, "tests.faults.projections:totals")
     try:
         writers.start(2, rate=WRITE_RATE, seed=seed)
         for _ in range(3):
             group.spawn()
+            totals.spawn()
         group.wait_settled(group.live())
+        totals.wait_settled(totals.live())
         for fault in ("terminate", "fast", "terminate", "immediate", "terminate", "fast"):
             if fault == "terminate":
                 sessions = [row[0] for row in server.query(RUNNER_SESSIONS)]
@@ -381,11 +388,16 @@ def test_server_restarts_and_terminated_sessions_miss_nothing_and_run_nothing_tw
         group.wait_settled(group.live())
         writers.stop()
         caught_up(server)
+        fold = Fold.of(server)
+        wait_until(lambda: totals_caught_up(server, fold), within=SETTLE, poll=0.5)
     finally:
         writers.stop()
         group.stop()
-    assert group.unasked_exits() == [], f"seed {seed}"
+        totals.stop()
+    assert group.unasked_exits() == totals.unasked_exits() == [], f"seed {seed}"
+    assert totals_mismatches(server, fold) == [], f"seed {seed}"
     check(server, group, graceful=False)
+
 
 def _checkpoints(server: Server, group: str) -> dict[tuple[int, str], int]:
     rows = server.query(
