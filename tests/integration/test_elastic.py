@@ -3,9 +3,11 @@ them; members joining and leaving hand buckets over with nothing delivered twice
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import anyio
 import pytest
@@ -285,3 +287,42 @@ async def _waits_for_a_lock(conn: database.Connection, member_id: str) -> bool:
         )
     ).fetchone()
     return row == (1,)
+
+
+async def test_a_run_of_failed_heartbeats_is_one_warning_and_its_end_is_logged(
+    own_store_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The member's session cut and the database refusing new ones for a while: a beat every
+    50 ms fails again and again, but warns once; the beat that gets through says so."""
+    caplog.set_level(logging.DEBUG, logger="projector.runtime.elastic")
+    member = ElasticMember(own_store_url, GROUP, buckets=BUCKETS, heartbeat=0.05, lease=10.0)
+    own = urlsplit(own_store_url)
+    # A database cannot refuse connections while one of its own sessions asks.
+    admin = await database.connect(urlunsplit(own._replace(path="/postgres")))
+    await admin.set_autocommit(True)
+    async with admin, member:
+        refuse = f'ALTER DATABASE "{own.path.lstrip("/")}" ALLOW_CONNECTIONS '
+        await member.next_tenure()
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(member.heartbeats)
+            try:
+                await admin.execute(refuse + "false")
+                await admin.execute(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                    " WHERE application_name = %s",
+                    (f"projector {member.identity.member_id}",),
+                )
+                await eventually(lambda: len(_actions(caplog, "heartbeat_failed")) >= 3)
+            finally:
+                await admin.execute(refuse + "true")
+            await eventually(lambda: _actions(caplog, "heartbeat_resumed") != [])
+            tasks.cancel_scope.cancel()
+    failed = _actions(caplog, "heartbeat_failed")
+    assert [r.levelno for r in failed][:1] == [logging.WARNING]
+    assert {r.levelno for r in failed[1:]} == {logging.DEBUG}
+    (resumed,) = _actions(caplog, "heartbeat_resumed")
+    assert resumed.failed == len(failed)  # type: ignore[attr-defined]
+
+
+def _actions(caplog: pytest.LogCaptureFixture, action: str) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if getattr(r, "action", None) == action]

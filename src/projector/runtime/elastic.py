@@ -196,7 +196,10 @@ class ElasticMember:
 
     async def heartbeats(self) -> None:
         """Beat every ``heartbeat`` seconds, forever (cancel to stop). A beat that fails
-        because the database is away is tried again at the next one, on a new connection."""
+        because the database is away is tried again at the next one, on a new connection;
+        the first failure of a run of them is a warning, and the beat that succeeds again
+        says how many failed (a beat every fraction of a second would flood the log)."""
+        failed = 0
         while True:
             await anyio.sleep(self._heartbeat)
             try:
@@ -208,13 +211,24 @@ class ElasticMember:
                 ):
                     await self._beat()
             except (DatabaseUnavailableError, TimeoutError) as exc:
-                logger.warning(
+                failed += 1
+                logger.log(
+                    logging.WARNING if failed == 1 else logging.DEBUG,
                     "heartbeat of %s failed: %s",
                     self.identity.member_id,
                     str(exc) or f"no answer within {self._lease:g} s",
-                    extra={"action": "heartbeat_failed", "group": self.group},
+                    extra={"action": "heartbeat_failed", "group": self.group, "failed": failed},
                 )
                 await self._reconnect()
+                continue
+            if failed:
+                logger.info(
+                    "heartbeat of %s succeeded again after %d failed",
+                    self.identity.member_id,
+                    failed,
+                    extra={"action": "heartbeat_resumed", "group": self.group, "failed": failed},
+                )
+                failed = 0
 
     async def _reconnect(self) -> None:
         if self._conn is not None and not self._conn.closed:
