@@ -1,4 +1,4 @@
-"""``python -m bench catchup|upsert|tail|group|startup|all [sizes] [--smoke] [--scale]
+"""``python -m bench catchup|upsert|tail|group|elastic|startup|all [sizes] [--smoke] [--scale]
 [--reuse] [--profile DIR]``."""
 
 from __future__ import annotations
@@ -12,17 +12,18 @@ from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any
 
-from bench import report, scenarios, seed, server, startup
+from bench import elastic, elastic_report, report, scenarios, seed, server, startup
 from bench.profile import summarize
 from bench.scenarios import SMOKE, Measurer, Outcome, Scenario, Sizes
 
-COMMANDS = ("catchup", "upsert", "tail", "group", "startup", "all")
+COMMANDS = ("catchup", "upsert", "tail", "group", "elastic", "startup", "all")
 # The datasets each command reads (see scenarios.datasets).
 DATASETS = {
     "catchup": ("main", "few", "distinct", "upsert"),
     "upsert": ("upsert",),
     "tail": (),
     "group": ("main",),
+    "elastic": (),  # it writes its own, while its members run (see bench.elastic)
     "startup": (),
 }
 SIZE_HELP = {
@@ -41,6 +42,13 @@ SIZE_HELP = {
     "scale_events": "events of the --scale catch-up dataset",
     "scale_tail_streams": "streams the --scale tail writer spreads its events over",
     "scale_tail_rate": "events/s the --scale tail writer appends",
+    "elastic_events": "events of each elastic catch-up",
+    "elastic_members": "comma-separated member counts of the elastic catch-ups",
+    "elastic_buckets": "buckets of the elastic groups",
+    "elastic_heartbeat": "seconds between an elastic member's heartbeats",
+    "elastic_lease": "seconds of an elastic member's bucket lease",
+    "elastic_rate": "events/s the elastic join scenario's writer appends",
+    "elastic_joins": "joins (each followed by the older member's leave) of the elastic run",
 }
 # What --scale adds to a command: its datasets and its scenarios (see scenarios.scaled_*).
 SCALE_DATASETS = {"catchup": ("main", "scale"), "tail": ()}
@@ -74,6 +82,10 @@ def main(argv: list[str] | None = None) -> None:
                 tail_rate=sizes.tail_rate,
             )
             outcomes = [measurer.run(scenario) for scenario in plan]
+            # Last: its member processes would compete with any measurement after it.
+            elastic_outcome = (
+                elastic.run(url, run_id, sizes, settings) if "elastic" in commands else None
+            )
         finally:
             if not (args.keep or args.reuse):
                 pg.drop(dbname)
@@ -88,10 +100,17 @@ def main(argv: list[str] | None = None) -> None:
         "settings": settings,
         "profiled": args.profile is not None,
     }
-    print(report.table(outcomes))
-    print(report.json_lines(outcomes, context), flush=True)
+    lines = report.json_lines(outcomes, context) if outcomes else ""
+    if outcomes:
+        print(report.table(outcomes))
+    if elastic_outcome is not None:
+        print(elastic_report.table(elastic_outcome))
+        lines = "\n".join(
+            filter(None, (lines, elastic_report.json_lines(elastic_outcome, context)))
+        )
+    print(lines, flush=True)
     if args.json is not None:
-        args.json.write_text(report.json_lines(outcomes, context) + "\n")
+        args.json.write_text(lines + "\n")
     if args.profile is not None:
         _write_summaries(args.profile, outcomes)
     _say(f"done in {time.perf_counter() - started:.0f} s ({pg.description}, store: {store})")
@@ -113,7 +132,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     for field in fields(Sizes):
         flag = "--" + field.name.replace("_", "-")
-        kind = _floats if field.name == "tail_sleeps" else type(field.default)
+        kind = TUPLES.get(field.name, type(field.default))
         parser.add_argument(flag, type=kind, help=f"{SIZE_HELP[field.name]} ({field.default})")
     parser.add_argument("--repeat", type=int, default=1, help="runs per side, alternating (1)")
     parser.add_argument(
@@ -151,6 +170,17 @@ def _sizes(args: argparse.Namespace) -> Sizes:
 
 def _floats(text: str) -> tuple[float, ...]:
     return tuple(float(part) for part in text.split(",") if part.strip())
+
+
+def _ints(text: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in text.split(",") if part.strip())
+
+
+# The sizes given as comma-separated lists.
+TUPLES: dict[str, Callable[[str], tuple[Any, ...]]] = {
+    "tail_sleeps": _floats,
+    "elastic_members": _ints,
+}
 
 
 def _setting(text: str) -> tuple[str, Any]:
@@ -201,6 +231,8 @@ def _plan(
     }
     plan: list[Scenario] = []
     for command in commands:
+        if command == "elastic":
+            continue  # no Scenario: its member processes are its own (see bench.elastic)
         if command == "upsert" and "catchup" in commands:
             continue  # catchup includes it
         plan.extend(builders[command]())

@@ -25,19 +25,26 @@ def table(outcomes: Sequence[Outcome]) -> str:
     rows: list[tuple[str, ...]] = [HEADER]
     for outcome in outcomes:
         rows.extend(_rows(outcome))
-    widths = [max(len(row[i]) for row in rows) for i in range(len(HEADER))]
+    lines = render(rows)
+    for outcome in outcomes:
+        lines.extend(f"note: {outcome.scenario.name}: {note}" for note in outcome.notes)
+    return "\n".join(lines)
+
+
+def render(rows: Sequence[tuple[str, ...]], *, left: int = 2) -> list[str]:
+    """``rows`` (the first is the header) in aligned columns: the first ``left`` columns
+    flush left, the figures flush right."""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines = []
     for index, row in enumerate(rows):
         cells = [
-            cell.ljust(width) if column < 2 else cell.rjust(width)
+            cell.ljust(width) if column < left else cell.rjust(width)
             for column, (cell, width) in enumerate(zip(row, widths, strict=True))
         ]
         lines.append("  ".join(cells).rstrip())
         if index == 0:
             lines.append("  ".join("-" * width for width in widths))
-    for outcome in outcomes:
-        lines.extend(f"note: {outcome.scenario.name}: {note}" for note in outcome.notes)
-    return "\n".join(lines)
+    return lines
 
 
 def json_lines(outcomes: Sequence[Outcome], context: dict[str, Any]) -> str:

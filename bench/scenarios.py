@@ -44,6 +44,14 @@ class Sizes:
     scale_events: int = 10_000_000
     scale_tail_streams: int = 10_000
     scale_tail_rate: float = 2_000.0
+    # elastic: member processes of one elastic group (see bench.elastic).
+    elastic_events: int = 200_000
+    elastic_members: tuple[int, ...] = (1, 2, 4)
+    elastic_buckets: int = 64
+    elastic_heartbeat: float = 0.5
+    elastic_lease: float = 5.0
+    elastic_rate: float = 50.0
+    elastic_joins: int = 2
 
 
 SMOKE = Sizes(
@@ -57,6 +65,11 @@ SMOKE = Sizes(
     scale_events=6_000,
     scale_tail_streams=200,
     scale_tail_rate=200.0,
+    elastic_events=3_000,
+    # The fault suite's beat and lease: settling takes a few beats, so the smoke run is quicker.
+    elastic_heartbeat=0.2,
+    elastic_lease=2.0,
+    elastic_joins=1,
 )
 
 

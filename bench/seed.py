@@ -15,8 +15,9 @@ import hashlib
 import json
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import psycopg
 
@@ -79,11 +80,9 @@ def seed(url: str, datasets: Sequence[Dataset]) -> float:
             conn.execute(f'DROP INDEX message_store."{name}"')
         done = 0
         for dataset in datasets:
-            for first in range(0, dataset.events, CHUNK):
-                last = min(first + CHUNK, dataset.events) - 1
-                params = {**asdict(dataset), "first": first, "last": last}
+            for params in chunks(dataset):
                 conn.execute(INSERT_CHUNK, params)
-                done += last - first + 1
+                done += params["last"] - params["first"] + 1
                 _progress(f"seeded {done:,} of {total:,} events", started)
         for _, definition in indexes:
             conn.execute(definition)
@@ -95,6 +94,13 @@ def seed(url: str, datasets: Sequence[Dataset]) -> float:
     seconds = time.perf_counter() - started
     _progress(f"seeded {total:,} events ({total / seconds:,.0f} events/s with indexes)", started)
     return seconds
+
+
+def chunks(dataset: Dataset) -> Iterator[dict[str, Any]]:
+    """The parameters of the ``INSERT_CHUNK`` statements that write ``dataset``."""
+    for first in range(0, dataset.events, CHUNK):
+        last = min(first + CHUNK, dataset.events) - 1
+        yield {**asdict(dataset), "first": first, "last": last}
 
 
 def _progress(message: str, started: float) -> None:

@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -29,6 +30,9 @@ SCENARIOS = {
     "startup",
     "catchup-scale",
     "tail-notify-scale",
+    "elastic-join",
+    "elastic-rebalance",
+    "elastic-catchup",
 }
 # Its baseline is projector on the smaller main dataset: the counts differ on purpose.
 OTHER_WORK = {"catchup-scale"}
@@ -55,7 +59,7 @@ def test_bench_smoke_prints_a_row_and_a_json_line_per_scenario(bench_env: dict[s
         env=bench_env,
         capture_output=True,
         text=True,
-        timeout=240,
+        timeout=300,  # the elastic runs start a dozen member processes
         check=False,
     )
 
@@ -70,6 +74,9 @@ def test_bench_smoke_prints_a_row_and_a_json_line_per_scenario(bench_env: dict[s
         if record["scenario"] == "startup":  # times of commands, no events
             assert record["seconds"]["projector --help"] > 0
             continue
+        if record["scenario"].startswith("elastic-"):
+            check_elastic(record)
+            continue
         projector = record["projector"]
         assert projector["events"] > 0
         assert projector["events_per_s"] > 0
@@ -81,3 +88,19 @@ def test_bench_smoke_prints_a_row_and_a_json_line_per_scenario(bench_env: dict[s
             assert isinstance(record["met"], bool)
         if record["scenario"].startswith("tail-"):
             assert projector["p50_ms"] <= projector["p99_ms"]
+
+
+def check_elastic(record: dict[str, Any]) -> None:
+    """The elastic records: figures of real joins, and a graceful rebalance that neither
+    repeats nor misses an event (what the fault suite checks at length)."""
+    assert record["notes"] == []
+    if record["scenario"] == "elastic-join":
+        assert record["joins"]
+        for join in record["joins"]:
+            assert 0 < join["to_acquired"] <= join["to_first_event"]
+    elif record["scenario"] == "elastic-rebalance":
+        assert record["written"] > 0
+        assert (record["redelivered"], record["missed"]) == (0, 0)
+    else:
+        assert [run["members"] for run in record["runs"]] == [1, 2, 4]
+        assert all(run["events_per_s"] > 0 for run in record["runs"])
