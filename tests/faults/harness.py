@@ -363,6 +363,13 @@ WHERE datname = current_database() AND backend_type = 'client backend'
 """
 
 
+def terminate_sessions(server: Server, rng: random.Random) -> None:
+    """``pg_terminate_backend`` one to three of the runners' (and their handlers') sessions."""
+    pids = [row[0] for row in server.query(RUNNER_SESSIONS)]
+    for pid in rng.sample(pids, min(len(pids), rng.randint(1, 3))):
+        server.query("SELECT pg_terminate_backend(%(pid)s)", {"pid": pid})
+
+
 @dataclass
 class Faults:
     """Random faults against the runners and the server, from one seed, counted by kind."""
@@ -418,9 +425,7 @@ class Faults:
             )
 
     def _terminate(self) -> None:
-        pids = [row[0] for row in self.server.query(RUNNER_SESSIONS)]
-        for pid in self.rng.sample(pids, min(len(pids), self.rng.randint(1, 3))):
-            self.server.query("SELECT pg_terminate_backend(%(pid)s)", {"pid": pid})
+        terminate_sessions(self.server, self.rng)
 
     def _restart_fast(self) -> None:
         self.server.restart("fast", down_for=self.rng.uniform(0, 2))

@@ -18,6 +18,7 @@ import sys
 import time
 from collections import Counter, defaultdict
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,12 +28,12 @@ from projector.localpg import temporary_cluster
 from tests.faults.harness import (
     CATEGORIES,
     ROOT,
-    RUNNER_SESSIONS,
     Fold,
     Process,
     Server,
     Writers,
     connect,
+    terminate_sessions,
     totals_caught_up,
     totals_mismatches,
 )
@@ -136,12 +137,34 @@ class Elastic:
         for process in self.processes:
             process.stop()
 
+    def __enter__(self) -> Elastic:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
     def unasked_exits(self) -> list[str]:
         return [
             f"{p.label} (exit {p.popen.returncode}):\n{p.log_tail()}"
             for p in self.processes
             if p.died_unasked()
         ]
+
+
+@contextmanager
+def appending(
+    server: Server, tmp_path: Path, request: pytest.FixtureRequest, *, seed: int | None = None
+) -> Iterator[tuple[Writers, Elastic]]:
+    """Two writers appending from the start, and the test's own elastic group (named after
+    it); on the way out, whatever happened, the writers and the group's processes stop."""
+    writers = Writers(server, tmp_path)
+    group = Elastic(request.node.name.removeprefix("test_")[:40], server, tmp_path)
+    try:
+        writers.start(2, rate=WRITE_RATE, seed=random.randrange(10**6) if seed is None else seed)
+        yield writers, group
+    finally:
+        writers.stop()
+        group.stop()
 
 
 def _pid(owner: str) -> int:
@@ -258,10 +281,7 @@ def check(server: Server, group: Elastic, *, graceful: bool) -> None:
 def test_scaling_1_4_2_3_while_writers_append_misses_nothing_and_repeats_nothing(
     server: Server, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
-    writers = Writers(server, tmp_path)
-    group = Elastic(request.node.name.removeprefix("test_")[:40], server, tmp_path)
-    try:
-        writers.start(2, rate=WRITE_RATE, seed=random.randrange(10**6))
+    with appending(server, tmp_path, request) as (writers, group):
         group.wait_settled([group.spawn()])
         for _ in range(3):
             group.spawn()
@@ -273,19 +293,13 @@ def test_scaling_1_4_2_3_while_writers_append_misses_nothing_and_repeats_nothing
         group.wait_settled(group.live())
         writers.stop()
         caught_up(server)
-    finally:
-        writers.stop()
-        group.stop()
     check(server, group, graceful=True)
 
 
 def test_a_killed_members_buckets_move_once_its_lease_expires(
     server: Server, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
-    writers = Writers(server, tmp_path)
-    group = Elastic(request.node.name.removeprefix("test_")[:40], server, tmp_path)
-    try:
-        writers.start(2, rate=WRITE_RATE, seed=random.randrange(10**6))
+    with appending(server, tmp_path, request) as (writers, group):
         survivor, victim = group.spawn(), group.spawn()
         group.wait_settled([survivor, victim])
         victim.kill()
@@ -294,19 +308,13 @@ def test_a_killed_members_buckets_move_once_its_lease_expires(
         assert time.monotonic() - killed_at >= LEASE * 0.9, "taken before the lease expired"
         writers.stop()
         caught_up(server)
-    finally:
-        writers.stop()
-        group.stop()
     check(server, group, graceful=False)
 
 
 def test_a_member_paused_past_its_lease_commits_nothing_when_it_resumes(
     server: Server, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
-    writers = Writers(server, tmp_path)
-    group = Elastic(request.node.name.removeprefix("test_")[:40], server, tmp_path)
-    try:
-        writers.start(2, rate=WRITE_RATE, seed=random.randrange(10**6))
+    with appending(server, tmp_path, request) as (writers, group):
         successor, zombie = group.spawn(), group.spawn()
         group.wait_settled([successor, zombie])
         zombie.pause()
@@ -321,9 +329,6 @@ def test_a_member_paused_past_its_lease_commits_nothing_when_it_resumes(
         group.wait_settled([zombie])
         time.sleep(1.5)  # past its checkpoint interval: a stale commit would have landed
         after = _checkpoints(server, group.name)
-    finally:
-        writers.stop()
-        group.stop()
     assert after == before, "the zombie moved checkpoints back"
     actions = _actions(zombie.log, since=resumed_at)
     ended = min(
@@ -338,10 +343,7 @@ def test_a_member_paused_past_its_lease_commits_nothing_when_it_resumes(
 def test_a_rolling_restart_of_every_member_repeats_nothing(
     server: Server, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
-    writers = Writers(server, tmp_path)
-    group = Elastic(request.node.name.removeprefix("test_")[:40], server, tmp_path)
-    try:
-        writers.start(2, rate=WRITE_RATE, seed=random.randrange(10**6))
+    with appending(server, tmp_path, request) as (writers, group):
         for _ in range(3):
             group.spawn()
         group.wait_settled(group.live())
@@ -351,9 +353,6 @@ def test_a_rolling_restart_of_every_member_repeats_nothing(
             group.wait_settled(group.live())
         writers.stop()
         caught_up(server)
-    finally:
-        writers.stop()
-        group.stop()
     check(server, group, graceful=True)
 
 
@@ -367,11 +366,8 @@ def test_server_restarts_and_terminated_sessions_miss_nothing_and_run_nothing_tw
     group beside it applies each event exactly once (its totals equal the fold of the store)."""
     seed = random.randrange(10**6)
     rng = random.Random(seed)
-    writers = Writers(server, tmp_path)
-    group = Elastic(request.node.name.removeprefix("test_")[:40], server, tmp_path)
     totals = Elastic("elastic_totals", server, tmp_path, "tests.faults.projections:totals")
-    try:
-        writers.start(2, rate=WRITE_RATE, seed=seed)
+    with appending(server, tmp_path, request, seed=seed) as (writers, group), totals:
         for _ in range(3):
             group.spawn()
             totals.spawn()
@@ -379,9 +375,7 @@ def test_server_restarts_and_terminated_sessions_miss_nothing_and_run_nothing_tw
         totals.wait_settled(totals.live())
         for fault in ("terminate", "fast", "terminate", "immediate", "terminate", "fast"):
             if fault == "terminate":
-                sessions = [row[0] for row in server.query(RUNNER_SESSIONS)]
-                for pid in rng.sample(sessions, min(len(sessions), rng.randint(1, 3))):
-                    server.query("SELECT pg_terminate_backend(%(pid)s)", {"pid": pid})
+                terminate_sessions(server, rng)
             else:
                 server.restart(fault, down_for=rng.uniform(0, LEASE))
             time.sleep(rng.uniform(0.5, 1.5))
@@ -390,10 +384,6 @@ def test_server_restarts_and_terminated_sessions_miss_nothing_and_run_nothing_tw
         caught_up(server)
         fold = Fold.of(server)
         wait_until(lambda: totals_caught_up(server, fold), within=SETTLE, poll=0.5)
-    finally:
-        writers.stop()
-        group.stop()
-        totals.stop()
     assert group.unasked_exits() == totals.unasked_exits() == [], f"seed {seed}"
     assert totals_mismatches(server, fold) == [], f"seed {seed}"
     check(server, group, graceful=False)
