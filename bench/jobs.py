@@ -23,7 +23,8 @@ from psycopg import sql
 from psycopg_pool import AsyncConnectionPool
 
 from projector import Event, Projection
-from projector.runner import Runner, backend_options, collect_garbage_less_often
+from projector.process import backend_options, collect_garbage_less_often
+from projector.runner import Runner
 from projector.settings import Settings
 from projector.storage import member_index, notify
 from projector.storage.database import SESSION_SETTINGS

@@ -1,9 +1,9 @@
 """Wiring and lifecycle of a projector process: pool, sources, sink, checkpoints, shutdown.
 
-Stopping is cancellation (see `serve`): the sources stop reading at once, handler calls already
-running get ``shutdown_timeout`` seconds to finish, and the checkpoint is committed once more,
-shielded and time-boxed (`projector.cleanup`), whatever ended the run (a signal, a handler
-error, caught-up).
+Stopping is cancellation (see `projector.process.serve`): the sources stop reading at once,
+handler calls already running get ``shutdown_timeout`` seconds to finish, and the checkpoint is
+committed once more, shielded and time-boxed (`projector.cleanup`), whatever ended the run (a
+signal, a handler error, caught-up).
 
 How a handler error ends a run: it does not, by itself. The sink hands every failed call to
 `Recovery.on_failure`, which retries the stream with backoff, waits out an outage of
@@ -25,16 +25,12 @@ business.
 
 from __future__ import annotations
 
-import gc
-import importlib.util
 import logging
-import os
-import signal
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from functools import partial
-from typing import NoReturn, Protocol
+from typing import Protocol
 
 import anyio
 from anyio.abc import TaskGroup
@@ -62,17 +58,17 @@ from projector.reconnecting import Reconnecting
 from projector.runtime.batching import Batcher, BatchRun
 from projector.runtime.checkpoint_writer import CheckpointWriter
 from projector.runtime.dependencies import DependencyGate, UpstreamMeter
-from projector.runtime.elastic import BucketCheckpoints, ElasticMember, Tenure, start_positions
+from projector.runtime.elastic import ElasticMember, start_tenure
 from projector.runtime.exactly_once import ExactlyOnce
 from projector.runtime.exactly_once_batch import ExactlyOnceBatch
 from projector.runtime.outage import PROBE_TIMEOUT, Outage
 from projector.runtime.recovery import Recovery
-from projector.settings import EventLoop, Settings, retry_policy
+from projector.settings import Settings, retry_policy
 from projector.storage import checkpoints, database, member_index, notify
 from projector.storage.checkpoints import Checkpoints
 from projector.storage.database import Connection, Pool
 from projector.storage.leases import LeaseLostError, MemberLease
-from projector.storage.message_store import BucketStore, MessageStore
+from projector.storage.message_store import MessageStore
 from projector.storage.parked import ParkedStreams
 
 logger = logging.getLogger(__name__)
@@ -319,54 +315,22 @@ class Runner:
         connected: Callable[[], None],
     ) -> tuple[Parts, frozenset[str]]:
         """An elastic tenure's start: its buckets, where each starts, and a reader of them."""
-        settings, pool = self.settings, lasting.pool
         tenure = await member.next_tenure()
         connected()
         heads = {c: await lasting.store.category_head(c) for c in self.categories}
-        starts = await start_positions(tenure, self.categories, heads, from_tail=settings.from_tail)
-        writer = CheckpointWriter(
-            BucketCheckpoints(tenure, starts), interval=settings.checkpoint_interval
+        for category, head in heads.items():
+            if head is None:
+                self._empty_category(self.group, category)
+        start = await start_tenure(
+            tenure,
+            lasting.pool,
+            heads,
+            from_tail=self.settings.from_tail,
+            checkpoint_interval=self.settings.checkpoint_interval,
         )
-        for category in self.categories:
-            writer.start_at(category, self._elastic_start(tenure, starts, category, heads))
-        by_category = {
-            category: {bucket: starts[(bucket, category)] for bucket in tenure.owned}
-            for category in self.categories
-        }
-        store = BucketStore(pool, size=member.buckets, buckets=tenure.owned, starts=by_category)
-        parked = ParkedStreams(pool, self.group, owner=tenure.owns)
-        return await self._parts(stack, lasting, store, writer, tenure, parked, tenure.ending)
-
-    def _elastic_start(
-        self,
-        tenure: Tenure,
-        starts: dict[tuple[int, str], int],
-        category: str,
-        heads: dict[str, int | None],
-    ) -> int:
-        """A category's read starts at the lowest start of the owned buckets; with none owned,
-        at the head (there is nothing to read for this tenure)."""
-        head = heads[category]
-        if head is None:
-            self._empty_category(self.group, category)
-        positions = [starts[(bucket, category)] for bucket in tenure.owned]
-        position = min(positions, default=FIRST_POSITION if head is None else head + 1)
-        logger.info(
-            "%s starts %s at %d with %d bucket(s)",
-            tenure.member.identity.member_id,
-            category,
-            position,
-            len(positions),
-            extra={
-                "action": "source_started",
-                "group": self.group,
-                "category": category,
-                "position": position,
-                "origin": "checkpoint",
-                "buckets": sorted(tenure.owned),
-            },
+        return await self._parts(
+            stack, lasting, start.store, start.writer, tenure, start.parked, tenure.ending
         )
-        return position
 
     async def _project_and_flush(self, parts: Parts, parked: frozenset[str]) -> bool:
         """Project, then commit the checkpoint a last time; True when the lock's session was
@@ -698,72 +662,3 @@ def _past_the_head(name: str, group: str, category: str, position: int, head: in
             "head": head,
         },
     )
-
-
-GC_FIRST_GENERATION = 10_000  # allocations between young collections (Python's default: 700)
-
-
-def collect_garbage_less_often() -> None:
-    """Tune the cyclic garbage collector for a projecting process (its entry point calls this).
-
-    A catch-up allocates and frees several objects per event, and the batches in flight (up to
-    ``max_read_ahead`` of them) are alive long enough to be traversed again and again by
-    young-generation collections at Python's default threshold, for nothing: reference
-    counting frees these objects anyway. Collecting cycles less often costs a little memory,
-    not correctness.
-    """
-    first, *older = gc.get_threshold()
-    gc.set_threshold(max(GC_FIRST_GENERATION, first), *older)
-
-
-def backend_options(settings: Settings) -> dict[str, bool]:
-    """anyio's options for the loop a run asks for (``event_loop``): uvloop when installed.
-
-    uvloop's loop is written in C, and psycopg's async waits go through the loop at every
-    round trip: a handler that makes one per call spends much of its time there.
-    """
-    wanted = settings.event_loop is EventLoop.UVLOOP
-    return {"use_uvloop": wanted and importlib.util.find_spec("uvloop") is not None}
-
-
-async def serve(main: Callable[[], Awaitable[None]]) -> None:
-    """Run ``main`` until it returns or SIGINT/SIGTERM arrives, which cancels it gracefully
-    (running handler calls get ``shutdown_timeout`` to finish, the checkpoint is committed); a
-    second signal while it stops ends the process at once."""
-    # Shielded: the first signal cancels the task group, and the second must still be heard.
-    listening = anyio.CancelScope(shield=True)
-    async with anyio.create_task_group() as tasks:
-
-        async def watch_signals() -> None:
-            with listening, anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-                async for signum in signals:
-                    name = signal.Signals(signum).name
-                    if tasks.cancel_scope.cancel_called:
-                        stop_now(
-                            signum,
-                            f"received {name} again: stopping now, without waiting for running "
-                            "handler calls; what was handled since the last checkpoint commit "
-                            "is delivered again at the next start",
-                        )
-                    logger.info(
-                        "received %s, stopping (once more to stop at once)",
-                        name,
-                        extra={"action": "stopping", "signal": name},
-                    )
-                    tasks.cancel_scope.cancel()
-
-        tasks.start_soon(watch_signals, name="projector-signals")
-        try:
-            await main()
-        finally:
-            listening.cancel()
-        tasks.cancel_scope.cancel()
-
-
-def stop_now(signum: int, message: str) -> NoReturn:
-    """End the process at once (exit 128 + signal), saying why in one line. Nothing more is
-    committed: what was handled since the last checkpoint commit is delivered again."""
-    name = signal.Signals(signum).name
-    logger.warning(message, extra={"action": "stopping_now", "signal": name})
-    logging.shutdown()
-    os._exit(128 + signum)

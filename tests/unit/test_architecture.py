@@ -167,7 +167,7 @@ def test_the_model_does_no_io_and_the_pipeline_has_no_driver(part: str) -> None:
 
 
 def test_nothing_below_the_runner_imports_the_runner_or_the_cli() -> None:
-    above = {"projector.runner", "projector.cli", "projector.demo"}
+    above = {"projector.runner", "projector.process", "projector.cli", "projector.demo"}
     assert _imports(lambda importer: importer in ALLOWED, lambda n: _part_of(n) in above) == []
 
 

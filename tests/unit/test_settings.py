@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from projector.errors import ConfigurationError, InvalidNameError
-from projector.runner import backend_options
+from projector.process import backend_options
 from projector.settings import DEPRECATED_ENV, INVERTED_ENV, Settings, flag_for, load_settings
 
 

@@ -13,7 +13,7 @@ from types import FrameType
 import click
 
 from projector.cli import commands, operations
-from projector.runner import stop_now
+from projector.process import stop_now
 
 
 @click.group()
@@ -39,7 +39,7 @@ for command in (
 def entry() -> None:
     """The ``projector`` executable: SIGINT and SIGTERM stop it from the start, whatever the
     disposition it inherited (a script's ``cmd &`` starts it with SIGINT ignored), until a
-    running loop listens for them itself (`runner.serve`)."""
+    running loop listens for them itself (`projector.process.serve`)."""
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, _stop_while_starting)
     main()

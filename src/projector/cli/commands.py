@@ -29,7 +29,8 @@ from projector.cli.progress import terminal_bar
 from projector.errors import ConfigurationError
 from projector.model.projection import load_projection
 from projector.ops import groups, logs, status, waiting
-from projector.runner import Runner, collect_garbage_less_often
+from projector.process import collect_garbage_less_often
+from projector.runner import Runner
 from projector.settings import load_settings
 from projector.storage import database, member_index
 from projector.storage import notify as notifications

@@ -24,7 +24,7 @@ from projector.errors import (
     find_error,
 )
 from projector.ops import logs
-from projector.runner import backend_options, serve
+from projector.process import backend_options, serve
 from projector.settings import Settings, flag_for, load_settings
 from projector.storage import database
 from projector.storage.database import Connection

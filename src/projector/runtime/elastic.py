@@ -35,10 +35,13 @@ from projector import cleanup
 from projector.errors import DatabaseUnavailableError
 from projector.model.buckets import target
 from projector.model.events import FIRST_POSITION, consumer_group_member
+from projector.runtime.checkpoint_writer import CheckpointWriter
 from projector.storage import buckets, database
 from projector.storage.buckets import Identity
-from projector.storage.database import Connection
+from projector.storage.database import Connection, Pool
 from projector.storage.leases import LeaseLostError
+from projector.storage.message_store import BucketStore
+from projector.storage.parked import ParkedStreams
 
 logger = logging.getLogger(__name__)
 
@@ -371,3 +374,61 @@ async def start_positions(
                 positions=missing,
             )
     return {**loaded, **missing}
+
+
+@dataclass(frozen=True, slots=True)
+class TenureStart:
+    """What a tenure projects with: checkpoints per owned bucket, a reader of its buckets that
+    starts each where its checkpoint is, and the care of its buckets' parked streams."""
+
+    writer: CheckpointWriter
+    store: BucketStore
+    parked: ParkedStreams
+
+
+async def start_tenure(
+    tenure: Tenure,
+    pool: Pool,
+    heads: Mapping[str, int | None],
+    *,
+    from_tail: bool,
+    checkpoint_interval: float,
+) -> TenureStart:
+    """Settle where the tenure's buckets start in each category of ``heads`` (the categories'
+    last positions), and assemble what projects them."""
+    member = tenure.member
+    starts = await start_positions(tenure, list(heads), heads, from_tail=from_tail)
+    writer = CheckpointWriter(BucketCheckpoints(tenure, starts), interval=checkpoint_interval)
+    by_category = {
+        category: {bucket: starts[(bucket, category)] for bucket in tenure.owned}
+        for category in heads
+    }
+    for category, positions in by_category.items():
+        writer.start_at(category, _read_start(tenure, category, positions, heads[category]))
+    store = BucketStore(pool, size=member.buckets, buckets=tenure.owned, starts=by_category)
+    return TenureStart(writer, store, ParkedStreams(pool, member.group, owner=tenure.owns))
+
+
+def _read_start(
+    tenure: Tenure, category: str, positions: Mapping[int, int], head: int | None
+) -> int:
+    """A category's read starts at the lowest start of the owned buckets; with none owned, at
+    the head (there is nothing to read for this tenure)."""
+    position = min(positions.values(), default=FIRST_POSITION if head is None else head + 1)
+    member = tenure.member
+    logger.info(
+        "%s starts %s at %d with %d bucket(s)",
+        member.identity.member_id,
+        category,
+        position,
+        len(positions),
+        extra={
+            "action": "source_started",
+            "group": member.group,
+            "category": category,
+            "position": position,
+            "origin": "checkpoint",
+            "buckets": sorted(positions),
+        },
+    )
+    return position
