@@ -11,14 +11,15 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import ExitStack
 from pathlib import Path
 
 import pytest
 
 from projector.localpg import LocalCluster, temporary_cluster
-from projector.storage import migrate
+from projector.storage import database, migrate
+from projector.storage.database import Connection
 from tests.support import messagedb
 from tests.support.postgres import (
     PgServer,
@@ -65,6 +66,21 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
         terminalreporter.write_sep("-", "fault injection")
         for line in lines:
             terminalreporter.write_line(line)
+
+
+@pytest.fixture(scope="session")
+def anyio_backend() -> str:
+    """Async tests run on asyncio, as `projector run` does (uvloop is an asyncio loop)."""
+    return "asyncio"
+
+
+@pytest.fixture
+async def own_store_conn(own_store_url: str) -> AsyncIterator[Connection]:
+    """An autocommit connection to a fresh database with projector's own store."""
+    connection = await database.connect(own_store_url)
+    await connection.set_autocommit(True)
+    async with connection:
+        yield connection
 
 
 @pytest.fixture(scope="session")

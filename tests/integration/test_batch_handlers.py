@@ -41,11 +41,6 @@ GROUP BY stream_name
 """
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 def batching(url: str, **overrides: Any) -> Settings:
     """Every stream of a read batch in one batch call; a failing stream parked soon."""
     values: dict[str, Any] = {

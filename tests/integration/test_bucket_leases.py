@@ -3,13 +3,11 @@ that no zombie can pass."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
 import anyio
 import pytest
 
 from projector.errors import ConfigurationError
-from projector.storage import buckets, checkpoints, database
+from projector.storage import buckets, checkpoints
 from projector.storage.buckets import Identity
 from projector.storage.database import Connection
 from projector.storage.leases import LeaseLostError
@@ -23,17 +21,9 @@ pytestmark = pytest.mark.anyio
 
 
 @pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture
-async def conn(own_store_url: str) -> AsyncIterator[Connection]:
-    connection = await database.connect(own_store_url)
-    await connection.set_autocommit(True)
-    async with connection:
-        await buckets.register(connection, GROUP, 4)
-        yield connection
+async def conn(own_store_conn: Connection) -> Connection:
+    await buckets.register(own_store_conn, GROUP, 4)
+    return own_store_conn
 
 
 async def test_a_group_records_its_bucket_count_once_and_refuses_another(conn: Connection) -> None:

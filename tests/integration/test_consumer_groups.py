@@ -46,11 +46,6 @@ GROUP = "recorder"  # the Recorder projection's name, hence its default group
 T = TypeVar("T")
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 @asynccontextmanager
 async def _connection(url: str) -> AsyncIterator[database.Connection]:
     conn = await database.connect(url)

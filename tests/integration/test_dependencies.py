@@ -26,11 +26,6 @@ ACCOUNT, INVOICE = "account", "invoice"
 WITHIN = 10.0  # seconds any wait in these tests may take before it fails
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 def _streams(category: str, count: int, *, events: int, first: int = 0) -> dict[str, int]:
     return {f"{category}-{i}": events for i in range(first, first + count)}
 

@@ -28,11 +28,6 @@ BUCKETS = 8
 GROUP = "elastic"
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 def elastic_settings(url: str, **overrides: Any) -> Any:
     values: dict[str, Any] = {
         "categories": (CATEGORY,),

@@ -6,15 +6,13 @@ The leases are taken with storage's own statements, as a member's heartbeat woul
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
 import pytest
 
 from projector.errors import ConfigurationError
 from projector.model.dependencies import Dependency
 from projector.ops import groups, status
 from projector.runtime import dependencies
-from projector.storage import buckets, checkpoints, database
+from projector.storage import buckets, checkpoints
 from projector.storage.buckets import Identity
 from projector.storage.database import Connection
 from projector.storage.leases import MemberBusyError
@@ -27,19 +25,12 @@ pytestmark = pytest.mark.anyio
 
 
 @pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture
-async def conn(own_store_url: str) -> AsyncIterator[Connection]:
-    connection = await database.connect(own_store_url)
-    await connection.set_autocommit(True)
-    async with connection:
-        await buckets.register(connection, GROUP, BUCKETS)
-        for bucket in range(BUCKETS):
-            await checkpoints.write(connection, GROUP, bucket, BUCKETS, "account", 1)
-        yield connection
+async def conn(own_store_conn: Connection) -> Connection:
+    """A group of BUCKETS buckets, each with a checkpoint in "account"."""
+    await buckets.register(own_store_conn, GROUP, BUCKETS)
+    for bucket in range(BUCKETS):
+        await checkpoints.write(own_store_conn, GROUP, bucket, BUCKETS, "account", 1)
+    return own_store_conn
 
 
 async def test_checkpoint_changes_refuse_while_an_elastic_member_holds_buckets(

@@ -21,11 +21,6 @@ OLD_SIZE = 3
 BUCKETS = 6  # gcd(6, 3) = 3: bucket b takes the streams of member b mod 3 only
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 async def _convert(url: str, *, dry_run: bool = False) -> groups.Conversion:
     conn = await database.connect(url)
     async with conn:

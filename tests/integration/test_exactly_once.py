@@ -20,11 +20,6 @@ from tests.support.waiting import eventually
 pytestmark = pytest.mark.anyio
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 async def _run_members(url: str, size: int) -> None:
     async with anyio.create_task_group() as tasks:
         for member in range(size):

@@ -36,11 +36,6 @@ STREAM = "account-1"
 OTHER = "account-2"
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 @asynccontextmanager
 async def runner(url: str, projection: Projection) -> AsyncIterator[ExactlyOnce]:
     """One runner's transactional span handler, with a pool of its own."""

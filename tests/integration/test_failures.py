@@ -50,11 +50,6 @@ GROUP = "flaky"
 BAD = "account-bad"
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 @pytest.fixture(autouse=True)
 def quick_retry_requests(monkeypatch: pytest.MonkeyPatch) -> None:
     """Runners look for `projector parked retry` requests every 0.05 s instead of 2 s."""

@@ -21,11 +21,6 @@ VALUES ('account-odd', 0, 'Deposited', '"ten"', NULL),
 """
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 async def test_malformed_events_are_parked_by_name_while_the_rest_is_projected(
     database_url: str,
 ) -> None:

@@ -22,11 +22,6 @@ pytestmark = pytest.mark.anyio
 SIZE = 3
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 def _streams() -> dict[str, int]:
     streams = {f"{CATEGORY}-{i}": 1 + i % 3 for i in range(60)}
     # Compound ids share their cardinal id's member; a bare category name belongs to none.

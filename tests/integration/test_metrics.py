@@ -31,11 +31,6 @@ pytestmark = pytest.mark.anyio
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 def serving(url: str, **overrides: Any) -> Settings:
     """Settings of a runner that keeps running and serves its endpoint on a free port."""
     values: dict[str, Any] = {

@@ -15,11 +15,6 @@ from tests.support.projecting import Recorder, run_projection, settings_for, wri
 pytestmark = pytest.mark.anyio
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 async def test_a_listener_is_woken_with_the_category_of_each_committed_write(
     database_url: str,
 ) -> None:

@@ -17,11 +17,6 @@ from tests.support.projecting import (
 pytestmark = pytest.mark.anyio
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 def _streams(categories: list[str], per_category: int, events: int) -> dict[str, int]:
     return {
         f"{category}-{i}": 1 + (i % events) for category in categories for i in range(per_category)

@@ -21,11 +21,6 @@ pytestmark = pytest.mark.anyio
 WAIT_TIMEOUT = 10.0  # seconds for a runner to commit, or the server to drop a closed session's lock
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 async def _collect(url: str, group: str | None = None) -> list[MemberStatus]:
     conn = await connect(url)
     async with conn:

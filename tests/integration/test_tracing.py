@@ -15,11 +15,6 @@ pytestmark = pytest.mark.anyio
 EXPORTER = InMemorySpanExporter()
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 @pytest.fixture(scope="module", autouse=True)
 def tracer_provider() -> None:
     # The global provider can be set once per process: one for this module's tests.

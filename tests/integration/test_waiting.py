@@ -17,11 +17,6 @@ from tests.support.projecting import Recorder, run_projection, settings_for, wri
 pytestmark = pytest.mark.anyio
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 async def _write_one(url: str, stream_name: str) -> int:
     """Write one event; return its global position, as a writer would read it back."""
     conn = await connect(url)

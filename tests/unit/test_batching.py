@@ -26,11 +26,6 @@ pytestmark = pytest.mark.anyio
 TIMEOUT = 3.0
 
 
-@pytest.fixture(scope="module")
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 @dataclass
 class BatchCalls:
     """A batch call that handles every span, except that it raises ``errors[name]`` for a

@@ -16,11 +16,6 @@ from tests.support.waiting import eventually
 pytestmark = pytest.mark.anyio
 
 
-@pytest.fixture(scope="module")
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 class Recorded:
     """Stands for `Checkpoints`: records each commit; fails the next ``failing`` of them."""
 

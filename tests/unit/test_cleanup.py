@@ -13,11 +13,6 @@ from projector import cleanup
 pytestmark = pytest.mark.anyio
 
 
-@pytest.fixture(scope="module")
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 async def test_a_cleanup_finishes_although_its_caller_is_cancelled(
     caplog: pytest.LogCaptureFixture,
 ) -> None:

@@ -29,11 +29,6 @@ _EVENT_ID = "7f0c5f1e-1d52-4a0e-9d0c-1f3a4c8e2b6d"
 _T0 = datetime(2024, 1, 1, tzinfo=UTC)
 
 
-@pytest.fixture(scope="module")
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 def events_at(*global_positions: int) -> list[Event]:
     """One event per global position, each in a stream of its own."""
     return [

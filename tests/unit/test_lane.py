@@ -15,11 +15,6 @@ from tests.support.sink import ev
 pytestmark = pytest.mark.anyio
 
 
-@pytest.fixture(scope="module")
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 class Progress:
     def __init__(self) -> None:
         self.reported: list[tuple[str, int]] = []

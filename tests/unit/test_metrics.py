@@ -25,11 +25,6 @@ EVENT_ID = "7f0c5f1e-1d52-4a0e-9d0c-1f3a4c8e2b6d"
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
 
-@pytest.fixture(scope="module")
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 def scrape(metrics: Metrics) -> Samples:
     text = generate_latest(metrics.registry).decode()
     return {

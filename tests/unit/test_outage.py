@@ -18,11 +18,6 @@ from projector.runtime.outage import Outage, is_connection_error
 pytestmark = pytest.mark.anyio
 
 
-@pytest.fixture(scope="module")
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 def _raised_from(cause: BaseException) -> RuntimeError:
     try:
         try:

@@ -26,11 +26,6 @@ _EVENT_ID = "0b6f1c1e-3e9a-4a53-8f1e-5b8f8f2f6c11"
 _global_positions = itertools.count(1)
 
 
-@pytest.fixture(scope="module")
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 def ev(position: int, type: str = "Deposited", stream: str = "account-1") -> Event:
     time = datetime(2024, 1, 1, tzinfo=UTC)
     return Event(next(_global_positions), position, time, stream, type, "{}", None, _EVENT_ID)

@@ -17,11 +17,6 @@ from tests.support.sink import ev
 pytestmark = pytest.mark.anyio
 
 
-@pytest.fixture(scope="module")
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 class Database:
     def __init__(self, *, up: bool) -> None:
         self.up = up

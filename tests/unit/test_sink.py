@@ -32,11 +32,6 @@ TIMEOUT = 2.0
 Outcome = Callable[[str, list[int]], int | None]
 
 
-@pytest.fixture(scope="module")
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 class Handler:
     """A span handler that records its calls, can hold a stream's calls (or, with ``jitter``,
     yield a random number of times), and returns all handled unless ``outcome`` says otherwise."""

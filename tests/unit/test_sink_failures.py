@@ -34,11 +34,6 @@ pytestmark = pytest.mark.anyio
 TIMEOUT = 3.0
 
 
-@pytest.fixture(scope="module")
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 @dataclass
 class Call:
     stream: str

@@ -17,11 +17,6 @@ pytestmark = pytest.mark.anyio
 TIMEOUT = 5.0
 
 
-@pytest.fixture(scope="module")
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 def events_at(*global_positions: int) -> list[Event]:
     t0, event_id = datetime(2024, 1, 1, tzinfo=UTC), "0b9c4a52-5d3e-4d8e-a0c4-7a1f2e3d4c5b"
     return [
