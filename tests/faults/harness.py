@@ -30,6 +30,7 @@ from projector.model.events import consumer_group_member
 from projector.storage import leases
 from projector.storage.migrate import upgrade
 from tests.support import messagedb
+from tests.support.waiting import wait_until
 
 CATEGORIES = ("faultA", "faultB", "faultC")
 STREAMS_PER_CATEGORY = 200
@@ -46,6 +47,7 @@ CREATE TABLE fault_totals (
     last_position bigint NOT NULL,
     gaps int NOT NULL
 );
+CREATE TABLE fault_elastic_totals (LIKE fault_totals INCLUDING ALL);
 CREATE TABLE fault_deliveries (
     seq bigserial PRIMARY KEY,
     stream text NOT NULL,
@@ -173,6 +175,10 @@ class Process:
         text = self.log.read_text(errors="replace").splitlines()
         return "\n".join(text[-lines:])
 
+    def describe(self) -> str:
+        """For a failure message: which process, how it ended, and its log's last lines."""
+        return f"{self.label} (pid {self.pid}, exit {self.popen.returncode}):\n{self.log_tail()}"
+
 
 @dataclass
 class Group:
@@ -270,16 +276,154 @@ class Group:
         return [p for p in [*self.retired, *self.all()] if p.died_unasked()]
 
     def logged(self) -> Counter[str]:
-        """How often each ``action`` was logged, over every process the group ran."""
-        actions: Counter[str] = Counter()
-        for process in [*self.retired, *self.all()]:
-            for line in process.log.read_text(errors="replace").splitlines():
-                if line.startswith("{"):
-                    try:
-                        actions[json.loads(line).get("action", "")] += 1
-                    except json.JSONDecodeError:
-                        continue
-        return actions
+        return logged([*self.retired, *self.all()])
+
+
+def logged(processes: list[Process]) -> Counter[str]:
+    """How often each ``action`` was logged, over ``processes``."""
+    actions: Counter[str] = Counter()
+    for process in processes:
+        for line in process.log.read_text(errors="replace").splitlines():
+            if line.startswith("{"):
+                try:
+                    actions[json.loads(line).get("action", "")] += 1
+                except json.JSONDecodeError:
+                    continue
+    return actions
+
+
+# An elastic member's timing in the suites: a short lease, so that a SIGSTOP outlasts it.
+BUCKETS = 16
+HEARTBEAT = 0.2
+BUCKET_LEASE = 2.0
+SETTLE = 60.0  # seconds a rebalance or a catch-up may take on a loaded machine
+
+
+@dataclass
+class Elastic:
+    """The processes of one elastic group (`projector run --elastic`), started and stopped as
+    an operator would; ``size`` is how many should be running. Killed runners are replaced at
+    once, as a Deployment's controller would."""
+
+    name: str
+    server: Server
+    logs: Path
+    projection: str = "tests.faults.projections:calls"
+    size: int = 0
+    processes: list[Process] = field(default_factory=list)
+    started: int = 0
+
+    def spawn(self) -> Process:
+        self.started += 1
+        log = self.logs / f"{self.name}-{self.started}.log"
+        command = [
+            *(sys.executable, "-m", "projector", "run", self.projection),
+            *("--group", self.name, "--elastic", "--buckets", str(BUCKETS)),
+            *(arg for category in CATEGORIES for arg in ("--category", category)),
+            *("--heartbeat", str(HEARTBEAT), "--bucket-lease", str(BUCKET_LEASE)),
+            *("--batch-size", "50", "--checkpoint-interval", "1", "--tail-sleep", "0.05"),
+            *("--connect-timeout", "2", "--outage-limit", "300"),
+            *("--log-format", "json", "--summary-interval", "0", "--no-progress"),
+        ]
+        env = {
+            **os.environ,
+            "PROJECTOR_DATABASE_URL": self.server.url,
+            "PYTHONPATH": str(ROOT),
+            "PYTHONFAULTHANDLER": "1",
+        }
+        with log.open("wb") as out:
+            popen = subprocess.Popen(
+                command, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT
+            )
+        process = Process(popen, log, f"{self.name} {self.started}")
+        self.processes.append(process)
+        return process
+
+    def start(self) -> None:
+        for _ in range(self.size):
+            self.spawn()
+
+    def live(self) -> list[Process]:
+        return [p for p in self.processes if p.popen.poll() is None and not p.paused]
+
+    def all(self) -> list[Process]:
+        """The processes still running (paused ones included)."""
+        return [p for p in self.processes if p.popen.poll() is None]
+
+    def holder(self, member: int) -> Process | None:
+        return None  # buckets, not members: `Faults` pauses any of the processes
+
+    def kill_and_replace(self, process: Process) -> None:
+        process.kill()
+        self.spawn()
+
+    def supervise(self) -> int:
+        """Start again the runners the server refused at their first connection (see
+        `Group.supervise`); any other exit is left for the checks."""
+        again = 0
+        for process in list(self.processes):
+            if process.died_unasked() and REFUSED_START in process.log_tail(3):
+                process.stopped_on_purpose = True
+                self.spawn()
+                again += 1
+        return again
+
+    def resize(self, size: int) -> None:
+        """Scale to ``size`` processes while they run: SIGTERM (a graceful leave) or start."""
+        running = self.all()
+        for process in running[size:]:
+            process.stop()
+        for _ in range(size - len(running)):
+            self.spawn()
+        self.size = size
+
+    def owners(self) -> Counter[int]:
+        """Buckets held per process id (expired leases included: nobody has taken them)."""
+        rows = self.server.query(
+            "SELECT owner FROM projector.bucket_leases WHERE group_name = %(group)s"
+            " AND owner IS NOT NULL",
+            {"group": self.name},
+        )
+        return Counter(member_pid(owner) for (owner,) in rows)
+
+    def settled(self, processes: list[Process]) -> bool:
+        """Every bucket held, evenly, by exactly ``processes``."""
+        owners = self.owners()
+        shares = sorted(owners.values())
+        return (
+            set(owners) == {p.pid for p in processes}
+            and sum(shares) == BUCKETS
+            and shares[-1] - shares[0] <= 1
+        )
+
+    def wait_settled(self, processes: list[Process]) -> None:
+        wait_until(
+            lambda: self.settled(processes),
+            within=SETTLE,
+            poll=0.1,
+            what=f"{self.name}'s buckets spread over {[p.pid for p in processes]}",
+        )
+
+    def stop(self) -> None:
+        for process in self.processes:
+            process.stop()
+
+    def __enter__(self) -> Elastic:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def unasked_exits(self) -> list[Process]:
+        return [p for p in self.processes if p.died_unasked()]
+
+    def logged(self) -> Counter[str]:
+        return logged(self.processes)
+
+
+def member_pid(owner: str) -> int:
+    """The process id in an elastic member id, ``<host>-<pid>-<suffix>``."""
+    return int(owner.rsplit("-", 2)[-2])
 
 
 def rebalance(server: Server, group: str, size: int) -> None:
@@ -375,7 +519,7 @@ class Faults:
     """Random faults against the runners and the server, from one seed, counted by kind."""
 
     server: Server
-    groups: list[Group]
+    groups: list[Group | Elastic]
     rng: random.Random
     counts: Counter[str] = field(default_factory=Counter)
     paused: list[tuple[Process, float]] = field(default_factory=list)
@@ -450,9 +594,9 @@ class Fold:
         return sum(count for _, count, _ in self.streams.values())
 
 
-def totals_caught_up(server: Server, fold: Fold) -> bool:
+def totals_caught_up(server: Server, fold: Fold, table: str = "fault_totals") -> bool:
     """Every stream of the fold applied up to its last event (rightly or not)."""
-    rows = server.query("SELECT stream, last_position FROM fault_totals")
+    rows = server.query(f"SELECT stream, last_position FROM {table}")
     last = dict(rows)
     return all(last.get(name) == end for name, (_, _, end) in fold.streams.items())
 
@@ -469,16 +613,26 @@ def deliveries_caught_up(server: Server) -> bool:
     return bool(server.query(UNDELIVERED, {"categories": list(CATEGORIES)})[0][0] == 0)
 
 
-def behind(server: Server, fold: Fold, *, size: int, limit: int = 5) -> list[str]:
-    """What is left unhandled, for the failure message: streams whose totals stop short of
-    their last event, and events never delivered; with the member of ``size`` owning each."""
-    last = dict(server.query("SELECT stream, last_position FROM fault_totals"))
-    found = [
-        f"totals: {name} (member {consumer_group_member(name, size)}) applied up to "
-        f"{last.get(name)} of {end}"
-        for name, (_, _, end) in sorted(fold.streams.items())
-        if last.get(name) != end
-    ][:limit]
+def behind(
+    server: Server,
+    fold: Fold,
+    *,
+    size: int,
+    tables: tuple[str, ...] = ("fault_totals",),
+    limit: int = 5,
+) -> list[str]:
+    """What is left unhandled, for the failure message: streams whose totals (in each of
+    ``tables``) stop short of their last event, and events never delivered; with the member of
+    ``size`` owning each."""
+    found = []
+    for table in tables:
+        last = dict(server.query(f"SELECT stream, last_position FROM {table}"))
+        found += [
+            f"{table}: {name} (member {consumer_group_member(name, size)}) applied up to "
+            f"{last.get(name)} of {end}"
+            for name, (_, _, end) in sorted(fold.streams.items())
+            if last.get(name) != end
+        ][:limit]
     rows = server.query(
         UNDELIVERED.replace(
             "SELECT count(*)", "SELECT m.stream_name, m.position, m.global_position"
@@ -494,15 +648,16 @@ def behind(server: Server, fold: Fold, *, size: int, limit: int = 5) -> list[str
     return found
 
 
-def totals_mismatches(server: Server, fold: Fold) -> list[str]:
-    """Streams whose totals differ from the fold, or that were applied with a gap."""
-    rows = server.query("SELECT stream, total, applied, last_position, gaps FROM fault_totals")
+def totals_mismatches(server: Server, fold: Fold, table: str = "fault_totals") -> list[str]:
+    """Streams whose totals (in ``table``) differ from the fold, or that were applied with a
+    gap."""
+    rows = server.query(f"SELECT stream, total, applied, last_position, gaps FROM {table}")
     projected = {name: (int(t), int(a), int(last), int(g)) for name, t, a, last, g in rows}
     wrong = []
     for name, (total, count, last) in fold.streams.items():
         found = projected.get(name)
         if found != (total, count, last, 0):
-            wrong.append(f"{name}: projected {found}, folded {(total, count, last, 0)}")
+            wrong.append(f"{table} {name}: projected {found}, folded {(total, count, last, 0)}")
     return wrong
 
 

@@ -1,8 +1,9 @@
-"""The two projections the fault suite runs, imported by `projector run` in each runner process.
+"""The projections the fault suites run, imported by `projector run` in each runner process.
 
-- ``totals`` (transactional): per stream, the sum of the events' ``n``, how many events were
-  applied, and the last position applied; a call whose first event is not the one after the
-  last applied counts a gap. Applying any event twice, or skipping one, shows in the totals.
+- ``totals`` (transactional; ``elastic_totals`` is the same into a table of its own): per
+  stream, the sum of the events' ``n``, how many events were applied, and the last position
+  applied; a call whose first event is not the one after the last applied counts a gap.
+  Applying any event twice, or skipping one, shows in the totals.
 - ``deliveries`` (at least once): records every event of every call that returned, with the
   process that handled it, over a connection of its own that it opens again after it broke.
 """
@@ -33,23 +34,33 @@ INSERT INTO fault_deliveries (stream, position, pid)
 SELECT %(stream)s, unnest(%(positions)s::bigint[]), %(pid)s
 """
 
-totals = Projection("totals")
+
+def _totals(name: str, table: str) -> Projection:
+    """A transactional projection of per-stream totals into ``table``."""
+    projection = Projection(name)
+    statement = ADD.replace("fault_totals", table)
+
+    @projection.transactional
+    async def apply(stream_name: str, events: list[Event], conn: Connection) -> None:
+        first = events[0].position
+        await conn.execute(
+            statement.encode(),
+            {
+                "stream": stream_name,
+                "total": sum(int(event.data["n"]) for event in events),
+                "applied": len(events),
+                "last": events[-1].position,
+                "first": first,
+                "gap": int(first != 0),  # counted when the stream's row is new
+            },
+        )
+
+    return projection
 
 
-@totals.transactional
-async def apply(stream_name: str, events: list[Event], conn: Connection) -> None:
-    first = events[0].position
-    await conn.execute(
-        ADD,
-        {
-            "stream": stream_name,
-            "total": sum(int(event.data["n"]) for event in events),
-            "applied": len(events),
-            "last": events[-1].position,
-            "first": first,
-            "gap": int(first != 0),  # counted when the stream's row is new
-        },
-    )
+totals = _totals("totals", "fault_totals")
+# The random suite's elastic group: the same totals, in a table of its own.
+elastic_totals = _totals("elastic_totals", "fault_elastic_totals")
 
 
 deliveries = Projection("deliveries")

@@ -11,25 +11,23 @@ a graceful change (a member joining, or leaving with SIGTERM) delivers nothing t
 from __future__ import annotations
 
 import json
-import os
 import random
-import subprocess
-import sys
 import time
-from collections import Counter, defaultdict
+from collections import defaultdict
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from projector.localpg import temporary_cluster
 from tests.faults.harness import (
+    BUCKET_LEASE,
     CATEGORIES,
-    ROOT,
+    SETTLE,
+    Elastic,
     Fold,
-    Process,
     Server,
     Writers,
     connect,
@@ -42,11 +40,7 @@ from tests.support import messagedb
 from tests.support.postgres import Unavailable, give_up, require_server_binaries
 from tests.support.waiting import wait_until
 
-BUCKETS = 16
-HEARTBEAT = 0.2
-LEASE = 2.0
 WRITE_RATE = 40.0  # events per second per writer
-SETTLE = 60.0  # seconds a rebalance or a catch-up may take on a loaded machine
 
 
 @pytest.fixture(scope="module")
@@ -72,85 +66,6 @@ def server(shared_server: Server) -> Server:
     return shared_server
 
 
-@dataclass
-class Elastic:
-    """The processes of one elastic group, started and stopped as an operator would."""
-
-    name: str
-    server: Server
-    logs: Path
-    projection: str = "tests.faults.projections:calls"
-    processes: list[Process] = field(default_factory=list)
-    started: int = 0
-
-    def spawn(self) -> Process:
-        self.started += 1
-        log = self.logs / f"{self.name}-{self.started}.log"
-        command = [
-            *(sys.executable, "-m", "projector", "run", self.projection),
-            *("--group", self.name, "--elastic", "--buckets", str(BUCKETS)),
-            *(arg for category in CATEGORIES for arg in ("--category", category)),
-            *("--heartbeat", str(HEARTBEAT), "--bucket-lease", str(LEASE)),
-            *("--batch-size", "50", "--checkpoint-interval", "1", "--tail-sleep", "0.05"),
-            *("--log-format", "json", "--summary-interval", "0", "--no-progress"),
-        ]
-        env = {**os.environ, "PROJECTOR_DATABASE_URL": self.server.url, "PYTHONPATH": str(ROOT)}
-        with log.open("wb") as out:
-            popen = subprocess.Popen(
-                command, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT
-            )
-        process = Process(popen, log, f"{self.name} {self.started}")
-        self.processes.append(process)
-        return process
-
-    def live(self) -> list[Process]:
-        return [p for p in self.processes if p.popen.poll() is None and not p.paused]
-
-    def owners(self) -> Counter[int]:
-        """Buckets held per process id (expired leases included: nobody has taken them)."""
-        rows = self.server.query(
-            "SELECT owner FROM projector.bucket_leases WHERE group_name = %(group)s"
-            " AND owner IS NOT NULL",
-            {"group": self.name},
-        )
-        return Counter(_pid(owner) for (owner,) in rows)
-
-    def settled(self, processes: list[Process]) -> bool:
-        """Every bucket held, evenly, by exactly ``processes``."""
-        owners = self.owners()
-        shares = sorted(owners.values())
-        return (
-            set(owners) == {p.pid for p in processes}
-            and sum(shares) == BUCKETS
-            and shares[-1] - shares[0] <= 1
-        )
-
-    def wait_settled(self, processes: list[Process]) -> None:
-        wait_until(
-            lambda: self.settled(processes),
-            within=SETTLE,
-            poll=0.1,
-            what=f"{self.name}'s buckets spread over {[p.pid for p in processes]}",
-        )
-
-    def stop(self) -> None:
-        for process in self.processes:
-            process.stop()
-
-    def __enter__(self) -> Elastic:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    def unasked_exits(self) -> list[str]:
-        return [
-            f"{p.label} (exit {p.popen.returncode}):\n{p.log_tail()}"
-            for p in self.processes
-            if p.died_unasked()
-        ]
-
-
 @contextmanager
 def appending(
     server: Server, tmp_path: Path, request: pytest.FixtureRequest, *, seed: int | None = None
@@ -165,11 +80,6 @@ def appending(
     finally:
         writers.stop()
         group.stop()
-
-
-def _pid(owner: str) -> int:
-    """The process id in a member id, ``<host>-<pid>-<suffix>``."""
-    return int(owner.rsplit("-", 2)[-2])
 
 
 @dataclass(frozen=True)
@@ -270,7 +180,7 @@ def caught_up(server: Server) -> None:
 
 def check(server: Server, group: Elastic, *, graceful: bool) -> None:
     found = calls(server)
-    assert group.unasked_exits() == []
+    assert [p.describe() for p in group.unasked_exits()] == []
     assert missed(server, found) == []
     assert overlaps(found) == []
     assert skips(found) == []
@@ -305,7 +215,7 @@ def test_a_killed_members_buckets_move_once_its_lease_expires(
         victim.kill()
         killed_at = time.monotonic()
         group.wait_settled([survivor])
-        assert time.monotonic() - killed_at >= LEASE * 0.9, "taken before the lease expired"
+        assert time.monotonic() - killed_at >= BUCKET_LEASE * 0.9, "taken before the lease expired"
         writers.stop()
         caught_up(server)
     check(server, group, graceful=False)
@@ -377,14 +287,15 @@ def test_server_restarts_and_terminated_sessions_miss_nothing_and_run_nothing_tw
             if fault == "terminate":
                 terminate_sessions(server, rng)
             else:
-                server.restart(fault, down_for=rng.uniform(0, LEASE))
+                server.restart(fault, down_for=rng.uniform(0, BUCKET_LEASE))
             time.sleep(rng.uniform(0.5, 1.5))
         group.wait_settled(group.live())
         writers.stop()
         caught_up(server)
         fold = Fold.of(server)
         wait_until(lambda: totals_caught_up(server, fold), within=SETTLE, poll=0.5)
-    assert group.unasked_exits() == totals.unasked_exits() == [], f"seed {seed}"
+    exits = [p.describe() for p in [*group.unasked_exits(), *totals.unasked_exits()]]
+    assert exits == [], f"seed {seed}"
     assert totals_mismatches(server, fold) == [], f"seed {seed}"
     check(server, group, graceful=False)
 

@@ -1,16 +1,20 @@
 """Every delivery promise the README makes, tried under random faults with real processes.
 
-Three writer processes append to three categories with ``write_message``. Two groups project
-them, each of three members with a hot standby (six runner processes): ``totals``
-(transactional: exactly once) and ``deliveries`` (at least once). For ``--faults-duration``
-seconds, one fault every half second to two and a half: SIGKILL of a runner (replaced at
-once), SIGSTOP of a member's active runner for longer than its lease (its standby takes over,
-and it wakes up a zombie), ``pg_terminate_backend`` of runner sessions, ``pg_ctl restart`` in
-``fast`` and ``immediate`` mode; a third of the way through, both groups are rebalanced from 3
-to 2 members, and two thirds of the way, to 4. Then the writers stop, the groups catch up, and:
+Three writer processes append to three categories with ``write_message``. Two fixed groups
+project them, each of three members with a hot standby (six runner processes): ``totals``
+(transactional: exactly once) and ``deliveries`` (at least once); beside them, an elastic
+group of three processes, ``elastic_totals`` (transactional, the same totals in a table of its
+own). For ``--faults-duration`` seconds, one fault every half second to two and a half: SIGKILL
+of a runner (replaced at once), SIGSTOP of a member's active runner (or of an elastic process)
+for longer than its lease (its standby or another process takes over, and it wakes up a
+zombie), ``pg_terminate_backend`` of runner sessions, ``pg_ctl restart`` in ``fast`` and
+``immediate`` mode; a third of the way through, the fixed groups are rebalanced from 3 to 2
+members and the elastic group scaled to 2 processes (a graceful leave), and two thirds of the
+way, to 4. Then the writers stop, the groups catch up, and:
 
-- ``totals`` equals the fold of ``message_store.messages`` exactly: each stream's sum, number
-  of events applied and last position, with no call starting anywhere but the next event;
+- ``totals`` and ``elastic_totals`` each equal the fold of ``message_store.messages`` exactly:
+  each stream's sum, number of events applied and last position, with no call starting
+  anywhere but the next event;
 - every event was delivered to ``deliveries`` at least once, and no process was given an event
   before every earlier event of its stream had been given to some process;
 - nothing was parked, and no runner exited unless the suite stopped it.
@@ -26,6 +30,7 @@ from pathlib import Path
 import pytest
 
 from tests.faults.harness import (
+    Elastic,
     Faults,
     Fold,
     Group,
@@ -44,6 +49,7 @@ from tests.support.waiting import wait_until
 WRITERS = 3
 WRITE_RATE = 100.0  # events per second per writer
 CATCH_UP_LIMIT = 180.0  # seconds after the last fault
+ELASTIC_TOTALS = "fault_elastic_totals"
 
 
 def test_no_event_is_lost_applied_twice_or_disordered_under_random_faults(
@@ -54,9 +60,13 @@ def test_no_event_is_lost_applied_twice_or_disordered_under_random_faults(
     seed = random.SystemRandom().randrange(10**6) if seed is None else int(seed)
     rng = random.Random(seed)
     server = fault_server
-    groups = [
+    elastic = Elastic(
+        "elastic_totals", server, tmp_path, "tests.faults.projections:elastic_totals", size=3
+    )
+    groups: list[Group | Elastic] = [
         Group("totals", "tests.faults.projections:totals", server, tmp_path, size=3),
         Group("deliveries", "tests.faults.projections:deliveries", server, tmp_path, size=3),
+        elastic,
     ]
     writers = Writers(server, tmp_path)
     faults = Faults(server, groups, rng)
@@ -82,7 +92,11 @@ def test_no_event_is_lost_applied_twice_or_disordered_under_random_faults(
 
         def all_handled() -> bool:
             faults.supervise()
-            return totals_caught_up(server, fold) and deliveries_caught_up(server)
+            return (
+                totals_caught_up(server, fold)
+                and totals_caught_up(server, fold, ELASTIC_TOTALS)
+                and deliveries_caught_up(server)
+            )
 
         try:
             wait_until(all_handled, within=CATCH_UP_LIMIT, poll=0.5)
@@ -90,7 +104,8 @@ def test_no_event_is_lost_applied_twice_or_disordered_under_random_faults(
         except AssertionError:
             caught_up = False  # reported with what is left, after the figures
         catch_up = time.monotonic() - last_fault
-        left = [] if caught_up else behind(server, fold, size=groups[0].size)
+        tables = ("fault_totals", ELASTIC_TOTALS)
+        left = [] if caught_up else behind(server, fold, size=groups[0].size, tables=tables)
         unasked = [process for group in groups for process in group.unasked_exits()]
         for group in groups:
             group.stop()
@@ -114,7 +129,9 @@ def test_no_event_is_lost_applied_twice_or_disordered_under_random_faults(
             f"at-least-once redeliveries: {redeliveries(server)}",
             f"stale stream positions caught: {actions['stream_position_moved']}, "
             f"outages waited out: {actions['outage_started']}, "
-            f"lock sessions lost: {actions['member_lock_lost']}",
+            f"lock sessions lost: {actions['member_lock_lost']}, "
+            f"elastic buckets lost: {actions['buckets_lost']}, "
+            f"elastic commits fenced: {actions['checkpoint_fenced']}",
             f"caught up {catch_up:.1f} s after the last fault"
             if caught_up
             else f"NOT caught up {CATCH_UP_LIMIT:g} s after the last fault",
@@ -122,11 +139,10 @@ def test_no_event_is_lost_applied_twice_or_disordered_under_random_faults(
     )
 
     assert unasked == [], "runners exited on their own:\n" + "\n\n".join(
-        f"{process.label} (pid {process.pid}, exit {process.popen.returncode}):\n"
-        + process.log_tail()
-        for process in unasked
+        process.describe() for process in unasked
     )
     assert caught_up, "the groups did not catch up after the last fault:\n" + "\n".join(left)
     assert totals_mismatches(server, fold) == []
+    assert totals_mismatches(server, fold, ELASTIC_TOTALS) == []
     assert delivery_disorders(server) == []
     assert parked(server) == []
