@@ -29,6 +29,7 @@ from projector.settings import Settings
 from projector.storage import member_index, notify
 from projector.storage.database import SESSION_SETTINGS
 from projector.storage.message_store import READ_CATEGORY, read_member
+from projector.storage.stream_positions import BEGIN, ROLL_BACK, Session
 
 GROUP_READ = """
 SELECT * FROM message_store.get_category_messages(%s, %s, %s, NULL, %s, %s, NULL)
@@ -287,6 +288,79 @@ async def _transactional(job: Job, tally: Tally) -> dict[str, Any]:
     return result
 
 
+
+def statements_loop(job: Job) -> dict[str, Any]:
+    """A batch handler's SQL alone, without projector: the dataset read into memory and grouped
+    into batches of spans first (untimed), then, one batch after the other on one connection,
+    the read model's ``unnest`` upsert (``handler="batch"``: at least once, autocommit), or the
+    same upsert in the transaction a `transactional_batch` call makes, with projector's own
+    statements around it: the streams' positions locked and read on first meeting, and all
+    recorded in one compare-and-set statement before ``COMMIT; BEGIN``. The ratio of the two is
+    the ceiling the SQL sets on the exactly-once batch's rate, whatever the pipeline does."""
+    batches = _span_batches(job)
+    with psycopg.connect(job.url, autocommit=True) as conn:
+        _create_read_model(conn, job.table)
+    upsert_all = _upsert_statement(job.table, UPSERT_ALL)
+
+    async def write() -> dict[str, Any]:
+        conn = await psycopg.AsyncConnection.connect(job.url, autocommit=True)
+        async with conn:
+            await conn.execute(SESSION_SETTINGS)
+            events, known = 0, dict[str, int]()
+            session = Session(conn)
+            if job.handler == "transactional_batch":
+                await conn.execute(BEGIN)
+            started = time.perf_counter()
+            for rows in batches:
+                names = rows[0]
+                if job.handler == "transactional_batch":
+                    unknown = [name for name in names if name not in known]
+                    if unknown:
+                        known.update(await session.lock_positions(job.group, unknown))
+                    await conn.execute(upsert_all, rows)
+                    positions = dict(zip(names, rows[1], strict=True))
+                    expected = {name: known[name] for name in names}
+                    await session.record_all_and_commit(job.group, positions, expected=expected)
+                    known.update(positions)
+                else:
+                    await conn.execute(upsert_all, rows)
+                events += sum(rows[3])
+            seconds = time.perf_counter() - started
+            if job.handler == "transactional_batch":
+                await conn.execute(ROLL_BACK)
+        result: dict[str, Any] = {"events": events, "seconds": seconds}
+        with psycopg.connect(job.url) as check:
+            result.update(_read_model_totals(check, job.table))
+        return result
+
+    return anyio.run(write, backend_options=backend_options(_settings(job)))
+
+
+def _span_batches(job: Job) -> list[tuple[list[str], list[int], list[int], list[int]]]:
+    """The dataset as the read-model rows of each batch (one per stream span), as `_rows`
+    makes them for a batch handler."""
+    batches = []
+    with _connect(job.url) as conn:
+        position = 1
+        while rows := conn.execute(READ_CATEGORY, _read_params(job, position)).fetchall():
+            spans: dict[str, list[tuple[int, int]]] = {}
+            for _, stream_position, _, stream_name, _, data, *_ in rows:
+                spans.setdefault(stream_name, []).append(
+                    (stream_position, orjson.loads(data)["amount"])
+                )
+            names = list(spans)
+            batches.append(
+                (
+                    names,
+                    [spans[name][-1][0] for name in names],
+                    [sum(amount for _, amount in spans[name]) for name in names],
+                    [len(spans[name]) for name in names],
+                )
+            )
+            position = rows[-1][0] + 1
+    return batches
+
+
 @dataclass
 class Tally:
     """What the bench handlers count: events handled, and commit-to-handler latencies."""
@@ -451,5 +525,6 @@ JOBS: dict[str, Callable[[Job], dict[str, Any]]] = {
     "group_read_loop": group_read_loop,
     "member_read_loop": member_read_loop,
     "upsert_loop": upsert_loop,
+    "statements_loop": statements_loop,
     "projector": projector,
 }

@@ -356,6 +356,15 @@ def _batch_upserts(
             **common,
         )
 
+    def statement_job(handler: str, name: str) -> Job:
+        return Job(
+            "statements_loop",
+            handler=handler,
+            group=f"bench_{run_id}_{name}",
+            table=f"bench_{run_id}_{name}",
+            **common,
+        )
+
     what = (
         f"exactly-once batch upserts (transactional_batch, one unnest upsert and one "
         f"position statement per batch of up to {sizes.batch_size} spans), "
@@ -386,6 +395,16 @@ def _batch_upserts(
             batch_job("batch", "batch"),
             "an at-least-once batch handler making the same upserts through a pool",
             target=0.9,
+            dataset=dataset,
+        ),
+        Scenario(
+            "batch-statements",
+            f"the SQL of the batches alone, one after the other on one connection: each "
+            f"batch's upsert in a transactional_batch's transaction (positions locked on first "
+            f"meeting, recorded in one statement, COMMIT; BEGIN), {dataset.events:,} events",
+            statement_job("transactional_batch", "statements_transactional"),
+            statement_job("batch", "statements_batch"),
+            "the same upserts alone, autocommit (what the at-least-once batch handler sends)",
             dataset=dataset,
         ),
     ]
@@ -518,8 +537,9 @@ class Measurer:
 
     def measure(self, job: Job, profile_name: str | None = None) -> dict[str, Any]:
         self._runs += 1
-        if job.kind == "projector":
-            # A group of its own for every run: a repeat must not resume from a checkpoint.
+        if job.kind in ("projector", "statements_loop"):
+            # A group of its own for every run: a repeat must not resume from a checkpoint (or
+            # find the stream positions of the last).
             job = replace(job, group=f"{job.group}_{self._runs}")
         command = [sys.executable, "-m", "bench.child", json.dumps(vars(job))]
         if profile_name is not None and self.profile_dir is not None:
