@@ -1,5 +1,5 @@
 """``python -m bench catchup|upsert|tail|group|elastic|startup|all [sizes] [--smoke] [--scale]
-[--reuse] [--profile DIR]``."""
+[--only NAMES] [--reuse] [--profile DIR]``."""
 
 from __future__ import annotations
 
@@ -74,7 +74,9 @@ def main(argv: list[str] | None = None) -> None:
         url = _seeded_database(pg, dbname, store, scripts, datasets)
         run_id = server.run_id()
         try:
-            plan = _plan(commands, url, run_id, sizes, settings, store, scale=args.scale)
+            plan = _only(
+                _plan(commands, url, run_id, sizes, settings, store, scale=args.scale), args.only
+            )
             measurer = Measurer(
                 repeat=args.repeat,
                 timeout=args.timeout,
@@ -116,6 +118,20 @@ def main(argv: list[str] | None = None) -> None:
     _say(f"done in {time.perf_counter() - started:.0f} s ({pg.description}, store: {store})")
 
 
+def _only(plan: list[Scenario], names: str | None) -> list[Scenario]:
+    """The scenarios of ``plan`` named in ``names`` (all of them without it)."""
+    if names is None:
+        return plan
+    wanted = {name.strip() for name in names.split(",") if name.strip()}
+    unknown = wanted - {scenario.name for scenario in plan}
+    if unknown:
+        raise SystemExit(
+            f"bench: no scenario {', '.join(sorted(unknown))} in this command: pick from "
+            + ", ".join(scenario.name for scenario in plan)
+        )
+    return [scenario for scenario in plan if scenario.name in wanted]
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m bench",
@@ -154,6 +170,12 @@ def _parser() -> argparse.ArgumentParser:
         help=f"a persistent local cluster in {server.PERSISTENT_DATA_DIR}, keeping seeded data",
     )
     parser.add_argument("--keep", action="store_true", help="keep the seeded database")
+    parser.add_argument(
+        "--only",
+        metavar="NAMES",
+        help="run only these of the command's scenarios (comma-separated names, as the report "
+        "prints them; e.g. --scale --only catchup-scale)",
+    )
     parser.add_argument(
         "--profile", type=Path, metavar="DIR", help="run projector under py-spy, stacks into DIR"
     )

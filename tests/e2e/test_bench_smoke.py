@@ -23,6 +23,7 @@ SCENARIOS = {
     "transactional",
     "transactional-batch",
     "transactional-batch-vs-batch",
+    "batch-statements",
     "tail-sleep-0.1",
     "tail-sleep-1",
     "tail-notify-sleep-1",
