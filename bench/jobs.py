@@ -10,6 +10,7 @@ lock, checkpoint loads and the final commit).
 from __future__ import annotations
 
 import json
+import statistics
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -308,27 +309,43 @@ def statements_loop(job: Job) -> dict[str, Any]:
             await conn.execute(SESSION_SETTINGS)
             events, known = 0, dict[str, int]()
             session = Session(conn)
+            # Each statement's milliseconds, per batch: where a transactional batch's time goes.
+            phases: dict[str, list[float]] = {"lock": [], "upsert": [], "positions_commit": []}
             if job.handler == "transactional_batch":
                 await conn.execute(BEGIN)
             started = time.perf_counter()
             for rows in batches:
                 names = rows[0]
                 if job.handler == "transactional_batch":
+                    t0 = time.perf_counter()
                     unknown = [name for name in names if name not in known]
                     if unknown:
                         known.update(await session.lock_positions(job.group, unknown))
+                    t1 = time.perf_counter()
                     await conn.execute(upsert_all, rows)
+                    t2 = time.perf_counter()
                     positions = dict(zip(names, rows[1], strict=True))
                     expected = {name: known[name] for name in names}
                     await session.record_all_and_commit(job.group, positions, expected=expected)
                     known.update(positions)
+                    durations = (t1 - t0, t2 - t1, time.perf_counter() - t2)
+                    for phase, duration in zip(phases, durations, strict=True):
+                        phases[phase].append(duration * 1000)
                 else:
+                    t0 = time.perf_counter()
                     await conn.execute(upsert_all, rows)
+                    phases["upsert"].append((time.perf_counter() - t0) * 1000)
                 events += sum(rows[3])
             seconds = time.perf_counter() - started
             if job.handler == "transactional_batch":
                 await conn.execute(ROLL_BACK)
-        result: dict[str, Any] = {"events": events, "seconds": seconds}
+        result: dict[str, Any] = {
+            "events": events,
+            "seconds": seconds,
+            "median_ms_per_batch": {
+                phase: round(statistics.median(took), 2) for phase, took in phases.items() if took
+            },
+        }
         with psycopg.connect(job.url) as check:
             result.update(_read_model_totals(check, job.table))
         return result
