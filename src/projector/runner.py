@@ -342,12 +342,17 @@ class Runner:
                 return True
             await self._final_flush(parts.writer, failing=True)
             raise
+        handing_over = parts.ending is not None and parts.ending.is_set()
         try:
             await self._final_flush(parts.writer, failing=False)
         except LeaseLostError:
             return True  # an elastic tenure's buckets were taken while it drained
+        except DatabaseUnavailableError as exc:
+            if not handing_over:
+                raise
+            _handover_uncommitted(parts.writer, exc)
         # An elastic tenure drained for a rebalance: the next one starts at once.
-        return parts.ending is not None and parts.ending.is_set()
+        return handing_over
 
     def _pool_size(self) -> int:
         """Transactional handlers each hold a pool connection for their call (a batch's, for
@@ -639,6 +644,25 @@ def _abandoned(name: str, sink: StreamsSink, grace_period: float) -> None:
             "action": "calls_abandoned",
             "group": name,
             "calls": {stream.stream_name: round(stream.seconds, 1) for stream in running},
+        },
+    )
+
+
+def _handover_uncommitted(writer: CheckpointWriter, exc: DatabaseUnavailableError) -> None:
+    """A rebalance's last commit lost the database: the run goes on (the next tenure starts
+    once the database answers, within ``outage_limit``), and whoever takes the buckets given up
+    starts from their last committed checkpoints, so what was handled since is delivered again:
+    never skipped."""
+    logger.warning(
+        "%s: the last checkpoint commit before handing buckets over failed (%s); their next "
+        "owner starts from the previous checkpoints: events since are delivered again",
+        writer.name,
+        exc,
+        extra={
+            "action": "handover_commit_failed",
+            "group": writer.name,
+            "committed": writer.committed,
+            "completed": writer.completed,
         },
     )
 

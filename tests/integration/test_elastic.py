@@ -321,3 +321,59 @@ async def test_a_run_of_failed_heartbeats_is_one_warning_and_its_end_is_logged(
 
 def _actions(caplog: pytest.LogCaptureFixture, action: str) -> list[logging.LogRecord]:
     return [r for r in caplog.records if getattr(r, "action", None) == action]
+
+
+async def test_a_handover_whose_last_commit_loses_the_database_goes_on_and_skips_nothing(
+    own_store_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A member draining for a rebalance has its session cut while its last commit waits: the
+    run goes on (the buckets it gives up are taken from their previous checkpoints, delivered
+    again), instead of ending with the lost connection. Found by the random fault suite."""
+    url = own_store_url
+    caplog.set_level(logging.INFO, logger="projector")
+    deliveries = Deliveries()
+    held, entered = anyio.Event(), anyio.Event()
+    projection = deliveries.projection()
+    handle = projection.handle
+
+    async def holding(stream_name: str, events: list[Event]) -> int:
+        if stream_name == f"{CATEGORY}-held":
+            entered.set()
+            await held.wait()  # keeps the first member draining until the lock is in place
+        return await handle(stream_name, events)
+
+    projection.handle = holding  # type: ignore[method-assign]
+    await write_events(url, streams(0))
+    locker = await database.connect(url)
+    admin = await database.connect(url)
+    await admin.set_autocommit(True)
+    async with anyio.create_task_group() as tasks, locker, admin:
+        first, second = anyio.CancelScope(), anyio.CancelScope()
+        tasks.start_soon(_run_in, first, projection, elastic_settings(url))
+        await eventually(_all_handled(deliveries, url))
+        (member_id,) = await owners(url)
+        await write_events(url, {f"{CATEGORY}-held": 1})
+        await entered.wait()
+        tasks.start_soon(_run_in, second, deliveries.projection(), elastic_settings(url))
+        await eventually(lambda: _actions(caplog, "rebalance_started") != [])
+        # The lease rows locked: the first member's last commit (and heartbeat) wait for them.
+        await locker.execute(
+            "SELECT 1 FROM projector.bucket_leases WHERE group_name = %s FOR UPDATE", (GROUP,)
+        )
+        held.set()
+        assert member_id is not None
+        await eventually(lambda: _waits_for_a_lock(admin, member_id))
+        await anyio.sleep(0.3)  # the drained tenure's last commit queued behind the heartbeat
+        await admin.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = %s",
+            (f"projector {member_id}",),
+        )
+        await locker.rollback()
+        await eventually(lambda: _split_between(url, 2))
+        await write_events(url, streams(100))
+        await eventually(_all_handled(deliveries, url))
+        second.cancel()
+        first.cancel()
+    assert deliveries.total() == await written(url)
+    assert deliveries.overlaps == []
+    assert [r.levelno for r in _actions(caplog, "error")] == []

@@ -98,6 +98,7 @@ class BucketCheckpoints:
             for category, position in positions.items()
         }
         member = self._tenure.member
+        await member.reconnect()  # a commit is fenced by the lease rows, on any session
         try:
             with database.unavailable_as("committing bucket checkpoints"):
                 await buckets.commit_fenced(
@@ -143,6 +144,7 @@ class ElasticMember:
         self._lease = lease
         self._connect_timeout = connect_timeout
         self._conn: Connection | None = None
+        self._connecting = anyio.Lock()  # the heartbeat and a commit may both find it broken
         self._tenure: Tenure | None = None
         self.rebalances = 0
 
@@ -182,7 +184,7 @@ class ElasticMember:
             return
         with cleanup.shielded(f"leaving {self.group}", cleanup.LEASE_RELEASE):
             owned = self._tenure.owned if self._tenure is not None else {}
-            await self._reconnect()  # the buckets are released by member id, on any session
+            await self.reconnect()  # the buckets are released by member id, on any session
             try:
                 with database.unavailable_as(f"releasing the buckets of {self.identity.member_id}"):
                     await buckets.leave(self._conn, self.identity, owned)
@@ -222,7 +224,7 @@ class ElasticMember:
                     str(exc) or f"no answer within {self._lease:g} s",
                     extra={"action": "heartbeat_failed", "group": self.group, "failed": failed},
                 )
-                await self._reconnect()
+                await self.reconnect()
                 continue
             if failed:
                 logger.info(
@@ -233,13 +235,16 @@ class ElasticMember:
                 )
                 failed = 0
 
-    async def _reconnect(self) -> None:
-        if self._conn is not None and not self._conn.closed:
-            return
-        try:
-            self._conn = await self._connect()
-        except DatabaseUnavailableError:
-            return  # the next beat tries again
+    async def reconnect(self) -> None:
+        """Open the member's connection again if it broke (its leases are by member id, not
+        by session); while the database is away it stays broken, and the next try opens it."""
+        async with self._connecting:
+            if self._conn is not None and not self._conn.closed:
+                return
+            try:
+                self._conn = await self._connect()
+            except DatabaseUnavailableError:
+                return
 
     async def _beat(self) -> None:
         conn, tenure = self.connection, self._tenure
