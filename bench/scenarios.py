@@ -345,23 +345,14 @@ def _batch_upserts(
         **settings,
     }
 
-    def batch_job(handler: str, name: str) -> Job:
+    def batch_job(handler: str, name: str, kind: str = "projector") -> Job:
         return Job(
-            "projector",
+            kind,
             handler=handler,
             group=f"bench_{run_id}_{name}",
             table=f"bench_{run_id}_{name}",
             pool_size=sizes.pool_size,
             settings=batching,
-            **common,
-        )
-
-    def statement_job(handler: str, name: str) -> Job:
-        return Job(
-            "statements_loop",
-            handler=handler,
-            group=f"bench_{run_id}_{name}",
-            table=f"bench_{run_id}_{name}",
             **common,
         )
 
@@ -402,8 +393,8 @@ def _batch_upserts(
             f"the SQL of the batches alone, one after the other on one connection: each "
             f"batch's upsert in a transactional_batch's transaction (positions locked on first "
             f"meeting, recorded in one statement, COMMIT; BEGIN), {dataset.events:,} events",
-            statement_job("transactional_batch", "statements_transactional"),
-            statement_job("batch", "statements_batch"),
+            batch_job("transactional_batch", "statements_transactional", "statements_loop"),
+            batch_job("batch", "statements_batch", "statements_loop"),
             "the same upserts alone, autocommit (what the at-least-once batch handler sends)",
             dataset=dataset,
         ),

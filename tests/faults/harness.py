@@ -180,6 +180,27 @@ class Process:
         return f"{self.label} (pid {self.pid}, exit {self.popen.returncode}):\n{self.log_tail()}"
 
 
+def run_runner(server: Server, log: Path, arguments: list[str], label: str) -> Process:
+    """Start ``projector run`` with ``arguments`` on every category of the suite, with what
+    every runner of the suites shares: quick polling, a short connect timeout, outages ridden
+    out for the whole run, JSON logs into ``log``."""
+    command = [
+        *(sys.executable, "-m", "projector", "run", *arguments),
+        *(arg for category in CATEGORIES for arg in ("--category", category)),
+        *("--tail-sleep", "0.05", "--connect-timeout", "2", "--outage-limit", "300"),
+        *("--log-format", "json", "--summary-interval", "0", "--no-progress"),
+    ]
+    env = {
+        **os.environ,
+        "PROJECTOR_DATABASE_URL": server.url,
+        "PYTHONPATH": str(ROOT),
+        "PYTHONFAULTHANDLER": "1",  # a runner that crashes in C says where
+    }
+    with log.open("wb") as out:
+        popen = subprocess.Popen(command, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+    return Process(popen, log, label)
+
+
 @dataclass
 class Group:
     """The runner processes of one group: two per member (one projects, one waits as its
@@ -201,26 +222,14 @@ class Group:
     def _spawn(self, member: int) -> Process:
         self.started += 1
         log = self.logs / f"{self.name}-{self.size}-{member}-{self.started}.log"
-        command = [
-            *(sys.executable, "-m", "projector", "run", self.target, "--group", self.name),
-            *(arg for category in CATEGORIES for arg in ("--category", category)),
+        arguments = [
+            *(self.target, "--group", self.name),
             *("--member", str(member), "--group-size", str(self.size)),
-            *("--batch-size", "100", "--checkpoint-interval", "0.2", "--tail-sleep", "0.05"),
-            *("--lease-timeout", str(LEASE_TIMEOUT), "--connect-timeout", "2"),
-            *("--outage-limit", "300", "--retry-base", "0.05", "--retry-cap", "1"),
-            *("--log-format", "json", "--summary-interval", "0", "--no-progress"),
+            *("--batch-size", "100", "--checkpoint-interval", "0.2"),
+            *("--lease-timeout", str(LEASE_TIMEOUT)),
+            *("--retry-base", "0.05", "--retry-cap", "1"),
         ]
-        env = {
-            **os.environ,
-            "PROJECTOR_DATABASE_URL": self.server.url,
-            "PYTHONPATH": str(ROOT),
-            "PYTHONFAULTHANDLER": "1",  # a runner that crashes in C says where
-        }
-        with log.open("wb") as out:
-            popen = subprocess.Popen(
-                command, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT
-            )
-        return Process(popen, log, f"{self.name} member {member}")
+        return run_runner(self.server, log, arguments, f"{self.name} member {member}")
 
     def all(self) -> list[Process]:
         return [process for processes in self.processes.values() for process in processes]
@@ -316,26 +325,12 @@ class Elastic:
     def spawn(self) -> Process:
         self.started += 1
         log = self.logs / f"{self.name}-{self.started}.log"
-        command = [
-            *(sys.executable, "-m", "projector", "run", self.projection),
-            *("--group", self.name, "--elastic", "--buckets", str(BUCKETS)),
-            *(arg for category in CATEGORIES for arg in ("--category", category)),
+        arguments = [
+            *(self.projection, "--group", self.name, "--elastic", "--buckets", str(BUCKETS)),
             *("--heartbeat", str(HEARTBEAT), "--bucket-lease", str(BUCKET_LEASE)),
-            *("--batch-size", "50", "--checkpoint-interval", "1", "--tail-sleep", "0.05"),
-            *("--connect-timeout", "2", "--outage-limit", "300"),
-            *("--log-format", "json", "--summary-interval", "0", "--no-progress"),
+            *("--batch-size", "50", "--checkpoint-interval", "1"),
         ]
-        env = {
-            **os.environ,
-            "PROJECTOR_DATABASE_URL": self.server.url,
-            "PYTHONPATH": str(ROOT),
-            "PYTHONFAULTHANDLER": "1",
-        }
-        with log.open("wb") as out:
-            popen = subprocess.Popen(
-                command, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT
-            )
-        process = Process(popen, log, f"{self.name} {self.started}")
+        process = run_runner(self.server, log, arguments, f"{self.name} {self.started}")
         self.processes.append(process)
         return process
 
