@@ -54,7 +54,7 @@ from projector.ops.watching import Watchers
 from projector.pipeline.lane import Lane
 from projector.pipeline.sink import SpanHandler, StreamsSink
 from projector.pipeline.source import OPEN_GATE, CategorySource
-from projector.reconnecting import Reconnecting
+from projector.reconnecting import Reconnecting, outlasting
 from projector.runtime.batching import Batcher, BatchRun
 from projector.runtime.checkpoint_writer import CheckpointWriter
 from projector.runtime.dependencies import DependencyGate, UpstreamMeter
@@ -186,7 +186,7 @@ class Runner:
                 limit=settings.outage_limit,
                 observer=watchers.observer,
             )
-            elastic = await self._join(stack) if settings.elastic else None
+            elastic = await self._join(stack, watchers) if settings.elastic else None
             if elastic is not None and watchers.metrics is not None:
                 watchers.metrics.watch_buckets(elastic)
             lasting = Lasting(pool, store, watchers, outage, elastic)
@@ -203,9 +203,23 @@ class Runner:
                 except _StartCutShort as exc:
                     await retries.failed(exc)
 
-    async def _join(self, stack: AsyncExitStack) -> ElasticMember:
+    async def _join(self, stack: AsyncExitStack, watchers: Watchers) -> ElasticMember:
         """Join the elastic group, and heartbeat until the run ends; leaving releases the
-        buckets after the last tenure's final commit (the stack closes in reverse)."""
+        buckets after the last tenure's final commit (the stack closes in reverse). A join cut
+        short by the database going away is tried again, for up to ``outage_limit``: this
+        process reached the database already."""
+        member = await outlasting(
+            partial(self._joined, stack),
+            doing=f"joining {self.group}",
+            limit=self.settings.outage_limit,
+            on_retry=watchers.observer.reconnecting,
+        )
+        beating = await stack.enter_async_context(anyio.create_task_group())
+        stack.callback(beating.cancel_scope.cancel)
+        beating.start_soon(member.heartbeats, name="projector-heartbeats")
+        return member
+
+    async def _joined(self, stack: AsyncExitStack) -> ElasticMember:
         settings = self.settings
         with database.unavailable_as(f"joining {self.group}"):
             conn = await database.connect(
@@ -214,7 +228,7 @@ class Runner:
             async with conn:
                 await checkpoints.check_schema(conn)
                 await groups.check_elastic(conn, self.group)
-        member = await stack.enter_async_context(
+        return await stack.enter_async_context(
             ElasticMember(
                 self.database_url,
                 self.group,
@@ -224,10 +238,6 @@ class Runner:
                 connect_timeout=settings.connect_timeout,
             )
         )
-        beating = await stack.enter_async_context(anyio.create_task_group())
-        stack.callback(beating.cancel_scope.cancel)
-        beating.start_soon(member.heartbeats, name="projector-heartbeats")
-        return member
 
     async def _attempt(self, lasting: Lasting, connected: Callable[[], None]) -> bool:
         """One tenure: take the member and project; True when the lock's session was lost.

@@ -377,3 +377,42 @@ async def test_a_handover_whose_last_commit_loses_the_database_goes_on_and_skips
     assert deliveries.total() == await written(url)
     assert deliveries.overlaps == []
     assert [r.levelno for r in _actions(caplog, "error")] == []
+
+
+async def test_a_join_cut_short_by_the_database_is_tried_again(
+    own_store_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The joining session terminated while it waits (a server restart, a pooler, an
+    operator): the member joins again and projects, instead of exiting. Found by the random
+    fault suite."""
+    url = own_store_url
+    caplog.set_level(logging.INFO, logger="projector")
+    deliveries = Deliveries()
+    await write_events(url, streams(0))
+    locker = await database.connect(url)
+    admin = await database.connect(url)
+    await admin.set_autocommit(True)
+    async with anyio.create_task_group() as tasks, locker, admin:
+        # A member's first heartbeat writes its row: the join waits for this lock.
+        await locker.execute("LOCK TABLE projector.elastic_members IN EXCLUSIVE MODE")
+        member = anyio.CancelScope()
+        tasks.start_soon(_run_in, member, deliveries.projection(), elastic_settings(url))
+        await eventually(lambda: _joins_waiting(admin))
+        await admin.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+            " WHERE application_name LIKE 'projector %' AND wait_event_type = 'Lock'"
+        )
+        await locker.rollback()
+        await eventually(_all_handled(deliveries, url))
+        member.cancel()
+    assert [r.doing for r in _actions(caplog, "reconnecting")] == [f"joining {GROUP}"]  # type: ignore[attr-defined]
+
+
+async def _joins_waiting(conn: database.Connection) -> bool:
+    row = await (
+        await conn.execute(
+            "SELECT count(*) FROM pg_stat_activity"
+            " WHERE application_name LIKE 'projector %' AND wait_event_type = 'Lock'"
+        )
+    ).fetchone()
+    return row == (1,)

@@ -159,10 +159,18 @@ class ElasticMember:
         return frozenset(self._tenure.owned) if self._tenure is not None else frozenset()
 
     async def __aenter__(self) -> Self:
-        self._conn = await self._connect()
-        with database.unavailable_as(f"joining elastic group {self.group}"):
-            await buckets.register(self._conn, self.group, self.buckets)
-            await buckets.heartbeat(self._conn, self.identity, lease=self._lease)
+        conn = await self._connect()
+        try:
+            with database.unavailable_as(f"joining elastic group {self.group}"):
+                await buckets.register(conn, self.group, self.buckets)
+                await buckets.heartbeat(conn, self.identity, lease=self._lease)
+        except BaseException:
+            with cleanup.shielded(
+                f"closing the connection of {self.identity.member_id}", cleanup.LEASE_RELEASE
+            ):
+                await conn.close()
+            raise
+        self._conn = conn
         return self
 
     async def _connect(self) -> Connection:
