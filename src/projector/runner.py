@@ -109,6 +109,7 @@ class Parts:
     watchers: Watchers
     handle: SpanHandler
     gate: DependencyGate | None
+    wake_up: bool  # the wake-up trigger is installed: listen for its notifications
     # Set when an elastic tenure should end gracefully: stop reading, drain, commit.
     ending: anyio.Event | None = None
 
@@ -303,6 +304,8 @@ class Runner:
             handler_timeout=settings.handler_timeout,
         )
         gate = self._dependency_gate(pool, lasting.watchers, writer.name)
+        # Asked here, not once projecting: the database going away now starts the tenure again.
+        wake_up = await notify.installed(lease.connection)
         parts = Parts(
             pool,
             store,
@@ -313,6 +316,7 @@ class Runner:
             lasting.watchers,
             handle,
             gate,
+            wake_up,
             ending,
         )
         return parts, await parked.owned()
@@ -554,7 +558,7 @@ class Runner:
 
     async def _listen(self, tasks: TaskGroup, parts: Parts, sources: list[CategorySource]) -> None:
         """Wake the sources as events are written, when the opt-in trigger is installed."""
-        if not await notify.installed(parts.lease.connection):
+        if not parts.wake_up:
             return
         by_category = {source.category: source for source in sources}
 

@@ -8,8 +8,9 @@ import anyio
 import pytest
 
 from projector import write_message
+from projector.errors import DatabaseUnavailableError
 from projector.storage import notify
-from projector.storage.database import connect
+from projector.storage.database import Connection, connect
 from tests.support.projecting import Recorder, run_projection, settings_for, write_events
 
 pytestmark = pytest.mark.anyio
@@ -74,3 +75,19 @@ async def test_a_running_projector_is_woken_by_a_write_long_before_its_tail_slee
             tasks.cancel_scope.cancel()
 
     assert dict(recorder.positions) == {"account-1": [0], "account-2": [0]}
+
+
+async def test_asking_for_the_trigger_on_a_lost_session_is_an_outage_not_a_driver_error(
+    own_store_url: str, own_store_conn: Connection
+) -> None:
+    """A runner asks on its member's session as a tenure starts; a session cut then must
+    start the tenure again (DatabaseUnavailableError), not end the run with psycopg's error.
+    Found by the random fault suite."""
+    conn = await connect(own_store_url, application_name="projector trigger-check")
+    async with conn:
+        await own_store_conn.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+            " WHERE application_name = 'projector trigger-check'"
+        )
+        with pytest.raises(DatabaseUnavailableError, match="looking for the wake-up trigger"):
+            await notify.installed(conn)

@@ -41,7 +41,9 @@ def install(url: str) -> None:
 
 
 async def installed(conn: Connection) -> bool:
-    row = await (await conn.execute(INSTALLED)).fetchone()
+    """Whether the wake-up trigger is installed (`projector migrate --notify`)."""
+    with database.unavailable_as("looking for the wake-up trigger"):
+        row = await (await conn.execute(INSTALLED)).fetchone()
     return bool(row and row[0])
 
 
