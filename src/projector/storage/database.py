@@ -256,8 +256,44 @@ async def connect(
         )
     except psycopg.OperationalError as exc:
         raise unavailable(url, exc) from exc
-    await configure(conn)
+    try:
+        await configure(conn)
+    except psycopg.OperationalError as exc:
+        # The session ended as soon as it began (a restart, a terminated backend).
+        await conn.close()
+        raise unavailable(url, exc) from exc
     return conn
+
+
+async def _opened_pool(url: str, *, max_size: int, connect_timeout: float) -> Pool:
+    # A direct connection first: the pool would only report a timeout, not why it failed. If
+    # the server goes away between the two (a restart), the probe is made again and says so.
+    retried = False
+    while True:
+        probe = await connect(url, connect_timeout=connect_timeout)
+        await probe.close()
+        pool: Pool = AsyncConnectionPool(
+            url,
+            min_size=1,
+            max_size=max_size,
+            configure=configure,
+            connection_class=EagerConnection,
+            # Autocommit: a read is one round trip, with no BEGIN before it and no COMMIT
+            # after; code that needs a transaction asks for one (conn.transaction()).
+            kwargs={"autocommit": True},
+            open=False,
+            timeout=connect_timeout,
+            name="projector",
+        )
+        try:
+            await pool.open(wait=True, timeout=connect_timeout)
+        except PoolTimeout as exc:
+            await pool.close()
+            if retried:
+                raise unavailable(url, exc) from exc
+            retried = True
+            continue
+        return pool
 
 
 @asynccontextmanager
@@ -265,23 +301,7 @@ async def open_pool(
     url: str, *, max_size: int, connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
 ) -> AsyncIterator[Pool]:
     """A pool of configured connections; a bad URL or a down server fails here, clearly."""
-    # A direct connection first: the pool would only report a timeout, not why it failed.
-    probe = await connect(url, connect_timeout=connect_timeout)
-    await probe.close()
-    pool: Pool = AsyncConnectionPool(
-        url,
-        min_size=1,
-        max_size=max_size,
-        configure=configure,
-        connection_class=EagerConnection,
-        # Autocommit: a read is one round trip, with no BEGIN before it and no COMMIT after;
-        # code that needs a transaction asks for one (conn.transaction()).
-        kwargs={"autocommit": True},
-        open=False,
-        timeout=connect_timeout,
-        name="projector",
-    )
-    await pool.open(wait=True, timeout=connect_timeout)
+    pool = await _opened_pool(url, max_size=max_size, connect_timeout=connect_timeout)
     try:
         yield pool
     finally:

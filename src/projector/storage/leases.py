@@ -210,7 +210,8 @@ class MemberLease:
         # Often enough that a waiting standby's session is never idle for its lease timeout.
         poll = min(DEFAULT_STANDBY_POLL, self._lease_timeout / 4)
         while not await self._try_lock(conn):
-            running = await holder(conn, self.group, self.member)
+            with database.unavailable_as(f"waiting for {self.name}'s lock"):
+                running = await holder(conn, self.group, self.member)
             if not standby:
                 raise MemberBusyError(
                     f"{self.name} is already running ({running}): stop it first, "
