@@ -56,7 +56,7 @@ import anyio
 import psycopg
 
 from projector import cleanup
-from projector.errors import DatabaseUnavailableError, ProjectorError
+from projector.errors import ProjectorError
 from projector.model.events import hash_64, member_name
 from projector.storage import database
 from projector.storage.database import Connection
@@ -206,12 +206,18 @@ class MemberLease:
 
     async def acquire(self, *, standby: bool) -> None:
         """Take the member's lock; wait for it as a hot standby, or raise MemberBusyError."""
+        with database.unavailable_as(f"taking {self.name}'s lock"):
+            await self._acquire(standby=standby)
+        logger.info(
+            "%s acquired", self.name, extra={"action": "member_acquired", "member": self.name}
+        )
+
+    async def _acquire(self, *, standby: bool) -> None:
         conn, waiting = self.connection, False
         # Often enough that a waiting standby's session is never idle for its lease timeout.
         poll = min(DEFAULT_STANDBY_POLL, self._lease_timeout / 4)
         while not await self._try_lock(conn):
-            with database.unavailable_as(f"waiting for {self.name}'s lock"):
-                running = await holder(conn, self.group, self.member)
+            running = await holder(conn, self.group, self.member)
             if not standby:
                 raise MemberBusyError(
                     f"{self.name} is already running ({running}): stop it first, "
@@ -226,9 +232,6 @@ class MemberLease:
                     extra={"action": "standby_waiting", "member": self.name, "holder": running},
                 )
             await anyio.sleep(poll)
-        logger.info(
-            "%s acquired", self.name, extra={"action": "member_acquired", "member": self.name}
-        )
 
     async def watch(self) -> None:
         """Check the lock's session every `watch_interval` s; raise LeaseLostError once it is
@@ -252,12 +255,7 @@ class MemberLease:
                 ) from exc
 
     async def _try_lock(self, conn: Connection) -> bool:
-        try:
-            row = await (
-                await conn.execute(TRY_LOCK, {"key": lock_key(self.group, self.member)})
-            ).fetchone()
-        except psycopg.OperationalError as exc:
-            raise DatabaseUnavailableError(
-                f"lost the database while taking {self.name}'s lock: {exc}"
-            ) from exc
+        row = await (
+            await conn.execute(TRY_LOCK, {"key": lock_key(self.group, self.member)})
+        ).fetchone()
         return bool(row and row[0])
