@@ -132,6 +132,8 @@ def test_no_event_is_lost_applied_twice_or_disordered_under_random_faults(
             f"lock sessions lost: {actions['member_lock_lost']}, "
             f"elastic buckets lost: {actions['buckets_lost']}, "
             f"elastic commits fenced: {actions['checkpoint_fenced']}",
+            "rebalances before the group's first checkpoint: "
+            f"{sum(g.resized_before_any_checkpoint for g in groups if isinstance(g, Group))}",
             f"caught up {catch_up:.1f} s after the last fault"
             if caught_up
             else f"NOT caught up {CATCH_UP_LIMIT:g} s after the last fault",
