@@ -379,9 +379,6 @@ class Elastic:
                 again += 1
         return again
 
-    def _lock_free(self, member: int) -> bool:
-        return not self.server.query(leases.HOLDER, leases.lock_ids(self.name, member))
-
     def resize(self, size: int) -> None:
         """Scale to ``size`` processes while they run: SIGTERM (a graceful leave) or start."""
         running = self.all()

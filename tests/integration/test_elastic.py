@@ -273,13 +273,14 @@ async def _within(scope: anyio.CancelScope, run: Callable[[], Awaitable[None]]) 
         await run()
 
 
-async def _waits_for_a_lock(conn: database.Connection, member_id: str) -> bool:
+# Sessions whose application name is LIKE the parameter, blocked on a lock.
+_BLOCKED = "FROM pg_stat_activity WHERE application_name LIKE %s AND wait_event_type = 'Lock'"
+
+
+async def _waits_for_a_lock(conn: database.Connection, member_id: str = "%") -> bool:
+    """Whether exactly one session of ``member_id`` (any member's, by default) is blocked."""
     row = await (
-        await conn.execute(
-            "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s"
-            " AND wait_event_type = 'Lock'",
-            (f"projector {member_id}",),
-        )
+        await conn.execute(f"SELECT count(*) {_BLOCKED}", (f"projector {member_id}",))
     ).fetchone()
     return row == (1,)
 
@@ -397,22 +398,9 @@ async def test_a_join_cut_short_by_the_database_is_tried_again(
         await locker.execute("LOCK TABLE projector.elastic_members IN EXCLUSIVE MODE")
         member = anyio.CancelScope()
         tasks.start_soon(_run_in, member, deliveries.projection(), elastic_settings(url))
-        await eventually(lambda: _joins_waiting(admin))
-        await admin.execute(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
-            " WHERE application_name LIKE 'projector %' AND wait_event_type = 'Lock'"
-        )
+        await eventually(lambda: _waits_for_a_lock(admin))
+        await admin.execute(f"SELECT pg_terminate_backend(pid) {_BLOCKED}", ("projector %",))
         await locker.rollback()
         await eventually(_all_handled(deliveries, url))
         member.cancel()
     assert [r.doing for r in _actions(caplog, "reconnecting")] == [f"joining {GROUP}"]  # type: ignore[attr-defined]
-
-
-async def _joins_waiting(conn: database.Connection) -> bool:
-    row = await (
-        await conn.execute(
-            "SELECT count(*) FROM pg_stat_activity"
-            " WHERE application_name LIKE 'projector %' AND wait_event_type = 'Lock'"
-        )
-    ).fetchone()
-    return row == (1,)
