@@ -67,9 +67,9 @@ from projector.settings import Settings, retry_policy
 from projector.storage import checkpoints, database, member_index, notify
 from projector.storage.checkpoints import Checkpoints
 from projector.storage.database import Connection, Pool
+from projector.storage.held import HeldStreams
 from projector.storage.leases import LeaseLostError, MemberLease
 from projector.storage.message_store import MessageStore
-from projector.storage.parked import ParkedStreams
 
 logger = logging.getLogger(__name__)
 
@@ -246,17 +246,17 @@ class Runner:
         failure: DatabaseUnavailableError | None = None
         async with AsyncExitStack() as stack:
             try:
-                parts, parked = await self._start(stack, lasting, connected)
+                parts, held = await self._start(stack, lasting, connected)
             except DatabaseUnavailableError as exc:
                 failure = exc  # raised once the stack is closed, outside its task groups
             else:
-                return await self._project_and_flush(parts, parked)
+                return await self._project_and_flush(parts, held)
         raise _StartCutShort(str(failure)) from failure
 
     async def _start(
         self, stack: AsyncExitStack, lasting: Lasting, connected: Callable[[], None]
     ) -> tuple[Parts, frozenset[str]]:
-        """Everything before the first read: the member's lock, the checkpoints, the parked
+        """Everything before the first read: the member's lock, the checkpoints, the held
         streams, the span handler. Nothing is handled yet, so all of it can be done again."""
         if lasting.elastic is not None:
             return await self._start_elastic(stack, lasting, lasting.elastic, connected)
@@ -276,8 +276,8 @@ class Runner:
         writer = await self._checkpoint_writer(store, lease)
         if settings.group_size > 1:
             await member_index.report(pool, size=settings.group_size, member=writer.name)
-        parked = ParkedStreams(pool, self.group, member=settings.member, size=settings.group_size)
-        return await self._parts(stack, lasting, store, writer, lease, parked)
+        held = HeldStreams(pool, self.group, member=settings.member, size=settings.group_size)
+        return await self._parts(stack, lasting, store, writer, lease, held)
 
     async def _parts(
         self,
@@ -286,16 +286,16 @@ class Runner:
         store: MessageStore,
         writer: CheckpointWriter,
         lease: TenureLease,
-        parked: ParkedStreams,
+        held: HeldStreams,
         ending: anyio.Event | None = None,
     ) -> tuple[Parts, frozenset[str]]:
         """What a fixed member's start and an elastic tenure's share: the span handler, the
-        care of failing streams, the dependency gate, and the streams parked now."""
+        care of failing streams, the dependency gate, and the streams held now."""
         settings, pool = self.settings, lasting.pool
         handle = await self._span_handler(stack, pool)
         recovery = Recovery(
             retry_policy(settings, self.projection.retry),
-            parked,
+            held,
             store,
             handle,
             lasting.outage,
@@ -319,7 +319,8 @@ class Runner:
             wake_up,
             ending,
         )
-        return parts, await parked.owned()
+        look = await held.look()
+        return parts, frozenset(stream.stream_name for stream in look.streams)
 
     async def _start_elastic(
         self,
@@ -343,14 +344,14 @@ class Runner:
             checkpoint_interval=self.settings.checkpoint_interval,
         )
         return await self._parts(
-            stack, lasting, start.store, start.writer, tenure, start.parked, tenure.ending
+            stack, lasting, start.store, start.writer, tenure, start.held, tenure.ending
         )
 
-    async def _project_and_flush(self, parts: Parts, parked: frozenset[str]) -> bool:
+    async def _project_and_flush(self, parts: Parts, held: frozenset[str]) -> bool:
         """Project, then commit the checkpoint a last time; True when the lock's session was
         lost, which ends the tenure with nothing more committed (see `projector.storage.leases`)."""
         try:
-            await self._project(parts, parked)
+            await self._project(parts, held)
         except BaseException as exc:
             if find_error(exc, LeaseLostError) is not None:
                 return True
@@ -455,15 +456,16 @@ class Runner:
                     extra={"action": "checkpoint_commit_failed"},
                 )
 
-    async def _project(self, parts: Parts, parked: frozenset[str]) -> None:
+    async def _project(self, parts: Parts, held: frozenset[str]) -> None:
         settings = self.settings
         sink = StreamsSink(
             traced(parts.handle, group=parts.writer.name),
             max_concurrent_streams=settings.max_concurrent_streams,
-            max_read_ahead=settings.max_read_ahead,
+            # Counted in events: the same memory bound at the head as in a catch-up (`lane`).
+            max_read_ahead=settings.max_read_ahead * settings.batch_size,
             on_failure=parts.recovery.on_failure,
             handler_timeout=settings.handler_timeout,
-            parked=parked,
+            held=held,
             observer=parts.watchers.observer,
         )
         async with sink:
@@ -474,7 +476,12 @@ class Runner:
             if parts.watchers.metrics is not None:
                 parts.watchers.metrics.watch(
                     RunnerState(
-                        sink, lanes, parts.writer, parts.watchers.health, settings.stuck_after
+                        sink,
+                        lanes,
+                        parts.writer,
+                        parts.watchers.health,
+                        parts.recovery,
+                        settings.stuck_after,
                     )
                 )
             try:
@@ -511,7 +518,7 @@ class Runner:
         async with anyio.create_task_group() as tasks:
             tasks.start_soon(writer.run, name="projector-checkpoint-writer")
             tasks.start_soon(parts.lease.watch, name="projector-lease-watch")
-            tasks.start_soon(recovery.serve_retries, sink, name="projector-parked-retries")
+            tasks.start_soon(recovery.serve, sink, name="projector-held-streams")
             tasks.start_soon(parts.outage.watch, name="projector-outage-watch")
             tasks.start_soon(
                 partial(recovery.report_stuck, sink, stuck_after=settings.stuck_after),
@@ -520,7 +527,12 @@ class Runner:
             if parts.gate is not None:
                 await tasks.start(parts.gate.run, name="projector-dependencies")
             await parts.watchers.start(
-                tasks, self.settings, pool=parts.pool, handled=lambda: writer.completed, sink=sink
+                tasks,
+                self.settings,
+                pool=parts.pool,
+                handled=lambda: writer.completed,
+                sink=sink,
+                recovery=recovery,
             )
             await self._listen(tasks, parts, sources)
             status.state = State.RUNNING
@@ -537,12 +549,21 @@ class Runner:
                 if reading.cancel_called:
                     tasks.cancel_scope.cancel()  # a rebalance: `_project` drains the lanes
                     return
-                # Only reached with until_caught_up: every source has read to its tail.
+                # Only reached with until_caught_up: every source has read to its tail. Held
+                # streams are caught up too once none is left to retry (a replay that ends
+                # rejoins its stream with what the sink kept meanwhile: the lanes drain after).
+                for lane in lanes:
+                    await lane.wait_empty()
+                self.parked = await outlasting(
+                    recovery.settled,
+                    doing="waiting for held streams",
+                    limit=settings.outage_limit,
+                    on_retry=parts.watchers.observer.reconnecting,
+                )
                 for lane in lanes:
                     await lane.wait_empty()
             finally:
                 status.state = State.STOPPED
-            self.parked = sink.parked_streams
             logger.info(
                 "%s caught up%s",
                 writer.name,

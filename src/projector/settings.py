@@ -99,7 +99,11 @@ class Settings(BaseSettings):
         10, ge=1, le=10_000, description="handler calls running at once, across all streams"
     )
     max_read_ahead: int = Field(
-        3, ge=1, le=1_000, description="batches per category read but not yet fully handled"
+        3,
+        ge=1,
+        le=1_000,
+        description="batches' worth of events (max_read_ahead x batch_size) per category read "
+        "but not yet fully handled",
     )
     batch_max_streams: int = Field(
         500, ge=1, le=100_000, description="most stream spans in one batch handler call"
@@ -142,7 +146,10 @@ class Settings(BaseSettings):
     )
     retry_cap: float = Field(60.0, gt=0, le=86_400, description="longest retry delay, seconds")
     retry_max_attempts: int = Field(
-        8, ge=1, le=1_000, description="failed calls in a row before a stream is parked/stops"
+        8,
+        ge=1,
+        le=1_000,
+        description="failed calls in a row (replays included) before a stream is parked/stops",
     )
     handler_timeout: float | None = Field(
         120.0, gt=0, description="seconds before a handler call is cancelled as failed"

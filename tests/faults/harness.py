@@ -699,5 +699,8 @@ def redeliveries(server: Server) -> int:
 
 
 def parked(server: Server) -> list[str]:
-    rows = server.query("SELECT group_name, stream_name, error FROM projector.parked_streams")
-    return [f"{group} {stream}: {error}" for group, stream, error in rows]
+    """Every held stream, retrying or parked: none should be, where no handler fails."""
+    rows = server.query(
+        "SELECT group_name, stream_name, state, error FROM projector.held_streams"
+    )
+    return [f"{group} {stream} ({state}): {error}" for group, stream, state, error in rows]

@@ -7,7 +7,8 @@ spans and runs them on a fixed set of workers, so that:
 - a stream has at most one call at a time, and sees its events in stream order: events that
   arrive while it is busy wait in its buffer and go to the next call, merged across batches;
 - events below a stream's handled position, and duplicates, are dropped;
-- a lane's ``submit`` blocks while ``max_read_ahead`` of its batches are incomplete;
+- a lane's ``submit`` blocks while ``max_read_ahead`` events of its batches are incomplete
+  (see `lane`);
 - a batch completes once every stream in it has handled past its events, and a lane reports
   completions strictly in submit order, which is what makes a checkpoint safe.
 
@@ -15,10 +16,10 @@ A stream's state is forgotten as soon as no buffered event and no incomplete bat
 memory follows what is in flight, not how many streams exist.
 
 A failed call is the business of that stream alone: ``on_failure`` decides (see `failures`)
-whether it is retried after a delay or once something is ready (its batches, and so the
-checkpoint, wait; other streams go on until read-ahead is full), parked (its events, now and
-later, are dropped and its batches released, until `hold` and `release` bring it back) or the
-run stops.
+whether it is held out of the read path (its events, now and later, are dropped and its
+batches released, until a replay from the stream itself brings it back with `rejoining` and
+`rejoin`), retried in place after a delay or once something is ready (its batches, and so the
+checkpoint, wait: for a lost connection, which is nobody's stream's fault), or the run stops.
 """
 
 from __future__ import annotations
@@ -37,14 +38,14 @@ from anyio.abc import TaskGroup
 
 from projector.errors import HandlerError
 from projector.model.events import Event
-from projector.model.failures import Decision, HandlerTimeout, Park, Retry, RetryWhen, Stop
+from projector.model.failures import Decision, HandlerTimeout, Hold, Retry, RetryWhen, Stop
 from projector.pipeline.lane import NO_PROGRESS, Batch, Lane, Progress
 from projector.pipeline.observe import NO_OBSERVER, Observer
 from projector.pipeline.streams import (
     HELD,
     IDLE,
-    PARKED,
     QUEUED,
+    REJOINING,
     RUNNING,
     WAITING,
     StreamState,
@@ -100,9 +101,11 @@ class StreamsSink:
         stall_delay: float = DEFAULT_STALL_DELAY,
         on_failure: FailureHandler = stop_on_failure,
         handler_timeout: float | None = None,
-        parked: frozenset[str] = frozenset(),
+        held: frozenset[str] = frozenset(),
         observer: Observer = NO_OBSERVER,
     ) -> None:
+        """``max_read_ahead`` counts events per lane (see `lane`); ``held`` are the streams out
+        of the read path from the start."""
         if max_concurrent_streams < 1 or max_read_ahead < 1:
             raise ValueError("max_concurrent_streams and max_read_ahead must be at least 1")
         self._handle = handle
@@ -113,7 +116,7 @@ class StreamsSink:
         self._handler_timeout = handler_timeout
         self._call_hook = observer.call_hook()
         self._handled = 0
-        self._parked: set[str] = set(parked)
+        self._held: set[str] = set(held)
         self._streams: dict[str, StreamState] = {}
         # A stream that skipped ahead must keep its position after it is forgotten, or its
         # own later events (the usual reason to skip) would be delivered. Oldest hints go first.
@@ -148,12 +151,13 @@ class StreamsSink:
         return len(self._streams)
 
     @property
-    def parked_streams(self) -> frozenset[str]:
-        return frozenset(self._parked)
+    def held_streams(self) -> frozenset[str]:
+        """Streams out of the read path: their events are dropped as read."""
+        return frozenset(self._held)
 
     @property
     def failing_streams(self) -> int:
-        """Streams whose last call failed, waiting for their retry."""
+        """Streams whose last call failed and that wait in place for their retry."""
         return sum(1 for stream in self._streams.values() if stream.failing_since is not None)
 
     def handled_in_flight(self) -> dict[str, int]:
@@ -262,15 +266,15 @@ class StreamsSink:
                 spans[event.stream_name] = [event]
             else:
                 span.append(event)
-        streams, parked, hints, ready = self._streams, self._parked, self._skip_hints, self._ready
+        streams, held, hints, ready = self._streams, self._held, self._skip_hints, self._ready
         waiting = 0
         for name, span in spans.items():
             stream = streams.get(name)
             if stream is None and not (hints and name in hints):
                 # The common case in a catch-up: a stream with no state (nothing buffered,
-                # nothing running) gets one holding this span, and is ready at once. A parked
-                # stream never has state (parking drops it; `hold` takes it out of `_parked`).
-                if name in parked:
+                # nothing running) gets one holding this span, and is ready at once. A held
+                # stream never has state (holding drops it; `rejoining` takes it out of `_held`).
+                if name in held:
                     continue
                 span = in_order(span)
                 stream = streams[name] = StreamState(name, span, [(batch, span[-1].position)])
@@ -331,7 +335,7 @@ class StreamsSink:
                 continue
             stream = ready.popleft()
             if stream.phase is not QUEUED:
-                continue  # parked while it waited in the queue
+                continue  # held while it waited in the queue
             if stream.buffer:
                 await self._run(stream, call, now)
             else:
@@ -380,8 +384,8 @@ class StreamsSink:
         if self._call_hook is not None:
             self._call_hook(stream.name, len(events), time.monotonic() - started, None)
         self._handled += len(events)
-        if stream.phase is PARKED:
-            return  # parked while its call ran: what it left is dropped
+        if stream.phase is HELD:
+            return  # held while its call ran: what it left is dropped
         if stream.failing_since is not None:
             stream.failures, stream.failing_since = 0, None
         if stream.buffer or next_position != events[-1].position + 1:
@@ -399,15 +403,15 @@ class StreamsSink:
             del self._streams[stream.name]
 
     def _idle_again(self, stream: StreamState) -> None:
-        if stream.phase is RUNNING:  # not parked while it ran
+        if stream.phase is RUNNING:  # not held while it ran
             stream.phase = IDLE
         self._busy -= 1
         if self._busy == 0 and self._stopping:
             self._idle.set()  # `stop` waits for it
 
     async def _failed(self, stream: StreamState, events: list[Event], error: Exception) -> None:
-        if stream.phase is PARKED:
-            return  # parked while its call ran: its events are dropped
+        if stream.phase is HELD:
+            return  # held while its call ran: its events are dropped
         # Waiting while the decision is made, so new events cannot start a second call.
         stream.phase = WAITING
         stream.buffer = merge(events, stream.buffer)
@@ -420,8 +424,8 @@ class StreamsSink:
         elif isinstance(decision, RetryWhen):
             stream.failures -= 1  # not the stream's failure: its backoff stays where it was
             self._requeue_when(stream, decision.ready)
-        elif isinstance(decision, Park):
-            self._park(stream)
+        elif isinstance(decision, Hold):
+            self._hold(stream)
         else:
             self._stop_scheduling()
             raise HandlerError(
@@ -463,24 +467,25 @@ class StreamsSink:
         self, stream: StreamState, ready: Callable[[], Awaitable[object]]
     ) -> None:
         await ready()
-        if stream.phase is WAITING:  # not parked meanwhile
+        if stream.phase is WAITING:  # not held meanwhile
             stream.phase = IDLE
             self._enqueue(stream)
 
-    # -- parked streams ---------------------------------------------------------------------
+    # -- held streams -----------------------------------------------------------------------
 
-    def park(self, stream_name: str) -> None:
-        """Drop the stream's events, now and later, and release its batches."""
+    def hold(self, stream_name: str) -> None:
+        """Take the stream out of the read path: drop its events, now and later, and release
+        its batches. Its owner must have recorded where it stands (its first unhandled event)."""
         stream = self._streams.get(stream_name)
         if stream is None:
-            self._parked.add(stream_name)
+            self._held.add(stream_name)
         else:
-            self._park(stream)
+            self._hold(stream)
 
-    def _park(self, stream: StreamState) -> None:
-        self._parked.add(stream.name)
+    def _hold(self, stream: StreamState) -> None:
+        self._held.add(stream.name)
         self._skip_hints.pop(stream.name, None)
-        stream.buffer, stream.phase = [], PARKED
+        stream.buffer, stream.phase = [], HELD
         pending, stream.pending = stream.pending, []
         for batch, _ in pending:
             batch.remaining -= 1
@@ -488,16 +493,18 @@ class StreamsSink:
                 batch.lane.complete(batch)
         del self._streams[stream.name]
 
-    def hold(self, stream_name: str) -> None:
-        """Keep a parked stream's new events from now on, without running it, until `resume`."""
-        self._parked.discard(stream_name)
+    def rejoining(self, stream_name: str) -> None:
+        """Keep a held stream's new events from now on, without running them, until `rejoin`:
+        a replay about to read the stream's last events calls it first, so that no event is
+        dropped after the replay's last read."""
+        self._held.discard(stream_name)
         stream = self._streams.get(stream_name)
         if stream is None:
             stream = self._streams[stream_name] = StreamState(stream_name)
-        stream.phase = HELD
+        stream.phase = REJOINING
 
-    def resume(self, stream_name: str, next_position: int) -> None:
-        """Run a held stream again, from stream position ``next_position`` on."""
+    def rejoin(self, stream_name: str, next_position: int) -> None:
+        """Run a rejoining stream again, from stream position ``next_position`` on."""
         stream = self._streams[stream_name]
         stream.phase, stream.failures, stream.failing_since = IDLE, 0, None
         stream.next_position = next_position
