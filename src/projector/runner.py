@@ -51,16 +51,17 @@ from projector.ops.metrics import RunnerState
 from projector.ops.progress import BarFactory
 from projector.ops.tracing import traced
 from projector.ops.watching import Watchers
+from projector.pipeline.calls import Batches, SpanHandler
 from projector.pipeline.lane import Lane
-from projector.pipeline.sink import SpanHandler, StreamsSink
+from projector.pipeline.sink import StreamsSink
 from projector.pipeline.source import OPEN_GATE, CategorySource
 from projector.reconnecting import Reconnecting, outlasting
-from projector.runtime.batching import Batcher, BatchRun
+from projector.runtime.batching import BatchRun, one_stream, split_on_failure
 from projector.runtime.checkpoint_writer import CheckpointWriter
 from projector.runtime.dependencies import DependencyGate, UpstreamMeter
 from projector.runtime.elastic import ElasticMember, start_tenure
 from projector.runtime.exactly_once import ExactlyOnce
-from projector.runtime.exactly_once_batch import ExactlyOnceBatch
+from projector.runtime.exactly_once_batch import ExactlyOnceBatch, GuardedBatch
 from projector.runtime.outage import PROBE_TIMEOUT, Outage
 from projector.runtime.recovery import Recovery
 from projector.settings import Settings, retry_policy
@@ -107,7 +108,7 @@ class Parts:
     recovery: Recovery
     outage: Outage
     watchers: Watchers
-    handle: SpanHandler
+    handle: SpanHandler | Batches  # what the sink calls
     gate: DependencyGate | None
     wake_up: bool  # the wake-up trigger is installed: listen for its notifications
     # Set when an elastic tenure should end gracefully: stop reading, drain, commit.
@@ -292,12 +293,12 @@ class Runner:
         """What a fixed member's start and an elastic tenure's share: the span handler, the
         care of failing streams, the dependency gate, and the streams held now."""
         settings, pool = self.settings, lasting.pool
-        handle = await self._span_handler(stack, pool)
+        handle = traced(await self._handler(stack, pool), group=writer.name)
         recovery = Recovery(
             retry_policy(settings, self.projection.retry),
             held,
             store,
-            handle,
+            one_stream(handle.handle) if isinstance(handle, Batches) else handle,
             lasting.outage,
             group=writer.name,
             batch_size=settings.batch_size,
@@ -379,31 +380,33 @@ class Runner:
             return settings.pool_size + settings.max_concurrent_batches
         return settings.pool_size + settings.max_concurrent_streams
 
-    async def _span_handler(self, stack: AsyncExitStack, pool: Pool) -> SpanHandler:
-        projection = self.projection
+    async def _handler(self, stack: AsyncExitStack, pool: Pool) -> SpanHandler | Batches:
+        """What the sink calls: the projection's span handler, or its batch handler with the
+        limits of its calls; a transactional one in sessions that close with ``stack``."""
+        settings, projection = self.settings, self.projection
         if projection.is_batch:
-            return await self._batcher(stack, pool)
+            return Batches(
+                split_on_failure(await self._batch_run(stack, pool), group=self.group),
+                max_streams=settings.batch_max_streams,
+                max_calls=settings.max_concurrent_batches,
+                linger=settings.batch_linger,
+            )
         if projection.is_transactional:
             exactly_once = ExactlyOnce.running(projection, pool, self.group)
             return (await stack.enter_async_context(exactly_once)).handle
         return projection.handle
 
-    async def _batcher(self, stack: AsyncExitStack, pool: Pool) -> SpanHandler:
-        """A batch projection's span handler: the sink's calls gathered into batch calls. It
-        closes before what runs them (the exit stack unwinds in reverse)."""
-        settings, projection = self.settings, self.projection
-        run: BatchRun = projection.handle_batch
-        if projection.is_transactional:
-            exactly_once = ExactlyOnceBatch.running(projection, pool, self.group)
-            run = (await stack.enter_async_context(exactly_once)).run
-        batcher = Batcher.running(
-            run,
-            group=self.group,
-            max_streams=settings.batch_max_streams,
-            linger=settings.batch_linger,
-            max_batches=settings.max_concurrent_batches,
-        )
-        return (await stack.enter_async_context(batcher)).handle
+    async def _batch_run(self, stack: AsyncExitStack, pool: Pool) -> BatchRun:
+        """One call of a batch projection: at least once, or in a transaction that records
+        the streams' positions (or leaves them to the read model's guarded rows)."""
+        projection = self.projection
+        if not projection.is_transactional:
+            return projection.handle_batch
+        if projection.positions == "read_model":
+            guarded = GuardedBatch.running(projection, pool, self.group)
+            return (await stack.enter_async_context(guarded)).run
+        exactly_once = ExactlyOnceBatch.running(projection, pool, self.group)
+        return (await stack.enter_async_context(exactly_once)).run
 
     def _dependency_gate(self, pool: Pool, watchers: Watchers, name: str) -> DependencyGate | None:
         """The gate of a projection with dependencies; health shows its pauses."""
@@ -459,7 +462,7 @@ class Runner:
     async def _project(self, parts: Parts, held: frozenset[str]) -> None:
         settings = self.settings
         sink = StreamsSink(
-            traced(parts.handle, group=parts.writer.name),
+            parts.handle,
             max_concurrent_streams=settings.max_concurrent_streams,
             # Counted in events: the same memory bound at the head as in a catch-up (`lane`).
             max_read_ahead=settings.max_read_ahead * settings.batch_size,

@@ -96,7 +96,11 @@ class Settings(BaseSettings):
         0.1, gt=0, le=3600, description="seconds to sleep after a read finds nothing new"
     )
     max_concurrent_streams: int = Field(
-        10, ge=1, le=10_000, description="handler calls running at once, across all streams"
+        10,
+        ge=1,
+        le=10_000,
+        description="handler calls running at once, across all streams (not batch handlers: "
+        "see max_concurrent_batches)",
     )
     max_read_ahead: int = Field(
         3,
@@ -112,8 +116,8 @@ class Settings(BaseSettings):
         0.0,
         ge=0,
         le=10,
-        description="seconds a batch waits for more streams once none joined (0: one event-loop "
-        "turn)",
+        description="seconds a batch call waits for more streams when fewer than "
+        "batch_max_streams are ready (0: it takes what is ready)",
     )
     max_concurrent_batches: int = Field(
         2,

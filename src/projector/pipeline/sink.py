@@ -3,7 +3,10 @@
 Sources submit batches to a `Lane` (one per category). The sink splits each batch into per-stream
 spans and runs them on a fixed set of workers, so that:
 
-- at most ``max_concurrent_streams`` handler calls run at once (the number of workers);
+- at most ``max_concurrent_streams`` handler calls run at once (the number of workers); or,
+  for a batch handler (`Batches`), at most ``max_calls`` calls, each given the spans of up to
+  ``max_streams`` streams that are ready at once (not running, not held), the others joining
+  a later call in their order;
 - a stream has at most one call at a time, and sees its events in stream order: events that
   arrive while it is busy wait in its buffer and go to the next call, merged across batches;
 - events below a stream's handled position, and duplicates, are dropped;
@@ -38,7 +41,14 @@ from anyio.abc import TaskGroup
 
 from projector.errors import HandlerError
 from projector.model.events import Event
-from projector.model.failures import Decision, HandlerTimeout, Hold, Retry, RetryWhen, Stop
+from projector.model.failures import HandlerTimeout, Hold, Retry, RetryWhen
+from projector.pipeline.calls import (
+    Batches,
+    Call,
+    FailureHandler,
+    SpanHandler,
+    stop_on_failure,
+)
 from projector.pipeline.lane import NO_PROGRESS, Batch, Lane, Progress
 from projector.pipeline.observe import NO_OBSERVER, Observer
 from projector.pipeline.streams import (
@@ -54,21 +64,6 @@ from projector.pipeline.streams import (
     merge,
 )
 
-SpanHandler = Callable[[str, list[Event]], Awaitable[int]]
-"""Handles one stream's events (in stream order) and returns the stream position to expect next:
-``events[-1].position + 1`` when all were handled, less when only some were, more to skip ahead."""
-
-FailureHandler = Callable[[str, list[Event], Exception, int], Awaitable[Decision]]
-"""Decides what to do after a failed call: given the stream, the call's events, the error and the
-number of failed calls in a row (1 for the first)."""
-
-
-async def stop_on_failure(
-    stream_name: str, events: list[Event], error: Exception, attempt: int
-) -> Decision:
-    return Stop(str(error))
-
-
 DEFAULT_STALL_DELAY = 0.1
 # How long a worker runs handler calls that never wait before it lets other tasks run (the
 # sources' reads, timers, the metrics endpoint). Checked once per call, so a single call that
@@ -77,24 +72,13 @@ YIELD_AFTER = 0.0005
 MAX_SKIP_HINTS = 100_000  # forgotten streams whose handler asked to skip ahead (skip_to)
 
 
-class _Call:
-    """What one worker is running, for the timeout watchdog."""
-
-    __slots__ = ("events", "scope", "started", "stream")
-
-    def __init__(self) -> None:
-        self.scope = anyio.CancelScope()
-        self.stream: StreamState | None = None  # set while a call runs
-        self.events: list[Event] = []
-        self.started = 0.0
-
-
 class StreamsSink:
-    """Runs span handlers on ``max_concurrent_streams`` workers; use as ``async with``."""
+    """Runs span handlers on ``max_concurrent_streams`` workers (a batch handler on its
+    ``max_calls``); use as ``async with``."""
 
     def __init__(
         self,
-        handle: SpanHandler,
+        handle: SpanHandler | Batches,
         *,
         max_concurrent_streams: int,
         max_read_ahead: int,
@@ -108,8 +92,15 @@ class StreamsSink:
         of the read path from the start."""
         if max_concurrent_streams < 1 or max_read_ahead < 1:
             raise ValueError("max_concurrent_streams and max_read_ahead must be at least 1")
-        self._handle = handle
-        self._workers = max_concurrent_streams
+        if isinstance(handle, Batches):
+            if handle.max_streams < 1 or handle.max_calls < 1 or handle.linger < 0:
+                raise ValueError("max_streams and max_calls must be at least 1, linger 0 or more")
+            self._batches: Batches | None = handle
+            self._workers = handle.max_calls
+        else:
+            self._batches = None
+            self._handle = handle
+            self._workers = max_concurrent_streams
         self._max_read_ahead = max_read_ahead
         self._stall_delay = stall_delay
         self._on_failure = on_failure
@@ -128,7 +119,7 @@ class StreamsSink:
         self._task_group: TaskGroup | None = None
         self._exit_stack = AsyncExitStack()
         self._worker_scopes: list[anyio.CancelScope] = []
-        self._calls: list[_Call] = []
+        self._calls: list[Call] = []
         self._stopping = False
         self._busy = 0
         self._idle = anyio.Event()
@@ -165,7 +156,9 @@ class StreamsSink:
         the streams that went on while an older batch waits for a stream that retries.
         (Read at a moment of the loop's choosing: a gauge's figure, not a ledger's.)"""
         unhandled: dict[str, int] = {}
-        running = {call.stream.name: len(call.events) for call in self._calls if call.stream}
+        running = {
+            stream.name: len(events) for call in self._calls for stream, events in call.spans()
+        }
         for stream in self._streams.values():
             if stream.pending:
                 lane = stream.pending[0][0].lane.name
@@ -203,7 +196,7 @@ class StreamsSink:
         exit_stack.callback(self._cancel_everything, tasks)
         self._task_group = tasks
         for index in range(self._workers):
-            call = _Call()
+            call = Call()
             self._calls.append(call)
             tasks.start_soon(self._work, call, name=f"projector-sink-worker-{index}")
         if self._handler_timeout is not None:
@@ -303,26 +296,25 @@ class StreamsSink:
             self._ready.append(stream)
             self._work_ready.set()
 
-    async def _work(self, call: _Call) -> None:
+    async def _work(self, call: Call) -> None:
         # Shielded: cancelling the owner (a signal) must not cut a handler call short. `stop`
         # lets running calls finish within its grace period; leaving the sink cancels the rest.
+        serve = self._serve if self._batches is None else self._serve_batches
         with anyio.CancelScope(shield=True) as shield:
             self._worker_scopes.append(shield)
             while not self._stopping:
                 # One scope for many calls, not one per call (entering a scope costs
                 # microseconds): `_watch_timeouts` cancels it to cut a call short.
                 with anyio.CancelScope() as call.scope:
-                    await self._serve(call)
-                if call.stream is not None:
+                    await serve(call)
+                if call.running:
                     await self._timed_out(call)
 
-    async def _serve(self, call: _Call) -> None:
+    async def _serve(self, call: Call) -> None:
         ready, yielded = self._ready, time.monotonic()
         while not (self._stopping or call.scope.cancel_called):
             if not ready:
-                if self._work_ready.is_set():
-                    self._work_ready = anyio.Event()
-                await self._work_ready.wait()
+                await self._wait_for_work()
                 yielded = time.monotonic()
                 continue
             now = time.monotonic()
@@ -341,26 +333,33 @@ class StreamsSink:
             else:
                 stream.phase = IDLE
 
+    async def _wait_for_work(self) -> None:
+        if self._work_ready.is_set():
+            self._work_ready = anyio.Event()
+        await self._work_ready.wait()
+
     async def _watch_timeouts(self, limit: float) -> None:
         while True:
             await anyio.sleep(min(1.0, limit / 4))
             now = time.monotonic()
             for call in self._calls:
-                if call.stream is not None and now - call.started > limit:
+                if call.running and now - call.started > limit:
                     call.scope.cancel()
 
-    async def _timed_out(self, call: _Call) -> None:
-        stream, events = call.stream, call.events
-        assert stream is not None
-        call.stream, call.events = None, []
+    async def _timed_out(self, call: Call) -> None:
+        """A call cut short by ``handler_timeout``: each of its streams failed (a batch call's
+        transaction, if any, rolled back with it)."""
+        spans, elapsed = call.spans(), time.monotonic() - call.started
+        call.stream, call.events, call.batch = None, [], []
         error = HandlerTimeout(
             f"the call took longer than handler_timeout ({self._handler_timeout} s)"
         )
-        if self._call_hook is not None:
-            self._call_hook(stream.name, len(events), time.monotonic() - call.started, error)
-        await self._failed(stream, events, error)
+        for stream, events in spans:
+            if self._call_hook is not None:
+                self._call_hook(stream.name, len(events), elapsed, error)
+            await self._failed(stream, events, error)
 
-    async def _run(self, stream: StreamState, call: _Call, started: float) -> None:
+    async def _run(self, stream: StreamState, call: Call, started: float) -> None:
         # The hot path of a catch-up, once per call: kept flat, with the common outcome (every
         # event handled, nothing new buffered meanwhile) settled inline.
         events, stream.buffer = stream.buffer, []
@@ -383,6 +382,10 @@ class StreamsSink:
         call.stream = None
         if self._call_hook is not None:
             self._call_hook(stream.name, len(events), time.monotonic() - started, None)
+        self._succeeded(stream, events, next_position)
+
+    def _succeeded(self, stream: StreamState, events: list[Event], next_position: int) -> None:
+        """Settle a call that returned: release the batches it handled past."""
         self._handled += len(events)
         if stream.phase is HELD:
             return  # held while its call ran: what it left is dropped
@@ -401,6 +404,82 @@ class StreamsSink:
         stream.pending.clear()
         if self._streams.get(stream.name) is stream:
             del self._streams[stream.name]
+
+    # -- batch calls --------------------------------------------------------------------------
+
+    async def _serve_batches(self, call: Call) -> None:
+        assert self._batches is not None
+        batches, ready = self._batches, self._ready
+        while not (self._stopping or call.scope.cancel_called):
+            if not ready:
+                await self._wait_for_work()
+                continue
+            if batches.linger and len(ready) < batches.max_streams:
+                with anyio.move_on_after(batches.linger):
+                    while len(ready) < batches.max_streams and not self._stopping:
+                        await self._wait_for_work()
+            taken = self._take_ready(batches.max_streams)
+            if taken:
+                await self._run_batch(taken, call)
+            # A handler that never waits would otherwise starve every other task, and a call
+            # costs far more than a turn of the loop.
+            await anyio.lowlevel.checkpoint()
+
+    def _take_ready(self, limit: int) -> list[StreamState]:
+        """Up to ``limit`` streams from the ready queue, oldest first, that have events."""
+        ready, taken = self._ready, list[StreamState]()
+        while ready and len(taken) < limit:
+            stream = ready.popleft()
+            if stream.phase is not QUEUED:
+                continue  # held while it waited in the queue
+            if stream.buffer:
+                taken.append(stream)
+            else:
+                stream.phase = IDLE
+        return taken
+
+    async def _run_batch(self, streams: list[StreamState], call: Call) -> None:
+        assert self._batches is not None
+        started = time.monotonic()
+        spans: dict[str, list[Event]] = {}
+        for stream in streams:
+            spans[stream.name], stream.buffer = stream.buffer, []
+            stream.phase, stream.running_since = RUNNING, started
+        call.started, call.batch = started, [(stream, spans[stream.name]) for stream in streams]
+        self._busy += len(streams)
+        try:
+            outcomes = await self._batches.handle(spans)
+        except BaseException as exc:
+            if not isinstance(exc, Exception):
+                for stream in streams:
+                    self._idle_again(stream)
+                raise  # cancelled: a timeout (see `_timed_out`: call.batch stays set) or the end
+            outcomes = dict.fromkeys(spans, exc)
+        batch, call.batch = call.batch, []  # no timeout may cut the settling short
+        elapsed = time.monotonic() - started
+        failed = []
+        # Every success first, with no wait in between; then the failures, each decided in
+        # turn: a stream stays RUNNING, and so out of the ready queue, until it is settled.
+        for stream, events in batch:
+            outcome = outcomes.get(stream.name)
+            if outcome is None:
+                outcome = RuntimeError(f"the batch handler gave no outcome for {stream.name}")
+            if self._call_hook is not None:
+                error = outcome if isinstance(outcome, Exception) else None
+                self._call_hook(stream.name, len(events), elapsed, error)
+            if isinstance(outcome, Exception):
+                failed.append((stream, events, outcome))
+                continue
+            self._idle_again(stream)
+            self._succeeded(stream, events, outcome)
+        for index, (stream, events, error) in enumerate(failed):
+            self._idle_again(stream)
+            try:
+                await self._failed(stream, events, error)
+            except BaseException:
+                for rest, _, _ in failed[index + 1 :]:
+                    self._idle_again(rest)  # the run stops: `stop` must not wait for them
+                raise
 
     def _idle_again(self, stream: StreamState) -> None:
         if stream.phase is RUNNING:  # not held while it ran

@@ -36,7 +36,8 @@ from projector.model.failures import (
     RetryWhen,
     Stop,
 )
-from projector.pipeline.sink import SpanHandler, StreamsSink
+from projector.pipeline.calls import SpanHandler
+from projector.pipeline.sink import StreamsSink
 from projector.pipeline.streams import TroubledStream
 from projector.runtime.outage import Outage, is_connection_error
 from projector.storage.held import HeldState, HeldStream, HeldStreams, Look
