@@ -30,7 +30,7 @@ from collections.abc import Callable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from functools import partial
-from typing import Protocol
+from typing import Any, Protocol
 
 import anyio
 from anyio.abc import TaskGroup
@@ -51,6 +51,7 @@ from projector.ops.metrics import RunnerState
 from projector.ops.progress import BarFactory
 from projector.ops.tracing import traced
 from projector.ops.watching import Watchers
+from projector.pipeline.batch_sink import BatchesSink
 from projector.pipeline.calls import Batches, SpanHandler
 from projector.pipeline.lane import Lane
 from projector.pipeline.sink import StreamsSink
@@ -460,17 +461,7 @@ class Runner:
                 )
 
     async def _project(self, parts: Parts, held: frozenset[str]) -> None:
-        settings = self.settings
-        sink = StreamsSink(
-            parts.handle,
-            max_concurrent_streams=settings.max_concurrent_streams,
-            # Counted in events: the same memory bound at the head as in a catch-up (`lane`).
-            max_read_ahead=settings.max_read_ahead * settings.batch_size,
-            on_failure=parts.recovery.on_failure,
-            handler_timeout=settings.handler_timeout,
-            held=held,
-            observer=parts.watchers.observer,
-        )
+        settings, sink = self.settings, self._sink(parts, held)
         async with sink:
             lanes = {category: sink.lane(category, parts.writer) for category in self.categories}
             sources = [
@@ -498,6 +489,22 @@ class Runner:
                         grace = await _drain(list(lanes.values()), grace_period=grace)
                     if not await sink.stop(grace_period=grace):
                         _abandoned(parts.writer.name, sink, settings.shutdown_timeout)
+
+    def _sink(self, parts: Parts, held: frozenset[str]) -> StreamsSink:
+        settings = self.settings
+        common: dict[str, Any] = {
+            # Counted in events: the same memory bound at the head as in a catch-up (`lane`).
+            "max_read_ahead": settings.max_read_ahead * settings.batch_size,
+            "on_failure": parts.recovery.on_failure,
+            "handler_timeout": settings.handler_timeout,
+            "held": held,
+            "observer": parts.watchers.observer,
+        }
+        if isinstance(parts.handle, Batches):
+            return BatchesSink(parts.handle, **common)
+        return StreamsSink(
+            parts.handle, max_concurrent_streams=settings.max_concurrent_streams, **common
+        )
 
     def _source(self, parts: Parts, lane: Lane, category: str) -> CategorySource:
         settings = self.settings

@@ -20,8 +20,9 @@ import pytest
 
 from projector.model.events import Event
 from projector.model.failures import Decision, HandlerTimeout, Hold, Retry
+from projector.pipeline.batch_sink import BatchesSink
 from projector.pipeline.calls import Batches
-from projector.pipeline.sink import StreamsSink
+from projector.pipeline.observe import Observer
 from tests.support.sink import Completions, ev, evs, settle, until
 
 pytestmark = pytest.mark.anyio
@@ -35,11 +36,13 @@ class BatchHandler:
     ``partly`` handles only its first event; a call holding a stream of ``gates`` waits on it."""
 
     failing: set[str] = field(default_factory=set)
+    failing_once: set[str] = field(default_factory=set)
     partly: set[str] = field(default_factory=set)
     gates: dict[str, anyio.Event] = field(default_factory=dict)
     hang: bool = False
     calls: list[dict[str, list[int]]] = field(default_factory=list)
     handled: dict[str, list[int]] = field(default_factory=lambda: defaultdict(list))
+    given: list[tuple[str, list[int], int]] = field(default_factory=list)  # and how many handled
     running: set[str] = field(default_factory=set)
     overlaps: list[str] = field(default_factory=list)
     most_at_once: int = 0
@@ -62,11 +65,15 @@ class BatchHandler:
         return {name: self._outcome(name, events) for name, events in spans.items()}
 
     def _outcome(self, name: str, events: list[Event]) -> int | Exception:
-        if name in self.failing:
+        positions = [e.position for e in events]
+        if name in self.failing or name in self.failing_once:
+            self.failing_once.discard(name)
+            self.given.append((name, positions, 0))
             return RuntimeError(f"{name} is broken")
-        handled = events[:1] if name in self.partly else events
-        self.handled[name].extend(e.position for e in handled)
-        return handled[-1].position + 1
+        handled = positions[:1] if name in self.partly else positions
+        self.handled[name].extend(handled)
+        self.given.append((name, positions, len(handled)))
+        return handled[-1] + 1
 
     def delivered(self, stream: str) -> list[int]:
         """The positions the stream's calls handled (they did not fail), in order."""
@@ -95,11 +102,10 @@ async def batch_sink(
     read_ahead: int = 1000,
     on_failure: Decisions | None = None,
     handler_timeout: float | None = None,
-) -> AsyncIterator[StreamsSink]:
+) -> AsyncIterator[BatchesSink]:
     with anyio.fail_after(TIMEOUT):
-        async with StreamsSink(
+        async with BatchesSink(
             Batches(handler, max_streams=max_streams, max_calls=max_calls, linger=linger),
-            max_concurrent_streams=1,
             max_read_ahead=read_ahead,
             on_failure=on_failure or Decisions(Hold("failed")),
             handler_timeout=handler_timeout,
@@ -271,10 +277,17 @@ async def test_random_batches_keep_order_one_call_per_stream_and_complete_in_ord
                 batch.append(ev(stream, next_position[stream]))
                 next_position[stream] += 1
         batches.append(batch)
-    handler = BatchHandler(partly={s for s in streams if rnd.random() < 0.2})
+    handler = BatchHandler(
+        partly={s for s in streams if rnd.random() < 0.2},
+        failing_once={s for s in streams if rnd.random() < 0.2},
+    )
     done = Completions()
     async with batch_sink(
-        handler, max_streams=rnd.randint(1, 6), max_calls=rnd.randint(1, 3), read_ahead=40
+        handler,
+        max_streams=rnd.randint(1, 6),
+        max_calls=rnd.randint(1, 3),
+        read_ahead=40,
+        on_failure=Decisions(Retry(0)),
     ) as sink:
         lane = sink.lane("l", done)
         for index, batch in enumerate(batches):
@@ -282,13 +295,41 @@ async def test_random_batches_keep_order_one_call_per_stream_and_complete_in_ord
         await lane.wait_empty()
         assert sink.tracked_streams == 0
 
-    handled: dict[str, list[int]] = defaultdict(list)
-    for call in handler.calls:
-        for stream, positions in call.items():
-            first = handled[stream][-1] + 1 if handled[stream] else 0
-            assert positions[0] == first, f"{stream} given {positions} after {handled[stream]}"
-            count = 1 if stream in handler.partly else len(positions)
-            handled[stream].extend(positions[:count])
-    assert {s: handled[s] for s in streams} == {s: list(range(next_position[s])) for s in streams}
+    # Each stream's calls start at its first event not handled yet: none is skipped, none is
+    # given again once handled, whatever failed or was handled in part.
+    expected = dict.fromkeys(streams, 0)
+    for stream, positions, count in handler.given:
+        assert positions[0] == expected[stream], f"{stream} given {positions}, {expected}"
+        expected[stream] += count
+    assert dict(handler.handled) == {s: list(range(next_position[s])) for s in streams}
     assert handler.overlaps == []
     assert done.order == list(range(len(batches)))
+
+
+class Finished(Observer):
+    """Records what the sink reports of each stream's part in a call."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[str, int, str | None]] = []
+
+    def handler_finished(
+        self, stream_name: str, count: int, seconds: float, error: BaseException | None
+    ) -> None:
+        self.seen.append((stream_name, count, None if error is None else type(error).__name__))
+
+
+async def test_each_streams_part_of_a_call_is_reported_with_its_outcome() -> None:
+    handler = BatchHandler(failing={"bad-1"})
+    observer = Finished()
+    with anyio.fail_after(TIMEOUT):
+        async with BatchesSink(
+            Batches(handler, max_streams=10, max_calls=1),
+            max_read_ahead=100,
+            on_failure=Decisions(Hold("failed")),
+            observer=observer,
+        ) as sink:
+            lane = sink.lane("l")
+            await lane.submit([*evs("good-1", [0, 1]), ev("bad-1", 0)], 0)
+            await lane.wait_empty()
+
+    assert sorted(observer.seen) == [("bad-1", 1, "RuntimeError"), ("good-1", 2, None)]

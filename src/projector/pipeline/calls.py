@@ -10,6 +10,7 @@ import anyio
 
 from projector.model.events import Event
 from projector.model.failures import Decision, Stop
+from projector.pipeline.lane import Batch
 from projector.pipeline.streams import StreamState
 
 SpanHandler = Callable[[str, list[Event]], Awaitable[int]]
@@ -44,23 +45,36 @@ async def stop_on_failure(
     return Stop(str(error))
 
 
+class Unit:
+    """Streams of one read batch that had no state in the sink, run together: the batch waits
+    for the unit as a whole, and nothing is kept per stream but its name (see
+    `projector.pipeline.batch_sink`)."""
+
+    __slots__ = ("batch", "spans")
+
+    def __init__(self, batch: Batch, spans: dict[str, list[Event]]) -> None:
+        self.batch = batch
+        self.spans = spans
+
+
 class Call:
     """What one worker is running, for the timeout watchdog: one stream's call, or a batch
-    call of several streams."""
+    call of several streams (with state of their own, or in units)."""
 
-    __slots__ = ("batch", "events", "scope", "started", "stream")
+    __slots__ = ("batch", "events", "scope", "started", "stream", "units")
 
     def __init__(self) -> None:
         self.scope = anyio.CancelScope()
         self.stream: StreamState | None = None  # set while a stream's call runs
         self.events: list[Event] = []
         self.batch: list[tuple[StreamState, list[Event]]] = []  # while a batch call runs
+        self.units: list[Unit] = []  # while a batch call runs
         self.started = 0.0
 
     @property
     def running(self) -> bool:
-        return self.stream is not None or bool(self.batch)
+        return self.stream is not None or bool(self.batch) or bool(self.units)
 
     def spans(self) -> list[tuple[StreamState, list[Event]]]:
-        """The streams it runs, with their events."""
+        """The streams with state of their own that it runs, with their events."""
         return [(self.stream, self.events)] if self.stream is not None else self.batch

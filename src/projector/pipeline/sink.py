@@ -3,10 +3,8 @@
 Sources submit batches to a `Lane` (one per category). The sink splits each batch into per-stream
 spans and runs them on a fixed set of workers, so that:
 
-- at most ``max_concurrent_streams`` handler calls run at once (the number of workers); or,
-  for a batch handler (`Batches`), at most ``max_calls`` calls, each given the spans of up to
-  ``max_streams`` streams that are ready at once (not running, not held), the others joining
-  a later call in their order;
+- at most ``max_concurrent_streams`` handler calls run at once (the number of workers; a batch
+  handler's sink is `projector.pipeline.batch_sink`'s);
 - a stream has at most one call at a time, and sees its events in stream order: events that
   arrive while it is busy wait in its buffer and go to the next call, merged across batches;
 - events below a stream's handled position, and duplicates, are dropped;
@@ -43,7 +41,6 @@ from projector.errors import HandlerError
 from projector.model.events import Event
 from projector.model.failures import HandlerTimeout, Hold, Retry, RetryWhen
 from projector.pipeline.calls import (
-    Batches,
     Call,
     FailureHandler,
     SpanHandler,
@@ -60,6 +57,7 @@ from projector.pipeline.streams import (
     WAITING,
     StreamState,
     TroubledStream,
+    by_stream,
     in_order,
     merge,
 )
@@ -73,12 +71,11 @@ MAX_SKIP_HINTS = 100_000  # forgotten streams whose handler asked to skip ahead 
 
 
 class StreamsSink:
-    """Runs span handlers on ``max_concurrent_streams`` workers (a batch handler on its
-    ``max_calls``); use as ``async with``."""
+    """Runs span handlers on ``max_concurrent_streams`` workers; use as ``async with``."""
 
     def __init__(
         self,
-        handle: SpanHandler | Batches,
+        handle: SpanHandler,
         *,
         max_concurrent_streams: int,
         max_read_ahead: int,
@@ -92,15 +89,8 @@ class StreamsSink:
         of the read path from the start."""
         if max_concurrent_streams < 1 or max_read_ahead < 1:
             raise ValueError("max_concurrent_streams and max_read_ahead must be at least 1")
-        if isinstance(handle, Batches):
-            if handle.max_streams < 1 or handle.max_calls < 1 or handle.linger < 0:
-                raise ValueError("max_streams and max_calls must be at least 1, linger 0 or more")
-            self._batches: Batches | None = handle
-            self._workers = handle.max_calls
-        else:
-            self._batches = None
-            self._handle = handle
-            self._workers = max_concurrent_streams
+        self._handle = handle
+        self._workers = max_concurrent_streams
         self._max_read_ahead = max_read_ahead
         self._stall_delay = stall_delay
         self._on_failure = on_failure
@@ -252,13 +242,7 @@ class StreamsSink:
     # -- scheduling -------------------------------------------------------------------------
 
     def _schedule(self, batch: Batch, events: Sequence[Event]) -> None:
-        spans: dict[str, list[Event]] = {}
-        for event in events:
-            span = spans.get(event.stream_name)
-            if span is None:
-                spans[event.stream_name] = [event]
-            else:
-                span.append(event)
+        spans = by_stream(events)
         streams, held, hints, ready = self._streams, self._held, self._skip_hints, self._ready
         waiting = 0
         for name, span in spans.items():
@@ -279,16 +263,20 @@ class StreamsSink:
             if stream is None:
                 stream = streams[name] = StreamState(name)
                 stream.next_position = hints.pop(name)
-            needed = stream.accept(span)
-            if needed is None:
-                self._forget_if_idle(stream)
-                continue
-            waiting += 1
-            stream.pending.append((batch, needed))
-            self._enqueue(stream)
+            waiting += self._buffer(batch, stream, span)
         batch.remaining += waiting
         if ready:
             self._work_ready.set()
+
+    def _buffer(self, batch: Batch, stream: StreamState, span: list[Event]) -> bool:
+        """Add a span to a stream that has state; whether ``batch`` now waits on it."""
+        needed = stream.accept(span)
+        if needed is None:
+            self._forget_if_idle(stream)
+            return False
+        stream.pending.append((batch, needed))
+        self._enqueue(stream)
+        return True
 
     def _enqueue(self, stream: StreamState) -> None:
         if stream.phase is IDLE and not self._stopping:
@@ -299,14 +287,13 @@ class StreamsSink:
     async def _work(self, call: Call) -> None:
         # Shielded: cancelling the owner (a signal) must not cut a handler call short. `stop`
         # lets running calls finish within its grace period; leaving the sink cancels the rest.
-        serve = self._serve if self._batches is None else self._serve_batches
         with anyio.CancelScope(shield=True) as shield:
             self._worker_scopes.append(shield)
             while not self._stopping:
                 # One scope for many calls, not one per call (entering a scope costs
                 # microseconds): `_watch_timeouts` cancels it to cut a call short.
                 with anyio.CancelScope() as call.scope:
-                    await serve(call)
+                    await self._serve(call)
                 if call.running:
                     await self._timed_out(call)
 
@@ -404,82 +391,6 @@ class StreamsSink:
         stream.pending.clear()
         if self._streams.get(stream.name) is stream:
             del self._streams[stream.name]
-
-    # -- batch calls --------------------------------------------------------------------------
-
-    async def _serve_batches(self, call: Call) -> None:
-        assert self._batches is not None
-        batches, ready = self._batches, self._ready
-        while not (self._stopping or call.scope.cancel_called):
-            if not ready:
-                await self._wait_for_work()
-                continue
-            if batches.linger and len(ready) < batches.max_streams:
-                with anyio.move_on_after(batches.linger):
-                    while len(ready) < batches.max_streams and not self._stopping:
-                        await self._wait_for_work()
-            taken = self._take_ready(batches.max_streams)
-            if taken:
-                await self._run_batch(taken, call)
-            # A handler that never waits would otherwise starve every other task, and a call
-            # costs far more than a turn of the loop.
-            await anyio.lowlevel.checkpoint()
-
-    def _take_ready(self, limit: int) -> list[StreamState]:
-        """Up to ``limit`` streams from the ready queue, oldest first, that have events."""
-        ready, taken = self._ready, list[StreamState]()
-        while ready and len(taken) < limit:
-            stream = ready.popleft()
-            if stream.phase is not QUEUED:
-                continue  # held while it waited in the queue
-            if stream.buffer:
-                taken.append(stream)
-            else:
-                stream.phase = IDLE
-        return taken
-
-    async def _run_batch(self, streams: list[StreamState], call: Call) -> None:
-        assert self._batches is not None
-        started = time.monotonic()
-        spans: dict[str, list[Event]] = {}
-        for stream in streams:
-            spans[stream.name], stream.buffer = stream.buffer, []
-            stream.phase, stream.running_since = RUNNING, started
-        call.started, call.batch = started, [(stream, spans[stream.name]) for stream in streams]
-        self._busy += len(streams)
-        try:
-            outcomes = await self._batches.handle(spans)
-        except BaseException as exc:
-            if not isinstance(exc, Exception):
-                for stream in streams:
-                    self._idle_again(stream)
-                raise  # cancelled: a timeout (see `_timed_out`: call.batch stays set) or the end
-            outcomes = dict.fromkeys(spans, exc)
-        batch, call.batch = call.batch, []  # no timeout may cut the settling short
-        elapsed = time.monotonic() - started
-        failed = []
-        # Every success first, with no wait in between; then the failures, each decided in
-        # turn: a stream stays RUNNING, and so out of the ready queue, until it is settled.
-        for stream, events in batch:
-            outcome = outcomes.get(stream.name)
-            if outcome is None:
-                outcome = RuntimeError(f"the batch handler gave no outcome for {stream.name}")
-            if self._call_hook is not None:
-                error = outcome if isinstance(outcome, Exception) else None
-                self._call_hook(stream.name, len(events), elapsed, error)
-            if isinstance(outcome, Exception):
-                failed.append((stream, events, outcome))
-                continue
-            self._idle_again(stream)
-            self._succeeded(stream, events, outcome)
-        for index, (stream, events, error) in enumerate(failed):
-            self._idle_again(stream)
-            try:
-                await self._failed(stream, events, error)
-            except BaseException:
-                for rest, _, _ in failed[index + 1 :]:
-                    self._idle_again(rest)  # the run stops: `stop` must not wait for them
-                raise
 
     def _idle_again(self, stream: StreamState) -> None:
         if stream.phase is RUNNING:  # not held while it ran

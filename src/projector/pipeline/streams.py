@@ -9,6 +9,7 @@ when events arrive duplicated or out of order.
 from __future__ import annotations
 
 import enum
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from projector.model.events import Event
@@ -108,6 +109,18 @@ class TroubledStream:
     state: str  # "running" or "failing" (in the sink), "retrying" (held out of the read path)
     seconds: float
     failures: int
+
+
+def by_stream(events: Sequence[Event]) -> dict[str, list[Event]]:
+    """A batch's events grouped by stream, streams in order of their first event."""
+    spans: dict[str, list[Event]] = {}
+    for event in events:
+        span = spans.get(event.stream_name)
+        if span is None:
+            spans[event.stream_name] = [event]
+        else:
+            span.append(event)
+    return spans
 
 
 def in_order(events: list[Event]) -> list[Event]:
