@@ -589,6 +589,13 @@ async def test_stop_with_no_running_call_returns_true_at_once() -> None:
             assert await sink.stop(grace_period=5) is True
 
 
+@pytest.mark.anyio
+async def test_a_sink_left_before_its_workers_first_ran_closes() -> None:
+    with anyio.fail_after(TIMEOUT):
+        async with StreamsSink(Handler(), max_concurrent_streams=3, max_read_ahead=1):
+            pass
+
+
 def test_a_sink_needs_at_least_one_worker_and_one_batch_of_read_ahead() -> None:
     with pytest.raises(ValueError, match="at least 1"):
         StreamsSink(Handler(), max_concurrent_streams=0, max_read_ahead=1)

@@ -210,6 +210,9 @@ class StreamsSink:
         return await self._exit_stack.__aexit__(exc_type, exc, tb)
 
     def _cancel_everything(self, tasks: TaskGroup) -> None:
+        # A worker that has yet to enter its shielded scope (the sink left before it first
+        # ran) finds the sink stopping and ends; the others are cancelled in their scopes.
+        self._stop_scheduling()
         tasks.cancel_scope.cancel()
         for scope in self._worker_scopes:
             scope.cancel()
