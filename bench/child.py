@@ -11,10 +11,10 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from bench import jobs
+from bench import failing_jobs, jobs
 from bench.jobs import Job
 
-KINDS: dict[str, Callable[[Job], dict[str, Any]]] = {**jobs.JOBS}
+KINDS: dict[str, Callable[[Job], dict[str, Any]]] = {**jobs.JOBS, **failing_jobs.JOBS}
 
 
 def main() -> None:

@@ -90,6 +90,10 @@ class Job:
     warmup: float = 1.0
     seconds: float = 10.0
     settings: dict[str, Any] = field(default_factory=dict)
+    # failing-stream runs (bench.failing_jobs): the stream counted apart from the healthy ones,
+    # and whether every call of it raises
+    failing_stream: str = ""
+    fails: bool = False
 
 
 # -- baselines: plain loops, one connection, no projector code --------------------------------
@@ -478,7 +482,8 @@ def settings_of(job: Job) -> Settings:
         "group": job.group,
         "batch_size": job.batch_size,
         "tail_sleep": job.tail_sleep,
-        "until_caught_up": job.handler != "tail",
+        # A tail runs for its window; a stream that keeps failing is never caught up.
+        "until_caught_up": job.handler != "tail" and not job.failing_stream,
         **({} if job.size is None else {"member": job.member or 0, "group_size": job.size}),
         **job.settings,
     }
