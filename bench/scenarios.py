@@ -612,7 +612,7 @@ class Measurer:
         missed = figures.get("healthy_written", 0) - figures["events"]
         if missed > 0:
             notes.append(
-                f"{missed} of the {figures['healthy_written']} healthy events written in the "
+                f"{missed:,} of the {figures['healthy_written']:,} healthy events written in the "
                 f"window of {job.category} were not handled within {DRAIN_LIMIT:g} s after it"
             )
         return figures
