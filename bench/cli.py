@@ -1,5 +1,5 @@
-"""``python -m bench catchup|upsert|tail|group|elastic|startup|all [sizes] [--smoke] [--scale]
-[--only NAMES] [--reuse] [--profile DIR]``."""
+"""``python -m bench catchup|upsert|tail|group|failing|elastic|startup|all [sizes] [--smoke]
+[--scale] [--only NAMES] [--reuse] [--profile DIR]``."""
 
 from __future__ import annotations
 
@@ -12,17 +12,18 @@ from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any
 
-from bench import elastic, elastic_report, report, scenarios, seed, server, startup
+from bench import elastic, elastic_report, failing, report, scenarios, seed, server, startup
 from bench.profile import summarize
-from bench.scenarios import SMOKE, Measurer, Outcome, Scenario, Sizes
+from bench.scenarios import MEMORY_GROWTH_MB, SMOKE, Measurer, Outcome, Scenario, Sizes
 
-COMMANDS = ("catchup", "upsert", "tail", "group", "elastic", "startup", "all")
+COMMANDS = ("catchup", "upsert", "tail", "group", "failing", "elastic", "startup", "all")
 # The datasets each command reads (see scenarios.datasets).
 DATASETS = {
     "catchup": ("main", "few", "distinct", "upsert"),
     "upsert": ("upsert",),
     "tail": (),
     "group": ("main",),
+    "failing": ("main", "held"),
     "elastic": (),  # it writes its own, while its members run (see bench.elastic)
     "startup": (),
 }
@@ -49,6 +50,8 @@ SIZE_HELP = {
     "elastic_lease": "seconds of an elastic member's bucket lease",
     "elastic_rate": "events/s the elastic join scenario's writer appends",
     "elastic_joins": "joins (each followed by the older member's leave) of the elastic run",
+    "held_events": "events of the stream held in the failing memory scenario (and of its "
+    "healthy neighbour)",
 }
 # What --scale adds to a command: its datasets and its scenarios (see scenarios.scaled_*).
 SCALE_DATASETS = {"catchup": ("main", "scale"), "tail": ()}
@@ -92,6 +95,7 @@ def main(argv: list[str] | None = None) -> None:
             if not (args.keep or args.reuse):
                 pg.drop(dbname)
     _compare_memory(outcomes)
+    failing.compare_memory(outcomes)
     context = {
         "run_id": run_id,
         "store": store,
@@ -250,6 +254,7 @@ def _plan(
         "upsert": lambda: scenarios.upserting(url, run_id, sizes, settings),
         "tail": lambda: scenarios.tail(url, run_id, sizes, settings),
         "group": lambda: scenarios.group(url, run_id, sizes, settings, store),
+        "failing": lambda: failing.scenarios(url, run_id, sizes, settings),
     }
     plan: list[Scenario] = []
     for command in commands:
@@ -274,7 +279,7 @@ def _compare_memory(outcomes: list[Outcome]) -> None:
     growth = distinct.projector["peak_rss_mb"] - few.projector["peak_rss_mb"]
     distinct.projector["peak_rss_growth_mb"] = round(growth, 1)
     streams = (few.scenario.dataset, distinct.scenario.dataset)
-    if streams[0] is not None and streams[1] is not None and growth > 20:
+    if streams[0] is not None and streams[1] is not None and growth > MEMORY_GROWTH_MB:
         distinct.notes.append(
             f"peak RSS grew by {growth:.0f} MB from {streams[0].streams:,} to "
             f"{streams[1].streams:,} streams"

@@ -14,7 +14,7 @@ import statistics
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from datetime import UTC
+from datetime import UTC, datetime
 from typing import Any
 
 import anyio
@@ -90,15 +90,10 @@ class Job:
     warmup: float = 1.0
     seconds: float = 10.0
     settings: dict[str, Any] = field(default_factory=dict)
-
-
-def run(job: Job) -> dict[str, Any]:
-    """Run ``job``; its figures as a dict (events, seconds, peak and starting RSS in MB)."""
-    rss_start = _status_mb("VmRSS")
-    result = JOBS[job.kind](job)
-    result["peak_rss_mb"] = _status_mb("VmHWM")
-    result["start_rss_mb"] = rss_start
-    return result
+    # failing-stream runs (bench.failing_jobs): the stream counted apart from the healthy ones,
+    # and whether every call of it raises
+    failing_stream: str = ""
+    fails: bool = False
 
 
 # -- baselines: plain loops, one connection, no projector code --------------------------------
@@ -208,11 +203,11 @@ def projector(job: Job) -> dict[str, Any]:
     ``warmup + seconds`` and a short drain), in a process tuned as `projector run` tunes its
     own."""
     collect_garbage_less_often()
-    return anyio.run(_projector, job, backend_options=backend_options(_settings(job)))
+    return anyio.run(_projector, job, backend_options=backend_options(settings_of(job)))
 
 
 async def _projector(job: Job) -> dict[str, Any]:
-    tally = Tally()
+    tally = Tally(window_seconds=job.seconds)
     pool = None
     if job.handler in ("transactional", "transactional_batch"):
         return await _transactional(job, tally)
@@ -233,7 +228,7 @@ async def _projector(job: Job) -> dict[str, Any]:
         projection = _batch_projection(job, tally, pool)
     else:
         projection = Projection("bench", handler=_handler(job, tally, pool))
-    runner = Runner(projection, _settings(job))
+    runner = Runner(projection, settings_of(job))
     started = time.perf_counter()
     tally.window_start = time.time() + job.warmup
     if job.handler == "tail":
@@ -282,12 +277,11 @@ async def _transactional(job: Job, tally: Tally) -> dict[str, Any]:
     else:
         projection.transactional(upserting)
     started = time.perf_counter()
-    await Runner(projection, _settings(job)).run()
+    await Runner(projection, settings_of(job)).run()
     result: dict[str, Any] = {"events": tally.events, "seconds": time.perf_counter() - started}
     with psycopg.connect(job.url) as conn:
         result.update(_read_model_totals(conn, job.table))
     return result
-
 
 
 def statements_loop(job: Job) -> dict[str, Any]:
@@ -350,7 +344,7 @@ def statements_loop(job: Job) -> dict[str, Any]:
             result.update(_read_model_totals(check, job.table))
         return result
 
-    return anyio.run(write, backend_options=backend_options(_settings(job)))
+    return anyio.run(write, backend_options=backend_options(settings_of(job)))
 
 
 def _span_batches(job: Job) -> list[tuple[list[str], list[int], list[int], list[int]]]:
@@ -380,11 +374,24 @@ def _span_batches(job: Job) -> list[tuple[list[str], list[int], list[int], list[
 
 @dataclass
 class Tally:
-    """What the bench handlers count: events handled, and commit-to-handler latencies."""
+    """What the bench handlers count: events handled, and commit-to-handler latencies of the
+    events written in the window (``window_seconds`` from ``window_start``, wall clock)."""
 
     events: int = 0
     window_start: float = 0.0
+    window_seconds: float = 0.0
     latencies: list[float] = field(default_factory=list)
+
+    def in_window(self, written: datetime) -> bool:
+        """Whether an event written at ``written`` (its ``time``) counts."""
+        return self.window_start <= _epoch(written) < self.window_start + self.window_seconds
+
+    def record(self, events: list[Event]) -> None:
+        """The latencies of those of ``events`` written in the window, handled now."""
+        now = time.time()
+        for event in events:
+            if self.in_window(event.time):
+                self.latencies.append(now - _epoch(event.time))
 
     def latency_figures(self, seconds: float) -> dict[str, Any]:
         ordered = sorted(self.latencies)
@@ -426,16 +433,16 @@ def _handler(
         tally.events += len(events)
 
     async def tail(stream_name: str, events: list[Event]) -> None:
-        now = time.time()
-        end = tally.window_start + job.seconds
-        for event in events:
-            # Message DB's `time` is the writing transaction's start (UTC, no zone); the writer
-            # commits one event per transaction, so it is within a millisecond of the commit.
-            written = event.time.replace(tzinfo=UTC).timestamp()
-            if tally.window_start <= written < end:
-                tally.latencies.append(now - written)
+        tally.record(events)
 
     return {"noop": noop, "decode": decode, "upsert": upserting, "tail": tail}[job.handler]
+
+
+def _epoch(written: datetime) -> float:
+    """Message DB's ``time`` (the writing transaction's start, UTC with no zone) as wall-clock
+    seconds; the tail writer commits one event per transaction, so it is within a millisecond
+    of the commit."""
+    return written.replace(tzinfo=UTC).timestamp()
 
 
 def _batch_projection(job: Job, tally: Tally, pool: AsyncConnectionPool[Any]) -> Projection:
@@ -467,14 +474,16 @@ def _rows(spans: dict[str, list[Event]]) -> tuple[list[str], list[int], list[int
 DROP_NOTIFY = "DROP TRIGGER IF EXISTS projector_notify ON message_store.messages"
 
 
-def _settings(job: Job) -> Settings:
+def settings_of(job: Job) -> Settings:
+    """The settings of the job's projector run: the job's own, then ``job.settings``."""
     values: dict[str, Any] = {
         "database_url": job.url,
         "categories": (job.category,),
         "group": job.group,
         "batch_size": job.batch_size,
         "tail_sleep": job.tail_sleep,
-        "until_caught_up": job.handler != "tail",
+        # A tail runs for its window; a stream that keeps failing is never caught up.
+        "until_caught_up": job.handler != "tail" and not job.failing_stream,
         **({} if job.size is None else {"member": job.member or 0, "group_size": job.size}),
         **job.settings,
     }
@@ -521,19 +530,6 @@ def _read_model_totals(conn: psycopg.Connection[Any], table: str) -> dict[str, A
     row = conn.execute(query.format(sql.Identifier(table))).fetchone()
     assert row is not None
     return {"read_model_rows": int(row[0]), "read_model_events": int(row[1])}
-
-
-def _status_mb(name: str) -> float:
-    """A memory figure of this process from /proc/self/status, in MB.
-
-    ``VmHWM`` is the peak RSS of this program only: ``getrusage``'s ``ru_maxrss`` would carry
-    over the parent's peak through fork and exec.
-    """
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith(name + ":"):
-                return round(int(line.split()[1]) / 1024, 1)
-    raise RuntimeError(f"no {name} in /proc/self/status")
 
 
 JOBS: dict[str, Callable[[Job], dict[str, Any]]] = {

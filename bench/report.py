@@ -54,8 +54,13 @@ def json_lines(outcomes: Sequence[Outcome], context: dict[str, Any]) -> str:
 def _rows(outcome: Outcome) -> list[tuple[str, ...]]:
     s, p = outcome.scenario, outcome.projector
     if s.projector.handler == "tail":
-        latency = f"p50 {p.get('p50_ms', '-')} ms, p99 {p.get('p99_ms', '-')} ms"
-        return [(s.name, "projector: " + latency, *_figures(p), "", "", "")]
+        tails: list[tuple[str, ...]] = [
+            (s.name, "projector: " + _latency(p), *_figures(p), "", "", "")
+        ]
+        if outcome.baseline is not None:
+            label = f"baseline: {s.baseline_label}: {_latency(outcome.baseline)}"
+            tails.append(("", label, *_figures(outcome.baseline), "", "", ""))
+        return tails
     ratio = "" if outcome.ratio is None else f"{outcome.ratio:.2f}x"
     target = "" if s.target is None else f">= {s.target:g}x"
     if s.memory_limit_mb is not None:
@@ -67,6 +72,13 @@ def _rows(outcome: Outcome) -> list[tuple[str, ...]]:
     for label, figures in outcome.references.items():
         rows.append(("", "reference: " + label, *_figures(figures), "", "", ""))
     return rows
+
+
+def _latency(figures: dict[str, Any]) -> str:
+    text = f"p50 {figures.get('p50_ms', '-')} ms, p99 {figures.get('p99_ms', '-')} ms"
+    if "healthy_written" in figures:  # a failing-stream tail: its worst, and what it saw
+        text += f", max {figures.get('max_ms', '-')} ms, {figures['healthy_written']:,} written"
+    return text
 
 
 def _figures(figures: dict[str, Any]) -> tuple[str, str, str, str]:

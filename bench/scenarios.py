@@ -14,6 +14,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from bench.failing_jobs import DRAIN_LIMIT
 from bench.jobs import Job
 from bench.profile import py_spy_prefix
 from bench.seed import Dataset
@@ -21,6 +22,7 @@ from bench.tail import SteadyWriter
 from projector.localpg import free_port
 
 MEMORY_LIMIT_MB = 200.0
+MEMORY_GROWTH_MB = 20.0  # more peak RSS than this with more streams (or held events) is growth
 ROOT = Path(__file__).resolve().parents[1]  # where `python -m bench.child` finds bench
 
 
@@ -52,6 +54,8 @@ class Sizes:
     elastic_lease: float = 5.0
     elastic_rate: float = 50.0
     elastic_joins: int = 2
+    # failing: the held stream's events in the memory scenario (as many again of a healthy one).
+    held_events: int = 100_000
 
 
 SMOKE = Sizes(
@@ -70,6 +74,7 @@ SMOKE = Sizes(
     elastic_heartbeat=0.2,
     elastic_lease=2.0,
     elastic_joins=1,
+    held_events=1_000,
 )
 
 
@@ -145,6 +150,7 @@ def datasets(sizes: Sizes) -> dict[str, Dataset]:
         "distinct": Dataset("bench_distinct", sizes.events, sizes.events),
         "upsert": Dataset("bench_upsert", sizes.upsert_events, sizes.upsert_streams),
         "scale": Dataset("bench_scale", sizes.scale_events, sizes.streams),
+        "held": Dataset("bench_held", 2 * sizes.held_events, 2),
     }
 
 
@@ -528,7 +534,7 @@ class Measurer:
 
     def measure(self, job: Job, profile_name: str | None = None) -> dict[str, Any]:
         self._runs += 1
-        if job.kind in ("projector", "statements_loop"):
+        if job.kind in ("projector", "statements_loop", "failing_catchup", "failing_tail"):
             # A group of its own for every run: a repeat must not resume from a checkpoint (or
             # find the stream positions of the last).
             job = replace(job, group=f"{job.group}_{self._runs}")
@@ -571,7 +577,20 @@ class Measurer:
             self._warm.add(job.category)
 
     def _tail(self, scenario: Scenario) -> Outcome:
-        job = scenario.projector
+        """projector's tail, then the baseline's (a tail too, when there is one), each with a
+        writer of its own on the job's category."""
+        notes: list[str] = []
+        figures = self._tail_run(scenario, scenario.projector, scenario.name, notes)
+        baseline = (
+            None
+            if scenario.baseline is None
+            else self._tail_run(scenario, scenario.baseline, None, notes)
+        )
+        return Outcome(scenario, figures, baseline, notes=notes)
+
+    def _tail_run(
+        self, scenario: Scenario, job: Job, profile_name: str | None, notes: list[str]
+    ) -> dict[str, Any]:
         writer = SteadyWriter(
             job.url,
             job.category,
@@ -580,17 +599,23 @@ class Measurer:
         )
         writer.start()
         try:
-            figures = self.measure(job, scenario.name)
+            figures = self.measure(job, profile_name)
         finally:
             writer.stop()
         figures["events_per_s"] = round(figures["events"] / job.seconds)
-        outcome = Outcome(scenario, figures)
         if writer.behind > writer.written / 100:
-            outcome.notes.append(
-                f"the writer fell more than 10 ms behind its schedule for {writer.behind} of "
+            notes.append(
+                f"the writer of {job.category} fell more than 10 ms behind its schedule for "
+                f"{writer.behind} of "
                 f"{writer.written} events"
             )
-        return outcome
+        missed = figures.get("healthy_written", 0) - figures["events"]
+        if missed > 0:
+            notes.append(
+                f"{missed:,} of the {figures['healthy_written']:,} healthy events written in the "
+                f"window of {job.category} were not handled within {DRAIN_LIMIT:g} s after it"
+            )
+        return figures
 
 
 def _median(runs: list[dict[str, Any]]) -> dict[str, Any]:

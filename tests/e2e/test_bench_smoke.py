@@ -28,6 +28,9 @@ SCENARIOS = {
     "tail-sleep-1",
     "tail-notify-sleep-1",
     "group-member-0-of-4",
+    "failing-catchup",
+    "failing-tail",
+    "failing-held-memory",
     "startup",
     "catchup-scale",
     "tail-notify-scale",
@@ -37,6 +40,14 @@ SCENARIOS = {
 }
 # Its baseline is projector on the smaller main dataset: the counts differ on purpose.
 OTHER_WORK = {"catchup-scale"}
+# Their writer may fall behind its schedule on a busy machine, which they note.
+TAILS = {
+    "tail-sleep-0.1",
+    "tail-sleep-1",
+    "tail-notify-sleep-1",
+    "tail-notify-scale",
+    "failing-tail",
+}
 
 
 @pytest.fixture
@@ -82,13 +93,43 @@ def test_bench_smoke_prints_a_row_and_a_json_line_per_scenario(bench_env: dict[s
         assert projector["events"] > 0
         assert projector["events_per_s"] > 0
         assert projector["peak_rss_mb"] > 0
-        assert record["notes"] == [] or record["scenario"].startswith("tail-")
+        assert record["notes"] == [] or record["scenario"] in TAILS
         if record["target"] is not None:
             if record["scenario"] not in OTHER_WORK:
                 assert record["baseline"]["events"] == projector["events"]
             assert isinstance(record["met"], bool)
-        if record["scenario"].startswith("tail-"):
+        if record["scenario"] in TAILS:
             assert projector["p50_ms"] <= projector["p99_ms"]
+        if record["scenario"].startswith("failing-"):
+            check_failing(record)
+
+
+def check_failing(record: dict[str, Any]) -> None:
+    """The failing-stream records: each side counted every healthy event and none of the
+    failing stream's; with it failing, it was held (still retrying) at its first event, and the
+    same run with it healthy handled it and held nothing."""
+    failing, healthy = record["projector"], record["baseline"]
+    stream = failing["failing_stream"]
+    assert (failing["fails"], healthy["fails"]) == (True, False)
+    assert failing["failing_stream_events"] == 0
+    assert failing["failed_calls"] >= 1
+    assert failing["held"] == [[stream, "retrying", 0]]
+    assert healthy["held"] == []
+    assert healthy["failing_stream_events"] > 0
+    if record["scenario"] == "failing-tail":
+        for side in (failing, healthy):
+            assert side["events"] == side["healthy_written"] > 0
+            assert side["p50_ms"] <= side["p99_ms"] <= side["max_ms"]
+        return
+    # Seeded round-robin: the failing stream (stream 0) has every `streams`-th event from the
+    # first one on; every other event is a healthy one.
+    dataset = record["dataset"]
+    expected = dataset["events"] - -(-dataset["events"] // dataset["streams"])
+    for side in (failing, healthy):
+        assert side["events"] == side["expected"] == expected
+    if record["scenario"] == "failing-held-memory":
+        growth = failing["peak_rss_mb"] - healthy["peak_rss_mb"]
+        assert failing["peak_rss_growth_mb"] == round(growth, 1)
 
 
 def check_elastic(record: dict[str, Any]) -> None:
