@@ -121,7 +121,7 @@ def checkpoints_reset(group: str, category: str | None, yes: bool, **flags: Any)
 
 @click.group()
 def parked() -> None:
-    """Streams set aside after their handler kept failing (see README, Failures)."""
+    """Streams set aside after their handler kept failing (see the docs: Failing streams)."""
 
 
 @parked.command("list")

@@ -102,7 +102,7 @@ def _with_parked(member: MemberStatus, parked_streams: list[ParkedStream]) -> Me
 
 def to_json(rows: list[MemberStatus]) -> str:
     """JSON Lines, one object per member and category, named as `checkpoints list --json`
-    names them (see the README's JSON output): ints, seconds as floats, ISO 8601 times."""
+    names them (see the docs, Commands: JSON output): ints, seconds as floats, ISO 8601 times."""
     return "".join(json.dumps(_json_row(row)) + "\n" for row in rows)
 
 
