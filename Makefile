@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo demo-stop test faults scenarios lint bench clean
+.PHONY: demo demo-stop test faults scenarios lint docs docs-build bench clean
 
 $(BIN)/projector: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -32,11 +32,18 @@ scenarios: $(BIN)/projector
 
 lint: $(BIN)/projector
 	$(BIN)/ruff check .
-	$(BIN)/mypy --strict src tests bench
+	$(BIN)/mypy --strict src tests bench docgen
+
+# The docs site at http://127.0.0.1:8000, rebuilt as docs/ changes; docs-build is what CI runs.
+docs: $(BIN)/projector
+	$(BIN)/mkdocs serve
+
+docs-build: $(BIN)/projector
+	$(BIN)/mkdocs build --strict
 
 # Sizes and scenarios: python -m bench --help (e.g. `python -m bench all --smoke`).
 bench: $(BIN)/projector
 	$(BIN)/python -m bench catchup
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis site

@@ -1,6 +1,6 @@
 """``projector demo``: write sample account events and project them into a balances table.
 
-The projection here is also the README's example of an idempotent handler: each account row
+The projection here is also the docs' example of an idempotent handler: each account row
 remembers the last stream position it applied, so a redelivered event changes nothing (the
 statements are `projector.storage.demo`'s).
 """
@@ -23,7 +23,7 @@ from projector.settings import Settings
 from projector.storage import demo as tables
 from projector.storage.database import Pool, configure, connect, connect_sync
 
-CATEGORY = "demo_account"  # its own: the README's examples use "account"
+CATEGORY = "demo_account"  # its own: the docs' examples use "account"
 DATABASE = "projector_demo"
 
 balances = Projection("demo_balances", categories=[CATEGORY])

@@ -35,7 +35,8 @@ class SchemaMissingError(ProjectorError):
 
 
 class PrivilegeError(ProjectorError):
-    """The database refused projector for want of a privilege; the README lists what is needed."""
+    """The database refused projector for want of a privilege; the docs list what is needed
+    (Operating, Privileges and connections)."""
 
 
 class DatabaseError(ProjectorError):

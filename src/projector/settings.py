@@ -35,7 +35,7 @@ class EventLoop(enum.StrEnum):
 
 
 class Settings(BaseSettings):
-    """projector's settings; see the README's reference for the same list with examples."""
+    """projector's settings; the docs' settings page is generated from this class."""
 
     # populate_by_name: flags and code give fields by name; the environment by the aliases.
     model_config = SettingsConfigDict(

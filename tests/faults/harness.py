@@ -87,7 +87,7 @@ class Server:
     def install(cls, cluster: LocalCluster, scripts: Path) -> Server:
         with psycopg.connect(cluster.url, autocommit=True) as conn:
             conn.execute("CREATE DATABASE faults")
-            # Sixteen runners, each transactional one with up to 16 connections (README,
+            # Sixteen runners, each transactional one with up to 16 connections (docs,
             # Privileges and connections), overlapping zombies, writers and the harness.
             conn.execute(f"ALTER SYSTEM SET max_connections = {MAX_CONNECTIONS}")
             # The throwaway cluster turns synchronous_commit off, so an immediate restart may

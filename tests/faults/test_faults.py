@@ -1,4 +1,4 @@
-"""Every delivery promise the README makes, tried under random faults with real processes.
+"""Every delivery promise the docs make (Concepts), tried under random faults with real processes.
 
 Three writer processes append to three categories with ``write_message``. Two fixed groups
 project them, each of three members with a hot standby (six runner processes): ``totals``

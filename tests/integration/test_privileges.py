@@ -1,4 +1,4 @@
-"""A runner needs only the privileges the README lists: a role with just those projects a
+"""A runner needs only the privileges the docs list: a role with just those projects a
 transactional projection (checkpoints, stream positions, held streams) to its tail."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from psycopg import sql
 from tests.support.balances import balances_projection, projected_and_folded, write_transactions
 from tests.support.projecting import run_projection, settings_for
 
-# As README.md's "Privileges and connections" lists them, for a runner.
+# As the docs' "Privileges and connections" lists them, for a runner.
 RUNNER_GRANTS = """
 GRANT USAGE ON SCHEMA message_store TO {role};
 GRANT SELECT ON message_store.messages TO {role};

@@ -1,5 +1,5 @@
 """The layers hold: each package imports only what its docstring allows, SQL lives in storage,
-and rich renders only in the CLI (README, How it is built).
+and rich renders only in the CLI (docs: How it is built).
 
 Checked on the source with `ast`, so a forbidden edge fails here before anyone runs it.
 Imports under ``if TYPE_CHECKING:`` are types only, and do not count.

@@ -59,15 +59,15 @@ def test_json_lines_carry_the_traceback_of_an_error() -> None:
     assert "ValueError: boom" in entry["traceback"]
 
 
-def test_every_action_projector_logs_is_named_in_the_readmes_logs_section() -> None:
+def test_every_action_projector_logs_is_named_in_the_docs_logs_section() -> None:
     root = Path(__file__).resolve().parents[2]
     logged = {
         match
         for path in (root / "src" / "projector").rglob("*.py")
         for match in re.findall(r'"action": "([a-z_]+)"', path.read_text())
     }
-    readme = (root / "README.md").read_text()
-    section = readme[readme.index("## Logs") : readme.index("## Message stores")]
+    page = (root / "docs" / "observability.md").read_text()
+    section = page[page.index("## Logs") : page.index("## Metrics and health")]
 
     assert logged, "no action found in the sources"
     assert sorted(a for a in logged if f"`{a}`" not in section) == []

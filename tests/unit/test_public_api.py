@@ -1,5 +1,5 @@
-"""What users import: the README's examples import only from ``projector`` itself, and every
-name they use is there."""
+"""What users import: the examples of the README and the docs import only from ``projector``
+itself, and every name they use is there."""
 
 from __future__ import annotations
 
@@ -11,9 +11,10 @@ import projector
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_the_readme_imports_only_names_the_package_exports() -> None:
-    readme = (ROOT / "README.md").read_text()
-    code = "\n".join(re.findall(r"```python\n(.*?)```", readme, flags=re.DOTALL))
+def test_the_examples_import_only_names_the_package_exports() -> None:
+    pages = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
+    text = "\n".join(page.read_text() for page in pages)
+    code = "\n".join(re.findall(r"```python\n(.*?)```", text, flags=re.DOTALL))
     deep = re.findall(r"^from (projector\.[\w.]+) import", code, flags=re.MULTILINE)
     names = {
         name.strip()
@@ -21,7 +22,7 @@ def test_the_readme_imports_only_names_the_package_exports() -> None:
         for name in names.split(",")
     }
 
-    assert deep == [], "the README reaches into internal modules"
-    assert names, "the README's examples import nothing from projector"
+    assert deep == [], "an example reaches into internal modules"
+    assert names, "the examples import nothing from projector"
     assert sorted(names - set(projector.__all__)) == []
     assert all(hasattr(projector, name) for name in projector.__all__)

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import pytest
 
 from projector.errors import ConfigurationError, InvalidNameError
 from projector.process import backend_options
-from projector.settings import DEPRECATED_ENV, INVERTED_ENV, Settings, flag_for, load_settings
+from projector.settings import DEPRECATED_ENV, INVERTED_ENV, Settings, load_settings
 
 
 @pytest.fixture(autouse=True)
@@ -92,19 +91,6 @@ def test_an_out_of_range_setting_names_its_flag_and_variable(
 def test_unsafe_category_and_group_names_are_refused(overrides: dict[str, object]) -> None:
     with pytest.raises(InvalidNameError):
         load_settings(**overrides)
-
-
-def test_every_setting_has_a_row_in_the_readme_with_its_flag_and_variable() -> None:
-    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
-    rows = {
-        match.group(2): match.group(1)
-        for match in re.finditer(r"^\| (`--.*?) \| `(PROJECTOR_\w+)`", readme, re.MULTILINE)
-    }
-
-    for name in Settings.model_fields:
-        variable = f"PROJECTOR_{name.upper()}"
-        assert variable in rows, f"README has no settings row for {variable}"
-        assert flag_for(name) in rows[variable], f"README's row for {variable} lacks its flag"
 
 
 def test_runs_use_uvloop_unless_asked_for_plain_asyncio(clean_environment: Path) -> None:

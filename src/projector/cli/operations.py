@@ -122,8 +122,8 @@ def checkpoints_reset(group: str, category: str | None, yes: bool, **flags: Any)
 
 @click.group()
 def failing() -> None:
-    """Streams whose handler failed: retrying, or parked once their attempts ran out (see
-    README, Failures). Their events are not handled until they succeed again."""
+    """Streams whose handler failed: retrying, or parked once their attempts ran out (see the
+    docs: Failing streams). Their events are not handled until they succeed again."""
 
 
 @click.group()

@@ -35,8 +35,9 @@ from projector.ops.health import Health
 from projector.pipeline.lane import Lane
 from projector.pipeline.observe import Observer
 from projector.pipeline.sink import StreamsSink
+from projector.pipeline.streams import TroubledStream
 from projector.runtime.checkpoint_writer import CheckpointWriter
-from projector.runtime.recovery import Recovery
+from projector.runtime.recovery import HeldCount
 from projector.storage.held import HeldState
 
 # From a quick upsert (1 ms) to a call near the default handler_timeout.
@@ -60,6 +61,14 @@ HANDLER_BUCKETS = (
 )
 
 
+class HeldView(Protocol):
+    """What a scrape reads of the streams a runner holds (`Recovery`'s view)."""
+
+    def held(self, state: HeldState) -> HeldCount: ...
+
+    def troubled(self, *, longer_than: float) -> list[TroubledStream]: ...
+
+
 @dataclass(frozen=True, slots=True)
 class RunnerState:
     """What a scrape reads: the running pipeline's parts."""
@@ -68,7 +77,7 @@ class RunnerState:
     lanes: Mapping[str, Lane]
     writer: CheckpointWriter
     health: Health
-    recovery: Recovery
+    recovery: HeldView
     stuck_after: float
 
 

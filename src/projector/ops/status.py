@@ -113,7 +113,7 @@ def _with_held(member: MemberStatus, held_streams: list[HeldStream]) -> MemberSt
 
 def to_json(rows: list[MemberStatus]) -> str:
     """JSON Lines, one object per member and category, named as `checkpoints list --json`
-    names them (see the README's JSON output): ints, seconds as floats, ISO 8601 times."""
+    names them (see the docs, Commands: JSON output): ints, seconds as floats, ISO 8601 times."""
     return "".join(json.dumps(_json_row(row)) + "\n" for row in rows)
 
 

@@ -34,7 +34,7 @@ ON CONFLICT (group_name) DO NOTHING
 
 STORED_BUCKETS = "SELECT buckets FROM projector.elastic_groups WHERE group_name = %(group)s"
 
-# A fixed runner's role needs no right on the elastic tables (README, Privileges).
+# A fixed runner's role needs no right on the elastic tables (docs: Privileges and connections).
 MAY_READ_GROUPS = "SELECT has_table_privilege('projector.elastic_groups', 'SELECT')"
 
 CREATE_LEASES = """

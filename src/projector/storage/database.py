@@ -161,8 +161,8 @@ def refused(exc: psycopg.Error, doing: str) -> ProjectorError:
         )
     if isinstance(exc, psycopg.errors.InsufficientPrivilege):
         return PrivilegeError(
-            f"the database refused {doing}: {reason}; grant the role what README.md's "
-            "'Privileges and connections' lists"
+            f"the database refused {doing}: {reason}; grant the role what projector's docs "
+            "list under 'Privileges and connections'"
         )
     if isinstance(exc, psycopg.OperationalError):
         return unavailable_during(doing, exc)

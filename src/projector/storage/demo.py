@@ -1,7 +1,7 @@
 """The demo's tables and database (`projector demo`): its read model of account balances, the
 total the events say it should hold, and the database it runs in.
 
-The read model is also the README's example of an idempotent handler: each account row
+The read model is also the docs' example of an idempotent handler: each account row
 remembers the last stream position it applied, so a redelivered event changes nothing.
 """
 
