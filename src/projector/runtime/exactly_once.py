@@ -84,6 +84,22 @@ class Transactional:
         async with transactions_for(pool) as transactions:
             yield cls(projection, transactions, group)
 
+    @asynccontextmanager
+    async def _session(self) -> AsyncIterator[Session]:
+        """A session for one call, kept for the next after a clean end or a failure (rolled
+        back), given back to the pool when cancelled (a handler timeout, or the run ending)
+        with a statement perhaps still running: the pool closes or rolls back what it gets."""
+        session = await self._transactions.take()
+        try:
+            yield session
+        except Exception:
+            await self._transactions.keep_after_failure(session)
+            raise
+        except BaseException:
+            await self._transactions.give_back(session)
+            raise
+        self._transactions.keep(session)
+
 
 class ExactlyOnce(Transactional):
     """The sink's span handler for a transactional projection (`handle`); make one with
@@ -137,18 +153,8 @@ class ExactlyOnce(Transactional):
             return await self._call(stream_name, events, None)
 
     async def _call(self, stream_name: str, events: list[Event], hint: int | None) -> int:
-        session = await self._transactions.take()
-        try:
+        async with self._session() as session:
             next_position, applied = await self._apply(session, stream_name, events, hint)
-        except Exception:
-            await self._transactions.keep_after_failure(session)
-            raise
-        except BaseException:
-            # Cancelled (a handler timeout, or the run ending) with a statement perhaps still
-            # running: the pool closes or rolls back what it is given back.
-            await self._transactions.give_back(session)
-            raise
-        self._transactions.keep(session)
         self._known.remember(stream_name, applied)
         return next_position
 

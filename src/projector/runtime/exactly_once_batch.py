@@ -56,17 +56,8 @@ class ExactlyOnceBatch(Transactional):
             return await self._call(spans, dict.fromkeys(spans))
 
     async def _call(self, spans: Spans, hints: dict[str, int | None]) -> dict[str, int]:
-        session = await self._transactions.take()
-        try:
+        async with self._session() as session:
             next_positions, applied = await self._apply(session, spans, hints)
-        except Exception:
-            await self._transactions.keep_after_failure(session)
-            raise
-        except BaseException:
-            # Cancelled with a statement perhaps still running: see `ExactlyOnce._call`.
-            await self._transactions.give_back(session)
-            raise
-        self._transactions.keep(session)
         for name, position in applied.items():
             self._known.remember(name, position)
         return next_positions
@@ -124,18 +115,9 @@ class GuardedBatch(Transactional):
     handler's own guarded writes; make one with `running`."""
 
     async def run(self, spans: Spans) -> dict[str, int]:
-        session = await self._transactions.take()
-        try:
+        async with self._session() as session:
             next_positions = await self._projection.handle_batch_in_transaction(
                 session.conn, spans
             )
             await session.commit()
-        except Exception:
-            await self._transactions.keep_after_failure(session)
-            raise
-        except BaseException:
-            # Cancelled with a statement perhaps still running: see `ExactlyOnce._call`.
-            await self._transactions.give_back(session)
-            raise
-        self._transactions.keep(session)
         return next_positions
