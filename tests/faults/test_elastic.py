@@ -245,9 +245,14 @@ def test_a_member_paused_past_its_lease_commits_nothing_when_it_resumes(
         before = _checkpoints(server, group.name)
         resumed_at = len(zombie.log.read_text().splitlines())
         zombie.resume()
-        # The zombie's tenure ends, and a new one takes every free bucket again.
+        # The zombie's tenure ends (whatever it would still commit is fenced), and then a new
+        # one takes every free bucket: nothing of the old tenure runs after that.
+        wait_until(
+            lambda: _tenure_end(_actions(zombie.log, since=resumed_at)) is not None,
+            within=SETTLE,
+            what="the zombie's tenure to end",
+        )
         group.wait_settled([zombie])
-        time.sleep(1.5)  # past its checkpoint interval: a stale commit would have landed
         after = _checkpoints(server, group.name)
     assert after == before, "the zombie moved checkpoints back"
     actions = _actions(zombie.log, since=resumed_at)
