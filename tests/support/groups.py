@@ -7,12 +7,14 @@ import os
 import signal
 import subprocess
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import anyio
 
+from projector import Projection
 from projector.ops import groups
 from projector.storage import database
 from projector.storage.checkpoints import CheckpointRow
@@ -38,19 +40,18 @@ async def handle(stream_name: str, events: list[Event]) -> None:
 
 
 async def run_members(
-    url: str, recorders: dict[int, Recorder], *, size: int, **overrides: Any
+    url: str, members: Mapping[int, Recorder | Projection], *, size: int, **overrides: Any
 ) -> None:
-    """Run the given members of a group of ``size`` at once, each recording into its Recorder."""
+    """Run the given members of a group of ``size`` at once, each projecting its projection (a
+    Recorder's records into it); they read ``CATEGORY`` unless ``overrides`` say otherwise."""
     async with anyio.create_task_group() as tasks:
-        for member, recorder in recorders.items():
+        for member, runs in members.items():
             settings = settings_for(
                 url,
-                categories=(CATEGORY,),
-                member=member,
-                group_size=size,
-                **overrides,
+                **{"categories": (CATEGORY,), "member": member, "group_size": size, **overrides},
             )
-            tasks.start_soon(run_projection, recorder.projection(), settings)
+            projection = runs if isinstance(runs, Projection) else runs.projection()
+            tasks.start_soon(run_projection, projection, settings)
 
 
 async def group_checkpoints(url: str, group: str) -> list[CheckpointRow]:
