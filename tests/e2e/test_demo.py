@@ -3,32 +3,22 @@ the user's, where it keeps to its own category and table and never shows the pas
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 import anyio
 import psycopg
 
+from tests.support.cli import run_projector
 from tests.support.failures import append
 
 PASSWORD = "secretpw"
 
 
 def demo(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if k != "PROJECTOR_DATABASE_URL"}
-    return subprocess.run(
-        [sys.executable, "-m", "projector", "demo", "--events", "50", "--accounts", "5", *args],
-        cwd=cwd,
-        env=env,
-        stdin=subprocess.DEVNULL,  # not a terminal: nobody to ask
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    """`projector demo` with no database configured, and nobody at a terminal to ask."""
+    return run_projector(cwd, "demo", "--events", "50", "--accounts", "5", *args, timeout=120)
 
 
 def with_password(url: str) -> str:
