@@ -28,6 +28,30 @@ def with_password(url: str) -> str:
     return urlunsplit(parts._replace(netloc=netloc))
 
 
+# Per demo account: the balance and the last position its events say it has.
+FOLD = """
+SELECT substr(stream_name, strpos(stream_name, '-') + 1),
+       sum(CASE WHEN type = 'Withdrawn' THEN -1 ELSE 1 END * (data->>'amount')::bigint),
+       max(position)
+FROM message_store.messages WHERE message_store.category(stream_name) = 'demo_account'
+GROUP BY stream_name
+"""
+
+
+Balances = dict[str, tuple[int, int]]
+
+
+def _projected_and_folded(url: str) -> tuple[Balances, Balances]:
+    """demo_balances as (balance, version) per account, and the same folded from the events."""
+    with psycopg.connect(url) as conn:
+        rows = conn.execute("SELECT account_id, balance, version FROM demo_balances").fetchall()
+        folded = conn.execute(FOLD.encode()).fetchall()
+    return (
+        {str(a): (int(b), int(v)) for a, b, v in rows},
+        {str(a): (int(b), int(v)) for a, b, v in folded},
+    )
+
+
 def _count(url: str, query: str) -> int:
     with psycopg.connect(url) as conn:
         row = conn.execute(query.encode()).fetchone()
@@ -59,6 +83,9 @@ def test_the_demo_writes_into_a_users_database_only_when_told_and_keeps_to_its_o
     )
     assert _count(own_store_url, account.format("account")) == 1
     assert _count(own_store_url, account.format("demo_account")) == 50
+    projected, folded = _projected_and_folded(own_store_url)
+    assert projected == folded
+    assert len(projected) == 5
 
 
 def test_the_demo_runs_its_own_postgres_says_how_to_go_on_and_stops_it(
