@@ -228,7 +228,7 @@ async def test_a_member_stopped_during_a_heartbeat_still_releases_its_buckets(
                 tasks.start_soon(_within, beating, member.heartbeats)
                 await eventually(lambda: _waits_for_a_lock(observer, member.identity.member_id))
                 beating.cancel()  # as a stopping runner does
-                await anyio.sleep(0.2)
+                await anyio.wait_all_tasks_blocked()  # the heartbeat has taken the stop
                 await blocker.commit()  # the heartbeat's query can finish now
             assert not member.connection.closed
         held = await (
@@ -298,7 +298,7 @@ def _actions(caplog: pytest.LogCaptureFixture, action: str) -> list[logging.LogR
 
 
 async def test_a_handover_whose_last_commit_loses_the_database_goes_on_and_skips_nothing(
-    own_store_url: str, caplog: pytest.LogCaptureFixture
+    own_store_url: str, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A member draining for a rebalance has its session cut while its last commit waits: the
     run goes on (the buckets it gives up are taken from their previous checkpoints, delivered
@@ -317,6 +317,15 @@ async def test_a_handover_whose_last_commit_loses_the_database_goes_on_and_skips
         return await handle(stream_name, events)
 
     projection.handle = holding  # type: ignore[method-assign]
+    last_commit = anyio.Event()
+    commit_fenced = buckets.commit_fenced
+
+    async def committing(*args: Any, **kwargs: Any) -> None:
+        if held.is_set():  # the drained tenure's last commit
+            last_commit.set()
+        await commit_fenced(*args, **kwargs)
+
+    monkeypatch.setattr(buckets, "commit_fenced", committing)
     await write_events(url, streams(0))
     locker = await database.connect(url)
     admin = await database.connect(url)
@@ -337,7 +346,10 @@ async def test_a_handover_whose_last_commit_loses_the_database_goes_on_and_skips
         held.set()
         assert member_id is not None
         await eventually(lambda: _waits_for_a_lock(admin, member_id))
-        await anyio.sleep(0.3)  # the drained tenure's last commit queued behind the heartbeat
+        # The commit and the heartbeat share the member's session: one waits for the lock,
+        # the other for the session.
+        with anyio.fail_after(30):
+            await last_commit.wait()
         await admin.execute(
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = %s",
             (f"projector {member_id}",),
@@ -348,6 +360,7 @@ async def test_a_handover_whose_last_commit_loses_the_database_goes_on_and_skips
         await eventually(_all_handled(deliveries, url))
         second.cancel()
         first.cancel()
+    assert len(_actions(caplog, "handover_commit_failed")) == 1
     assert deliveries.delivered() == await stored_events(url)
     assert deliveries.overlaps == []
     assert [r.levelno for r in _actions(caplog, "error")] == []
