@@ -439,9 +439,10 @@ async def test_a_call_that_handles_nothing_is_retried_after_the_stall_delay_not_
     done = Completions()
     async with running_sink(handler, stall_delay=stall_delay) as sink:
         lane = sink.lane("l", done)
+        started = anyio.current_time()
         await done.submit(lane, 0, evs("s-1", [0, 1]))
         await anyio.sleep(window)
-        assert 2 <= len(handler.calls) <= window / stall_delay + 1
+        assert 2 <= len(handler.calls) <= (anyio.current_time() - started) / stall_delay + 1
         assert all(
             later - earlier >= 0.8 * stall_delay for earlier, later in itertools.pairwise(times)
         )
@@ -583,10 +584,16 @@ async def test_stop_returns_false_when_a_call_outlasts_the_grace_period() -> Non
 
 
 @pytest.mark.anyio
-async def test_stop_with_no_running_call_returns_true_at_once() -> None:
-    async with running_sink(Handler()) as sink:
-        with anyio.fail_after(0.1):
-            assert await sink.stop(grace_period=5) is True
+async def test_stop_with_no_running_call_returns_true_without_waiting_its_grace_period() -> None:
+    stopped: list[bool] = []
+
+    async def stop(sink: StreamsSink) -> None:
+        stopped.append(await sink.stop(grace_period=3600))
+
+    async with running_sink(Handler()) as sink, anyio.create_task_group() as tasks:
+        tasks.start_soon(stop, sink)
+        await settle()  # a stop that waited for anything would be blocked here, not done
+        assert stopped == [True]
 
 
 def test_a_sink_needs_at_least_one_worker_and_one_batch_of_read_ahead() -> None:
