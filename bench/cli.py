@@ -1,5 +1,5 @@
-"""``python -m bench catchup|upsert|tail|group|elastic|startup|all [sizes] [--smoke] [--scale]
-[--only NAMES] [--reuse] [--profile DIR]``."""
+"""``python -m bench catchup|upsert|tail|group|takeover|elastic|startup|all [sizes] [--smoke]
+[--scale] [--only NAMES] [--reuse] [--profile DIR]``."""
 
 from __future__ import annotations
 
@@ -12,17 +12,18 @@ from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any
 
-from bench import elastic, elastic_report, report, scenarios, seed, server, startup
+from bench import elastic, elastic_report, report, scenarios, seed, server, startup, takeover
 from bench.profile import summarize
 from bench.scenarios import SMOKE, Measurer, Outcome, Scenario, Sizes
 
-COMMANDS = ("catchup", "upsert", "tail", "group", "elastic", "startup", "all")
+COMMANDS = ("catchup", "upsert", "tail", "group", "takeover", "elastic", "startup", "all")
 # The datasets each command reads (see scenarios.datasets).
 DATASETS = {
     "catchup": ("main", "few", "distinct", "upsert"),
     "upsert": ("upsert",),
     "tail": (),
     "group": ("main",),
+    "takeover": (),  # it writes its own, while its members run (see bench.takeover)
     "elastic": (),  # it writes its own, while its members run (see bench.elastic)
     "startup": (),
 }
@@ -49,6 +50,7 @@ SIZE_HELP = {
     "elastic_lease": "seconds of an elastic member's bucket lease",
     "elastic_rate": "events/s the elastic join scenario's writer appends",
     "elastic_joins": "joins (each followed by the older member's leave) of the elastic run",
+    "takeover_runs": "rounds of a cold start then a kill with a hot standby waiting",
 }
 # What --scale adds to a command: its datasets and its scenarios (see scenarios.scaled_*).
 SCALE_DATASETS = {"catchup": ("main", "scale"), "tail": ()}
@@ -84,7 +86,10 @@ def main(argv: list[str] | None = None) -> None:
                 tail_rate=sizes.tail_rate,
             )
             outcomes = [measurer.run(scenario) for scenario in plan]
-            # Last: its member processes would compete with any measurement after it.
+            # Last: their member processes would compete with any measurement after them.
+            takeover_outcome = (
+                takeover.run(url, run_id, sizes, settings) if "takeover" in commands else None
+            )
             elastic_outcome = (
                 elastic.run(url, run_id, sizes, settings) if "elastic" in commands else None
             )
@@ -105,6 +110,9 @@ def main(argv: list[str] | None = None) -> None:
     lines = report.json_lines(outcomes, context) if outcomes else ""
     if outcomes:
         print(report.table(outcomes))
+    if takeover_outcome is not None:
+        print(takeover.table(takeover_outcome))
+        lines = "\n".join(filter(None, (lines, takeover.json_line(takeover_outcome, context))))
     if elastic_outcome is not None:
         print(elastic_report.table(elastic_outcome))
         lines = "\n".join(
@@ -253,8 +261,8 @@ def _plan(
     }
     plan: list[Scenario] = []
     for command in commands:
-        if command == "elastic":
-            continue  # no Scenario: its member processes are its own (see bench.elastic)
+        if command in ("takeover", "elastic"):
+            continue  # no Scenario: their member processes are their own
         if command == "upsert" and "catchup" in commands:
             continue  # catchup includes it
         plan.extend(builders[command]())

@@ -52,6 +52,8 @@ class Sizes:
     elastic_lease: float = 5.0
     elastic_rate: float = 50.0
     elastic_joins: int = 2
+    # takeover: a fixed member killed with a hot standby waiting (see bench.takeover).
+    takeover_runs: int = 3
 
 
 SMOKE = Sizes(
@@ -70,6 +72,7 @@ SMOKE = Sizes(
     elastic_heartbeat=0.2,
     elastic_lease=2.0,
     elastic_joins=1,
+    takeover_runs=1,
 )
 
 
