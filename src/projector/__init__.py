@@ -21,13 +21,16 @@ from projector.model.projection import Projection, StreamResult, idempotency_key
 from projector.ops.waiting import WaitTimeoutError, wait_for
 from projector.storage.database import connect
 from projector.storage.message_store import global_position_of, write_message
+from projector.storage.read_models import Column, GuardedUpsert
 
 __all__ = [
+    "Column",
     "ConfigurationError",
     "DatabaseError",
     "DatabaseUnavailableError",
     "Dependency",
     "Event",
+    "GuardedUpsert",
     "HandlerError",
     "HandlerImportError",
     "InvalidNameError",

@@ -52,7 +52,7 @@ class WrongExpectedVersionError(MessageStoreError):
 
 class ParkedStreamsError(ProjectorError):
     """What was asked for is done, except for streams that are parked: their events are not
-    handled until `projector parked retry`."""
+    handled until `projector failing retry`."""
 
 
 class HandlerError(ProjectorError):

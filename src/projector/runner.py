@@ -30,7 +30,7 @@ from collections.abc import Callable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from functools import partial
-from typing import Protocol
+from typing import Any, Protocol
 
 import anyio
 from anyio.abc import TaskGroup
@@ -51,25 +51,27 @@ from projector.ops.metrics import RunnerState
 from projector.ops.progress import BarFactory
 from projector.ops.tracing import traced
 from projector.ops.watching import Watchers
+from projector.pipeline.batch_sink import BatchesSink
+from projector.pipeline.calls import Batches, SpanHandler
 from projector.pipeline.lane import Lane
-from projector.pipeline.sink import SpanHandler, StreamsSink
+from projector.pipeline.sink import StreamsSink
 from projector.pipeline.source import OPEN_GATE, CategorySource
 from projector.reconnecting import Reconnecting, outlasting
-from projector.runtime.batching import Batcher, BatchRun
+from projector.runtime.batching import BatchRun, one_stream, split_on_failure
 from projector.runtime.checkpoint_writer import CheckpointWriter
 from projector.runtime.dependencies import DependencyGate, UpstreamMeter
 from projector.runtime.elastic import ElasticMember, start_tenure
 from projector.runtime.exactly_once import ExactlyOnce
-from projector.runtime.exactly_once_batch import ExactlyOnceBatch
+from projector.runtime.exactly_once_batch import ExactlyOnceBatch, GuardedBatch
 from projector.runtime.outage import PROBE_TIMEOUT, Outage
 from projector.runtime.recovery import Recovery
 from projector.settings import Settings, retry_policy
 from projector.storage import checkpoints, database, member_index, notify
 from projector.storage.checkpoints import Checkpoints
 from projector.storage.database import Connection, Pool
+from projector.storage.held import HeldStreams
 from projector.storage.leases import LeaseLostError, MemberLease
 from projector.storage.message_store import MessageStore
-from projector.storage.parked import ParkedStreams
 
 logger = logging.getLogger(__name__)
 
@@ -107,7 +109,7 @@ class Parts:
     recovery: Recovery
     outage: Outage
     watchers: Watchers
-    handle: SpanHandler
+    handle: SpanHandler | Batches  # what the sink calls
     gate: DependencyGate | None
     wake_up: bool  # the wake-up trigger is installed: listen for its notifications
     # Set when an elastic tenure should end gracefully: stop reading, drain, commit.
@@ -246,17 +248,17 @@ class Runner:
         failure: DatabaseUnavailableError | None = None
         async with AsyncExitStack() as stack:
             try:
-                parts, parked = await self._start(stack, lasting, connected)
+                parts, held = await self._start(stack, lasting, connected)
             except DatabaseUnavailableError as exc:
                 failure = exc  # raised once the stack is closed, outside its task groups
             else:
-                return await self._project_and_flush(parts, parked)
+                return await self._project_and_flush(parts, held)
         raise _StartCutShort(str(failure)) from failure
 
     async def _start(
         self, stack: AsyncExitStack, lasting: Lasting, connected: Callable[[], None]
     ) -> tuple[Parts, frozenset[str]]:
-        """Everything before the first read: the member's lock, the checkpoints, the parked
+        """Everything before the first read: the member's lock, the checkpoints, the held
         streams, the span handler. Nothing is handled yet, so all of it can be done again."""
         if lasting.elastic is not None:
             return await self._start_elastic(stack, lasting, lasting.elastic, connected)
@@ -276,8 +278,8 @@ class Runner:
         writer = await self._checkpoint_writer(store, lease)
         if settings.group_size > 1:
             await member_index.report(pool, size=settings.group_size, member=writer.name)
-        parked = ParkedStreams(pool, self.group, member=settings.member, size=settings.group_size)
-        return await self._parts(stack, lasting, store, writer, lease, parked)
+        held = HeldStreams(pool, self.group, member=settings.member, size=settings.group_size)
+        return await self._parts(stack, lasting, store, writer, lease, held)
 
     async def _parts(
         self,
@@ -286,18 +288,18 @@ class Runner:
         store: MessageStore,
         writer: CheckpointWriter,
         lease: TenureLease,
-        parked: ParkedStreams,
+        held: HeldStreams,
         ending: anyio.Event | None = None,
     ) -> tuple[Parts, frozenset[str]]:
         """What a fixed member's start and an elastic tenure's share: the span handler, the
-        care of failing streams, the dependency gate, and the streams parked now."""
+        care of failing streams, the dependency gate, and the streams held now."""
         settings, pool = self.settings, lasting.pool
-        handle = await self._span_handler(stack, pool)
+        handle = traced(await self._handler(stack, pool), group=writer.name)
         recovery = Recovery(
             retry_policy(settings, self.projection.retry),
-            parked,
+            held,
             store,
-            handle,
+            one_stream(handle.handle) if isinstance(handle, Batches) else handle,
             lasting.outage,
             group=writer.name,
             batch_size=settings.batch_size,
@@ -319,7 +321,8 @@ class Runner:
             wake_up,
             ending,
         )
-        return parts, await parked.owned()
+        look = await held.look()
+        return parts, frozenset(stream.stream_name for stream in look.streams)
 
     async def _start_elastic(
         self,
@@ -343,14 +346,14 @@ class Runner:
             checkpoint_interval=self.settings.checkpoint_interval,
         )
         return await self._parts(
-            stack, lasting, start.store, start.writer, tenure, start.parked, tenure.ending
+            stack, lasting, start.store, start.writer, tenure, start.held, tenure.ending
         )
 
-    async def _project_and_flush(self, parts: Parts, parked: frozenset[str]) -> bool:
+    async def _project_and_flush(self, parts: Parts, held: frozenset[str]) -> bool:
         """Project, then commit the checkpoint a last time; True when the lock's session was
         lost, which ends the tenure with nothing more committed (see `projector.storage.leases`)."""
         try:
-            await self._project(parts, parked)
+            await self._project(parts, held)
         except BaseException as exc:
             if find_error(exc, LeaseLostError) is not None:
                 return True
@@ -378,31 +381,33 @@ class Runner:
             return settings.pool_size + settings.max_concurrent_batches
         return settings.pool_size + settings.max_concurrent_streams
 
-    async def _span_handler(self, stack: AsyncExitStack, pool: Pool) -> SpanHandler:
-        projection = self.projection
+    async def _handler(self, stack: AsyncExitStack, pool: Pool) -> SpanHandler | Batches:
+        """What the sink calls: the projection's span handler, or its batch handler with the
+        limits of its calls; a transactional one in sessions that close with ``stack``."""
+        settings, projection = self.settings, self.projection
         if projection.is_batch:
-            return await self._batcher(stack, pool)
+            return Batches(
+                split_on_failure(await self._batch_run(stack, pool), group=self.group),
+                max_streams=settings.batch_max_streams,
+                max_calls=settings.max_concurrent_batches,
+                linger=settings.batch_linger,
+            )
         if projection.is_transactional:
             exactly_once = ExactlyOnce.running(projection, pool, self.group)
             return (await stack.enter_async_context(exactly_once)).handle
         return projection.handle
 
-    async def _batcher(self, stack: AsyncExitStack, pool: Pool) -> SpanHandler:
-        """A batch projection's span handler: the sink's calls gathered into batch calls. It
-        closes before what runs them (the exit stack unwinds in reverse)."""
-        settings, projection = self.settings, self.projection
-        run: BatchRun = projection.handle_batch
-        if projection.is_transactional:
-            exactly_once = ExactlyOnceBatch.running(projection, pool, self.group)
-            run = (await stack.enter_async_context(exactly_once)).run
-        batcher = Batcher.running(
-            run,
-            group=self.group,
-            max_streams=settings.batch_max_streams,
-            linger=settings.batch_linger,
-            max_batches=settings.max_concurrent_batches,
-        )
-        return (await stack.enter_async_context(batcher)).handle
+    async def _batch_run(self, stack: AsyncExitStack, pool: Pool) -> BatchRun:
+        """One call of a batch projection: at least once, or in a transaction that records
+        the streams' positions (or leaves them to the read model's guarded rows)."""
+        projection = self.projection
+        if not projection.is_transactional:
+            return projection.handle_batch
+        if projection.positions == "read_model":
+            guarded = GuardedBatch.running(projection, pool, self.group)
+            return (await stack.enter_async_context(guarded)).run
+        exactly_once = ExactlyOnceBatch.running(projection, pool, self.group)
+        return (await stack.enter_async_context(exactly_once)).run
 
     def _dependency_gate(self, pool: Pool, watchers: Watchers, name: str) -> DependencyGate | None:
         """The gate of a projection with dependencies; health shows its pauses."""
@@ -455,17 +460,8 @@ class Runner:
                     extra={"action": "checkpoint_commit_failed"},
                 )
 
-    async def _project(self, parts: Parts, parked: frozenset[str]) -> None:
-        settings = self.settings
-        sink = StreamsSink(
-            traced(parts.handle, group=parts.writer.name),
-            max_concurrent_streams=settings.max_concurrent_streams,
-            max_read_ahead=settings.max_read_ahead,
-            on_failure=parts.recovery.on_failure,
-            handler_timeout=settings.handler_timeout,
-            parked=parked,
-            observer=parts.watchers.observer,
-        )
+    async def _project(self, parts: Parts, held: frozenset[str]) -> None:
+        settings, sink = self.settings, self._sink(parts, held)
         async with sink:
             lanes = {category: sink.lane(category, parts.writer) for category in self.categories}
             sources = [
@@ -474,7 +470,12 @@ class Runner:
             if parts.watchers.metrics is not None:
                 parts.watchers.metrics.watch(
                     RunnerState(
-                        sink, lanes, parts.writer, parts.watchers.health, settings.stuck_after
+                        sink,
+                        lanes,
+                        parts.writer,
+                        parts.watchers.health,
+                        parts.recovery,
+                        settings.stuck_after,
                     )
                 )
             try:
@@ -488,6 +489,22 @@ class Runner:
                         grace = await _drain(list(lanes.values()), grace_period=grace)
                     if not await sink.stop(grace_period=grace):
                         _abandoned(parts.writer.name, sink, settings.shutdown_timeout)
+
+    def _sink(self, parts: Parts, held: frozenset[str]) -> StreamsSink:
+        settings = self.settings
+        common: dict[str, Any] = {
+            # Counted in events: the same memory bound at the head as in a catch-up (`lane`).
+            "max_read_ahead": settings.max_read_ahead * settings.batch_size,
+            "on_failure": parts.recovery.on_failure,
+            "handler_timeout": settings.handler_timeout,
+            "held": held,
+            "observer": parts.watchers.observer,
+        }
+        if isinstance(parts.handle, Batches):
+            return BatchesSink(parts.handle, **common)
+        return StreamsSink(
+            parts.handle, max_concurrent_streams=settings.max_concurrent_streams, **common
+        )
 
     def _source(self, parts: Parts, lane: Lane, category: str) -> CategorySource:
         settings = self.settings
@@ -511,7 +528,7 @@ class Runner:
         async with anyio.create_task_group() as tasks:
             tasks.start_soon(writer.run, name="projector-checkpoint-writer")
             tasks.start_soon(parts.lease.watch, name="projector-lease-watch")
-            tasks.start_soon(recovery.serve_retries, sink, name="projector-parked-retries")
+            tasks.start_soon(recovery.serve, sink, name="projector-held-streams")
             tasks.start_soon(parts.outage.watch, name="projector-outage-watch")
             tasks.start_soon(
                 partial(recovery.report_stuck, sink, stuck_after=settings.stuck_after),
@@ -520,7 +537,12 @@ class Runner:
             if parts.gate is not None:
                 await tasks.start(parts.gate.run, name="projector-dependencies")
             await parts.watchers.start(
-                tasks, self.settings, pool=parts.pool, handled=lambda: writer.completed, sink=sink
+                tasks,
+                self.settings,
+                pool=parts.pool,
+                handled=lambda: writer.completed,
+                sink=sink,
+                recovery=recovery,
             )
             await self._listen(tasks, parts, sources)
             status.state = State.RUNNING
@@ -537,12 +559,21 @@ class Runner:
                 if reading.cancel_called:
                     tasks.cancel_scope.cancel()  # a rebalance: `_project` drains the lanes
                     return
-                # Only reached with until_caught_up: every source has read to its tail.
+                # Only reached with until_caught_up: every source has read to its tail. Held
+                # streams are caught up too once none is left to retry (a replay that ends
+                # rejoins its stream with what the sink kept meanwhile: the lanes drain after).
+                for lane in lanes:
+                    await lane.wait_empty()
+                self.parked = await outlasting(
+                    recovery.settled,
+                    doing="waiting for held streams",
+                    limit=settings.outage_limit,
+                    on_retry=parts.watchers.observer.reconnecting,
+                )
                 for lane in lanes:
                     await lane.wait_empty()
             finally:
                 status.state = State.STOPPED
-            self.parked = sink.parked_streams
             logger.info(
                 "%s caught up%s",
                 writer.name,

@@ -96,10 +96,18 @@ class Settings(BaseSettings):
         0.1, gt=0, le=3600, description="seconds to sleep after a read finds nothing new"
     )
     max_concurrent_streams: int = Field(
-        10, ge=1, le=10_000, description="handler calls running at once, across all streams"
+        10,
+        ge=1,
+        le=10_000,
+        description="handler calls running at once, across all streams (not batch handlers: "
+        "see max_concurrent_batches)",
     )
     max_read_ahead: int = Field(
-        3, ge=1, le=1_000, description="batches per category read but not yet fully handled"
+        3,
+        ge=1,
+        le=1_000,
+        description="batches' worth of events (max_read_ahead x batch_size) per category read "
+        "but not yet fully handled",
     )
     batch_max_streams: int = Field(
         500, ge=1, le=100_000, description="most stream spans in one batch handler call"
@@ -108,8 +116,8 @@ class Settings(BaseSettings):
         0.0,
         ge=0,
         le=10,
-        description="seconds a batch waits for more streams once none joined (0: one event-loop "
-        "turn)",
+        description="seconds a batch call waits for more streams when fewer than "
+        "batch_max_streams are ready (0: it takes what is ready)",
     )
     max_concurrent_batches: int = Field(
         2,
@@ -142,7 +150,10 @@ class Settings(BaseSettings):
     )
     retry_cap: float = Field(60.0, gt=0, le=86_400, description="longest retry delay, seconds")
     retry_max_attempts: int = Field(
-        8, ge=1, le=1_000, description="failed calls in a row before a stream is parked/stops"
+        8,
+        ge=1,
+        le=1_000,
+        description="failed calls in a row (replays included) before a stream is parked/stops",
     )
     handler_timeout: float | None = Field(
         120.0, gt=0, description="seconds before a handler call is cancelled as failed"

@@ -275,7 +275,7 @@ def test_with_json_logs_every_line_is_json_the_last_error_included(tmp_path: Pat
 @pytest.mark.parametrize(
     "args",
     [
-        ["parked", "list", "--group", "a b"],
+        ["failing", "list", "--group", "a b"],
         ["checkpoints", "list", "--group", "a b"],
         ["status", "--group", "a b"],
     ],

@@ -180,21 +180,26 @@ class Process:
         return f"{self.label} (pid {self.pid}, exit {self.popen.returncode}):\n{self.log_tail()}"
 
 
-def run_runner(server: Server, log: Path, arguments: list[str], label: str) -> Process:
+def run_runner(
+    server: Server, log: Path, arguments: list[str], label: str, *, flaky: float = 0.0
+) -> Process:
     """Start ``projector run`` with ``arguments`` on every category of the suite, with what
     every runner of the suites shares: quick polling, a short connect timeout, outages ridden
-    out for the whole run, JSON logs into ``log``."""
+    out for the whole run, JSON logs into ``log``; its handlers fail at the rate ``flaky``
+    for a tenth of the streams (`tests.faults.flaky`), with attempts enough never to park."""
     command = [
         *(sys.executable, "-m", "projector", "run", *arguments),
         *(arg for category in CATEGORIES for arg in ("--category", category)),
         *("--tail-sleep", "0.05", "--connect-timeout", "2", "--outage-limit", "300"),
         *("--log-format", "json", "--summary-interval", "0", "--no-progress"),
+        *(("--retry-max-attempts", "1000") if flaky else ()),
     ]
     env = {
         **os.environ,
         "PROJECTOR_DATABASE_URL": server.url,
         "PYTHONPATH": str(ROOT),
         "PYTHONFAULTHANDLER": "1",  # a runner that crashes in C says where
+        "FAULT_FLAKY_RATE": str(flaky),
     }
     with log.open("wb") as out:
         popen = subprocess.Popen(command, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
@@ -211,6 +216,7 @@ class Group:
     server: Server
     logs: Path
     size: int
+    flaky: float = 0.0  # how often its handlers fail for a flaky stream
     processes: dict[int, list[Process]] = field(default_factory=dict)
     retired: list[Process] = field(default_factory=list)
     started: int = 0
@@ -230,7 +236,8 @@ class Group:
             *("--lease-timeout", str(LEASE_TIMEOUT)),
             *("--retry-base", "0.05", "--retry-cap", "1"),
         ]
-        return run_runner(self.server, log, arguments, f"{self.name} member {member}")
+        label = f"{self.name} member {member}"
+        return run_runner(self.server, log, arguments, label, flaky=self.flaky)
 
     def all(self) -> list[Process]:
         return [process for processes in self.processes.values() for process in processes]
@@ -303,18 +310,40 @@ class Group:
     def logged(self) -> Counter[str]:
         return logged([*self.retired, *self.all()])
 
+    def handovers(self) -> int:
+        return handovers([*self.retired, *self.all()])
+
+
+def records(process: Process) -> list[dict[str, Any]]:
+    """The JSON log records of a process."""
+    found = []
+    for line in process.log.read_text(errors="replace").splitlines():
+        if line.startswith("{"):
+            try:
+                found.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+    return found
+
 
 def logged(processes: list[Process]) -> Counter[str]:
     """How often each ``action`` was logged, over ``processes``."""
-    actions: Counter[str] = Counter()
+    return Counter(record.get("action", "") for p in processes for record in records(p))
+
+
+def handovers(processes: list[Process]) -> int:
+    """Held streams that rejoined the flow in a process that never held them: taken over
+    from a process killed, paused past its lease, or rebalanced away."""
+    held: dict[str, set[int]] = {}
+    rejoined: list[tuple[str, int]] = []
     for process in processes:
-        for line in process.log.read_text(errors="replace").splitlines():
-            if line.startswith("{"):
-                try:
-                    actions[json.loads(line).get("action", "")] += 1
-                except json.JSONDecodeError:
-                    continue
-    return actions
+        for record in records(process):
+            action, stream = record.get("action"), str(record.get("stream"))
+            if action == "stream_retry_scheduled" and "delay" in record:
+                held.setdefault(stream, set()).add(process.pid)
+            elif action == "stream_rejoined":
+                rejoined.append((stream, process.pid))
+    return sum(1 for stream, pid in rejoined if pid not in held.get(stream, set()))
 
 
 # An elastic member's timing in the suites: a short lease, so that a SIGSTOP outlasts it.
@@ -335,6 +364,7 @@ class Elastic:
     logs: Path
     projection: str = "tests.faults.projections:calls"
     size: int = 0
+    flaky: float = 0.0  # how often its handlers fail for a flaky stream
     processes: list[Process] = field(default_factory=list)
     started: int = 0
 
@@ -345,8 +375,10 @@ class Elastic:
             *(self.projection, "--group", self.name, "--elastic", "--buckets", str(BUCKETS)),
             *("--heartbeat", str(HEARTBEAT), "--bucket-lease", str(BUCKET_LEASE)),
             *("--batch-size", "50", "--checkpoint-interval", "1"),
+            *("--retry-base", "0.05", "--retry-cap", "1"),
         ]
-        process = run_runner(self.server, log, arguments, f"{self.name} {self.started}")
+        label = f"{self.name} {self.started}"
+        process = run_runner(self.server, log, arguments, label, flaky=self.flaky)
         self.processes.append(process)
         return process
 
@@ -430,6 +462,9 @@ class Elastic:
 
     def logged(self) -> Counter[str]:
         return logged(self.processes)
+
+    def handovers(self) -> int:
+        return handovers(self.processes)
 
 
 def member_pid(owner: str) -> int:
@@ -703,5 +738,8 @@ def redeliveries(server: Server) -> int:
 
 
 def parked(server: Server) -> list[str]:
-    rows = server.query("SELECT group_name, stream_name, error FROM projector.parked_streams")
-    return [f"{group} {stream}: {error}" for group, stream, error in rows]
+    """Every held stream, retrying or parked: none should be, where no handler fails."""
+    rows = server.query(
+        "SELECT group_name, stream_name, state, error FROM projector.held_streams"
+    )
+    return [f"{group} {stream} ({state}): {error}" for group, stream, state, error in rows]

@@ -8,6 +8,10 @@
   process that handled it, over a connection of its own that it opens again after it broke.
 - ``calls`` (at least once, the elastic suite's): records every call that returned, with every
   position it was given, its process, and when it ran, over that same kind of connection.
+
+``totals`` and ``deliveries`` fail now and then for a tenth of the streams when the runner's
+environment asks for it (`tests.faults.flaky`), so that their streams are held, retried and
+rejoin the flow.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import psycopg
 
 from projector import Event, Projection
 from projector.storage.database import Connection
+from tests.faults.flaky import maybe_fail
 
 ADD = """
 INSERT INTO fault_totals AS t (stream, total, applied, last_position, gaps)
@@ -44,6 +49,7 @@ def _totals(name: str, table: str) -> Projection:
 
     @projection.transactional
     async def apply(stream_name: str, events: list[Event], conn: Connection) -> None:
+        maybe_fail(stream_name)
         first = events[0].position
         await conn.execute(
             statement.encode(),
@@ -74,6 +80,7 @@ _lock = anyio.Lock()
 
 @deliveries.handler
 async def deliver(stream_name: str, events: list[Event]) -> None:
+    maybe_fail(stream_name)
     positions = [event.position for event in events]
     await _record(RECORD, {"stream": stream_name, "positions": positions, "pid": os.getpid()})
 

@@ -10,14 +10,18 @@ for longer than its lease (its standby or another process takes over, and it wak
 zombie), ``pg_terminate_backend`` of runner sessions, ``pg_ctl restart`` in ``fast`` and
 ``immediate`` mode; a third of the way through, the fixed groups are rebalanced from 3 to 2
 members and the elastic group scaled to 2 processes (a graceful leave), and two thirds of the
-way, to 4. Then the writers stop, the groups catch up, and:
+way, to 4. Every group's handler fails at random (one call in five) for a tenth of the
+streams, so that those streams are held out of the read path, retried, handed over to new
+owners by the faults, and rejoin the flow. Then the writers stop, the groups catch up, and:
 
 - ``totals`` and ``elastic_totals`` each equal the fold of ``message_store.messages`` exactly:
   each stream's sum, number of events applied and last position, with no call starting
   anywhere but the next event;
 - every event was delivered to ``deliveries`` at least once, and no process was given an event
   before every earlier event of its stream had been given to some process;
-- nothing was parked, and no runner exited unless the suite stopped it.
+- every failing stream rejoined the flow (nothing is left held, nothing was parked), some of
+  them in another process than the one that held them, and no runner exited unless the suite
+  stopped it.
 """
 
 from __future__ import annotations
@@ -50,6 +54,7 @@ WRITERS = 3
 WRITE_RATE = 100.0  # events per second per writer
 CATCH_UP_LIMIT = 180.0  # seconds after the last fault
 ELASTIC_TOTALS = "fault_elastic_totals"
+FLAKY = 0.2  # the chance that a call of a flaky stream fails
 
 
 def test_no_event_is_lost_applied_twice_or_disordered_under_random_faults(
@@ -61,11 +66,16 @@ def test_no_event_is_lost_applied_twice_or_disordered_under_random_faults(
     rng = random.Random(seed)
     server = fault_server
     elastic = Elastic(
-        "elastic_totals", server, tmp_path, "tests.faults.projections:elastic_totals", size=3
+        "elastic_totals",
+        server,
+        tmp_path,
+        "tests.faults.projections:elastic_totals",
+        size=3,
+        flaky=FLAKY,
     )
     groups: list[Group | Elastic] = [
-        Group("totals", "tests.faults.projections:totals", server, tmp_path, size=3),
-        Group("deliveries", "tests.faults.projections:deliveries", server, tmp_path, size=3),
+        Group("totals", "tests.faults.projections:totals", server, tmp_path, 3, FLAKY),
+        Group("deliveries", "tests.faults.projections:deliveries", server, tmp_path, 3, FLAKY),
         elastic,
     ]
     writers = Writers(server, tmp_path)
@@ -109,6 +119,7 @@ def test_no_event_is_lost_applied_twice_or_disordered_under_random_faults(
         unasked = [process for group in groups for process in group.unasked_exits()]
         for group in groups:
             group.stop()
+        handed_over = sum(group.handovers() for group in groups)
     finally:
         faults.resume_due(everything=True)
         for group in groups:
@@ -132,6 +143,9 @@ def test_no_event_is_lost_applied_twice_or_disordered_under_random_faults(
             f"lock sessions lost: {actions['member_lock_lost']}, "
             f"elastic buckets lost: {actions['buckets_lost']}, "
             f"elastic commits fenced: {actions['checkpoint_fenced']}",
+            f"failing streams held: {actions['stream_retry_scheduled']} times, rejoined the "
+            f"flow: {actions['stream_rejoined']}, of them in another process than the one "
+            f"that held them: {handed_over}",
             "rebalances before the group's first checkpoint: "
             f"{sum(g.resized_before_any_checkpoint for g in groups if isinstance(g, Group))}",
             f"caught up {catch_up:.1f} s after the last fault"
@@ -148,3 +162,4 @@ def test_no_event_is_lost_applied_twice_or_disordered_under_random_faults(
     assert totals_mismatches(server, fold, ELASTIC_TOTALS) == []
     assert delivery_disorders(server) == []
     assert parked(server) == []
+    assert actions["stream_rejoined"] > 0, "no failing stream was held and replayed"

@@ -129,7 +129,7 @@ def test_an_at_least_once_projector_handles_everything_soon_after_a_5_second_res
         else f"scenario 2, run {scenario_run}: {left} events unhandled {took:.0f} s after"
     )
     assert left == 0
-    assert server.query("SELECT count(*) FROM projector.parked_streams")[0][0] == 0
+    assert server.query("SELECT count(*) FROM projector.held_streams")[0][0] == 0
 
 
 def _wait_until_delivered(server: Server, count: int, *, within: float) -> int:

@@ -1,6 +1,6 @@
-"""Failing handlers and database outages, in-process on real Postgres: retries with backoff,
-parked streams and their replays (`projector parked retry` / `skip`), stopping on failure, and
-a projector that outlives a database restart."""
+"""Failing handlers and database outages, in-process on real Postgres: failing streams held
+out of the read path, retried with backoff and parked, their replays (`projector failing retry`
+/ `skip`), stopping on failure, and a projector that outlives a database restart."""
 
 from __future__ import annotations
 
@@ -21,9 +21,9 @@ from projector.model import failures
 from projector.model.projection import Projection
 from projector.runtime import recovery
 from projector.settings import Settings
-from projector.storage import leases, parked
+from projector.storage import held, leases
 from projector.storage.database import connect
-from projector.storage.parked import ParkedStream, ParkedStreams
+from projector.storage.held import HeldState, HeldStream, HeldStreams
 from tests.support.balances import balances_projection, projected_and_folded, write_transactions
 from tests.support.failures import (
     CeilingJitter,
@@ -31,8 +31,8 @@ from tests.support.failures import (
     append,
     category_positions,
     contiguous,
+    held_streams,
     message_store_on,
-    parked_streams,
     stream_events,
 )
 from tests.support.projecting import (
@@ -53,8 +53,8 @@ BAD = "account-bad"
 
 @pytest.fixture(autouse=True)
 def quick_retry_requests(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Runners look for `projector parked retry` requests every 0.05 s instead of 2 s."""
-    monkeypatch.setattr(recovery, "RETRY_POLL", 0.05)
+    """Runners look for `projector failing retry` requests every 0.05 s instead of 2 s."""
+    monkeypatch.setattr(recovery, "LOOK_EVERY", 0.05)
 
 
 def parking(url: str, **overrides: object) -> Settings:
@@ -94,11 +94,12 @@ async def running(projection: Projection, settings: Settings) -> AsyncIterator[l
 async def request_retry(url: str, stream_name: str | None) -> list[str]:
     conn = await connect(url)
     async with conn:
-        return await parked.request_retry(conn, GROUP, stream_name)
+        return await held.request_retry(conn, GROUP, stream_name)
 
 
-async def parked_row(url: str) -> ParkedStream | None:
-    rows = await parked_streams(url, GROUP)
+async def parked_row(url: str) -> HeldStream | None:
+    """The group's one held stream, retrying or parked, if any."""
+    rows = await held_streams(url, GROUP)
     assert len(rows) <= 1, rows
     return rows[0] if rows else None
 
@@ -106,10 +107,16 @@ async def parked_row(url: str) -> ParkedStream | None:
 async def parked_with(url: str, error: str) -> bool:
     """Whether the stream is parked (and not waiting for a retry) after failing with ``error``."""
     row = await parked_row(url)
-    return row is not None and row.error == error and row.retry_requested_at is None
+    return (
+        row is not None
+        and row.state is HeldState.PARKED
+        and row.error == error
+        and row.retry_requested_at is None
+    )
 
 
 async def unparked(url: str) -> bool:
+    """Whether no stream is held any more: replayed to its end, and back in the live flow."""
     return await parked_row(url) is None
 
 
@@ -204,8 +211,8 @@ async def test_skipping_a_parked_event_replays_the_stream_without_it(own_store_u
     conn = await connect(url)
     async with conn:
         with pytest.raises(ConfigurationError, match="give the event id"):
-            await parked.skip_event(conn, GROUP, BAD, uuid.uuid4())
-        skipped = await parked.skip_event(conn, GROUP, BAD, row.event_id)
+            await held.skip_event(conn, GROUP, BAD, uuid.uuid4())
+        skipped = await held.skip_event(conn, GROUP, BAD, row.event_id)
     assert skipped.position == 2
     assert skipped.retry_requested_at is not None
 
@@ -236,7 +243,8 @@ async def test_a_stream_that_fails_again_when_replayed_is_parked_again_and_other
         assert again is not None
         assert again.position == 0
         assert again.attempts == first.attempts + 1
-        assert again.parked_at > first.parked_at
+        assert again.failed_at > first.failed_at
+        assert again.held_at == first.held_at
         calls = len(flaky.call_times[BAD])
         await append(url, BAD, 1)
         await write_events(url, {f"account-new{i}": 2 for i in range(20)})
@@ -264,7 +272,7 @@ async def test_a_stream_failing_for_longer_than_stuck_after_is_reported_once(
         assert ended == []
 
     [stuck] = [r.__dict__ for r in caplog.records if getattr(r, "action", None) == "stream_stuck"]
-    assert (stuck["stream"], stuck["state"]) == (BAD, "failing")
+    assert (stuck["stream"], stuck["state"]) == (BAD, "retrying")
     assert stuck["seconds"] >= 0.3
     assert stuck["failures"] >= 2
     assert await parked_row(url) is None
@@ -294,26 +302,26 @@ async def test_a_replay_that_fails_part_way_parks_the_stream_at_its_first_unhand
     )[3]
 
 
-async def test_a_replay_whose_unpark_fails_never_runs_alongside_the_streams_own_calls(
+async def test_a_replay_whose_release_fails_never_runs_alongside_the_streams_own_calls(
     own_store_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     url = own_store_url
     await write_events(url, {BAD: 2, "account-1": 1})
     flaky = Flaky(failing={BAD: "down"})
-    unpark = ParkedStreams.unpark
+    release = HeldStreams.release
     failed_once = anyio.Event()
 
-    async def unpark_after_a_blink(self: ParkedStreams, row: ParkedStream) -> None:
-        # The database blinks just after the first replay, and the unpark fails after a
+    async def release_after_a_blink(self: HeldStreams, row: HeldStream) -> None:
+        # The database blinks just after the first replay, and the release fails after a
         # while (as a connection timeout does), by which time the stream runs again.
         if failed_once.is_set():
-            return await unpark(self, row)
+            return await release(self, row)
         failed_once.set()
         await append(url, BAD, 1)
         await eventually(lambda: BAD in flaky.running, within=10)
-        raise DatabaseUnavailableError("lost the database while writing parked streams")
+        raise DatabaseUnavailableError("lost the database while writing held streams")
 
-    monkeypatch.setattr(ParkedStreams, "unpark", unpark_after_a_blink)
+    monkeypatch.setattr(HeldStreams, "release", release_after_a_blink)
     settings = parking(url, until_caught_up=False, retry_max_attempts=1)
     async with running(flaky.projection(), settings) as ended:
         await eventually(lambda: parked_with(url, "RuntimeError: down"), within=10)
@@ -457,7 +465,7 @@ async def test_a_transactional_projector_outlives_a_restart_and_applies_each_eve
         await eventually(caught_up, within=60)
         assert ended == []
 
-    assert await parked_streams(url, "balances") == []
+    assert await held_streams(url, "balances") == []
 
 
 class OwnConnectionWriter:
@@ -533,7 +541,7 @@ async def test_streams_failing_through_a_database_restart_resume_at_once_and_non
         await eventually(lambda: _all(writer.written, 6000), within=60)
         assert ended == []
 
-    assert await parked_streams(url, "writer") == []
+    assert await held_streams(url, "writer") == []
     actions = [getattr(record, "action", None) for record in caplog.records]
     assert "outage_started" in actions
     assert "outage_ended" in actions

@@ -6,7 +6,7 @@ import psycopg
 import pytest
 
 from projector import Event, Projection
-from projector.storage.parked import list_parked
+from projector.storage.held import HeldState, list_held
 from tests.support.projecting import checkpoint, run_projection, settings_for, write_events
 
 pytestmark = pytest.mark.anyio
@@ -44,7 +44,7 @@ async def test_malformed_events_are_parked_by_name_while_the_rest_is_projected(
     await run_projection(projection, settings)
 
     async with await psycopg.AsyncConnection.connect(database_url) as conn:
-        parked = {row.stream_name: row for row in await list_parked(conn, "totals")}
+        parked = {row.stream_name: row for row in await list_held(conn, "totals")}
         head = await (
             await conn.execute("SELECT max(global_position) FROM message_store.messages")
         ).fetchone()
@@ -52,6 +52,7 @@ async def test_malformed_events_are_parked_by_name_while_the_rest_is_projected(
     assert "TypeError" in parked["account-odd"].error
     assert parked["account"].error.startswith("ValueError")
     assert all(row.position == 0 and row.event_type == "Deposited" for row in parked.values())
+    assert all(row.state is HeldState.PARKED for row in parked.values())
     assert len(totals) == 30
     assert head is not None
     assert await checkpoint(database_url, "totals", "account") == head[0] + 1

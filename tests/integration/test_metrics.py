@@ -171,32 +171,38 @@ async def test_ready_answers_503_while_behind_and_200_once_caught_up(
     assert recorder.handled == sum(streams.values())
 
 
-async def test_one_retrying_stream_counts_its_own_events_as_lag_not_the_ones_handled_past_it(
+async def test_a_retrying_stream_is_held_out_of_the_lag_and_shown_apart_in_ready_and_metrics(
     own_store_url: str,
 ) -> None:
     await write_events(own_store_url, {"account-bad": 2})
     await write_events(own_store_url, {f"account-{i}": 1 for i in range(200)})
     flaky = Flaky(failing={"account-bad": "down"})
     settings = serving(
-        own_store_url, ready_max_lag=10, retry_base=0.05, retry_cap=0.1, retry_max_attempts=1000
+        own_store_url, ready_max_lag=0, retry_base=0.05, retry_cap=0.1, retry_max_attempts=1000
     )
     labels = frozenset({("group", "flaky"), ("category", "account")})
+    group = frozenset({("group", "flaky")})
     seen: list[tuple[int, dict[str, Any]]] = []
 
     async def settled() -> bool:
         seen.append(await probe(settings, "/ready"))
-        return len(flaky.global_positions) == 200 and seen[-1][1].get("lag") == {"account": 2}
+        status, body = seen[-1]
+        return len(flaky.global_positions) == 200 and status == 200 and body["retrying"] == 1
 
     with anyio.fail_after(40):
         async with running(flaky.projection(), settings):
             await eventually(settled, within=30, poll=0.1)
             samples = await scrape(settings)
 
-    status, body = seen[-1]
-    assert status == 200, body
-    assert body["retrying"] == 1
-    assert samples[("projector_lag_events", labels)] == 2
-    assert samples[("projector_lag_behind_events", labels)] == 202
+    _, body = seen[-1]
+    assert body["lag"] == {"account": 0}
+    assert body["parked"] == 0
+    assert body["next_attempt_seconds"] is not None
+    assert samples[("projector_lag_events", labels)] == 0
+    assert samples[("projector_streams_retrying", group)] == 1
+    assert samples[("projector_streams_parked", group)] == 0
+    assert samples[("projector_streams_held_oldest_seconds", group | {("state", "retrying")})] > 0
+    assert flaky.handled["account-bad"] == []
 
 
 async def test_health_fails_while_the_database_is_gone_and_recovers_with_it(

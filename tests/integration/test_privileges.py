@@ -1,5 +1,5 @@
 """A runner needs only the privileges the README lists: a role with just those projects a
-transactional projection (checkpoints, stream positions, parked streams) to its tail."""
+transactional projection (checkpoints, stream positions, held streams) to its tail."""
 
 from __future__ import annotations
 
@@ -21,8 +21,8 @@ GRANT USAGE ON SCHEMA message_store TO {role};
 GRANT SELECT ON message_store.messages TO {role};
 GRANT USAGE ON SCHEMA projector TO {role};
 GRANT SELECT, INSERT, UPDATE
-    ON projector.checkpoints, projector.parked_streams, projector.stream_positions TO {role};
-GRANT DELETE ON projector.parked_streams TO {role};
+    ON projector.checkpoints, projector.held_streams, projector.stream_positions TO {role};
+GRANT DELETE ON projector.held_streams TO {role};
 GRANT SELECT, INSERT, UPDATE ON balances TO {role};
 """
 PASSWORD = "runner-password"

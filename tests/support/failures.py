@@ -1,4 +1,5 @@
-"""Helpers for tests of failing handlers, parked streams and database outages."""
+"""Helpers for tests of failing handlers, held (retrying and parked) streams and database
+outages."""
 
 from __future__ import annotations
 
@@ -17,8 +18,8 @@ from psycopg import sql
 from projector import Event, Projection, StreamResult, write_message
 from projector.localpg import LocalCluster
 from projector.storage.database import connect
+from projector.storage.held import HeldState, HeldStream, list_held
 from projector.storage.migrate import install_message_store, upgrade
-from projector.storage.parked import ParkedStream, list_parked
 
 
 class CeilingJitter(random.Random):
@@ -125,10 +126,16 @@ async def category_positions(url: str, category: str) -> list[int]:
         return [int(row[0]) for row in await cursor.fetchall()]
 
 
-async def parked_streams(url: str, group: str) -> list[ParkedStream]:
+async def held_streams(url: str, group: str) -> list[HeldStream]:
+    """The group's held streams, retrying or parked."""
     conn = await connect(url)
     async with conn:
-        return await list_parked(conn, group)
+        return await list_held(conn, group)
+
+
+async def parked_streams(url: str, group: str) -> list[HeldStream]:
+    """The group's parked streams: held, with their attempts used up."""
+    return [row for row in await held_streams(url, group) if row.state is HeldState.PARKED]
 
 
 def contiguous(positions: Sequence[int]) -> bool:

@@ -65,9 +65,9 @@ async def test_an_empty_batch_is_reported_at_once_and_counts_no_events() -> None
     assert lane.events_in_flight == 0
 
 
-async def test_submit_waits_while_read_ahead_batches_are_in_flight() -> None:
+async def test_submit_waits_while_read_ahead_events_are_in_flight() -> None:
     schedule = Schedule()
-    lane = Lane("invoice", 2, schedule)
+    lane = Lane("invoice", 3, schedule)
     await lane.submit([ev("invoice-1", 0), ev("invoice-2", 0)], 1)
     await lane.submit([ev("invoice-1", 1)], 2)
     submitted = anyio.Event()

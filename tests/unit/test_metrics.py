@@ -11,8 +11,8 @@ from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from projector.model.events import Event
-from projector.model.failures import HandlerTimeout, Park
-from projector.ops.health import Health, State
+from projector.model.failures import HandlerTimeout, Hold
+from projector.ops.health import Health, HeldStreamsView, State
 from projector.ops.lag import CategoryLag, LagReading
 from projector.ops.metrics import Metrics
 from projector.ops.summary import Summary
@@ -179,33 +179,41 @@ async def test_the_summary_line_reports_throughput_lag_and_streams(
             raise RuntimeError("not counted")
         return events[-1].position + 1
 
-    async def park(stream_name: str, events: list[Event], error: Exception, attempt: int) -> Park:
-        return Park(str(error))
+    async def hold(stream_name: str, events: list[Event], error: Exception, attempt: int) -> Hold:
+        return Hold(str(error))
 
     summary = Summary("balances")
     async with StreamsSink(
         handle,
         max_concurrent_streams=1,
         max_read_ahead=1,
-        on_failure=park,
-        parked=frozenset({"account-9"}),
+        on_failure=hold,
+        held=frozenset({"account-9"}),
     ) as sink:
         lane = sink.lane("account")
         good = [event("account-1", position) for position in range(30)]
         await lane.submit([*good, *(event("account-2", p) for p in range(10))], 0)
         await lane.wait_empty()
-        summary.log(sink, reading(anyio.current_time(), account=7), seconds=2.0)
-        summary.log(sink, None, seconds=2.0)
+        # What the runner's recovery says of the streams it holds (account-2 among them).
+        held = HeldStreamsView(retrying=1, parked=3)
+        summary.log(sink, held, reading(anyio.current_time(), account=7), seconds=2.0)
+        summary.log(sink, held, None, seconds=2.0)
 
     first, second = [r for r in caplog.records if getattr(r, "action", None) == "summary"]
     assert (
-        first.getMessage() == "balances: 15.0 events/s, lag account 7, 0 busy and 2 parked streams"
+        first.getMessage()
+        == "balances: 15.0 events/s, lag account 7, 0 busy, 1 retrying and 3 parked streams"
     )
+    assert sink.held_streams == {"account-2", "account-9"}
     fields = vars(first)
     assert fields["handled"] == 30
     assert fields["events_per_second"] == 15.0
     assert fields["lag"] == {"account": 7}
-    assert (fields["busy_streams"], fields["parked_streams"]) == (0, 2)
+    assert (fields["busy_streams"], fields["retrying_streams"], fields["parked_streams"]) == (
+        0,
+        1,
+        3,
+    )
     assert vars(second)["handled"] == 0
     assert vars(second)["lag"] is None
 

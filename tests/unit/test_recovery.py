@@ -1,7 +1,8 @@
 """What a runner decides when a handler call fails, with a scripted database probe and a
-recording parked-streams table, no database: an outage is waited out without an attempt, a lost
-connection is never parked, retries run out into a park, and a park that cannot be written
-becomes a retry."""
+recording held-streams table, no database: an outage is waited out without an attempt, a lost
+connection is never held, a failing stream is recorded as retrying and held out of the read
+path until its retries run out into a park, the ``stop`` policy keeps it in place, and a hold
+that cannot be written becomes a wait for the database."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ import psycopg
 import pytest
 
 from projector.errors import DatabaseUnavailableError
-from projector.model.failures import Park, Retry, RetryPolicy, RetryWhen
+from projector.model.events import Event
+from projector.model.failures import Hold, OnExhausted, Retry, RetryPolicy, RetryWhen, Stop
 from projector.runtime.outage import Outage
 from projector.runtime.recovery import Recovery
 from tests.support.sink import ev
@@ -26,28 +28,41 @@ class Database:
             raise DatabaseUnavailableError("connection refused")
 
 
-class Parked:
-    """Stands for `ParkedStreams`: records what is parked, or fails for want of the database."""
+class Held:
+    """Stands for `HeldStreams`: records what is held (stream, first position, attempts and
+    the delay of its retry, None when parked), or fails for want of the database."""
 
     def __init__(self, *, reachable: bool = True) -> None:
         self.reachable = reachable
-        self.parked: list[tuple[str, int, int]] = []
+        self.held: list[tuple[str, int, int, float | None]] = []
 
-    async def park(
-        self, stream_name: str, events: list[object], error: BaseException, attempts: int
+    async def hold(
+        self,
+        stream_name: str,
+        first: Event,
+        error: BaseException,
+        *,
+        attempts: int,
+        retry_in: float | None,
     ) -> None:
         if not self.reachable:
             raise DatabaseUnavailableError("connection refused")
-        self.parked.append((stream_name, len(events), attempts))
+        self.held.append((stream_name, first.position, attempts, retry_in))
 
 
-def recovery(database: Database, parked: Parked, *, max_attempts: int = 3) -> Recovery:
+def recovery(
+    database: Database,
+    held: Held,
+    *,
+    max_attempts: int = 3,
+    on_exhausted: OnExhausted = OnExhausted.PARK,
+) -> Recovery:
     async def unused(stream_name: str, events: list[object]) -> int:
         raise AssertionError("no replay here")
 
     return Recovery(
-        RetryPolicy(base=0.01, cap=0.05, max_attempts=max_attempts),
-        parked,  # type: ignore[arg-type]
+        RetryPolicy(base=0.01, cap=0.05, max_attempts=max_attempts, on_exhausted=on_exhausted),
+        held,  # type: ignore[arg-type]
         None,  # type: ignore[arg-type]
         unused,  # type: ignore[arg-type]
         Outage(database.probe, limit=60),
@@ -61,39 +76,58 @@ LOST = psycopg.OperationalError("server closed the connection unexpectedly")
 
 
 async def test_a_lost_connection_while_the_database_is_away_waits_for_it() -> None:
-    decision = await recovery(Database(up=False), Parked()).on_failure(
+    held = Held()
+    decision = await recovery(Database(up=False), held).on_failure(
         "account-1", [ev("account-1", 0)], LOST, attempt=1
     )
 
     assert isinstance(decision, RetryWhen)
+    assert held.held == []
 
 
-async def test_a_lost_connection_while_the_database_answers_is_retried_and_never_parked() -> None:
-    parked = Parked()
-    decision = await recovery(Database(up=True), parked, max_attempts=1).on_failure(
+async def test_a_lost_connection_while_the_database_answers_is_retried_and_never_held() -> None:
+    held = Held()
+    decision = await recovery(Database(up=True), held, max_attempts=1).on_failure(
         "account-1", [ev("account-1", 0)], LOST, attempt=50
     )
 
     assert isinstance(decision, Retry)
     assert decision.delay <= 5.0
-    assert parked.parked == []
+    assert held.held == []
 
 
-async def test_a_stream_that_keeps_failing_is_parked_once_retries_run_out() -> None:
-    parked = Parked()
-    failing = recovery(Database(up=True), parked, max_attempts=3)
-    events = [ev("account-1", 0), ev("account-1", 1)]
+async def test_a_failing_stream_is_held_as_retrying_then_parked_once_retries_run_out() -> None:
+    held = Held()
+    failing = recovery(Database(up=True), held, max_attempts=3)
+    events = [ev("account-1", 4), ev("account-1", 5)]
 
     early = await failing.on_failure("account-1", events, ValueError("bad"), attempt=2)
     last = await failing.on_failure("account-1", events, ValueError("bad"), attempt=3)
 
+    assert isinstance(early, Hold)
+    assert isinstance(last, Hold)
+    [(stream, position, attempts, retry_in), parked] = held.held
+    assert (stream, position, attempts) == ("account-1", 4, 2)
+    assert retry_in is not None
+    assert 0 <= retry_in <= 0.02
+    assert parked == ("account-1", 4, 3, None)
+
+
+async def test_under_the_stop_policy_a_failing_stream_retries_in_place_then_stops() -> None:
+    held = Held()
+    failing = recovery(Database(up=True), held, max_attempts=2, on_exhausted=OnExhausted.STOP)
+    events = [ev("account-1", 0)]
+
+    early = await failing.on_failure("account-1", events, ValueError("bad"), attempt=1)
+    last = await failing.on_failure("account-1", events, ValueError("bad"), attempt=2)
+
     assert isinstance(early, Retry)
-    assert isinstance(last, Park)
-    assert parked.parked == [("account-1", 2, 3)]
+    assert isinstance(last, Stop)
+    assert held.held == []
 
 
-async def test_a_park_the_database_cannot_take_becomes_a_wait_for_it() -> None:
-    failing = recovery(Database(up=False), Parked(reachable=False), max_attempts=1)
+async def test_a_hold_the_database_cannot_take_becomes_a_wait_for_it() -> None:
+    failing = recovery(Database(up=False), Held(reachable=False), max_attempts=1)
 
     decision = await failing.on_failure(
         "account-1", [ev("account-1", 0)], ValueError("bad"), attempt=1

@@ -1,4 +1,5 @@
-"""The streams sink when handler calls fail: retries, parking, replays, timeouts and stopping.
+"""The streams sink when handler calls fail: retries in place, holding a stream out of the read
+path, its replay rejoining the flow, timeouts and stopping.
 
 No database: the failure decisions come from a scripted ``on_failure`` (or a real
 `RetryPolicy`), and every test runs under `anyio.fail_after`, so a broken sink fails instead
@@ -20,7 +21,7 @@ from projector.model.events import Event
 from projector.model.failures import (
     Decision,
     HandlerTimeout,
-    Park,
+    Hold,
     Retry,
     RetryPolicy,
     RetryWhen,
@@ -117,7 +118,7 @@ async def running_sink(
     on_failure: Decisions,
     *,
     handler_timeout: float | None = None,
-    parked: frozenset[str] = frozenset(),
+    held: frozenset[str] = frozenset(),
 ) -> AsyncIterator[StreamsSink]:
     with anyio.fail_after(TIMEOUT):
         async with StreamsSink(
@@ -126,13 +127,13 @@ async def running_sink(
             max_read_ahead=10,
             on_failure=on_failure,
             handler_timeout=handler_timeout,
-            parked=parked,
+            held=held,
         ) as sink:
             yield sink
 
 
-def park(error: Exception, attempt: int) -> Decision:
-    return Park(f"failed {attempt} times")
+def hold(error: Exception, attempt: int) -> Decision:
+    return Hold(f"failed {attempt} times")
 
 
 # -- retries -------------------------------------------------------------------------------------
@@ -191,7 +192,7 @@ async def test_a_failing_streams_batch_and_every_later_one_wait_until_it_succeed
 async def test_retries_follow_the_policys_backoff_and_reset_after_a_success() -> None:
     policy = RetryPolicy(base=0.02, cap=0.05, max_attempts=10)
     handler = Handler(failing={"bad-1": 4})
-    decisions = Decisions(policy.decide)
+    decisions = Decisions(lambda error, attempt: Retry(policy.backoff(attempt)))
     async with running_sink(handler, decisions) as sink:
         lane = sink.lane("l")
         await lane.submit([ev("bad-1", 0)], 0)
@@ -226,19 +227,19 @@ async def test_a_stream_told_to_wait_runs_again_once_ready_and_that_failure_is_n
     assert handler.handled("bad-1") == [0]
 
 
-# -- parking -------------------------------------------------------------------------------------
+# -- holding -------------------------------------------------------------------------------------
 
 
-async def test_a_parked_stream_releases_its_batches_and_drops_its_later_events() -> None:
+async def test_a_held_stream_releases_its_batches_and_drops_its_later_events() -> None:
     handler = Handler(failing={"bad-1": None})
-    decisions = Decisions(park)
+    decisions = Decisions(hold)
     done = Completions()
     async with running_sink(handler, decisions) as sink:
         lane = sink.lane("l", done)
         handler.gates["good-0"] = anyio.Event()
         await done.submit(lane, 0, [ev("good-0", 0)])
         await done.submit(lane, 1, [ev("bad-1", 0), ev("good-1", 0)])
-        await until(lambda: sink.parked_streams == {"bad-1"})
+        await until(lambda: sink.held_streams == {"bad-1"})
         await done.submit(lane, 2, [ev("bad-1", 1), ev("good-2", 0)])
         await done.submit(lane, 3, evs("bad-1", [2, 3]))
         await settle()
@@ -252,18 +253,18 @@ async def test_a_parked_stream_releases_its_batches_and_drops_its_later_events()
     assert all(handler.returned(f"good-{index}") for index in range(3))
 
 
-async def test_a_held_stream_buffers_its_events_and_release_runs_them_from_the_given_position() -> (
+async def test_a_rejoining_stream_buffers_its_events_and_runs_them_from_the_given_position() -> (
     None
 ):
     handler = Handler(failing={"bad-1": None})
     done = Completions()
-    async with running_sink(handler, Decisions(park)) as sink:
+    async with running_sink(handler, Decisions(hold)) as sink:
         lane = sink.lane("l", done)
         await done.submit(lane, 0, [ev("bad-1", 0)])
-        await until(lambda: sink.parked_streams == {"bad-1"})
+        await until(lambda: sink.held_streams == {"bad-1"})
         handler.failing.clear()
 
-        sink.hold("bad-1")  # a replay begins: it will handle positions 0 to 2 itself
+        sink.rejoining("bad-1")  # a replay begins: it will handle positions 0 to 2 itself
         await done.submit(lane, 1, [*evs("bad-1", [1, 2, 3]), ev("good-1", 0)])
         await done.submit(lane, 2, [ev("good-2", 0), ev("bad-1", 4)])
         await settle()
@@ -271,9 +272,9 @@ async def test_a_held_stream_buffers_its_events_and_release_runs_them_from_the_g
         assert handler.returned("good-1")
         assert handler.returned("good-2")
         assert done.order == [0]
-        assert sink.parked_streams == frozenset()
+        assert sink.held_streams == frozenset()
 
-        sink.resume("bad-1", 3)
+        sink.rejoin("bad-1", 3)
         await lane.wait_empty()
         await done.submit(lane, 3, [ev("bad-1", 5)])
         await lane.wait_empty()
@@ -281,16 +282,16 @@ async def test_a_held_stream_buffers_its_events_and_release_runs_them_from_the_g
     assert done.order == [0, 1, 2, 3]
 
 
-async def test_events_read_after_a_release_below_its_position_are_not_delivered() -> None:
+async def test_events_read_after_a_rejoin_below_its_position_are_not_delivered() -> None:
     handler = Handler(failing={"bad-1": None})
     done = Completions()
-    async with running_sink(handler, Decisions(park)) as sink:
+    async with running_sink(handler, Decisions(hold)) as sink:
         lane = sink.lane("l", done)
         await done.submit(lane, 0, [ev("bad-1", 0)])
-        await until(lambda: sink.parked_streams == {"bad-1"})
+        await until(lambda: sink.held_streams == {"bad-1"})
         handler.failing.clear()
-        sink.hold("bad-1")
-        sink.resume("bad-1", 5)  # the replay handled 0 to 4 before the source read them
+        sink.rejoining("bad-1")
+        sink.rejoin("bad-1", 5)  # the replay handled 0 to 4 before the source read them
         await done.submit(lane, 1, evs("bad-1", [3, 4]))
         await done.submit(lane, 2, evs("bad-1", [5, 6]))
         await lane.wait_empty()
@@ -298,45 +299,45 @@ async def test_events_read_after_a_release_below_its_position_are_not_delivered(
     assert done.order == [0, 1, 2]
 
 
-async def test_a_stream_parked_when_the_sink_starts_is_never_called() -> None:
+async def test_a_stream_held_when_the_sink_starts_is_never_called() -> None:
     handler = Handler()
     done = Completions()
-    async with running_sink(handler, Decisions(park), parked=frozenset({"bad-1"})) as sink:
+    async with running_sink(handler, Decisions(hold), held=frozenset({"bad-1"})) as sink:
         lane = sink.lane("l", done)
         await done.submit(lane, 0, [ev("bad-1", 3), ev("good-1", 0)])
         await done.submit(lane, 1, evs("bad-1", [4, 5]))
         await lane.wait_empty()
-        assert sink.parked_streams == {"bad-1"}
+        assert sink.held_streams == {"bad-1"}
     assert handler.calls_of("bad-1") == []
     assert handler.calls_of("good-1") == [[0]]
     assert done.order == [0, 1]
 
 
-async def test_parking_a_held_stream_again_releases_the_batches_waiting_on_it() -> None:
+async def test_holding_a_rejoining_stream_again_releases_the_batches_waiting_on_it() -> None:
     handler = Handler()
     done = Completions()
-    async with running_sink(handler, Decisions(park), parked=frozenset({"bad-1"})) as sink:
+    async with running_sink(handler, Decisions(hold), held=frozenset({"bad-1"})) as sink:
         lane = sink.lane("l", done)
-        sink.hold("bad-1")
+        sink.rejoining("bad-1")
         await done.submit(lane, 0, [ev("bad-1", 3), ev("good-1", 0)])
         await done.submit(lane, 1, [ev("good-2", 0)])
         await settle()
         assert done.order == []
-        sink.park("bad-1")  # the replay failed: back to dropping its events
+        sink.hold("bad-1")  # the replay failed: back to dropping its events
         await lane.wait_empty()
         await done.submit(lane, 2, [ev("bad-1", 4)])
         await lane.wait_empty()
-        assert sink.parked_streams == {"bad-1"}
+        assert sink.held_streams == {"bad-1"}
     assert handler.calls_of("bad-1") == []
     assert done.order == [0, 1, 2]
 
 
-async def test_a_stream_the_sink_does_not_track_can_be_parked() -> None:
+async def test_a_stream_the_sink_does_not_track_can_be_held() -> None:
     handler = Handler()
     done = Completions()
-    async with running_sink(handler, Decisions(park)) as sink:
+    async with running_sink(handler, Decisions(hold)) as sink:
         lane = sink.lane("l", done)
-        sink.park("bad-1")
+        sink.hold("bad-1")
         await done.submit(lane, 0, evs("bad-1", [0, 1]))
         await lane.wait_empty()
     assert handler.calls == []
@@ -370,7 +371,7 @@ async def test_a_call_over_the_handler_timeout_is_cancelled_and_reported_as_a_fa
 
 async def test_calls_within_the_handler_timeout_are_not_affected() -> None:
     handler = Handler(gates={"s-1": anyio.Event()})
-    decisions = Decisions(park)
+    decisions = Decisions(hold)
     async with running_sink(handler, decisions, handler_timeout=30) as sink:
         lane = sink.lane("l")
         await lane.submit([ev("s-1", 0)], 0)
@@ -442,9 +443,9 @@ async def test_troubled_reports_a_long_running_call_and_a_failing_stream() -> No
 
 
 @pytest.mark.parametrize("outcome", ["handled", "raised"])
-async def test_a_stream_parked_while_its_call_runs_is_not_run_again(outcome: str) -> None:
-    # An operator's or a replay's park can land while the stream's call is running: whatever
-    # the call does then, the stream stays parked and its batches are not held back by it.
+async def test_a_stream_held_while_its_call_runs_is_not_run_again(outcome: str) -> None:
+    # A replay's hold can land while the stream's call is running: whatever the call does
+    # then, the stream stays held and its batches are not held back by it.
     gate = anyio.Event()
     handler = Handler(gates={"s-1": gate}, failing={"s-1": None} if outcome == "raised" else {})
     decisions = Decisions(lambda error, attempt: Retry(0))
@@ -453,12 +454,12 @@ async def test_a_stream_parked_while_its_call_runs_is_not_run_again(outcome: str
         lane = sink.lane("l", done)
         await done.submit(lane, 0, evs("s-1", [0, 1]))
         await until(lambda: sink.busy_streams == 1)
-        sink.park("s-1")
+        sink.hold("s-1")
         await done.submit(lane, 1, [ev("s-1", 2), ev("s-2", 0)])
         gate.set()
         await lane.wait_empty()
         await settle()
     assert handler.calls_of("s-1") == [[0, 1]]
     assert decisions.seen == []
-    assert sink.parked_streams == {"s-1"}
+    assert sink.held_streams == {"s-1"}
     assert done.order == [0, 1]

@@ -58,7 +58,7 @@ def test_durations_are_short_and_never_negative(seconds: float, shown: str) -> N
 def test_the_table_shows_a_member_by_its_checkpoint_name_with_its_figures() -> None:
     header, row = text_of([member()]).splitlines()
 
-    assert header.split() == " ".join(c for c in COLUMNS if c != "parked").split()
+    assert header.split() == " ".join(c for c in COLUMNS if c not in {"retrying", "parked"}).split()
     assert row.split() == [
         "balances-1",
         "account",
@@ -101,14 +101,26 @@ def test_parked_streams_show_with_the_age_of_the_oldest() -> None:
     row = member(parked=2, oldest_parked_at=NOW - timedelta(minutes=3))
 
     header, line, *caption = text_of([row], width=200).splitlines()
-    assert "parked" in header.split()
-    assert line.split()[-2:] == ["2", "running"]
-    assert "2 parked stream(s), their events not handled; the oldest parked 3m00s ago in " in (
+    assert header.split()[-3:] == ["retrying", "parked", "runner"]
+    assert line.split()[-3:] == ["0", "2", "running"]
+    assert "2 parked stream(s), their events not handled; the oldest failing since 3m00s ago " in (
         " ".join(caption)
     )
     assert json.loads(to_json([row]))["oldest_parked_at"] == (
         "2026-11-24T11:57:00+00:00"
     )
+
+
+def test_retrying_streams_show_when_their_next_attempt_is_due() -> None:
+    row = member(retrying=3, next_attempt_at=NOW + timedelta(seconds=42))
+
+    _, line, *caption = text_of([row], width=200).splitlines()
+    assert line.split()[-3:] == ["3", "0", "running"]
+    assert "3 retrying stream(s), their events not handled until they succeed; the next " in (
+        " ".join(caption)
+    )
+    assert "attempt in 42s in balances-1/account" in " ".join(" ".join(caption).split())
+    assert json.loads(to_json([row]))["next_attempt_at"] == "2026-11-24T12:00:42+00:00"
 
 
 def test_an_empty_status_says_why_it_is_empty() -> None:
@@ -132,6 +144,8 @@ def test_json_is_one_object_per_line_of_machine_fields() -> None:
         "lag_seconds": 192.5,
         "updated_at": "2026-11-24T11:59:55+00:00",
         "running": True,
+        "retrying": 0,
+        "next_attempt_at": None,
         "parked": 0,
         "oldest_parked_at": None,
     }

@@ -30,6 +30,7 @@ for command in (
     commands.status_command,
     commands.wait_command,
     operations.checkpoints,
+    operations.failing,
     operations.parked,
     operations.group_command,
 ):

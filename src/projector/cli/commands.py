@@ -58,8 +58,8 @@ def parked_message(group: str, parked: frozenset[str], shown: int = 10) -> str:
     more = f" and {len(names) - shown} more" if len(names) > shown else ""
     return (
         f"caught up, but {len(names)} stream(s) of group {group} are parked, their events not "
-        f"handled: {', '.join(names[:shown])}{more} (`projector parked list --group {group}`; "
-        "`projector parked retry` replays them once fixed)"
+        f"handled: {', '.join(names[:shown])}{more} (`projector failing list --group {group}`; "
+        "`projector failing retry` replays them once fixed)"
     )
 
 

@@ -22,24 +22,27 @@ COLUMNS = (
     "lag (events)",
     "lag (time)",
     "last written",
+    "retrying",
     "parked",
     "runner",
 )
-_NUMBERS = {"checkpoint", "head", "lag (events)", "parked"}
+_NUMBERS = {"checkpoint", "head", "lag (events)", "retrying", "parked"}
+_HELD = ("retrying", "parked")
 
 
 def status_table(rows: list[MemberStatus], *, now: datetime | None = None) -> Table:
     """A table for people; ages are relative to ``now`` (default: this machine's clock). The
-    ``parked`` column appears when some member has parked streams, with a caption naming the
-    oldest, so that a table with nothing parked stays narrow."""
+    ``retrying`` and ``parked`` columns appear when some member has failing streams, with a
+    caption saying when the next attempt is due and how old the oldest parked one is, so that
+    a table with nothing failing stays narrow."""
     # Imported here: only the status command renders, and a runner starts faster without rich.
     from rich.console import JustifyMethod
     from rich.table import Table
     from rich.text import Text
 
     now = now or datetime.now(UTC)
-    parked = any(row.parked for row in rows)
-    columns = [c for c in COLUMNS if parked or c != "parked"]
+    failing = any(row.parked or row.retrying for row in rows)
+    columns = [c for c in COLUMNS if failing or c not in _HELD]
     table = Table(box=None, pad_edge=False, caption=_caption(rows, now))
     for column in columns:
         justify: JustifyMethod = "right" if column in _NUMBERS else "left"
@@ -59,6 +62,25 @@ def status_table(rows: list[MemberStatus], *, now: datetime | None = None) -> Ta
 def _caption(rows: list[MemberStatus], now: datetime) -> str | None:
     if not rows:
         return "no checkpoints yet: a runner writes its own as it goes"
+    lines = [_retrying_line(rows, now), _parked_line(rows, now)]
+    return "\n".join(line for line in lines if line) or None
+
+
+def _retrying_line(rows: list[MemberStatus], now: datetime) -> str | None:
+    due = [(row.next_attempt_at, row) for row in rows if row.next_attempt_at is not None]
+    if not due:
+        return None
+    at, row = min(due, key=lambda found: found[0])
+    count = sum(r.retrying for r in rows)
+    wait = (at - now).total_seconds()
+    when = "now" if wait <= 0 else f"in {human_duration(wait)}"
+    return (
+        f"{count} retrying stream(s), their events not handled until they succeed; the next "
+        f"attempt {when} in {row.name}/{row.category}: `projector failing list --group {row.group}`"
+    )
+
+
+def _parked_line(rows: list[MemberStatus], now: datetime) -> str | None:
     oldest = [(row.oldest_parked_at, row) for row in rows if row.oldest_parked_at is not None]
     if not oldest:
         return None
@@ -66,8 +88,8 @@ def _caption(rows: list[MemberStatus], now: datetime) -> str | None:
     count = sum(r.parked for r in rows)
     age = human_duration((now - since).total_seconds())
     return (
-        f"{count} parked stream(s), their events not handled; the oldest parked {age} ago in "
-        f"{row.name}/{row.category}: `projector parked list --group {row.group}`"
+        f"{count} parked stream(s), their events not handled; the oldest failing since {age} "
+        f"ago in {row.name}/{row.category}: `projector failing list --group {row.group}`"
     )
 
 
@@ -80,6 +102,7 @@ def _cells(row: MemberStatus, now: datetime) -> tuple[str, ...]:
         str(row.lag_events),
         "-" if row.lag_seconds is None else human_duration(row.lag_seconds),
         f"{human_duration((now - row.last_written).total_seconds())} ago",
+        str(row.retrying),
         str(row.parked),
         "running" if row.running else "stopped",
     )

@@ -2,7 +2,11 @@
 
 Handlers raise ordinary exceptions for "try again later"; two exceptions let them say more:
 `RetryAfter` asks for a specific delay, `PoisonEvent` says retrying is pointless. The decisions
-here are pure (no I/O): the sink schedules the retry, the runner records a parked stream.
+here are pure (no I/O). A `RetryPolicy` says what the stream deserves (`Retry`, `Park` or
+`Stop`); the runner turns that into what the sink does with it (a `Decision`): a stream to be
+retried or parked is recorded durably and held out of the read path (`Hold`), so that no other
+stream waits for it; only a lost connection (`RetryWhen`, or a short `Retry`) and the ``stop``
+policy keep a stream, and its batches, waiting in the sink.
 
 A call that outlasts ``handler_timeout`` is cancelled and fails with `HandlerTimeout`.
 """
@@ -58,7 +62,16 @@ class RetryWhen:
 
 @dataclass(frozen=True, slots=True)
 class Park:
-    """Set the stream aside (recorded by the runner) and let every other stream go on."""
+    """Give up on the stream until an operator retries it (recorded by the runner)."""
+
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Hold:
+    """Take the stream out of the read path: its batches complete without it and its events
+    are dropped as read, until a replay from the stream itself brings it back. The runner
+    records the hold durably before the sink is told, so nothing is lost."""
 
     reason: str
 
@@ -70,7 +83,11 @@ class Stop:
     reason: str
 
 
-Decision = Retry | RetryWhen | Park | Stop
+Verdict = Retry | Park | Stop
+"""What a `RetryPolicy` says a failing stream deserves."""
+
+Decision = Retry | RetryWhen | Hold | Stop
+"""What the sink does with a failing stream."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,7 +102,7 @@ class RetryPolicy:
 
     def decide(
         self, error: BaseException, attempt: int, rng: random.Random | None = None
-    ) -> Decision:
+    ) -> Verdict:
         """The decision after the ``attempt``-th failed call in a row (1 for the first)."""
         if isinstance(error, PoisonEvent):
             return self._give_up(f"the handler declared the event poison: {error}")

@@ -8,7 +8,7 @@ import traceback
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, TypeAlias
+from typing import TYPE_CHECKING, Any, Literal, TypeAlias, overload
 
 from projector.errors import ConfigurationError, HandlerImportError
 from projector.model.events import Event, validate_category, validate_group
@@ -72,6 +72,8 @@ TransactionalHandler: TypeAlias = (
     "Callable[[str, list[Event], Connection], Awaitable[StreamResult | None]]"
 )
 EventHandler = Callable[[Event], Awaitable[None]]
+Positions = Literal["projector", "read_model"]
+"""Where a transactional batch projection keeps each stream's applied position."""
 Spans: TypeAlias = dict[str, list[Event]]
 """Several streams' spans: each stream's events, in stream order, by stream name."""
 BatchResults: TypeAlias = "dict[str, StreamResult] | None"
@@ -138,6 +140,7 @@ class Projection:
         self._transactional_handler: TransactionalHandler | None = None
         self._batch_handler: BatchHandler | None = None
         self._transactional_batch_handler: TransactionalBatchHandler | None = None
+        self.positions: Positions = "projector"
         self._event_handlers: dict[str, EventHandler] = {}
 
     def __repr__(self) -> str:
@@ -165,13 +168,43 @@ class Projection:
         self._batch_handler = fn
         return fn
 
-    def transactional_batch(self, fn: TransactionalBatchHandler) -> TransactionalBatchHandler:
+    @overload
+    def transactional_batch(self, fn: TransactionalBatchHandler) -> TransactionalBatchHandler: ...
+
+    @overload
+    def transactional_batch(
+        self, *, positions: Positions
+    ) -> Callable[[TransactionalBatchHandler], TransactionalBatchHandler]: ...
+
+    def transactional_batch(
+        self, fn: TransactionalBatchHandler | None = None, *, positions: Positions = "projector"
+    ) -> (
+        TransactionalBatchHandler
+        | Callable[[TransactionalBatchHandler], TransactionalBatchHandler]
+    ):
         """Register a batch handler that writes through the connection it is given, inside one
-        transaction that also records the position of every stream it was given: each event
-        is applied exactly once (decorator)."""
-        self._require_no_handler(fn)
-        self._transactional_batch_handler = fn
-        return fn
+        transaction (decorator, with or without arguments). Each event is applied exactly once:
+
+        - ``positions="projector"`` (the default): the transaction also records the position
+          of every stream it was given in ``projector.stream_positions``, and events at or
+          below it never reach the handler;
+        - ``positions="read_model"``: the read model keeps each stream's position in its own
+          row, and the handler's writes are guarded by it (`projector.GuardedUpsert` writes
+          such a row): projector records nothing beside them, which saves a row per stream.
+        """
+        if positions not in ("projector", "read_model"):
+            raise ConfigurationError(
+                f"positions={positions!r}: give 'projector' (projector.stream_positions) or "
+                "'read_model' (the read model's rows hold them)"
+            )
+
+        def register(fn: TransactionalBatchHandler) -> TransactionalBatchHandler:
+            self._require_no_handler(fn)
+            self._transactional_batch_handler = fn
+            self.positions = positions
+            return fn
+
+        return register if fn is None else register(fn)
 
     @property
     def is_transactional(self) -> bool:

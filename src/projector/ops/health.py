@@ -3,11 +3,14 @@
 The endpoint runs on the runner's own event loop, so an answer at all means the loop is not
 wedged. Liveness then asks whether the runner's loops run and the database answered lately (a
 read, or a lag measurement, within ``max_db_age`` seconds); readiness whether the last lag
-measurement is that recent and within ``ready_max_lag`` events in every category.
+measurement is that recent and within ``ready_max_lag`` events in every category. Failing
+streams do not make a runner unready (they are out of the read path, and the others are
+current); /ready's details count them.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import json
 import logging
@@ -46,6 +49,17 @@ class Verdict:
     details: dict[str, object] = field(default_factory=dict)
 
 
+@dataclass(frozen=True, slots=True)
+class HeldStreamsView:
+    """A runner's failing streams, for /ready's details: their events are not handled (and
+    not counted in the lag) until they succeed again."""
+
+    retrying: int = 0
+    parked: int = 0
+    next_attempt_seconds: float | None = None
+    oldest_parked_seconds: float | None = None
+
+
 class Health(Observer):
     """What a runner saw last, as liveness and readiness verdicts.
 
@@ -62,7 +76,7 @@ class Health(Observer):
         self.answered_wall: float | None = None  # the same as Unix time, for the metric
         self.last_error: str | None = None
         self.paused: str | None = None  # why the projection waits for its dependencies
-        self.retrying: Callable[[], int] = lambda: 0  # streams waiting for a retry
+        self.held: Callable[[], HeldStreamsView] = HeldStreamsView  # failing streams
 
     # -- what the runner reports ----------------------------------------------------------
 
@@ -116,8 +130,8 @@ class Health(Observer):
             details["lag_seconds"] = {name: _round(c.seconds) for name, c in lag.categories.items()}
         if self.paused is not None:
             details["paused"] = self.paused
-        retrying = self.retrying()
-        details["retrying"] = retrying
+        held = self.held()
+        details.update(dataclasses.asdict(held))
         if self.state is not State.RUNNING:
             return Verdict(False, {**details, "reason": f"the runner is {self.state.value}"})
         if lag is None or anyio.current_time() - lag.at > self.max_db_age:
@@ -125,8 +139,8 @@ class Health(Observer):
             return Verdict(False, {**details, "reason": reason})
         if not lag.within(self.ready_max_lag):
             reason = f"a category has more than {self.ready_max_lag} events unhandled"
-            if retrying:
-                reason = f"retrying {retrying} stream(s); {reason}"
+            if held.retrying:
+                reason = f"retrying {held.retrying} stream(s); {reason}"
             return Verdict(False, {**details, "reason": reason})
         return Verdict(True, details)
 

@@ -36,6 +36,8 @@ from projector.pipeline.lane import Lane
 from projector.pipeline.observe import Observer
 from projector.pipeline.sink import StreamsSink
 from projector.runtime.checkpoint_writer import CheckpointWriter
+from projector.runtime.recovery import Recovery
+from projector.storage.held import HeldState
 
 # From a quick upsert (1 ms) to a call near the default handler_timeout.
 HANDLER_BUCKETS = (
@@ -66,6 +68,7 @@ class RunnerState:
     lanes: Mapping[str, Lane]
     writer: CheckpointWriter
     health: Health
+    recovery: Recovery
     stuck_after: float
 
 
@@ -216,21 +219,42 @@ class _StateCollector(Collector):
         yield from self._lag()
 
     def _streams(self) -> Iterable[Metric]:
-        sink, group = self._state.sink, self._group
+        sink, recovery, group = self._state.sink, self._state.recovery, self._group
         busy = _gauge("projector_streams_busy", "Streams with a handler call running")
         busy.add_metric((group,), sink.busy_streams)
-        parked = _gauge("projector_streams_parked", "Streams parked by this runner")
-        parked.add_metric((group,), len(sink.parked_streams))
-        stuck = _gauge(
-            "projector_streams_stuck", "Streams running or failing for longer than stuck_after"
+        retrying, parked = recovery.held(HeldState.RETRYING), recovery.held(HeldState.PARKED)
+        retrying_gauge = _gauge(
+            "projector_streams_retrying",
+            "Streams held out of the read path by this runner, waiting for their next attempt",
         )
-        stuck.add_metric((group,), len(sink.troubled(longer_than=self._state.stuck_after)))
+        retrying_gauge.add_metric((group,), retrying.streams)
+        parked_gauge = _gauge(
+            "projector_streams_parked", "Streams parked by this runner (attempts used up)"
+        )
+        parked_gauge.add_metric((group,), parked.streams)
+        oldest = _gauge(
+            "projector_streams_held_oldest_seconds",
+            "Seconds since the oldest held stream of each state first failed",
+            "state",
+        )
+        for state, count in ((HeldState.RETRYING, retrying), (HeldState.PARKED, parked)):
+            if count.oldest_seconds is not None:
+                oldest.add_metric((group, state.value), count.oldest_seconds)
+        after = self._state.stuck_after
+        stuck = _gauge(
+            "projector_streams_stuck",
+            "Streams running, or failing and retrying, for longer than stuck_after",
+        )
+        stuck.add_metric(
+            (group,),
+            len(sink.troubled(longer_than=after)) + len(recovery.troubled(longer_than=after)),
+        )
         batches = _gauge(
             "projector_batches_in_flight", "Batches read and not yet fully handled", "category"
         )
         for name, lane in self._state.lanes.items():
             batches.add_metric((group, name), lane.in_flight)
-        return (busy, parked, stuck, batches)
+        return (busy, retrying_gauge, parked_gauge, oldest, stuck, batches)
 
     def _positions(self) -> Iterable[Metric]:
         writer, group = self._state.writer, self._group

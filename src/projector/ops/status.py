@@ -12,20 +12,21 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from projector.model.events import member_name, owns, validate_group
-from projector.storage import buckets, checkpoints, database, leases, message_store, parked
+from projector.storage import buckets, checkpoints, database, held, leases, message_store
 from projector.storage.checkpoints import CheckpointRow, check_schema
 from projector.storage.database import Connection
+from projector.storage.held import HeldState, HeldStream
 from projector.storage.message_store import Partition
-from projector.storage.parked import ParkedStream
 
 
 @dataclass(frozen=True, slots=True)
 class MemberStatus:
     """One member's progress in one category. ``checkpoint`` is the next global position to
     read; ``head`` the member's newest event in the category (None: it has none); ``lag_events``
-    its events from the checkpoint on; ``lag_seconds`` the age of the oldest of them; ``parked``
-    how many of its streams in the category are parked (their events are not handled, and not
-    counted in the lag), ``oldest_parked_at`` when the first of them was."""
+    its events from the checkpoint on; ``lag_seconds`` the age of the oldest of them. Failing
+    streams are held out of the read path (their events are not handled, and not counted in
+    the lag): ``retrying`` of them wait for their next attempt, the first at
+    ``next_attempt_at``; ``parked`` used up their attempts, the first at ``oldest_parked_at``."""
 
     group: str
     member: int
@@ -37,6 +38,8 @@ class MemberStatus:
     lag_seconds: float | None
     last_written: datetime
     running: bool
+    retrying: int = 0
+    next_attempt_at: datetime | None = None
     parked: int = 0
     oldest_parked_at: datetime | None = None
 
@@ -55,9 +58,9 @@ async def collect(conn: Connection, group: str | None = None) -> list[MemberStat
             await check_schema(conn)
             rows = await checkpoints.rows(conn, group)
             running: dict[tuple[str, int], bool] = {}
-            parked_streams = await parked.list_parked(conn, group)
+            held_streams = await held.list_held(conn, group)
             return [
-                _with_parked(await _member_status(conn, row, running), parked_streams)
+                _with_held(await _member_status(conn, row, running), held_streams)
                 for row in rows
             ]
 
@@ -86,18 +89,26 @@ async def _member_status(
     )
 
 
-def _with_parked(member: MemberStatus, parked_streams: list[ParkedStream]) -> MemberStatus:
-    """The member's status with its share of the group's parked streams in its category."""
-    times = [
-        found.parked_at
-        for found in parked_streams
+def _with_held(member: MemberStatus, held_streams: list[HeldStream]) -> MemberStatus:
+    """The member's status with its share of the group's held streams in its category."""
+    mine = [
+        found
+        for found in held_streams
         if found.group == member.group
         and found.category == member.category
         and owns(member.member, member.size, found.stream_name)
     ]
-    if not times:
+    if not mine:
         return member
-    return dataclasses.replace(member, parked=len(times), oldest_parked_at=min(times))
+    retrying = [f.next_attempt_at for f in mine if f.next_attempt_at is not None]
+    parked = [f.held_at for f in mine if f.state is HeldState.PARKED]
+    return dataclasses.replace(
+        member,
+        retrying=len(retrying),
+        next_attempt_at=min(retrying, default=None),
+        parked=len(parked),
+        oldest_parked_at=min(parked, default=None),
+    )
 
 
 def to_json(rows: list[MemberStatus]) -> str:
@@ -129,8 +140,12 @@ def _json_row(row: MemberStatus) -> dict[str, object]:
         "lag_events": row.lag_events,
         "lag_seconds": row.lag_seconds,
         "running": row.running,
+        "retrying": row.retrying,
+        "next_attempt_at": _iso(row.next_attempt_at),
         "parked": row.parked,
-        "oldest_parked_at": None
-        if row.oldest_parked_at is None
-        else row.oldest_parked_at.isoformat(),
+        "oldest_parked_at": _iso(row.oldest_parked_at),
     }
+
+
+def _iso(at: datetime | None) -> str | None:
+    return None if at is None else at.isoformat()

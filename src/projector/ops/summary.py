@@ -7,6 +7,7 @@ from collections.abc import Awaitable, Callable
 
 import anyio
 
+from projector.ops.health import HeldStreamsView
 from projector.ops.lag import LagReading
 from projector.pipeline.sink import StreamsSink
 
@@ -15,7 +16,7 @@ logger = logging.getLogger(__name__)
 
 class Summary:
     """Logs the events handled since the last summary line (action ``summary``), with the lag
-    in each category and the sink's busy and parked streams."""
+    in each category and the busy, retrying and parked streams."""
 
     def __init__(self, group: str) -> None:
         self.group = group
@@ -24,6 +25,7 @@ class Summary:
     async def run(
         self,
         sink: StreamsSink,
+        held: Callable[[], HeldStreamsView],
         measure: Callable[[], Awaitable[LagReading | None]],
         *,
         interval: float,
@@ -35,10 +37,17 @@ class Summary:
             await anyio.sleep(interval)
             reading = await measure()
             now = anyio.current_time()
-            self.log(sink, reading, seconds=now - since)
+            self.log(sink, held(), reading, seconds=now - since)
             since = now
 
-    def log(self, sink: StreamsSink, reading: LagReading | None, *, seconds: float) -> None:
+    def log(
+        self,
+        sink: StreamsSink,
+        held: HeldStreamsView,
+        reading: LagReading | None,
+        *,
+        seconds: float,
+    ) -> None:
         """Log what happened in the last ``seconds``, and start counting again."""
         handled, self._counted = sink.handled_events - self._counted, sink.handled_events
         rate = handled / seconds if seconds > 0 else 0.0
@@ -50,13 +59,14 @@ class Summary:
             if reading is None
             else {c.category: round(c.seconds, 3) for c in reading.categories.values()}
         )
-        busy, parked = sink.busy_streams, len(sink.parked_streams)
+        busy, retrying, parked = sink.busy_streams, held.retrying, held.parked
         logger.info(
-            "%s: %.1f events/s, lag %s, %d busy and %d parked streams",
+            "%s: %.1f events/s, lag %s, %d busy, %d retrying and %d parked streams",
             self.group,
             rate,
             "unknown" if lag is None else ", ".join(f"{c} {n}" for c, n in lag.items()),
             busy,
+            retrying,
             parked,
             extra={
                 "action": "summary",
@@ -66,6 +76,7 @@ class Summary:
                 "lag": lag,
                 "lag_seconds": lag_seconds,
                 "busy_streams": busy,
+                "retrying_streams": retrying,
                 "parked_streams": parked,
             },
         )

@@ -14,8 +14,9 @@ import anyio
 
 from projector.errors import ConfigurationError, ParkedStreamsError, ProjectorError
 from projector.model.events import category, owns, validate_group
-from projector.storage import checkpoints, database, message_store, parked, stream_positions
+from projector.storage import checkpoints, database, held, message_store, stream_positions
 from projector.storage.database import Connection
+from projector.storage.held import HeldState
 
 DEFAULT_POLL = 0.05
 
@@ -43,9 +44,13 @@ async def wait_for(
         with anyio.move_on_after(timeout):
             while True:
                 last_seen = await _handled_below(conn, group, stream_name)
-                if last_seen is not None and last_seen > position:
-                    # Past it, yet perhaps only because its stream is parked.
-                    await _refuse_if_parked(conn, group, stream_name, stream_position, position)
+                # Past it, yet perhaps only because its stream is held: a retrying stream is
+                # waited for, a parked one refused.
+                if (
+                    last_seen is not None
+                    and last_seen > position
+                    and not await _held_at(conn, group, stream_name, stream_position, position)
+                ):
                     return
                 if await _applied(conn, group, stream_name, stream_position):
                     return
@@ -69,17 +74,22 @@ async def _stream_at(conn: Connection, position: int) -> tuple[str, int]:
     return found
 
 
-async def _refuse_if_parked(
+async def _held_at(
     conn: Connection, group: str, stream_name: str, stream_position: int, position: int
-) -> None:
-    found = await parked.parked_stream(conn, group, stream_name)
-    if found is not None and found.position <= stream_position:
-        raise ParkedStreamsError(
-            f"group {group!r} has parked {stream_name} at position {found.position} "
-            f"(global {found.global_position}): the event at global position {position} is "
-            f"not handled (`projector parked list --group {group}`; `projector parked retry` "
-            "replays it)"
-        )
+) -> bool:
+    """Whether the group holds the stream at or before ``stream_position``, retrying it; a
+    ParkedStreamsError when it parked it there."""
+    found = await held.held_stream(conn, group, stream_name)
+    if found is None or found.position > stream_position:
+        return False
+    if found.state is HeldState.RETRYING:
+        return True
+    raise ParkedStreamsError(
+        f"group {group!r} has parked {stream_name} at position {found.position} "
+        f"(global {found.global_position}): the event at global position {position} is "
+        f"not handled (`projector failing list --group {group}`; `projector failing retry` "
+        "replays it)"
+    )
 
 
 async def _applied(conn: Connection, group: str, stream_name: str, position: int) -> bool:

@@ -16,15 +16,17 @@ import anyio
 from anyio.abc import TaskGroup
 
 from projector.ops import health, progress
-from projector.ops.health import Health
+from projector.ops.health import Health, HeldStreamsView
 from projector.ops.lag import LAG_INTERVAL, LagTracker
 from projector.ops.metrics import Metrics
 from projector.ops.progress import BarFactory, CatchUpProgress
 from projector.ops.summary import Summary
 from projector.pipeline.observe import Observer, Observers
 from projector.pipeline.sink import StreamsSink
+from projector.runtime.recovery import Recovery
 from projector.settings import Settings
 from projector.storage.database import Pool
+from projector.storage.held import HeldState
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +76,7 @@ class Watchers:
         pool: Pool,
         handled: Callable[[], dict[str, int]],
         sink: StreamsSink,
+        recovery: Recovery,
     ) -> None:
         """Start the lag measurements (once the first is taken), the progress bar and the
         summary line, as far as they are enabled."""
@@ -86,7 +89,8 @@ class Watchers:
             on_failed=self.health.lag_failed,
             handled_ahead=sink.handled_in_flight,
         )
-        self.health.retrying = lambda: sink.failing_streams
+        held = partial(_held, sink, recovery)
+        self.health.held = held
         if self.metrics is not None:
             # Often enough that a healthy database never looks silent to /health.
             interval = min(LAG_INTERVAL, settings.health_max_db_age / 4)
@@ -101,7 +105,22 @@ class Watchers:
         if self.summary is not None:
             tasks.start_soon(
                 partial(
-                    self.summary.run, sink, tracker.measure, interval=settings.summary_interval
+                    self.summary.run,
+                    sink,
+                    held,
+                    tracker.measure,
+                    interval=settings.summary_interval,
                 ),
                 name="projector-summary",
             )
+
+
+def _held(sink: StreamsSink, recovery: Recovery) -> HeldStreamsView:
+    retrying, parked = recovery.held(HeldState.RETRYING), recovery.held(HeldState.PARKED)
+    return HeldStreamsView(
+        # Streams waiting in place (a lost connection) retry too, without being held.
+        retrying=retrying.streams + sink.failing_streams,
+        parked=parked.streams,
+        next_attempt_seconds=retrying.next_attempt_seconds,
+        oldest_parked_seconds=parked.oldest_seconds,
+    )

@@ -3,11 +3,13 @@
 Sources submit batches to a `Lane` (one per category). The sink splits each batch into per-stream
 spans and runs them on a fixed set of workers, so that:
 
-- at most ``max_concurrent_streams`` handler calls run at once (the number of workers);
+- at most ``max_concurrent_streams`` handler calls run at once (the number of workers; a batch
+  handler's sink is `projector.pipeline.batch_sink`'s);
 - a stream has at most one call at a time, and sees its events in stream order: events that
   arrive while it is busy wait in its buffer and go to the next call, merged across batches;
 - events below a stream's handled position, and duplicates, are dropped;
-- a lane's ``submit`` blocks while ``max_read_ahead`` of its batches are incomplete;
+- a lane's ``submit`` blocks while ``max_read_ahead`` events of its batches are incomplete
+  (see `lane`);
 - a batch completes once every stream in it has handled past its events, and a lane reports
   completions strictly in submit order, which is what makes a checkpoint safe.
 
@@ -15,10 +17,10 @@ A stream's state is forgotten as soon as no buffered event and no incomplete bat
 memory follows what is in flight, not how many streams exist.
 
 A failed call is the business of that stream alone: ``on_failure`` decides (see `failures`)
-whether it is retried after a delay or once something is ready (its batches, and so the
-checkpoint, wait; other streams go on until read-ahead is full), parked (its events, now and
-later, are dropped and its batches released, until `hold` and `release` bring it back) or the
-run stops.
+whether it is held out of the read path (its events, now and later, are dropped and its
+batches released, until a replay from the stream itself brings it back with `rejoining` and
+`rejoin`), retried in place after a delay or once something is ready (its batches, and so the
+checkpoint, wait: for a lost connection, which is nobody's stream's fault), or the run stops.
 """
 
 from __future__ import annotations
@@ -37,36 +39,28 @@ from anyio.abc import TaskGroup
 
 from projector.errors import HandlerError
 from projector.model.events import Event
-from projector.model.failures import Decision, HandlerTimeout, Park, Retry, RetryWhen, Stop
+from projector.model.failures import HandlerTimeout, Hold, Retry, RetryWhen
+from projector.pipeline.calls import (
+    Call,
+    FailureHandler,
+    SpanHandler,
+    stop_on_failure,
+)
 from projector.pipeline.lane import NO_PROGRESS, Batch, Lane, Progress
 from projector.pipeline.observe import NO_OBSERVER, Observer
 from projector.pipeline.streams import (
     HELD,
     IDLE,
-    PARKED,
     QUEUED,
+    REJOINING,
     RUNNING,
     WAITING,
     StreamState,
     TroubledStream,
+    by_stream,
     in_order,
     merge,
 )
-
-SpanHandler = Callable[[str, list[Event]], Awaitable[int]]
-"""Handles one stream's events (in stream order) and returns the stream position to expect next:
-``events[-1].position + 1`` when all were handled, less when only some were, more to skip ahead."""
-
-FailureHandler = Callable[[str, list[Event], Exception, int], Awaitable[Decision]]
-"""Decides what to do after a failed call: given the stream, the call's events, the error and the
-number of failed calls in a row (1 for the first)."""
-
-
-async def stop_on_failure(
-    stream_name: str, events: list[Event], error: Exception, attempt: int
-) -> Decision:
-    return Stop(str(error))
-
 
 DEFAULT_STALL_DELAY = 0.1
 # How long a worker runs handler calls that never wait before it lets other tasks run (the
@@ -74,18 +68,6 @@ DEFAULT_STALL_DELAY = 0.1
 # computes for longer still holds the loop for as long as it takes.
 YIELD_AFTER = 0.0005
 MAX_SKIP_HINTS = 100_000  # forgotten streams whose handler asked to skip ahead (skip_to)
-
-
-class _Call:
-    """What one worker is running, for the timeout watchdog."""
-
-    __slots__ = ("events", "scope", "started", "stream")
-
-    def __init__(self) -> None:
-        self.scope = anyio.CancelScope()
-        self.stream: StreamState | None = None  # set while a call runs
-        self.events: list[Event] = []
-        self.started = 0.0
 
 
 class StreamsSink:
@@ -100,9 +82,11 @@ class StreamsSink:
         stall_delay: float = DEFAULT_STALL_DELAY,
         on_failure: FailureHandler = stop_on_failure,
         handler_timeout: float | None = None,
-        parked: frozenset[str] = frozenset(),
+        held: frozenset[str] = frozenset(),
         observer: Observer = NO_OBSERVER,
     ) -> None:
+        """``max_read_ahead`` counts events per lane (see `lane`); ``held`` are the streams out
+        of the read path from the start."""
         if max_concurrent_streams < 1 or max_read_ahead < 1:
             raise ValueError("max_concurrent_streams and max_read_ahead must be at least 1")
         self._handle = handle
@@ -113,7 +97,7 @@ class StreamsSink:
         self._handler_timeout = handler_timeout
         self._call_hook = observer.call_hook()
         self._handled = 0
-        self._parked: set[str] = set(parked)
+        self._held: set[str] = set(held)
         self._streams: dict[str, StreamState] = {}
         # A stream that skipped ahead must keep its position after it is forgotten, or its
         # own later events (the usual reason to skip) would be delivered. Oldest hints go first.
@@ -125,7 +109,7 @@ class StreamsSink:
         self._task_group: TaskGroup | None = None
         self._exit_stack = AsyncExitStack()
         self._worker_scopes: list[anyio.CancelScope] = []
-        self._calls: list[_Call] = []
+        self._calls: list[Call] = []
         self._stopping = False
         self._busy = 0
         self._idle = anyio.Event()
@@ -148,12 +132,13 @@ class StreamsSink:
         return len(self._streams)
 
     @property
-    def parked_streams(self) -> frozenset[str]:
-        return frozenset(self._parked)
+    def held_streams(self) -> frozenset[str]:
+        """Streams out of the read path: their events are dropped as read."""
+        return frozenset(self._held)
 
     @property
     def failing_streams(self) -> int:
-        """Streams whose last call failed, waiting for their retry."""
+        """Streams whose last call failed and that wait in place for their retry."""
         return sum(1 for stream in self._streams.values() if stream.failing_since is not None)
 
     def handled_in_flight(self) -> dict[str, int]:
@@ -161,7 +146,9 @@ class StreamsSink:
         the streams that went on while an older batch waits for a stream that retries.
         (Read at a moment of the loop's choosing: a gauge's figure, not a ledger's.)"""
         unhandled: dict[str, int] = {}
-        running = {call.stream.name: len(call.events) for call in self._calls if call.stream}
+        running = {
+            stream.name: len(events) for call in self._calls for stream, events in call.spans()
+        }
         for stream in self._streams.values():
             if stream.pending:
                 lane = stream.pending[0][0].lane.name
@@ -199,7 +186,7 @@ class StreamsSink:
         exit_stack.callback(self._cancel_everything, tasks)
         self._task_group = tasks
         for index in range(self._workers):
-            call = _Call()
+            call = Call()
             self._calls.append(call)
             tasks.start_soon(self._work, call, name=f"projector-sink-worker-{index}")
         if self._handler_timeout is not None:
@@ -255,22 +242,16 @@ class StreamsSink:
     # -- scheduling -------------------------------------------------------------------------
 
     def _schedule(self, batch: Batch, events: Sequence[Event]) -> None:
-        spans: dict[str, list[Event]] = {}
-        for event in events:
-            span = spans.get(event.stream_name)
-            if span is None:
-                spans[event.stream_name] = [event]
-            else:
-                span.append(event)
-        streams, parked, hints, ready = self._streams, self._parked, self._skip_hints, self._ready
+        spans = by_stream(events)
+        streams, held, hints, ready = self._streams, self._held, self._skip_hints, self._ready
         waiting = 0
         for name, span in spans.items():
             stream = streams.get(name)
             if stream is None and not (hints and name in hints):
                 # The common case in a catch-up: a stream with no state (nothing buffered,
-                # nothing running) gets one holding this span, and is ready at once. A parked
-                # stream never has state (parking drops it; `hold` takes it out of `_parked`).
-                if name in parked:
+                # nothing running) gets one holding this span, and is ready at once. A held
+                # stream never has state (holding drops it; `rejoining` takes it out of `_held`).
+                if name in held:
                     continue
                 span = in_order(span)
                 stream = streams[name] = StreamState(name, span, [(batch, span[-1].position)])
@@ -282,16 +263,20 @@ class StreamsSink:
             if stream is None:
                 stream = streams[name] = StreamState(name)
                 stream.next_position = hints.pop(name)
-            needed = stream.accept(span)
-            if needed is None:
-                self._forget_if_idle(stream)
-                continue
-            waiting += 1
-            stream.pending.append((batch, needed))
-            self._enqueue(stream)
+            waiting += self._buffer(batch, stream, span)
         batch.remaining += waiting
         if ready:
             self._work_ready.set()
+
+    def _buffer(self, batch: Batch, stream: StreamState, span: list[Event]) -> bool:
+        """Add a span to a stream that has state; whether ``batch`` now waits on it."""
+        needed = stream.accept(span)
+        if needed is None:
+            self._forget_if_idle(stream)
+            return False
+        stream.pending.append((batch, needed))
+        self._enqueue(stream)
+        return True
 
     def _enqueue(self, stream: StreamState) -> None:
         if stream.phase is IDLE and not self._stopping:
@@ -299,7 +284,7 @@ class StreamsSink:
             self._ready.append(stream)
             self._work_ready.set()
 
-    async def _work(self, call: _Call) -> None:
+    async def _work(self, call: Call) -> None:
         # Shielded: cancelling the owner (a signal) must not cut a handler call short. `stop`
         # lets running calls finish within its grace period; leaving the sink cancels the rest.
         with anyio.CancelScope(shield=True) as shield:
@@ -309,16 +294,14 @@ class StreamsSink:
                 # microseconds): `_watch_timeouts` cancels it to cut a call short.
                 with anyio.CancelScope() as call.scope:
                     await self._serve(call)
-                if call.stream is not None:
+                if call.running:
                     await self._timed_out(call)
 
-    async def _serve(self, call: _Call) -> None:
+    async def _serve(self, call: Call) -> None:
         ready, yielded = self._ready, time.monotonic()
         while not (self._stopping or call.scope.cancel_called):
             if not ready:
-                if self._work_ready.is_set():
-                    self._work_ready = anyio.Event()
-                await self._work_ready.wait()
+                await self._wait_for_work()
                 yielded = time.monotonic()
                 continue
             now = time.monotonic()
@@ -331,32 +314,39 @@ class StreamsSink:
                 continue
             stream = ready.popleft()
             if stream.phase is not QUEUED:
-                continue  # parked while it waited in the queue
+                continue  # held while it waited in the queue
             if stream.buffer:
                 await self._run(stream, call, now)
             else:
                 stream.phase = IDLE
+
+    async def _wait_for_work(self) -> None:
+        if self._work_ready.is_set():
+            self._work_ready = anyio.Event()
+        await self._work_ready.wait()
 
     async def _watch_timeouts(self, limit: float) -> None:
         while True:
             await anyio.sleep(min(1.0, limit / 4))
             now = time.monotonic()
             for call in self._calls:
-                if call.stream is not None and now - call.started > limit:
+                if call.running and now - call.started > limit:
                     call.scope.cancel()
 
-    async def _timed_out(self, call: _Call) -> None:
-        stream, events = call.stream, call.events
-        assert stream is not None
-        call.stream, call.events = None, []
+    async def _timed_out(self, call: Call) -> None:
+        """A call cut short by ``handler_timeout``: each of its streams failed (a batch call's
+        transaction, if any, rolled back with it)."""
+        spans, elapsed = call.spans(), time.monotonic() - call.started
+        call.stream, call.events, call.batch = None, [], []
         error = HandlerTimeout(
             f"the call took longer than handler_timeout ({self._handler_timeout} s)"
         )
-        if self._call_hook is not None:
-            self._call_hook(stream.name, len(events), time.monotonic() - call.started, error)
-        await self._failed(stream, events, error)
+        for stream, events in spans:
+            if self._call_hook is not None:
+                self._call_hook(stream.name, len(events), elapsed, error)
+            await self._failed(stream, events, error)
 
-    async def _run(self, stream: StreamState, call: _Call, started: float) -> None:
+    async def _run(self, stream: StreamState, call: Call, started: float) -> None:
         # The hot path of a catch-up, once per call: kept flat, with the common outcome (every
         # event handled, nothing new buffered meanwhile) settled inline.
         events, stream.buffer = stream.buffer, []
@@ -379,9 +369,13 @@ class StreamsSink:
         call.stream = None
         if self._call_hook is not None:
             self._call_hook(stream.name, len(events), time.monotonic() - started, None)
+        self._succeeded(stream, events, next_position)
+
+    def _succeeded(self, stream: StreamState, events: list[Event], next_position: int) -> None:
+        """Settle a call that returned: release the batches it handled past."""
         self._handled += len(events)
-        if stream.phase is PARKED:
-            return  # parked while its call ran: what it left is dropped
+        if stream.phase is HELD:
+            return  # held while its call ran: what it left is dropped
         if stream.failing_since is not None:
             stream.failures, stream.failing_since = 0, None
         if stream.buffer or next_position != events[-1].position + 1:
@@ -399,15 +393,15 @@ class StreamsSink:
             del self._streams[stream.name]
 
     def _idle_again(self, stream: StreamState) -> None:
-        if stream.phase is RUNNING:  # not parked while it ran
+        if stream.phase is RUNNING:  # not held while it ran
             stream.phase = IDLE
         self._busy -= 1
         if self._busy == 0 and self._stopping:
             self._idle.set()  # `stop` waits for it
 
     async def _failed(self, stream: StreamState, events: list[Event], error: Exception) -> None:
-        if stream.phase is PARKED:
-            return  # parked while its call ran: its events are dropped
+        if stream.phase is HELD:
+            return  # held while its call ran: its events are dropped
         # Waiting while the decision is made, so new events cannot start a second call.
         stream.phase = WAITING
         stream.buffer = merge(events, stream.buffer)
@@ -420,8 +414,8 @@ class StreamsSink:
         elif isinstance(decision, RetryWhen):
             stream.failures -= 1  # not the stream's failure: its backoff stays where it was
             self._requeue_when(stream, decision.ready)
-        elif isinstance(decision, Park):
-            self._park(stream)
+        elif isinstance(decision, Hold):
+            self._hold(stream)
         else:
             self._stop_scheduling()
             raise HandlerError(
@@ -463,24 +457,25 @@ class StreamsSink:
         self, stream: StreamState, ready: Callable[[], Awaitable[object]]
     ) -> None:
         await ready()
-        if stream.phase is WAITING:  # not parked meanwhile
+        if stream.phase is WAITING:  # not held meanwhile
             stream.phase = IDLE
             self._enqueue(stream)
 
-    # -- parked streams ---------------------------------------------------------------------
+    # -- held streams -----------------------------------------------------------------------
 
-    def park(self, stream_name: str) -> None:
-        """Drop the stream's events, now and later, and release its batches."""
+    def hold(self, stream_name: str) -> None:
+        """Take the stream out of the read path: drop its events, now and later, and release
+        its batches. Its owner must have recorded where it stands (its first unhandled event)."""
         stream = self._streams.get(stream_name)
         if stream is None:
-            self._parked.add(stream_name)
+            self._held.add(stream_name)
         else:
-            self._park(stream)
+            self._hold(stream)
 
-    def _park(self, stream: StreamState) -> None:
-        self._parked.add(stream.name)
+    def _hold(self, stream: StreamState) -> None:
+        self._held.add(stream.name)
         self._skip_hints.pop(stream.name, None)
-        stream.buffer, stream.phase = [], PARKED
+        stream.buffer, stream.phase = [], HELD
         pending, stream.pending = stream.pending, []
         for batch, _ in pending:
             batch.remaining -= 1
@@ -488,16 +483,18 @@ class StreamsSink:
                 batch.lane.complete(batch)
         del self._streams[stream.name]
 
-    def hold(self, stream_name: str) -> None:
-        """Keep a parked stream's new events from now on, without running it, until `resume`."""
-        self._parked.discard(stream_name)
+    def rejoining(self, stream_name: str) -> None:
+        """Keep a held stream's new events from now on, without running them, until `rejoin`:
+        a replay about to read the stream's last events calls it first, so that no event is
+        dropped after the replay's last read."""
+        self._held.discard(stream_name)
         stream = self._streams.get(stream_name)
         if stream is None:
             stream = self._streams[stream_name] = StreamState(stream_name)
-        stream.phase = HELD
+        stream.phase = REJOINING
 
-    def resume(self, stream_name: str, next_position: int) -> None:
-        """Run a held stream again, from stream position ``next_position`` on."""
+    def rejoin(self, stream_name: str, next_position: int) -> None:
+        """Run a rejoining stream again, from stream position ``next_position`` on."""
         stream = self._streams[stream_name]
         stream.phase, stream.failures, stream.failing_since = IDLE, 0, None
         stream.next_position = next_position

@@ -9,6 +9,7 @@ when events arrive duplicated or out of order.
 from __future__ import annotations
 
 import enum
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from projector.model.events import Event
@@ -22,23 +23,24 @@ class Phase(enum.Enum):
 
         IDLE ──(events, a worker free)──> QUEUED ──(a worker takes it)──> RUNNING
         RUNNING ──(handled; more buffered)──> QUEUED     RUNNING ──(handled all)──> IDLE
-        RUNNING ──(failed, or handled none)──> WAITING ──(its delay or the database)──> IDLE
-        WAITING ──(given up)──> PARKED (its state dropped; new events skipped)
-        PARKED ──(a replay begins: `hold`)──> HELD ──(replayed: `resume`)──> IDLE
+        RUNNING ──(lost the database, or handled none)──> WAITING ──(its delay)──> IDLE
+        RUNNING ──(failed: held out of the read path)──> HELD (its state dropped; new events
+            dropped as read, until a replay from the stream itself brings it back)
+        HELD ──(a replay nears the stream's end: `rejoining`)──> REJOINING ──(`rejoin`)──> IDLE
 
     Only an IDLE stream is queued, so a stream is never in the ready queue twice and never
-    runs two calls at once; HELD and WAITING buffer new events without running them.
+    runs two calls at once; REJOINING and WAITING buffer new events without running them.
     """
 
     IDLE = "idle"
     QUEUED = "queued"
     RUNNING = "running"
     WAITING = "waiting"  # for a retry's delay, the database, or after a call that did nothing
-    HELD = "held"  # a parked stream being replayed: buffer its events, run nothing
-    PARKED = "parked"
+    HELD = "held"  # out of the read path: its events are dropped (a replay reads them)
+    REJOINING = "rejoining"  # a replay is finishing: buffer its events, run nothing
 
 
-IDLE, QUEUED, RUNNING, WAITING, HELD, PARKED = Phase
+IDLE, QUEUED, RUNNING, WAITING, HELD, REJOINING = Phase
 
 
 class StreamState:
@@ -104,9 +106,21 @@ class TroubledStream:
     """A stream whose current call, or run of failures, has lasted ``seconds``."""
 
     stream_name: str
-    state: str  # "running" or "failing"
+    state: str  # "running" or "failing" (in the sink), "retrying" (held out of the read path)
     seconds: float
     failures: int
+
+
+def by_stream(events: Sequence[Event]) -> dict[str, list[Event]]:
+    """A batch's events grouped by stream, streams in order of their first event."""
+    spans: dict[str, list[Event]] = {}
+    for event in events:
+        span = spans.get(event.stream_name)
+        if span is None:
+            spans[event.stream_name] = [event]
+        else:
+            span.append(event)
+    return spans
 
 
 def in_order(events: list[Event]) -> list[Event]:

@@ -39,9 +39,9 @@ from projector.runtime.checkpoint_writer import CheckpointWriter
 from projector.storage import buckets, database
 from projector.storage.buckets import Identity
 from projector.storage.database import Connection, Pool
+from projector.storage.held import HeldStreams
 from projector.storage.leases import LeaseLostError
 from projector.storage.message_store import BucketStore
-from projector.storage.parked import ParkedStreams
 
 logger = logging.getLogger(__name__)
 
@@ -392,11 +392,11 @@ async def start_positions(
 @dataclass(frozen=True, slots=True)
 class TenureStart:
     """What a tenure projects with: checkpoints per owned bucket, a reader of its buckets that
-    starts each where its checkpoint is, and the care of its buckets' parked streams."""
+    starts each where its checkpoint is, and the care of its buckets' held streams."""
 
     writer: CheckpointWriter
     store: BucketStore
-    parked: ParkedStreams
+    held: HeldStreams
 
 
 async def start_tenure(
@@ -419,7 +419,7 @@ async def start_tenure(
     for category, positions in by_category.items():
         writer.start_at(category, _read_start(tenure, category, positions, heads[category]))
     store = BucketStore(pool, size=member.buckets, buckets=tenure.owned, starts=by_category)
-    return TenureStart(writer, store, ParkedStreams(pool, member.group, owner=tenure.owns))
+    return TenureStart(writer, store, HeldStreams(pool, member.group, owner=tenure.owns))
 
 
 def _read_start(

@@ -8,11 +8,16 @@ statement just before the COMMIT (`Session.record_all_and_commit`). If any strea
 the statement fails, and the whole transaction rolls back with every write of the handler; so
 a zombie can commit none of a batch whose streams another runner has moved since. Such a
 batch is made once more with every row read under lock (``stream_position_moved``); a batch
-that fails again goes back to the `Batcher`, which splits it.
+that fails again is split (`projector.runtime.batching`).
 
 A batch costs one transaction, whatever its size: a lock-and-read of the rows of the streams
 this runner knows nothing of (none, once it has met them), the handler's statements, the
 positions' statement, and one round trip for the COMMIT and the next BEGIN.
+
+A projection whose read model keeps each stream's position in its own rows
+(``positions="read_model"``, `GuardedBatch`) needs none of the positions' work: its guarded
+writes leave out what a row has applied already, in the same statement, so a redelivered
+batch (after a crash, or a commit whose outcome was lost) changes nothing twice.
 """
 
 from __future__ import annotations
@@ -28,7 +33,8 @@ logger = logging.getLogger(__name__)
 
 
 class ExactlyOnceBatch(Transactional):
-    """Runs a transactional batch handler (`run`, for a `Batcher`); make one with `running`."""
+    """Runs a transactional batch handler (`run`, split on failure by `batching`); make one with
+    `running`."""
 
     async def run(self, spans: Spans) -> dict[str, int]:
         """Apply the spans' events not applied yet, in one transaction; each stream's next
@@ -110,3 +116,26 @@ def _fresh(spans: Spans, applied: dict[str, int]) -> tuple[Spans, dict[str, int]
         else:
             done[name] = max(events[-1].position, last) + 1
     return fresh, done
+
+
+class GuardedBatch(Transactional):
+    """Runs a transactional batch handler whose read model holds each stream's position
+    (``positions="read_model"``): one transaction per call, and nothing recorded beside the
+    handler's own guarded writes; make one with `running`."""
+
+    async def run(self, spans: Spans) -> dict[str, int]:
+        session = await self._transactions.take()
+        try:
+            next_positions = await self._projection.handle_batch_in_transaction(
+                session.conn, spans
+            )
+            await session.commit()
+        except Exception:
+            await self._transactions.keep_after_failure(session)
+            raise
+        except BaseException:
+            # Cancelled with a statement perhaps still running: see `ExactlyOnce._call`.
+            await self._transactions.give_back(session)
+            raise
+        self._transactions.keep(session)
+        return next_positions

@@ -1,7 +1,19 @@
-"""A runner's care for failing streams: logging retries, parking, replaying, reporting stuck ones.
+"""A runner's care for failing streams: holding them out of the read path, replaying them when
+their next attempt is due, parking them once their attempts run out, reporting stuck ones.
 
-The sink decides nothing itself about a failed call; `Recovery.on_failure` does, with the retry
-policy, and records a parked stream before the sink lets its checkpoint move on.
+The sink decides nothing itself about a failed call; `Recovery.on_failure` does, with the
+retry policy:
+
+- A lost connection is nobody's stream's fault: the stream waits in the sink (its batches, and
+  the checkpoint, with it) until the database is back, or retries within seconds (`outage`).
+- Under the ``stop`` policy the stream retries in the sink, its batches waiting, until its
+  attempts run out and the run stops: nothing may pass a failing event, as the user asked.
+- Otherwise the stream is recorded as held (`projector.storage.held`: retrying, or parked once
+  its attempts are used up) and only then taken out of the read path, so its batches complete
+  without it and the checkpoint moves on; its events are dropped as read. `serve` replays it
+  from the stream itself when its next attempt is due (or an operator asks), and it rejoins the
+  live flow at the stream's end. A held stream costs a row write when it fails, and a delete
+  when it rejoins; nothing in memory grows with its events.
 """
 
 from __future__ import annotations
@@ -11,32 +23,54 @@ from dataclasses import dataclass
 
 import anyio
 
-from projector.errors import DatabaseUnavailableError
+from projector.errors import DatabaseUnavailableError, HandlerError
 from projector.model.events import Event
-from projector.model.failures import RECONNECT, Decision, Park, Retry, RetryPolicy, RetryWhen
-from projector.pipeline.sink import SpanHandler, StreamsSink
+from projector.model.failures import (
+    RECONNECT,
+    Decision,
+    Hold,
+    OnExhausted,
+    Park,
+    Retry,
+    RetryPolicy,
+    RetryWhen,
+    Stop,
+)
+from projector.pipeline.calls import SpanHandler
+from projector.pipeline.sink import StreamsSink
+from projector.pipeline.streams import TroubledStream
 from projector.runtime.outage import Outage, is_connection_error
+from projector.storage.held import HeldState, HeldStream, HeldStreams, Look
 from projector.storage.message_store import MessageStore
-from projector.storage.parked import ParkedStream, ParkedStreams
 
 logger = logging.getLogger(__name__)
 
-RETRY_POLL = 2.0  # seconds between looks for `projector parked retry` requests
+LOOK_EVERY = 2.0  # seconds between looks for due attempts and operators' retry requests
 STUCK_REPORT_EVERY = 60.0  # seconds between reports of the same stuck stream
 
 
 @dataclass
 class _Progress:
     position: int  # the first stream position not yet handled
+    failing: Event | None = None  # the first event of the call that failed
+
+
+@dataclass(frozen=True, slots=True)
+class HeldCount:
+    """The held streams of one state that a runner owns, as of its last look."""
+
+    streams: int
+    oldest_seconds: float | None  # since the oldest was first held
+    next_attempt_seconds: float | None  # until the next attempt (retrying streams)
 
 
 class Recovery:
-    """Failure decisions and parked-stream replays for one runner."""
+    """Failure decisions and held-stream replays for one runner."""
 
     def __init__(
         self,
         policy: RetryPolicy,
-        parked: ParkedStreams,
+        held: HeldStreams,
         store: MessageStore,
         handle: SpanHandler,
         outage: Outage,
@@ -46,13 +80,19 @@ class Recovery:
         handler_timeout: float | None,
     ) -> None:
         self.policy = policy
-        self._parked = parked
+        self._held = held
         self._store = store
         self._handle = handle
         self._outage = outage
         self._group = group
         self._batch_size = batch_size
         self._handler_timeout = handler_timeout
+        # Set when a stream is held: its attempt may be due before the next look.
+        self._changed = anyio.Event()
+        self._looked = anyio.Event()  # set after each round of `serve`, then replaced
+        self._last: tuple[Look, float] | None = None  # the last look, and its anyio time
+
+    # -- deciding ---------------------------------------------------------------------------
 
     async def on_failure(
         self, stream_name: str, events: list[Event], error: Exception, attempt: int
@@ -67,20 +107,21 @@ class Recovery:
         }
         if is_connection_error(error):
             return await self._connection_lost(stream_name, error, attempt, fields)
-        decision = self.policy.decide(error, attempt)
-        if isinstance(decision, Retry):
-            self._log_retry(stream_name, attempt, decision, error, fields)
-        elif isinstance(decision, Park):
-            return await self._park(stream_name, events, error, attempt, decision, fields)
-        return decision
+        verdict = self.policy.decide(error, attempt)
+        if isinstance(verdict, Stop):
+            return verdict
+        if isinstance(verdict, Retry) and self.policy.on_exhausted is OnExhausted.STOP:
+            self._log_retry(stream_name, attempt, verdict.delay, error, fields)
+            return verdict
+        return await self._hold(stream_name, events[0], error, attempt, verdict, fields)
 
     async def _connection_lost(
         self, stream_name: str, error: Exception, attempt: int, fields: dict[str, object]
     ) -> Decision:
-        """Never the event's fault, so never parked (see `_wait_or_retry_soon`)."""
+        """Never the event's fault, so never held (see `_wait_or_retry_soon`)."""
         decision = await self._wait_or_retry_soon(attempt)
         if isinstance(decision, Retry):
-            self._log_retry(stream_name, attempt, decision, error, fields)
+            self._log_retry(stream_name, attempt, decision.delay, error, fields)
         else:
             logger.debug(
                 "%s waits for the database: %r",
@@ -98,11 +139,40 @@ class Recovery:
             return RetryWhen(self._outage.wait_until_back)
         return Retry(RECONNECT.backoff(attempt))
 
+    async def _hold(
+        self,
+        stream_name: str,
+        first: Event,
+        error: Exception,
+        attempt: int,
+        verdict: Retry | Park,
+        fields: dict[str, object],
+    ) -> Decision:
+        """Record the stream as held, then take it out of the read path."""
+        retry_in = verdict.delay if isinstance(verdict, Retry) else None
+        try:
+            await self._held.hold(stream_name, first, error, attempts=attempt, retry_in=retry_in)
+        except DatabaseUnavailableError as exc:
+            # Holding needs the database: the stream waits in place until it is back.
+            logger.warning(
+                "%s could not be held, retrying it in place instead: %s",
+                stream_name,
+                exc,
+                extra={"action": "stream_retry_scheduled", **fields},
+            )
+            return await self._wait_or_retry_soon(attempt)
+        self._changed.set()
+        if isinstance(verdict, Retry):
+            self._log_retry(stream_name, attempt, verdict.delay, error, fields)
+        else:
+            self._log_parked(stream_name, first.position, verdict.reason, error, fields)
+        return Hold(f"held at position {first.position}")
+
     def _log_retry(
         self,
         stream_name: str,
         attempt: int,
-        decision: Retry,
+        delay: float,
         error: Exception,
         fields: dict[str, object],
     ) -> None:
@@ -110,114 +180,204 @@ class Recovery:
             "%s failed (attempt %d), retrying in %.2f s: %r",
             stream_name,
             attempt,
-            decision.delay,
+            delay,
             error,
-            extra={"action": "stream_retry_scheduled", "delay": decision.delay, **fields},
+            extra={"action": "stream_retry_scheduled", "delay": delay, **fields},
         )
 
-    async def _park(
+    def _log_parked(
         self,
         stream_name: str,
-        events: list[Event],
+        position: int,
+        reason: str,
         error: Exception,
-        attempt: int,
-        decision: Park,
         fields: dict[str, object],
-    ) -> Decision:
-        try:
-            await self._parked.park(stream_name, events, error, attempt)
-        except DatabaseUnavailableError as exc:
-            # Parking needs the database: the stream is tried once more when it is back.
-            logger.warning(
-                "%s could not be parked, retrying it instead: %s",
-                stream_name,
-                exc,
-                extra={"action": "stream_retry_scheduled", **fields},
-            )
-            return await self._wait_or_retry_soon(attempt)
+    ) -> None:
         logger.error(
-            "%s parked at position %d: %s (`projector parked retry` replays it)",
+            "%s parked at position %d: %s (`projector failing retry` replays it)",
             stream_name,
-            events[0].position,
-            decision.reason,
+            position,
+            reason,
             exc_info=error,
             extra={"action": "stream_parked", **fields},
         )
-        return decision
 
-    async def serve_retries(self, sink: StreamsSink) -> None:
-        """Replay parked streams whose retry was requested; cancel to stop."""
+    # -- replaying --------------------------------------------------------------------------
+
+    async def serve(self, sink: StreamsSink) -> None:
+        """Replay held streams as their attempts come due or an operator asks for it (what is
+        due already at once, when a runner starts); cancel to stop."""
         while True:
-            await anyio.sleep(RETRY_POLL)
+            self._changed = anyio.Event()
             try:
-                for parked in await self._parked.retry_requests():
-                    await self.replay(parked, sink)
+                look = await self._held.look()
             except DatabaseUnavailableError as exc:
-                logger.warning(
-                    "parked stream retries wait for the database: %s",
-                    exc,
-                    extra={"action": "reconnecting", "doing": "serving parked retries"},
-                )
+                await self._wait_for_database(exc)
+                continue
+            self._last = look, anyio.current_time()
+            due = look.due()
+            for held in due:
+                try:
+                    await self.replay(held, sink)
+                except DatabaseUnavailableError as exc:
+                    await self._wait_for_database(exc)
+                    break
+            self._looked.set()
+            self._looked = anyio.Event()
+            if due:
+                continue  # the replays moved the rows: look again at once
+            wait = look.seconds_to_next()
+            with anyio.move_on_after(LOOK_EVERY if wait is None else min(wait, LOOK_EVERY)):
+                await self._changed.wait()
 
-    async def replay(self, parked: ParkedStream, sink: StreamsSink) -> None:
-        """Replay one parked stream from its first unhandled event, then let it run again."""
-        name = parked.stream_name
-        if name not in sink.parked_streams:
-            # The sink already runs it (an earlier replay whose unpark failed): only the row is
-            # left to remove. Replaying now would call the handler beside the sink's own call.
-            await self._parked.unpark(parked)
+    async def _wait_for_database(self, error: DatabaseUnavailableError) -> None:
+        logger.warning(
+            "held streams wait for the database: %s",
+            error,
+            extra={"action": "reconnecting", "doing": "replaying held streams"},
+        )
+        if await self._outage.confirm():
+            await self._outage.wait_until_back()
+        else:
+            await anyio.sleep(LOOK_EVERY)
+
+    async def replay(self, held: HeldStream, sink: StreamsSink) -> None:
+        """Replay one held stream from its first unhandled event to the stream's end, where it
+        rejoins the live flow; a failure holds it again where it failed."""
+        name = held.stream_name
+        if name not in sink.held_streams:
+            # The sink runs it already (a replay whose release failed): only the row is left to
+            # remove. Replaying now would call the handler beside the sink's own calls.
+            await self._held.release(held)
             return
-        sink.hold(name)  # keep what the source reads meanwhile; the replay reads the rest
-        progress = _Progress(parked.position)
+        progress = _Progress(held.position)
         try:
-            await self._replay_from(name, progress)
+            await self._replay_from(name, progress, sink)
         except Exception as error:
-            sink.park(name)  # back to dropping its events; the parked row still holds its place
+            sink.hold(name)  # out of the read path again; the row still holds its place
             if isinstance(error, DatabaseUnavailableError):
-                raise  # the retry request stays, and is served when the database is back
-            await self._park_again(name, progress.position, error)
+                raise
+            if is_connection_error(error):
+                raise DatabaseUnavailableError(f"replaying {name}: {error}") from error
+            await self._failed_again(held, progress, error)
             return
-        sink.resume(name, progress.position)
-        await self._parked.unpark(parked)
+        sink.rejoin(name, progress.position)
+        await self._held.release(held)
         logger.info(
-            "%s replayed up to position %d and running again",
+            "%s replayed up to position %d and back in the live flow",
             name,
             progress.position - 1,
             extra={
-                "action": "stream_unparked",
+                "action": "stream_rejoined",
                 "group": self._group,
                 "stream": name,
                 "position": progress.position,
+                "state": held.state.value,
+                "attempts": held.attempts,
             },
         )
 
-    async def _replay_from(self, stream_name: str, progress: _Progress) -> None:
+    async def _replay_from(self, stream_name: str, progress: _Progress, sink: StreamsSink) -> None:
         """Handle the stream's events from ``progress.position`` on, moving it as calls succeed
-        (so that a failure records the first event still unhandled)."""
-        while events := await self._store.read_stream(
-            stream_name, progress.position, self._batch_size
-        ):
+        (so that a failure records the first event still unhandled).
+
+        While the replay is far from the stream's end, the sink goes on dropping the stream's
+        events: the replay reads them. Once a read comes back short, the sink keeps what the
+        source reads of the stream from then on (`rejoining`), and the replay reads on until a
+        read made after that finds nothing more: every event the sink dropped was written
+        before that read, so none is missed, and the sink's buffer holds at most what was
+        written during the replay's last reads."""
+        rejoining = False
+        while True:
+            events = await self._store.read_stream(
+                stream_name, progress.position, self._batch_size
+            )
+            if rejoining and not events:
+                return
+            if not rejoining and len(events) < self._batch_size:
+                sink.rejoining(stream_name)
+                rejoining = True
+                if not events:
+                    continue
+            progress.failing = events[0]
             with anyio.fail_after(self._handler_timeout):
                 next_position = await self._handle(stream_name, events)
             if next_position <= progress.position:
                 raise RuntimeError("the handler handled none of the replayed events")
-            progress.position = next_position
+            progress.position, progress.failing = next_position, None
 
-    async def _park_again(self, name: str, position: int, error: Exception) -> None:
-        await self._parked.park(name, await self._store.read_stream(name, position, 1), error, 1)
-        logger.error(
-            "%s failed again when replayed at position %d: %r",
-            name,
-            position,
-            error,
-            exc_info=error,
-            extra={
-                "action": "stream_parked",
-                "group": self._group,
-                "stream": name,
-                "position": position,
-            },
+    async def _failed_again(self, held: HeldStream, progress: _Progress, error: Exception) -> None:
+        first = progress.failing
+        if first is None:
+            raise error  # reading the stream failed, not the handler: projector's own failure
+        attempt = held.attempts + 1
+        verdict = self.policy.decide(error, attempt)
+        if isinstance(verdict, Stop):
+            raise HandlerError(
+                f"handler failed on stream {held.stream_name!r} at position {first.position} "
+                f"(global {first.global_position}) when replayed: {error!r}; {verdict.reason}"
+            ) from error
+        fields = {
+            "group": self._group,
+            "stream": held.stream_name,
+            "position": first.position,
+            "global_position": first.global_position,
+            "attempt": attempt,
+            "error": f"{type(error).__name__}: {error}",
+        }
+        await self._hold(held.stream_name, first, error, attempt, verdict, fields)
+
+    # -- reporting --------------------------------------------------------------------------
+
+    def held(self, state: HeldState) -> HeldCount:
+        """This runner's held streams in ``state``, as of its last look (every few seconds)."""
+        streams, look, since = self._as_last_seen(state)
+        if look is None:
+            return HeldCount(0, None, None)
+        ages = [(look.now - held.held_at).total_seconds() + since for held in streams]
+        attempts = [
+            (held.next_attempt_at - look.now).total_seconds() - since
+            for held in streams
+            if held.next_attempt_at is not None
+        ]
+        return HeldCount(
+            len(streams),
+            max(ages, default=None),
+            max(min(attempts), 0.0) if attempts else None,
         )
+
+    def troubled(self, *, longer_than: float) -> list[TroubledStream]:
+        """Streams retrying for more than ``longer_than`` seconds, as of the last look."""
+        streams, look, since = self._as_last_seen(HeldState.RETRYING)
+        if look is None:
+            return []
+        found = []
+        for held in streams:
+            seconds = (look.now - held.held_at).total_seconds() + since
+            if seconds > longer_than:
+                found.append(TroubledStream(held.stream_name, "retrying", seconds, held.attempts))
+        return found
+
+    def _as_last_seen(self, state: HeldState) -> tuple[list[HeldStream], Look | None, float]:
+        """The streams in ``state`` at the last look, that look, and the seconds since it."""
+        if self._last is None:
+            return [], None, 0.0
+        look, looked_at = self._last
+        streams = [held for held in look.streams if held.state is state]
+        return streams, look, anyio.current_time() - looked_at
+
+    async def settled(self) -> frozenset[str]:
+        """Wait until no stream this runner owns is retrying or waiting for an operator's
+        retry; the streams parked then."""
+        while True:
+            look = await self._held.look()
+            if all(
+                held.state is HeldState.PARKED and held.retry_requested_at is None
+                for held in look.streams
+            ):
+                return frozenset(held.stream_name for held in look.streams)
+            looked = self._looked
+            await looked.wait()
 
     async def report_stuck(self, sink: StreamsSink, *, stuck_after: float) -> None:
         """Log streams running or failing for longer than ``stuck_after``: once, then every
@@ -227,6 +387,7 @@ class Recovery:
             await anyio.sleep(min(stuck_after, STUCK_REPORT_EVERY) / 2)
             now = anyio.current_time()
             troubled = sink.troubled(longer_than=stuck_after)
+            troubled += self.troubled(longer_than=stuck_after)
             for stream in troubled:
                 if now - reported.get(stream.stream_name, -STUCK_REPORT_EVERY) < STUCK_REPORT_EVERY:
                     continue

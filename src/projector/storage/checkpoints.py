@@ -34,7 +34,7 @@ DO UPDATE SET position = EXCLUDED.position, group_size = EXCLUDED.group_size,
 
 TABLES_PRESENT = """
 SELECT to_regclass('projector.checkpoints') IS NOT NULL
-   AND to_regclass('projector.parked_streams') IS NOT NULL
+   AND to_regclass('projector.held_streams') IS NOT NULL
    AND to_regclass('projector.stream_positions') IS NOT NULL
    AND to_regclass('projector.bucket_leases') IS NOT NULL
 """
@@ -88,7 +88,7 @@ async def check_schema(conn: Connection) -> None:
     if row is None or not row[0]:
         raise SchemaMissingError(
             "projector's tables are missing or out of date (projector.checkpoints, "
-            "projector.parked_streams, projector.stream_positions, projector.bucket_leases): "
+            "projector.held_streams, projector.stream_positions, projector.bucket_leases): "
             "run `projector migrate`"
         )
 

@@ -158,6 +158,11 @@ class Session:
             ) from exc
 
 
+    async def commit(self) -> None:
+        """Commit what the handler wrote, recording no position (the read model holds them),
+        and begin the next."""
+        await self.conn.execute(COMMIT_AND_BEGIN)
+
     async def record_all_and_commit(
         self, group: str, positions: dict[str, int], *, expected: dict[str, int]
     ) -> None:

@@ -1,0 +1,249 @@
+"""Held streams: streams a group took out of its read path because their handler failed.
+
+A held stream loses nothing: its row holds the stream position of its first unhandled event,
+and its owner replays it from there, in stream order, reading the stream itself. Until then its
+events are dropped as they are read, which is what lets the checkpoint move on without it. A
+row is in one of two states:
+
+- ``retrying``: the replay is due at ``next_attempt_at`` (the retry policy's backoff);
+- ``parked``: the attempts are used up; ``projector failing retry`` (or ``skip``) asks for a
+  replay, by setting ``retry_requested_at``.
+
+Which runner owns a row follows from its stream's name (the member or bucket the stream hashes
+to), so a restart, a takeover or a rebalance hands held streams over with the rest.
+"""
+
+from __future__ import annotations
+
+import enum
+import traceback
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from functools import partial
+from typing import LiteralString
+
+from projector.errors import ConfigurationError
+from projector.model.events import Event, category, owns, validate_group
+from projector.storage.database import Connection, Pool, pooled
+
+
+class HeldState(enum.StrEnum):
+    RETRYING = "retrying"
+    PARKED = "parked"
+
+
+# A new episode starts now; a stream failing again keeps the start of its episode.
+HOLD = """
+INSERT INTO projector.held_streams AS h (group_name, stream_name, category, position,
+    global_position, event_id, event_type, error, traceback, attempts, state, held_at, failed_at,
+    next_attempt_at)
+VALUES (%(group)s, %(stream)s, %(category)s, %(position)s, %(global_position)s, %(event_id)s,
+    %(event_type)s, %(error)s, %(traceback)s, %(attempts)s, %(state)s, now(), now(),
+    now() + make_interval(secs => %(delay)s))
+ON CONFLICT (group_name, stream_name) DO UPDATE
+SET position = EXCLUDED.position, global_position = EXCLUDED.global_position,
+    event_id = EXCLUDED.event_id, event_type = EXCLUDED.event_type, error = EXCLUDED.error,
+    traceback = EXCLUDED.traceback, attempts = EXCLUDED.attempts, state = EXCLUDED.state,
+    failed_at = now(), next_attempt_at = EXCLUDED.next_attempt_at, retry_requested_at = NULL
+"""
+
+COLUMNS = """group_name, stream_name, category, position, global_position, event_id, event_type,
+    error, traceback, attempts, state, held_at, failed_at, next_attempt_at, retry_requested_at"""
+
+LIST = f"""
+SELECT {COLUMNS} FROM projector.held_streams
+WHERE %(group)s::text IS NULL OR group_name = %(group)s
+ORDER BY group_name, held_at
+"""
+
+# With the server's clock, which next_attempt_at was set by: one row of NULLs when none.
+OF_GROUP = """
+SELECT now(), h.group_name, h.stream_name, h.category, h.position, h.global_position,
+    h.event_id, h.event_type, h.error, h.traceback, h.attempts, h.state, h.held_at, h.failed_at,
+    h.next_attempt_at, h.retry_requested_at
+FROM (SELECT) AS server LEFT JOIN projector.held_streams AS h ON h.group_name = %(group)s
+"""
+
+ONE = f"""
+SELECT {COLUMNS} FROM projector.held_streams
+WHERE group_name = %(group)s AND stream_name = %(stream)s
+"""
+
+REQUEST_RETRY = """
+UPDATE projector.held_streams SET retry_requested_at = now()
+WHERE group_name = %(group)s AND (%(stream)s::text IS NULL OR stream_name = %(stream)s)
+RETURNING stream_name
+"""
+
+SKIP = f"""
+UPDATE projector.held_streams SET position = position + 1, retry_requested_at = now()
+WHERE group_name = %(group)s AND stream_name = %(stream)s AND event_id = %(event_id)s
+RETURNING {COLUMNS}
+"""
+
+# Only the failure that was replayed: one recorded meanwhile has a newer failed_at.
+RELEASE = """
+DELETE FROM projector.held_streams
+WHERE group_name = %(group)s AND stream_name = %(stream)s AND failed_at = %(failed_at)s
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class HeldStream:
+    group: str
+    stream_name: str
+    category: str
+    position: int  # of its first unhandled event
+    global_position: int
+    event_id: uuid.UUID
+    event_type: str
+    error: str
+    traceback: str
+    attempts: int  # failed calls in a row, this episode
+    state: HeldState
+    held_at: datetime  # its first failure, this episode
+    failed_at: datetime  # its last failure
+    next_attempt_at: datetime | None  # while retrying
+    retry_requested_at: datetime | None
+
+    @classmethod
+    def of_row(cls, row: tuple[object, ...]) -> HeldStream:
+        values = list(row)
+        values[10] = HeldState(str(values[10]))
+        return cls(*values)  # type: ignore[arg-type]
+
+    def due(self, now: datetime) -> bool:
+        """Whether its replay is due at the server's time ``now``."""
+        if self.retry_requested_at is not None:
+            return True
+        return self.next_attempt_at is not None and self.next_attempt_at <= now
+
+
+@dataclass(frozen=True, slots=True)
+class Look:
+    """The held streams a runner owns, as the server saw them at ``now``."""
+
+    now: datetime
+    streams: list[HeldStream]
+
+    def due(self) -> list[HeldStream]:
+        return [held for held in self.streams if held.due(self.now)]
+
+    def seconds_to_next(self) -> float | None:
+        """Seconds until the next attempt that is not due yet, if any."""
+        ahead = [
+            (held.next_attempt_at - self.now).total_seconds()
+            for held in self.streams
+            if held.next_attempt_at is not None and not held.due(self.now)
+        ]
+        return min(ahead, default=None)
+
+
+class HeldStreams:
+    """The held streams one runner owns: those of its group that belong to its member."""
+
+    def __init__(
+        self,
+        pool: Pool,
+        group: str,
+        *,
+        member: int = 0,
+        size: int = 1,
+        owner: Callable[[str], bool] | None = None,
+    ) -> None:
+        """``owner`` replaces the member rule (an elastic tenure owns a set of buckets)."""
+        self._pool = pool
+        self._group = group
+        self._owns = owner or partial(owns, member, size)
+
+    def owns(self, stream_name: str) -> bool:
+        return self._owns(stream_name)
+
+    async def look(self) -> Look:
+        """Every held stream this runner owns, with the server's time."""
+        async with pooled(self._pool, doing="reading held streams") as conn:
+            cursor = await conn.execute(OF_GROUP, {"group": self._group})
+            rows = await cursor.fetchall()
+        streams = [HeldStream.of_row(row[1:]) for row in rows if row[1] is not None]
+        return Look(rows[0][0], [held for held in streams if self.owns(held.stream_name)])
+
+    async def hold(
+        self,
+        stream_name: str,
+        first: Event,
+        error: BaseException,
+        *,
+        attempts: int,
+        retry_in: float | None,
+    ) -> None:
+        """Record that the stream's handler failed at ``first`` (its first unhandled event):
+        ``retrying`` in ``retry_in`` seconds, or ``parked`` (None)."""
+        params = {
+            "group": self._group,
+            "stream": stream_name,
+            "category": category(stream_name),
+            "position": first.position,
+            "global_position": first.global_position,
+            "event_id": str(first.id),
+            "event_type": first.type,
+            "error": f"{type(error).__name__}: {error}",
+            "traceback": "".join(traceback.format_exception(error)),
+            "attempts": attempts,
+            "state": HeldState.PARKED if retry_in is None else HeldState.RETRYING,
+            "delay": retry_in,
+        }
+        await self._execute(HOLD, params)
+
+    async def release(self, held: HeldStream) -> None:
+        """Forget a stream replayed to its end, unless it failed again since ``held``."""
+        params = {"group": self._group, "stream": held.stream_name, "failed_at": held.failed_at}
+        await self._execute(RELEASE, params)
+
+    async def _execute(self, query: LiteralString, params: dict[str, object]) -> None:
+        async with pooled(self._pool, doing="writing held streams") as conn:
+            await conn.execute(query, params)
+
+
+async def list_held(conn: Connection, group: str | None = None) -> list[HeldStream]:
+    if group is not None:
+        validate_group(group)
+    cursor = await conn.execute(LIST, {"group": group})
+    return [HeldStream.of_row(row) for row in await cursor.fetchall()]
+
+
+async def held_stream(conn: Connection, group: str, stream_name: str) -> HeldStream | None:
+    """Where ``group`` holds the stream, if it does: its events from there on are not handled."""
+    row = await (await conn.execute(ONE, {"group": group, "stream": stream_name})).fetchone()
+    return None if row is None else HeldStream.of_row(row)
+
+
+async def request_retry(conn: Connection, group: str, stream_name: str | None) -> list[str]:
+    """Ask the group's runners to replay a held stream now (every one with None)."""
+    validate_group(group)
+    async with conn.transaction():
+        cursor = await conn.execute(REQUEST_RETRY, {"group": group, "stream": stream_name})
+        streams = [str(row[0]) for row in await cursor.fetchall()]
+    if stream_name is not None and not streams:
+        raise ConfigurationError(
+            f"stream {stream_name!r} is not held in group {group!r} "
+            "(see `projector failing list`)"
+        )
+    return streams
+
+
+async def skip_event(
+    conn: Connection, group: str, stream_name: str, event_id: uuid.UUID
+) -> HeldStream:
+    """Skip a held stream's failing event on purpose; the stream is replayed after it."""
+    validate_group(group)
+    params = {"group": group, "stream": stream_name, "event_id": str(event_id)}
+    async with conn.transaction():
+        row = await (await conn.execute(SKIP, params)).fetchone()
+    if row is None:
+        raise ConfigurationError(
+            f"{stream_name!r} in group {group!r} is not held at event {event_id}: "
+            "give the event id that `projector failing list` shows"
+        )
+    return HeldStream.of_row(row)
