@@ -1,5 +1,5 @@
-"""``python -m bench catchup|upsert|tail|group|failing|elastic|startup|all [sizes] [--smoke]
-[--scale] [--only NAMES] [--reuse] [--profile DIR]``."""
+"""``python -m bench catchup|upsert|tail|group|failing|takeover|elastic|startup|all [sizes]
+[--smoke] [--scale] [--only NAMES] [--reuse] [--profile DIR]``."""
 
 from __future__ import annotations
 
@@ -12,11 +12,31 @@ from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any
 
-from bench import elastic, elastic_report, failing, report, scenarios, seed, server, startup
+from bench import (
+    elastic,
+    elastic_report,
+    failing,
+    report,
+    scenarios,
+    seed,
+    server,
+    startup,
+    takeover,
+)
 from bench.profile import summarize
 from bench.scenarios import MEMORY_GROWTH_MB, SMOKE, Measurer, Outcome, Scenario, Sizes
 
-COMMANDS = ("catchup", "upsert", "tail", "group", "failing", "elastic", "startup", "all")
+COMMANDS = (
+    "catchup",
+    "upsert",
+    "tail",
+    "group",
+    "failing",
+    "takeover",
+    "elastic",
+    "startup",
+    "all",
+)
 # The datasets each command reads (see scenarios.datasets).
 DATASETS = {
     "catchup": ("main", "few", "distinct", "upsert"),
@@ -24,6 +44,7 @@ DATASETS = {
     "tail": (),
     "group": ("main",),
     "failing": ("main", "held"),
+    "takeover": (),  # it writes its own, while its members run (see bench.takeover)
     "elastic": (),  # it writes its own, while its members run (see bench.elastic)
     "startup": (),
 }
@@ -52,6 +73,7 @@ SIZE_HELP = {
     "elastic_joins": "joins (each followed by the older member's leave) of the elastic run",
     "held_events": "events of the stream held in the failing memory scenario (and of its "
     "healthy neighbour)",
+    "takeover_runs": "rounds of a cold start then a kill with a hot standby waiting",
 }
 # What --scale adds to a command: its datasets and its scenarios (see scenarios.scaled_*).
 SCALE_DATASETS = {"catchup": ("main", "scale"), "tail": ()}
@@ -87,7 +109,10 @@ def main(argv: list[str] | None = None) -> None:
                 tail_rate=sizes.tail_rate,
             )
             outcomes = [measurer.run(scenario) for scenario in plan]
-            # Last: its member processes would compete with any measurement after it.
+            # Last: their member processes would compete with any measurement after them.
+            takeover_outcome = (
+                takeover.run(url, run_id, sizes, settings) if "takeover" in commands else None
+            )
             elastic_outcome = (
                 elastic.run(url, run_id, sizes, settings) if "elastic" in commands else None
             )
@@ -109,6 +134,9 @@ def main(argv: list[str] | None = None) -> None:
     lines = report.json_lines(outcomes, context) if outcomes else ""
     if outcomes:
         print(report.table(outcomes))
+    if takeover_outcome is not None:
+        print(takeover.table(takeover_outcome))
+        lines = "\n".join(filter(None, (lines, takeover.json_line(takeover_outcome, context))))
     if elastic_outcome is not None:
         print(elastic_report.table(elastic_outcome))
         lines = "\n".join(
@@ -258,8 +286,8 @@ def _plan(
     }
     plan: list[Scenario] = []
     for command in commands:
-        if command == "elastic":
-            continue  # no Scenario: its member processes are its own (see bench.elastic)
+        if command in ("takeover", "elastic"):
+            continue  # no Scenario: their member processes are their own
         if command == "upsert" and "catchup" in commands:
             continue  # catchup includes it
         plan.extend(builders[command]())

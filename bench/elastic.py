@@ -7,8 +7,9 @@
   (the old owner sees the newcomer at its next beat, drains, releases; the newcomer takes the
   buckets at its own next beat) plus the interpreter's start, not CPU-bound work.
 - **rebalance**: across those joins and a graceful leave (SIGTERM) of the older member after
-  each, every handler call is recorded (stream, first and last position) and compared with
-  ``message_store.messages``: events delivered more than once (target 0), and events missed.
+  each, every handler call is recorded (stream, every position it was given) and compared with
+  ``message_store.messages`` event by event: events delivered more than once (target 0), and
+  events missed; beside the writer's own count of what it wrote.
 - **catch-up**: 1, 2 and 4 members (``--elastic-members``) catching up the same backlog, as
   events/s and as a ratio to the 1-member figure of the same run. The members join an empty
   category and settle first, and the backlog appears in one transaction: the figure is the
@@ -43,8 +44,7 @@ WRITER_STREAMS = 100
 CALLS_TABLE = """
 CREATE TABLE {table} (
     stream text NOT NULL,
-    first bigint NOT NULL,
-    last bigint NOT NULL,
+    positions bigint[] NOT NULL,
     pid int NOT NULL,
     at float8 NOT NULL
 );
@@ -57,8 +57,8 @@ SELECT count(*) FILTER (WHERE n = 0), coalesce(sum(n - 1) FILTER (WHERE n > 1), 
 FROM (
     SELECT count(c.stream) AS n
     FROM message_store.messages AS m
-    LEFT JOIN {table} AS c
-      ON c.stream = m.stream_name AND m.position BETWEEN c.first AND c.last
+    LEFT JOIN (SELECT stream, unnest(positions) AS position FROM {table}) AS c
+      ON c.stream = m.stream_name AND c.position = m.position
     WHERE message_store.category(m.stream_name) = %(category)s
       AND m.global_position <= %(head)s
     GROUP BY m.global_position
@@ -93,7 +93,8 @@ class Rebalances:
 
     joins: list[Join] = field(default_factory=list)
     leave_settled_s: list[float] = field(default_factory=list)
-    written: int = 0
+    written: int = 0  # the writer's count
+    stored: int = 0  # the category's events in message_store.messages
     redelivered: int = 0
     missed: int = 0
 
@@ -123,7 +124,7 @@ class Outcome:
 def run(url: str, run_id: str, sizes: Sizes, settings: dict[str, Any]) -> Outcome:
     """Every elastic measurement, on a bucket index built for the run and dropped after it."""
     elasticity = Elasticity(sizes.elastic_buckets, sizes.elastic_heartbeat, sizes.elastic_lease)
-    env = _member_env(url, settings)
+    env = member_env(url, settings)
     # The read README recommends for elastic groups; without it every member reads and hashes
     # every row of the category, and more members would only mean more reading.
     _say(f"elastic: building the bucket index for {elasticity.buckets} buckets (untimed)")
@@ -180,17 +181,18 @@ def _rebalances(
             current = _join_then_leave(fleet, table, current, found)
         writer.stop()
         found.written = writer.written
-        _wait_handled(fleet, table, _head(url, category))
+        _wait_handled(fleet, table, category_head(url, category))
     finally:
         writer.stop()
         fleet.stop()
-    found.missed, found.redelivered, _ = _deliveries(url, table, category, _head(url, category))
+    head = category_head(url, category)
+    found.missed, found.redelivered, found.stored = deliveries(url, table, category, head)
     return found
 
 
 def _join_then_leave(fleet: Fleet, table: str, current: Member, found: Rebalances) -> Member:
     """Once ``current`` is caught up, a member joins it, then ``current`` leaves; the joiner."""
-    _wait_handled(fleet, table, _head(fleet.url, fleet.category))
+    _wait_handled(fleet, table, category_head(fleet.url, fleet.category))
     joiner = fleet.spawn()
     fleet.wait_settled([current, joiner])
     found.joins.append(_join(fleet, table, joiner))
@@ -203,8 +205,8 @@ def _join_then_leave(fleet: Fleet, table: str, current: Member, found: Rebalance
 
 def _join(fleet: Fleet, table: str, joiner: Member) -> Join:
     """The joiner's figures, once it has handled an event."""
-    fleet.wait(lambda: _first_call(fleet.url, table, joiner.pid) is not None, "first event")
-    first, acquired = _first_call(fleet.url, table, joiner.pid), joiner.first_acquired()
+    fleet.wait(lambda: first_call(fleet.url, table, joiner.pid) is not None, "first event")
+    first, acquired = first_call(fleet.url, table, joiner.pid), joiner.first_acquired()
     assert first is not None
     if acquired is None:
         raise SystemExit(
@@ -285,12 +287,12 @@ def _checkpointed(url: str, group: str, category: str, head: int, buckets: int) 
 def _wait_handled(fleet: Fleet, table: str, head: int) -> None:
     """Until every event of the fleet's category up to ``head`` was handled."""
     fleet.wait(
-        lambda: _deliveries(fleet.url, table, fleet.category, head)[0] == 0,
+        lambda: deliveries(fleet.url, table, fleet.category, head)[0] == 0,
         f"handling of the events up to {head}",
     )
 
 
-def _deliveries(url: str, table: str, category: str, head: int) -> tuple[int, int, int]:
+def deliveries(url: str, table: str, category: str, head: int) -> tuple[int, int, int]:
     """(missed, delivered again, events) of ``category`` up to ``head``."""
     statement = sql.SQL(DELIVERIES).format(table=sql.Identifier(table))
     with psycopg.connect(url) as conn:
@@ -299,14 +301,14 @@ def _deliveries(url: str, table: str, category: str, head: int) -> tuple[int, in
     return int(row[0]), int(row[1]), int(row[2])
 
 
-def _first_call(url: str, table: str, pid: int) -> float | None:
+def first_call(url: str, table: str, pid: int) -> float | None:
     statement = sql.SQL("SELECT min(at) FROM {} WHERE pid = %s").format(sql.Identifier(table))
     with psycopg.connect(url) as conn:
         row = conn.execute(statement, (pid,)).fetchone()
     return None if row is None or row[0] is None else float(row[0])
 
 
-def _head(url: str, category: str) -> int:
+def category_head(url: str, category: str) -> int:
     with psycopg.connect(url) as conn:
         row = conn.execute(HEAD, (category,)).fetchone()
     assert row is not None
@@ -330,7 +332,7 @@ def _clean_up(url: str, run_id: str, elasticity: Elasticity) -> None:
         )
 
 
-def _member_env(url: str, settings: dict[str, Any]) -> dict[str, str]:
+def member_env(url: str, settings: dict[str, Any]) -> dict[str, str]:
     """The members' environment: the database, the bench importable, and ``--setting``s as
     the ``PROJECTOR_...`` variables `projector run` reads them from."""
     path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
@@ -344,6 +346,9 @@ def _check(outcome: Outcome) -> None:
     found, catchups = outcome.rebalances, outcome.catchups
     if found.missed:
         outcome.notes.append(f"{found.missed} event(s) written were never handled")
+    if found.stored != found.written:
+        outcome.notes.append(f"the writer wrote {found.written:,} events, the store holds "
+                             f"{found.stored:,}")
     expected = outcome.sizes.elastic_events
     for catchup in catchups:
         if catchup.events != expected:

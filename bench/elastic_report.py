@@ -107,6 +107,7 @@ def _rebalance_record(found: Rebalances) -> dict[str, Any]:
         "joins": len(found.joins),
         "leaves": len(found.leave_settled_s),
         "written": found.written,
+        "stored": found.stored,
         "redelivered": found.redelivered,
         "missed": found.missed,
         "leave_settled_s": [round(seconds, 3) for seconds in found.leave_settled_s],

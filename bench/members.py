@@ -1,8 +1,9 @@
 """The projections the elastic benchmark's `projector run --elastic` processes run.
 
-- ``calls`` records every handler call (stream, first and last stream position, process, wall
-  time at the call's start) in the table named by ``BENCH_CALLS_TABLE``, so that the bench can
-  compare them with ``message_store.messages``: an event in two calls was delivered twice.
+- ``calls`` records every handler call (stream, every stream position it was given, process,
+  wall time at the call's start) in the table named by ``BENCH_CALLS_TABLE``, so that the bench
+  can compare them with ``message_store.messages``, event by event: an event in two calls was
+  delivered twice, and one in none (even inside a call's range) was missed.
 - ``tally`` does nothing per call but count, and writes the process's count and the wall times
   of its first and last calls to ``BENCH_TALLY_DIR/<pid>.json`` as the process exits: a catch-up
   figure with no write per call to slow it, and exact to the call (a checkpoint only moves
@@ -38,7 +39,7 @@ _lock = anyio.Lock()
 async def record_call(stream_name: str, events: list[Event]) -> None:
     global _connection
     at = time.time()  # before any wait of ours: when projector handed the events over
-    params = (stream_name, events[0].position, events[-1].position, os.getpid(), at)
+    params = (stream_name, [event.position for event in events], os.getpid(), at)
     async with _lock:
         if _connection is None:
             _connection = await psycopg.AsyncConnection.connect(
@@ -50,7 +51,7 @@ async def record_call(stream_name: str, events: list[Event]) -> None:
 @cache
 def _insert_call() -> bytes:
     return (
-        sql.SQL("INSERT INTO {} (stream, first, last, pid, at) VALUES (%s, %s, %s, %s, %s)")
+        sql.SQL("INSERT INTO {} (stream, positions, pid, at) VALUES (%s, %s, %s, %s)")
         .format(sql.Identifier(os.environ["BENCH_CALLS_TABLE"]))
         .as_bytes(None)
     )

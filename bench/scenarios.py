@@ -56,6 +56,8 @@ class Sizes:
     elastic_joins: int = 2
     # failing: the held stream's events in the memory scenario (as many again of a healthy one).
     held_events: int = 100_000
+    # takeover: a fixed member killed with a hot standby waiting (see bench.takeover).
+    takeover_runs: int = 3
 
 
 SMOKE = Sizes(
@@ -75,6 +77,7 @@ SMOKE = Sizes(
     elastic_lease=2.0,
     elastic_joins=1,
     held_events=1_000,
+    takeover_runs=1,
 )
 
 

@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator, Iterator
 from contextlib import ExitStack
 from pathlib import Path
 
+import hypothesis
 import pytest
 
 from projector.localpg import LocalCluster, temporary_cluster
@@ -31,6 +32,11 @@ from tests.support.postgres import (
 
 STORE_KINDS = ("own", "messagedb")
 FAULT_REPORT = pytest.StashKey[list[str]]()
+
+# Property tests check what holds, not how fast: Hypothesis's default 200 ms deadline per
+# example fails them when the machine is busy.
+hypothesis.settings.register_profile("projector", deadline=None)
+hypothesis.settings.load_profile("projector")
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

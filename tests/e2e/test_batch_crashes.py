@@ -9,10 +9,7 @@ restart is given every event again and must change nothing."""
 
 from __future__ import annotations
 
-import os
 import random
-import subprocess
-import sys
 import textwrap
 import time
 from functools import partial
@@ -24,6 +21,7 @@ import pytest
 
 from projector.model.events import FIRST_POSITION
 from tests.support.balances import write_transactions
+from tests.support.cli import ProjectorProcess
 from tests.support.projecting import checkpoint
 from tests.support.waiting import wait_until
 
@@ -89,6 +87,7 @@ GROUP BY stream_name
 
 @pytest.fixture
 def workdir(tmp_path: Path, own_store_url: str) -> Path:
+    """A folder with this file's projections, and a database with their events and tables."""
     (tmp_path / "batch_projections.py").write_text(textwrap.dedent(HANDLERS))
     anyio.run(lambda: write_transactions(own_store_url, accounts=60, events=3000, seed=7))
     with psycopg.connect(own_store_url, autocommit=True) as conn:
@@ -96,18 +95,17 @@ def workdir(tmp_path: Path, own_store_url: str) -> Path:
     return tmp_path
 
 
-def start(workdir: Path, url: str, target: str, *args: str) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "PROJECTOR_DATABASE_URL": url}
-    return subprocess.Popen(
-        [
-            *(sys.executable, "-m", "projector", "run", f"batch_projections:{target}"),
-            *("-c", "account", "--batch-size", "50", *args),
-        ],
-        cwd=workdir,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+def start(
+    workdir: Path, processes: list[ProjectorProcess], url: str, target: str, *args: str
+) -> ProjectorProcess:
+    process = ProjectorProcess.start(
+        workdir,
+        f"{target}{len(processes)}",
+        *("run", f"batch_projections:{target}", "-c", "account", "--batch-size", "50", *args),
+        env={"PROJECTOR_DATABASE_URL": url},
     )
+    processes.append(process)
+    return process
 
 
 def fold(url: str) -> dict[str, tuple[int, int, int, str]]:
@@ -128,18 +126,17 @@ def applied_at_least(url: str, table: str, count: int) -> bool:
 
 
 def test_a_transactional_batch_killed_again_and_again_applies_each_event_once(
-    workdir: Path, own_store_url: str
+    workdir: Path, own_store_url: str, processes: list[ProjectorProcess]
 ) -> None:
     url, rng = own_store_url, random.Random(7)
     for kill in range(1, 5):
-        process = start(workdir, url, "recorded", "--checkpoint-interval", "0.2")
+        process = start(workdir, processes, url, "recorded", "--checkpoint-interval", "0.2")
         # Each kill lands after more work was done, never before any.
         wait_until(partial(applied_at_least, url, "batch_balances", kill * 400), within=60)
         time.sleep(rng.uniform(0.0, 0.3))  # and anywhere between its calls and commits
         process.kill()
-        process.wait()
-    finish = start(workdir, url, "recorded", "--until-caught-up")
-    assert finish.wait(timeout=120) == 0
+    finish = start(workdir, processes, url, "recorded", "--until-caught-up")
+    assert finish.wait(timeout=120) == 0, finish.stderr
 
     with psycopg.connect(url) as conn:
         projected = {
@@ -150,18 +147,17 @@ def test_a_transactional_batch_killed_again_and_again_applies_each_event_once(
 
 
 def test_a_read_model_holding_its_positions_killed_before_its_checkpoint_applies_each_once(
-    workdir: Path, own_store_url: str
+    workdir: Path, own_store_url: str, processes: list[ProjectorProcess]
 ) -> None:
     url = own_store_url
-    process = start(workdir, url, "guarded", "--checkpoint-interval", "3600")
+    process = start(workdir, processes, url, "guarded", "--checkpoint-interval", "3600")
     wait_until(lambda: applied(url, "guarded_balances") == 3000, within=60)
     process.kill()
-    process.wait()
     first = anyio.run(checkpoint, url, "guarded", "account")
     assert first == FIRST_POSITION, "the checkpoint moved: a restart is not given it all again"
 
-    finish = start(workdir, url, "guarded", "--until-caught-up")
-    assert finish.wait(timeout=120) == 0
+    finish = start(workdir, processes, url, "guarded", "--until-caught-up")
+    assert finish.wait(timeout=120) == 0, finish.stderr
 
     with psycopg.connect(url) as conn:
         projected = {

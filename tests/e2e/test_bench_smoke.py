@@ -1,4 +1,5 @@
-"""The benchmarks at a tiny size, as a process: they keep working. No timing is asserted here."""
+"""The benchmarks at a tiny size, as a process: they keep working, each handling exactly the
+events it was given. No timing is asserted here."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from bench.scenarios import SMOKE
 from tests.support.postgres import ADMIN_URL_VARIABLE, Unavailable, give_up, require_server_binaries
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -37,6 +39,7 @@ SCENARIOS = {
     "elastic-join",
     "elastic-rebalance",
     "elastic-catchup",
+    "takeover",
 }
 # Its baseline is projector on the smaller main dataset: the counts differ on purpose.
 OTHER_WORK = {"catchup-scale"}
@@ -48,6 +51,7 @@ TAILS = {
     "tail-notify-scale",
     "failing-tail",
 }
+GROUP = "group-member-0-of-4"  # handles its member's share of the dataset
 
 
 @pytest.fixture
@@ -89,7 +93,15 @@ def test_bench_smoke_prints_a_row_and_a_json_line_per_scenario(bench_env: dict[s
         if record["scenario"].startswith("elastic-"):
             check_elastic(record)
             continue
+        if record["scenario"] == "takeover":
+            check_takeover(record)
+            continue
+        if record["scenario"].startswith("failing-"):
+            check_failing(record)
+            continue
         projector = record["projector"]
+        if record["dataset"] is not None and record["scenario"] != GROUP:
+            assert projector["events"] == record["dataset"]["events"], record["scenario"]
         assert projector["events"] > 0
         assert projector["events_per_s"] > 0
         assert projector["peak_rss_mb"] > 0
@@ -100,8 +112,9 @@ def test_bench_smoke_prints_a_row_and_a_json_line_per_scenario(bench_env: dict[s
             assert isinstance(record["met"], bool)
         if record["scenario"] in TAILS:
             assert projector["p50_ms"] <= projector["p99_ms"]
-        if record["scenario"].startswith("failing-"):
-            check_failing(record)
+    [group] = [record for record in records if record["scenario"] == GROUP]
+    # Member 0's share of the dataset, as Message DB's own group read counts it.
+    assert 0 < group["projector"]["events"] < group["dataset"]["events"]
 
 
 def check_failing(record: dict[str, Any]) -> None:
@@ -141,8 +154,21 @@ def check_elastic(record: dict[str, Any]) -> None:
         for join in record["joins"]:
             assert 0 < join["to_acquired"] <= join["to_first_event"]
     elif record["scenario"] == "elastic-rebalance":
+        # Three counts from three places: the writer's, the store's, and the distinct events
+        # the recorded calls were given (the store's, less those missed).
         assert record["written"] > 0
+        assert record["stored"] == record["written"]
         assert (record["redelivered"], record["missed"]) == (0, 0)
     else:
         assert [run["members"] for run in record["runs"]] == [1, 2, 4]
+        assert [run["events"] for run in record["runs"]] == [SMOKE.elastic_events] * 3
         assert all(run["events_per_s"] > 0 for run in record["runs"])
+
+
+def check_takeover(record: dict[str, Any]) -> None:
+    """The takeover record: one round's figures, and nothing missed across the kills."""
+    assert record["notes"] == []
+    assert len(record["rounds"]) == SMOKE.takeover_runs
+    assert all(r["cold_s"] > 0 and r["takeover_s"] > 0 for r in record["rounds"])
+    assert record["written"] > 0
+    assert record["missed"] == 0

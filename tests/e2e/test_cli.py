@@ -3,64 +3,18 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
-import subprocess
-import sys
-import textwrap
-import time
 from pathlib import Path
 
 import anyio
 import psycopg
 import pytest
 
+from tests.support.cli import BALANCES, ProjectorProcess, handled, run_projector
 from tests.support.projecting import write_events
-from tests.support.waiting import logged
+from tests.support.waiting import logged, wait_until
 
-PROJECTOR = [sys.executable, "-m", "projector"]
-
-HANDLERS = """
-import anyio, os
-from projector import Event, Projection
-
-balances = Projection("balances")
-
-@balances.handler
-async def handle(stream_name: str, events: list[Event]) -> None:
-    await anyio.sleep(float(os.environ.get("HANDLER_DELAY", "0")))
-    with open(os.environ["HANDLED_FILE"], "a") as out:
-        for event in events:
-            out.write(f"{stream_name} {event.position} {event.global_position}\\n")
-
-not_a_projection = 42
-"""
-
-
-@pytest.fixture
-def workdir(tmp_path: Path) -> Path:
-    (tmp_path / "shop_projections.py").write_text(textwrap.dedent(HANDLERS))
-    return tmp_path
-
-
-def projector(
-    workdir: Path, *args: str, env: dict[str, str] | None = None, timeout: float = 60
-) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [*PROJECTOR, *args],
-        cwd=workdir,
-        env={**os.environ, "HANDLED_FILE": str(workdir / "handled.txt"), **(env or {})},
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
-
-
-def handled(workdir: Path) -> list[tuple[str, int, int]]:
-    path = workdir / "handled.txt"
-    lines = path.read_text().splitlines() if path.exists() else []
-    return [(s, int(p), int(g)) for s, p, g in (line.split() for line in lines)]
+MODULE = BALANCES.partition(":")[0]
 
 
 def committed(url: str, group: str, category: str) -> int | None:
@@ -74,10 +28,10 @@ def committed(url: str, group: str, category: str) -> int | None:
 
 
 def test_migrate_then_run_until_caught_up_projects_every_event(
-    workdir: Path, empty_database_url: str
+    tmp_path: Path, empty_database_url: str
 ) -> None:
-    migrated = projector(
-        workdir, "migrate", "--message-store", "--database-url", empty_database_url
+    migrated = run_projector(
+        tmp_path, "migrate", "--message-store", "--database-url", empty_database_url
     )
     assert migrated.returncode == 0, migrated.stderr
     assert migrated.stdout.splitlines()[0] == "message store created"
@@ -85,14 +39,16 @@ def test_migrate_then_run_until_caught_up_projects_every_event(
     assert migrated.stdout.splitlines()[-1] == (
         "projector tables created or upgraded (schema projector)"
     )
-    again = projector(workdir, "migrate", "--message-store", "--database-url", empty_database_url)
+    again = run_projector(
+        tmp_path, "migrate", "--message-store", "--database-url", empty_database_url
+    )
     assert again.stdout == "message store already present\nprojector tables already up to date\n"
     anyio.run(write_events, empty_database_url, {f"account-{i}": 3 for i in range(30)})
 
-    run = projector(
-        workdir,
+    run = run_projector(
+        tmp_path,
         "run",
-        "shop_projections:balances",
+        BALANCES,
         "--category",
         "account",
         "--until-caught-up",
@@ -100,7 +56,7 @@ def test_migrate_then_run_until_caught_up_projects_every_event(
     )
 
     assert run.returncode == 0, run.stderr
-    events = handled(workdir)
+    events = handled(tmp_path / "handled")
     assert len(events) == 90
     for i in range(30):
         assert [p for s, p, _ in events if s == f"account-{i}"] == [0, 1, 2]
@@ -109,41 +65,28 @@ def test_migrate_then_run_until_caught_up_projects_every_event(
 
 
 def test_sigterm_lets_running_handlers_finish_and_commits_the_checkpoint(
-    workdir: Path, own_store_url: str
+    tmp_path: Path, own_store_url: str, processes: list[ProjectorProcess]
 ) -> None:
     anyio.run(write_events, own_store_url, {f"account-{i}": 1 for i in range(200)})
-    process = subprocess.Popen(
-        [
-            *PROJECTOR,
-            "run",
-            "shop_projections:balances",
-            "-c",
-            "account",
-            "--batch-size",
-            "20",
-            "--checkpoint-interval",
-            "3600",
-            "--database-url",
-            own_store_url,
-        ],
-        cwd=workdir,
-        env={**os.environ, "HANDLED_FILE": str(workdir / "handled.txt"), "HANDLER_DELAY": "0.05"},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
+    process = ProjectorProcess.start(
+        tmp_path,
+        "run",
+        *("run", BALANCES, "-c", "account", "--batch-size", "20"),
+        *("--checkpoint-interval", "3600", "--database-url", own_store_url),
+        env={"HANDLER_DELAY": "0.05"},
     )
-    deadline = time.monotonic() + 30
-    while len(handled(workdir)) < 40 and time.monotonic() < deadline:
-        time.sleep(0.02)
-    process.send_signal(signal.SIGTERM)
-    _, stderr = process.communicate(timeout=30)
+    processes.append(process)
+    wait_until(lambda: len(process.handled()) >= 40, what="40 events handled")
 
-    assert process.returncode == 0, stderr
+    code = process.stop()
+
+    stderr = process.stderr
+    assert code == 0, stderr
     assert "psycopg" not in stderr, "a clean stop logs no warning of the driver's"
     position = committed(own_store_url, "balances", "account")
     assert position is not None, stderr
     assert position > 20, stderr
-    done = {g for *_, g in handled(workdir)}
+    done = {g for *_, g in process.handled()}
     assert set(range(1, position)) <= done, "the checkpoint passed an unhandled event"
 
 
@@ -154,24 +97,24 @@ def test_sigterm_lets_running_handlers_finish_and_commits_the_checkpoint(
             ["run", "missing_module:balances", "-c", "account"],
             "cannot import module 'missing_module'",
         ),
-        (["run", "shop_projections:nothing", "-c", "account"], "has no attribute 'nothing'"),
+        (["run", f"{MODULE}:nothing", "-c", "account"], "has no attribute 'nothing'"),
         (
-            ["run", "shop_projections:not_a_projection", "-c", "account"],
+            ["run", f"{MODULE}:not_a_projection", "-c", "account"],
             "not a projector.Projection",
         ),
         (
-            ["run", "shop_projections:balances", "-c", "bad-name"],
+            ["run", BALANCES, "-c", "bad-name"],
             "category 'bad-name' is not valid",
         ),
-        (["run", "shop_projections:balances", "-c", "account", "--group", "a b"], "group 'a b'"),
-        (["run", "shop_projections:balances", "-c", "account", "--batch-size", "0"], "batch_size"),
-        (["run", "shop_projections:balances", "-c", "account", "--tail-sleep", "-1"], "tail_sleep"),
+        (["run", BALANCES, "-c", "account", "--group", "a b"], "group 'a b'"),
+        (["run", BALANCES, "-c", "account", "--batch-size", "0"], "batch_size"),
+        (["run", BALANCES, "-c", "account", "--tail-sleep", "-1"], "tail_sleep"),
     ],
 )
 def test_bad_input_is_one_clear_line_and_exit_code_2(
-    workdir: Path, args: list[str], message: str
+    tmp_path: Path, args: list[str], message: str
 ) -> None:
-    result = projector(workdir, *args, "--database-url", "postgresql://nobody@127.0.0.1:1/none")
+    result = run_projector(tmp_path, *args, "--database-url", "postgresql://nobody@127.0.0.1:1/none")
 
     assert result.returncode == 2
     assert result.stderr.count("\n") == 1
@@ -179,11 +122,11 @@ def test_bad_input_is_one_clear_line_and_exit_code_2(
     assert message in result.stderr
 
 
-def test_a_database_that_is_down_is_one_clear_line_and_nothing_written(workdir: Path) -> None:
-    result = projector(
-        workdir,
+def test_a_database_that_is_down_is_one_clear_line_and_nothing_written(tmp_path: Path) -> None:
+    result = run_projector(
+        tmp_path,
         "run",
-        "shop_projections:balances",
+        BALANCES,
         "-c",
         "account",
         "--database-url",
@@ -195,25 +138,25 @@ def test_a_database_that_is_down_is_one_clear_line_and_nothing_written(workdir: 
     assert result.returncode == 1
     assert result.stderr.startswith("error: cannot connect to the database nobody@127.0.0.1:1/none")
     assert result.stderr.count("\n") == 1
-    assert not (workdir / "handled.txt").exists()
+    assert not (tmp_path / "handled").exists()
 
 
 def test_a_database_without_projector_tables_names_the_migrate_command(
-    workdir: Path, empty_database_url: str
+    tmp_path: Path, empty_database_url: str
 ) -> None:
     assert (
-        projector(
-            workdir, "migrate", "--message-store", "--database-url", empty_database_url
+        run_projector(
+            tmp_path, "migrate", "--message-store", "--database-url", empty_database_url
         ).returncode
         == 0
     )
     with psycopg.connect(empty_database_url, autocommit=True) as conn:
         conn.execute("DROP SCHEMA projector CASCADE")
 
-    result = projector(
-        workdir,
+    result = run_projector(
+        tmp_path,
         "run",
-        "shop_projections:balances",
+        BALANCES,
         "-c",
         "account",
         "--database-url",
@@ -224,118 +167,102 @@ def test_a_database_without_projector_tables_names_the_migrate_command(
     assert "run `projector migrate`" in result.stderr
 
 
-SLOW_IMPORT = """
+SLOW_IMPORT = f"""
 import sys, time
 print("importing", file=sys.stderr, flush=True)
 time.sleep(5)
-from shop_projections import balances
+from {MODULE} import balances
 """
 
 
-def _started(
-    workdir: Path, *args: str, env: dict[str, str] | None = None, ignore_sigint: bool = False
-) -> tuple[subprocess.Popen[bytes], Path]:
-    """A `projector` process whose stderr goes to a file; with ``ignore_sigint`` it starts
-    with SIGINT ignored, as a script's ``projector run ... &`` does."""
-    log = workdir / f"stderr-{time.monotonic_ns()}.txt"
-
-    def ignoring() -> None:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            [*PROJECTOR, *args],
-            cwd=workdir,
-            env={**os.environ, "HANDLED_FILE": str(workdir / "handled.txt"), **(env or {})},
-            stdout=subprocess.DEVNULL,
-            stderr=out,
-            preexec_fn=ignoring if ignore_sigint else None,
-        )
-    return process, log
-
-
 def test_sigint_stops_a_run_started_with_sigint_ignored_even_while_it_starts(
-    workdir: Path, own_store_url: str
+    tmp_path: Path, own_store_url: str, processes: list[ProjectorProcess]
 ) -> None:
-    (workdir / "slow_projections.py").write_text(textwrap.dedent(SLOW_IMPORT))
-    process, log = _started(
-        workdir,
+    (tmp_path / "slow_projections.py").write_text(SLOW_IMPORT)  # imported from where it runs
+    process = ProjectorProcess.start(
+        tmp_path,
+        "run",
         *("run", "slow_projections:balances", "-c", "account", "--database-url", own_store_url),
         ignore_sigint=True,
     )
-    logged(log, "importing")
+    processes.append(process)
+    logged(process.stderr_path, "importing")
 
-    process.send_signal(signal.SIGINT)
+    process.signal(signal.SIGINT)
 
     assert process.wait(timeout=3) == 128 + signal.SIGINT
-    assert "received SIGINT: stopping now" in log.read_text().splitlines()[-1]
+    assert "received SIGINT: stopping now" in process.stderr.splitlines()[-1]
 
 
 def test_sigint_stops_a_running_run_gracefully_whatever_it_inherited(
-    workdir: Path, own_store_url: str
+    tmp_path: Path, own_store_url: str, processes: list[ProjectorProcess]
 ) -> None:
     anyio.run(write_events, own_store_url, {f"account-{i}": 1 for i in range(5)})
-    process, log = _started(
-        workdir,
-        *("run", "shop_projections:balances", "-c", "account", "--database-url", own_store_url),
+    process = ProjectorProcess.start(
+        tmp_path,
+        "run",
+        *("run", BALANCES, "-c", "account", "--database-url", own_store_url),
         ignore_sigint=True,
     )
-    logged(log, "action=source_tail_reached")
+    processes.append(process)
+    logged(process.stderr_path, "action=source_tail_reached")
 
-    process.send_signal(signal.SIGINT)
+    process.signal(signal.SIGINT)
 
-    assert process.wait(timeout=15) == 0, log.read_text()
-    assert "action=stopping signal=SIGINT" in log.read_text()
+    assert process.wait(timeout=15) == 0, process.stderr
+    assert "action=stopping signal=SIGINT" in process.stderr
 
 
 def _in_a_long_call(
-    workdir: Path, url: str, *, shutdown_timeout: float
-) -> tuple[subprocess.Popen[bytes], Path]:
+    tmp_path: Path, url: str, processes: list[ProjectorProcess], *, shutdown_timeout: float
+) -> ProjectorProcess:
     """A run whose handler is in a minute-long call of stream account-slow."""
     anyio.run(write_events, url, {"account-slow": 1})
-    process, log = _started(
-        workdir,
-        *("run", "shop_projections:balances", "-c", "account", "--database-url", url),
+    process = ProjectorProcess.start(
+        tmp_path,
+        "run",
+        *("run", BALANCES, "-c", "account", "--database-url", url),
         *("--shutdown-timeout", str(shutdown_timeout)),
         env={"HANDLER_DELAY": "60"},
     )
-    logged(log, "action=source_tail_reached")
-    return process, log
+    processes.append(process)
+    logged(process.stderr_path, "action=source_tail_reached")
+    return process
 
 
 def test_a_stop_that_outlasts_shutdown_timeout_names_the_calls_it_abandons(
-    workdir: Path, own_store_url: str
+    tmp_path: Path, own_store_url: str, processes: list[ProjectorProcess]
 ) -> None:
-    process, log = _in_a_long_call(workdir, own_store_url, shutdown_timeout=0.5)
+    process = _in_a_long_call(tmp_path, own_store_url, processes, shutdown_timeout=0.5)
 
-    process.send_signal(signal.SIGTERM)
+    process.signal(signal.SIGTERM)
 
-    assert process.wait(timeout=15) == 0, log.read_text()
-    [abandoned] = [line for line in log.read_text().splitlines() if "calls_abandoned" in line]
+    assert process.wait(timeout=15) == 0, process.stderr
+    [abandoned] = [line for line in process.stderr.splitlines() if "calls_abandoned" in line]
     assert "1 handler call(s) still running after shutdown_timeout (0.5 s)" in abandoned
     assert "account-slow (" in abandoned
 
 
 def test_a_second_signal_while_stopping_stops_at_once_in_one_line(
-    workdir: Path, own_store_url: str
+    tmp_path: Path, own_store_url: str, processes: list[ProjectorProcess]
 ) -> None:
-    process, log = _in_a_long_call(workdir, own_store_url, shutdown_timeout=60)
-    process.send_signal(signal.SIGTERM)
-    logged(log, "action=stopping")
+    process = _in_a_long_call(tmp_path, own_store_url, processes, shutdown_timeout=60)
+    process.signal(signal.SIGTERM)
+    logged(process.stderr_path, "action=stopping")
 
-    process.send_signal(signal.SIGINT)
+    process.signal(signal.SIGINT)
 
     assert process.wait(timeout=5) == 128 + signal.SIGINT
-    last = log.read_text().splitlines()[-1]
+    last = process.stderr.splitlines()[-1]
     assert "received SIGINT again: stopping now" in last
-    assert "Traceback" not in log.read_text()
-    assert "Aborted" not in log.read_text()
+    assert "Traceback" not in process.stderr
+    assert "Aborted" not in process.stderr
 
 
-def test_with_json_logs_every_line_is_json_the_last_error_included(workdir: Path) -> None:
-    result = projector(
-        workdir,
-        *("run", "shop_projections:balances", "-c", "account", "--log-format", "json"),
+def test_with_json_logs_every_line_is_json_the_last_error_included(tmp_path: Path) -> None:
+    result = run_projector(
+        tmp_path,
+        *("run", BALANCES, "-c", "account", "--log-format", "json"),
         *("--database-url", "postgresql://nobody@127.0.0.1:1/none", "--connect-timeout", "1"),
     )
 
@@ -354,20 +281,20 @@ def test_with_json_logs_every_line_is_json_the_last_error_included(workdir: Path
     ],
 )
 def test_listing_commands_refuse_an_unsafe_group_name_in_one_line(
-    workdir: Path, own_store_url: str, args: list[str]
+    tmp_path: Path, own_store_url: str, args: list[str]
 ) -> None:
-    result = projector(workdir, *args, "--database-url", own_store_url)
+    result = run_projector(tmp_path, *args, "--database-url", own_store_url)
 
     assert result.returncode == 2
     assert result.stderr.count("\n") == 1
     assert "group 'a b'" in result.stderr
 
 
-def test_wait_takes_its_timeout_from_the_environment(workdir: Path, own_store_url: str) -> None:
+def test_wait_takes_its_timeout_from_the_environment(tmp_path: Path, own_store_url: str) -> None:
     anyio.run(write_events, own_store_url, {"account-1": 1})
 
-    result = projector(
-        workdir,
+    result = run_projector(
+        tmp_path,
         *("wait", "--group", "nobody", "--position", "1", "--database-url", own_store_url),
         env={"PROJECTOR_WAIT_TIMEOUT": "0.5"},
     )

@@ -3,32 +3,22 @@ the user's, where it keeps to its own category and table and never shows the pas
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 import anyio
 import psycopg
 
+from tests.support.cli import run_projector
 from tests.support.failures import append
 
 PASSWORD = "secretpw"
 
 
 def demo(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if k != "PROJECTOR_DATABASE_URL"}
-    return subprocess.run(
-        [sys.executable, "-m", "projector", "demo", "--events", "50", "--accounts", "5", *args],
-        cwd=cwd,
-        env=env,
-        stdin=subprocess.DEVNULL,  # not a terminal: nobody to ask
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    """`projector demo` with no database configured, and nobody at a terminal to ask."""
+    return run_projector(cwd, "demo", "--events", "50", "--accounts", "5", *args, timeout=120)
 
 
 def with_password(url: str) -> str:
@@ -36,6 +26,30 @@ def with_password(url: str) -> str:
     parts = urlsplit(url)
     netloc = f"{parts.username}:{PASSWORD}@{parts.hostname}:{parts.port}"
     return urlunsplit(parts._replace(netloc=netloc))
+
+
+# Per demo account: the balance and the last position its events say it has.
+FOLD = """
+SELECT substr(stream_name, strpos(stream_name, '-') + 1),
+       sum(CASE WHEN type = 'Withdrawn' THEN -1 ELSE 1 END * (data->>'amount')::bigint),
+       max(position)
+FROM message_store.messages WHERE message_store.category(stream_name) = 'demo_account'
+GROUP BY stream_name
+"""
+
+
+Balances = dict[str, tuple[int, int]]
+
+
+def _projected_and_folded(url: str) -> tuple[Balances, Balances]:
+    """demo_balances as (balance, version) per account, and the same folded from the events."""
+    with psycopg.connect(url) as conn:
+        rows = conn.execute("SELECT account_id, balance, version FROM demo_balances").fetchall()
+        folded = conn.execute(FOLD.encode()).fetchall()
+    return (
+        {str(a): (int(b), int(v)) for a, b, v in rows},
+        {str(a): (int(b), int(v)) for a, b, v in folded},
+    )
 
 
 def _count(url: str, query: str) -> int:
@@ -69,6 +83,9 @@ def test_the_demo_writes_into_a_users_database_only_when_told_and_keeps_to_its_o
     )
     assert _count(own_store_url, account.format("account")) == 1
     assert _count(own_store_url, account.format("demo_account")) == 50
+    projected, folded = _projected_and_folded(own_store_url)
+    assert projected == folded
+    assert len(projected) == 5
 
 
 def test_the_demo_runs_its_own_postgres_says_how_to_go_on_and_stops_it(

@@ -3,30 +3,17 @@ and `projector group convert`, and the one-line errors of each."""
 
 from __future__ import annotations
 
-import textwrap
 from pathlib import Path
 
 import anyio
 import pytest
 
-from tests.support.groups import (
-    CATEGORY,
-    HANDLERS,
-    ProjectorProcess,
-    category_head,
-    group_checkpoints,
-    run_projector,
-)
+from tests.support.cli import BALANCES, ProjectorProcess, run_projector
+from tests.support.groups import CATEGORY, category_head, group_checkpoints
 from tests.support.projecting import write_events
 from tests.support.waiting import wait_until
 
 GROUP = "balances"  # the handler module's projection, hence its default group
-
-
-@pytest.fixture
-def workdir(tmp_path: Path) -> Path:
-    (tmp_path / "shop_projections.py").write_text(textwrap.dedent(HANDLERS))
-    return tmp_path
 
 
 def _streams(count: int) -> dict[str, int]:
@@ -35,16 +22,16 @@ def _streams(count: int) -> dict[str, int]:
 
 def _run(url: str, *more: str) -> list[str]:
     return [
-        *("run", "shop_projections:balances", "--category", CATEGORY, "--database-url", url),
+        *("run", BALANCES, "--category", CATEGORY, "--database-url", url),
         *("--checkpoint-interval", "0.1", "--tail-sleep", "0.05", *more),
     ]
 
 
 def test_group_show_lists_the_running_member_with_every_bucket(
-    workdir: Path, own_store_url: str
+    tmp_path: Path, own_store_url: str
 ) -> None:
     anyio.run(write_events, own_store_url, _streams(20))
-    member = ProjectorProcess.start(workdir, "elastic", *_run(own_store_url, "--elastic"))
+    member = ProjectorProcess.start(tmp_path, "elastic", *_run(own_store_url, "--elastic"))
     try:
         head = anyio.run(category_head, own_store_url)
         wait_until(
@@ -55,7 +42,7 @@ def test_group_show_lists_the_running_member_with_every_bucket(
             within=30,
             what="every bucket checkpointed at the head",
         )
-        shown = run_projector(workdir, "group", "show", GROUP, "--database-url", own_store_url)
+        shown = run_projector(tmp_path, "group", "show", GROUP, "--database-url", own_store_url)
     finally:
         assert member.stop() == 0, member.stderr
     assert shown.returncode == 0, shown.stderr
@@ -66,19 +53,19 @@ def test_group_show_lists_the_running_member_with_every_bucket(
 
 
 def test_convert_turns_a_fixed_groups_checkpoints_into_buckets(
-    workdir: Path, own_store_url: str
+    tmp_path: Path, own_store_url: str
 ) -> None:
     anyio.run(write_events, own_store_url, _streams(20))
     database = ["--database-url", own_store_url]
     for member in range(2):
         fixed = _run(own_store_url, "--member", str(member), "--group-size", "2")
-        assert run_projector(workdir, *fixed, "--until-caught-up").returncode == 0
+        assert run_projector(tmp_path, *fixed, "--until-caught-up").returncode == 0
 
     converted = run_projector(
-        workdir, "group", "convert", GROUP, "--to-elastic", "--buckets", "4", *database
+        tmp_path, "group", "convert", GROUP, "--to-elastic", "--buckets", "4", *database
     )
-    again = run_projector(workdir, "group", "convert", GROUP, "--to-elastic", *database)
-    refused = run_projector(workdir, *_run(own_store_url, "--member", "0", "--group-size", "2"))
+    again = run_projector(tmp_path, "group", "convert", GROUP, "--to-elastic", *database)
+    refused = run_projector(tmp_path, *_run(own_store_url, "--member", "0", "--group-size", "2"))
 
     assert converted.returncode == 0, converted.stderr
     assert f"group {GROUP}: 2 member(s) -> elastic, 4 buckets" in converted.stdout
@@ -102,9 +89,9 @@ def test_convert_turns_a_fixed_groups_checkpoints_into_buckets(
     ],
 )
 def test_bad_elastic_flags_exit_2_with_one_line(
-    workdir: Path, flags: list[str], expected: str
+    tmp_path: Path, flags: list[str], expected: str
 ) -> None:
-    refused = run_projector(workdir, *_run("postgresql://nowhere/db", *flags))
+    refused = run_projector(tmp_path, *_run("postgresql://nowhere/db", *flags))
     assert refused.returncode == 2
     assert refused.stderr.count("\n") == 1, refused.stderr
     assert expected in refused.stderr

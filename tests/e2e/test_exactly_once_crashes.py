@@ -3,12 +3,9 @@ a consumer group that is rebalanced and reset: its balances still equal a fold o
 
 from __future__ import annotations
 
-import os
 import random
-import subprocess
-import sys
-import textwrap
 import time
+from functools import partial
 from pathlib import Path
 
 import anyio
@@ -16,48 +13,73 @@ import psycopg
 
 from projector.ops.groups import rebalance, reset_group
 from tests.support.balances import projected_and_folded, write_transactions
+from tests.support.cli import EXACTLY_ONCE, ProjectorProcess
+from tests.support.waiting import wait_until
 
-HANDLERS = """
-from tests.support.balances import balances_projection
-
-# Slow enough that the kills land mid-catch-up, between handled spans and checkpoint commits.
-balances = balances_projection(delay=0.005)
-"""
+EVENTS = 3000
 
 
-def _projector(workdir: Path, url: str, *args: str) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "PROJECTOR_DATABASE_URL": url, "PYTHONPATH": str(Path.cwd())}
-    command = [sys.executable, "-m", "projector", "run", "balances_projection:balances"]
-    return subprocess.Popen(
-        [*command, "-c", "account", "--batch-size", "20", "--checkpoint-interval", "0.2", *args],
-        cwd=workdir,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+def _start(
+    workdir: Path, url: str, name: str, processes: list[ProjectorProcess], *args: str
+) -> ProjectorProcess:
+    process = ProjectorProcess.start(
+        workdir,
+        name,
+        *("run", EXACTLY_ONCE, "-c", "account", "--batch-size", "20"),
+        *("--checkpoint-interval", "0.2", *args),
+        env={"PROJECTOR_DATABASE_URL": url},
     )
+    processes.append(process)
+    return process
 
 
-def _finish(workdir: Path, url: str, *args: str) -> None:
-    process = _projector(workdir, url, "--until-caught-up", *args)
-    assert process.wait(timeout=120) == 0
+def _finish(workdir: Path, url: str, name: str, processes: list[ProjectorProcess]) -> None:
+    process = _start(workdir, url, name, processes, "--until-caught-up")
+    assert process.wait(timeout=120) == 0, process.stderr
+
+
+def _applied(url: str) -> int:
+    """How many events the balances group has applied: each stream's position row holds the
+    last position it applied."""
+    with psycopg.connect(url) as conn:
+        row = conn.execute(
+            "SELECT coalesce(sum(position + 1), 0) FROM projector.stream_positions"
+            " WHERE group_name = 'balances'"
+        ).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def _applied_more_than(url: str, before: int, process: ProjectorProcess) -> bool:
+    assert process.running(), f"projector exited with {process.popen.returncode}"
+    return _applied(url) > before
 
 
 def test_balances_survive_sigkills_a_rebalance_and_a_reset(
-    tmp_path: Path, own_store_url: str
+    tmp_path: Path, own_store_url: str, processes: list[ProjectorProcess]
 ) -> None:
-    (tmp_path / "balances_projection.py").write_text(textwrap.dedent(HANDLERS))
-    anyio.run(lambda: write_transactions(own_store_url, accounts=60, events=3000, seed=5))
+    url = own_store_url
+    anyio.run(lambda: write_transactions(url, accounts=60, events=EVENTS, seed=5))
     rng = random.Random(5)
 
-    for _ in range(4):
-        process = _projector(tmp_path, own_store_url)
-        time.sleep(rng.uniform(0.8, 1.6))
-        process.kill()
-        process.wait()
-    _finish(tmp_path, own_store_url)
+    applied = [0]
+    for life in range(4):
+        process = _start(tmp_path, url, f"life{life}", processes)
+        # Killed at a random point once it has applied more (however long it took to start).
+        wait_until(
+            partial(_applied_more_than, url, applied[-1], process),
+            within=60,
+            what=f"life {life} applies events",
+        )
+        time.sleep(rng.uniform(0.0, 0.5))
+        assert process.kill() == -9, process.stderr
+        applied.append(_applied(url))
+    assert applied == sorted(set(applied)), f"a life was killed before it applied: {applied}"
+    assert applied[-1] < EVENTS, "the catch-up was over before the last kill"
+    _finish(tmp_path, url, "caught-up", processes)
 
     async def regroup(size: int | None) -> None:
-        async with await psycopg.AsyncConnection.connect(own_store_url) as conn:
+        async with await psycopg.AsyncConnection.connect(url) as conn:
             if size is None:
                 await reset_group(conn, "balances")
             else:
@@ -65,15 +87,16 @@ def test_balances_survive_sigkills_a_rebalance_and_a_reset(
 
     anyio.run(regroup, 2)
     members = [
-        _projector(
-            tmp_path, own_store_url, "--until-caught-up", "--member", str(m), "--group-size", "2"
+        _start(
+            tmp_path, url, f"member{m}", processes, "--until-caught-up",
+            *("--member", str(m), "--group-size", "2"),
         )
         for m in range(2)
-    ]
-    assert [m.wait(timeout=120) for m in members] == [0, 0]
+    ]  # fmt: skip
+    assert [m.wait(timeout=120) for m in members] == [0, 0], [m.stderr for m in members]
     anyio.run(regroup, None)
-    _finish(tmp_path, own_store_url)
+    _finish(tmp_path, url, "after-reset", processes)
 
-    projected, folded = projected_and_folded(own_store_url)
+    projected, folded = projected_and_folded(url)
     assert projected == folded
     assert len(folded) == 60

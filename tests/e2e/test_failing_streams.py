@@ -8,65 +8,34 @@ No test here measures a time: how fast the healthy streams go is the bench's bus
 
 from __future__ import annotations
 
-import textwrap
 from collections import defaultdict
-from collections.abc import Iterator
 from pathlib import Path
 
 import anyio
 import psycopg
-import pytest
 
 from projector import write_message
-from tests.support.groups import ProjectorProcess, category_head
+from tests.support.cli import BALANCES, ProjectorProcess
+from tests.support.groups import category_head
 from tests.support.projecting import checkpoint, write_events
 from tests.support.waiting import logged, wait_until
 
 BAD = "order-bad"
-# The handler fails for the stream named in FAILING_STREAM, as a downstream service refusing
-# one entity would; every other stream's events go to HANDLED_FILE.
-HANDLERS = """
-import os
-from projector import Event, Projection
-
-shop = Projection("shop")
-
-@shop.handler
-async def handle(stream_name: str, events: list[Event]) -> None:
-    if stream_name == os.environ.get("FAILING_STREAM"):
-        raise RuntimeError("the warehouse refuses this order")
-    with open(os.environ["HANDLED_FILE"], "a") as out:
-        for event in events:
-            out.write(f"{stream_name} {event.position} {event.global_position}\\n")
-"""
 # Never parked within a test: with the default backoff the stream keeps retrying.
 NEVER_PARKED = ("--retry-max-attempts", "1000")
-
-
-@pytest.fixture
-def workdir(tmp_path: Path) -> Path:
-    (tmp_path / "shop_projections.py").write_text(textwrap.dedent(HANDLERS))
-    return tmp_path
-
-
-@pytest.fixture
-def processes() -> Iterator[list[ProjectorProcess]]:
-    started: list[ProjectorProcess] = []
-    yield started
-    for process in started:
-        process.kill()
 
 
 def start(
     workdir: Path, name: str, url: str, *flags: str, failing: str | None = BAD
 ) -> ProjectorProcess:
-    env = {} if failing is None else {"FAILING_STREAM": failing}
+    """A runner of group shop whose handler fails for the stream ``failing``, as a downstream
+    service refusing one entity would."""
     return ProjectorProcess.start(
         workdir,
         name,
-        *("run", "shop_projections:shop", "--category", "order", "--database-url", url),
+        *("run", BALANCES, "--group", "shop", "--category", "order", "--database-url", url),
         *("--summary-interval", "0", "--no-progress", *flags),
-        env=env,
+        env={"FAILING_STREAMS": failing or ""},
     )
 
 
@@ -111,11 +80,11 @@ async def write_slowly(url: str, events: int, *, rate: float) -> None:
 
 
 def test_at_the_head_every_healthy_event_is_handled_while_one_stream_keeps_failing(
-    workdir: Path, own_store_url: str, processes: list[ProjectorProcess]
+    tmp_path: Path, own_store_url: str, processes: list[ProjectorProcess]
 ) -> None:
     url = own_store_url
     anyio.run(write_events, url, {"order-0": 1})
-    runner = start(workdir, "runner", url, *NEVER_PARKED)
+    runner = start(tmp_path, "runner", url, *NEVER_PARKED)
     processes.append(runner)
     logged(runner.stderr_path, "source_tail_reached")
 
@@ -137,14 +106,14 @@ def test_at_the_head_every_healthy_event_is_handled_while_one_stream_keeps_faili
 
 
 def test_in_a_catch_up_the_checkpoint_passes_a_failing_stream_and_a_restart_replays_it(
-    workdir: Path, own_store_url: str, processes: list[ProjectorProcess]
+    tmp_path: Path, own_store_url: str, processes: list[ProjectorProcess]
 ) -> None:
     url = own_store_url
     anyio.run(write_events, url, {**{f"order-{i}": 40 for i in range(250)}, BAD: 40})
     head = anyio.run(category_head, url, "order")
     expected = written(url)
 
-    runner = start(workdir, "runner", url, *NEVER_PARKED, "--checkpoint-interval", "0.2")
+    runner = start(tmp_path, "runner", url, *NEVER_PARKED, "--checkpoint-interval", "0.2")
     processes.append(runner)
 
     def caught_up_past_it() -> bool:
@@ -157,7 +126,7 @@ def test_in_a_catch_up_the_checkpoint_passes_a_failing_stream_and_a_restart_repl
 
     # Fixed and restarted: the new runner finds the stream held, replays it from its first
     # event, in order, and lets it rejoin the flow (its row goes).
-    restarted = start(workdir, "restarted", url, failing=None)
+    restarted = start(tmp_path, "restarted", url, failing=None)
     processes.append(restarted)
     wait_until(
         lambda: by_stream(restarted).get(BAD) == expected[BAD],

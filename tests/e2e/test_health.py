@@ -3,41 +3,18 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
 import socket
-import subprocess
-import sys
-import textwrap
 import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 
 import anyio
-import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from projector.localpg import free_port
+from tests.support.cli import BALANCES, ProjectorProcess
 from tests.support.projecting import write_events
-
-PROJECTOR = [sys.executable, "-m", "projector"]
-
-HANDLERS = """
-from projector import Event, Projection
-
-balances = Projection("balances")
-
-@balances.handler
-async def handle(stream_name: str, events: list[Event]) -> None:
-    pass
-"""
-
-
-@pytest.fixture
-def workdir(tmp_path: Path) -> Path:
-    (tmp_path / "shop_projections.py").write_text(textwrap.dedent(HANDLERS))
-    return tmp_path
 
 
 def get(port: int, path: str) -> tuple[int, str]:
@@ -59,47 +36,35 @@ def wait_for(port: int, path: str, status: int, *, within: float = 20) -> str:
     return answer[1]
 
 
-def start(workdir: Path, url: str, port: int, *extra: str) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [
-            *PROJECTOR,
-            "run",
-            "shop_projections:balances",
-            "-c",
-            "account",
-            "--database-url",
-            url,
-            "--metrics-port",
-            str(port),
-            "--metrics-host",
-            "127.0.0.1",
-            *extra,
-        ],
-        cwd=workdir,
-        env=dict(os.environ),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
+def start(
+    workdir: Path, processes: list[ProjectorProcess], url: str, port: int, *extra: str
+) -> ProjectorProcess:
+    process = ProjectorProcess.start(
+        workdir,
+        "run",
+        *("run", BALANCES, "-c", "account", "--database-url", url),
+        *("--metrics-port", str(port), "--metrics-host", "127.0.0.1", *extra),
     )
+    processes.append(process)
+    return process
 
 
 def test_a_running_projector_serves_its_probes_and_metrics_until_sigterm(
-    workdir: Path, own_store_url: str
+    tmp_path: Path, own_store_url: str, processes: list[ProjectorProcess]
 ) -> None:
     anyio.run(write_events, own_store_url, {f"account-{i}": 2 for i in range(15)})
     port = free_port()
     process = start(
-        workdir, own_store_url, port, "--health-max-db-age", "2", "--ready-max-lag", "0"
+        tmp_path, processes, own_store_url, port, "--health-max-db-age", "2", "--ready-max-lag", "0"
     )
-    try:
-        ready = json.loads(wait_for(port, "/ready", 200))
-        health = json.loads(wait_for(port, "/health", 200))
-        status, text = get(port, "/metrics")
-    finally:
-        process.send_signal(signal.SIGTERM)
-        _, stderr = process.communicate(timeout=30)
+    ready = json.loads(wait_for(port, "/ready", 200))
+    health = json.loads(wait_for(port, "/health", 200))
+    status, text = get(port, "/metrics")
 
-    assert process.returncode == 0, stderr
+    code = process.stop()
+
+    stderr = process.stderr
+    assert code == 0, stderr
     assert ready["lag"] == {"account": 0}
     assert health["state"] == "running"
     assert status == 200
@@ -116,16 +81,17 @@ def test_a_running_projector_serves_its_probes_and_metrics_until_sigterm(
 
 
 def test_a_metrics_port_in_use_is_one_clear_line_and_exit_code_2(
-    workdir: Path, own_store_url: str
+    tmp_path: Path, own_store_url: str, processes: list[ProjectorProcess]
 ) -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        process = start(workdir, own_store_url, port)
-        _, stderr = process.communicate(timeout=30)
+        process = start(tmp_path, processes, own_store_url, port)
+        code = process.wait(timeout=30)
 
-    assert process.returncode == 2
+    stderr = process.stderr
+    assert code == 2
     assert stderr.startswith(f"error: cannot serve metrics on 127.0.0.1:{port}")
     assert stderr.count("\n") == 1
     assert "--metrics-port" in stderr

@@ -4,35 +4,16 @@
 from __future__ import annotations
 
 import json
-import textwrap
 from pathlib import Path
 
 import anyio
-import pytest
 
+from tests.support.cli import BALANCES, run_projector
 from tests.support.failures import append
-from tests.support.groups import run_projector
-
-HANDLERS = """
-from projector import Event, Projection
-
-shop = Projection("shop")
-
-@shop.handler
-async def handle(stream_name: str, events: list[Event]) -> None:
-    if stream_name == "order-bad":
-        raise ValueError("cannot handle this order")
-"""
-
-
-@pytest.fixture
-def workdir(tmp_path: Path) -> Path:
-    (tmp_path / "shop_projections.py").write_text(textwrap.dedent(HANDLERS))
-    return tmp_path
 
 
 def test_a_parked_stream_is_reported_by_run_wait_and_status(
-    workdir: Path, own_store_url: str
+    tmp_path: Path, own_store_url: str
 ) -> None:
     for name in ("order-1", "order-2"):
         anyio.run(append, own_store_url, name, 2)
@@ -40,12 +21,13 @@ def test_a_parked_stream_is_reported_by_run_wait_and_status(
     url = ("--database-url", own_store_url)
 
     run = run_projector(
-        workdir,
-        *("run", "shop_projections:shop", "--category", "order", "--until-caught-up"),
+        tmp_path,
+        *("run", BALANCES, "--group", "shop", "--category", "order", "--until-caught-up"),
         *("--retry-max-attempts", "1", "--log-level", "ERROR", *url),
+        env={"FAILING_STREAMS": "order-bad"},
     )
-    wait = run_projector(workdir, "wait", "--group", "shop", "--position", str(bad[0]), *url)
-    status = run_projector(workdir, "status", "--json", *url)
+    wait = run_projector(tmp_path, "wait", "--group", "shop", "--position", str(bad[0]), *url)
+    status = run_projector(tmp_path, "status", "--json", *url)
 
     assert run.returncode == 3, run.stderr
     assert run.stderr.splitlines()[-1].startswith(

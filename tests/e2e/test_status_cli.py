@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,27 +16,14 @@ from projector.cli.render import COLUMNS
 from projector.model.events import consumer_group_member
 from projector.ops import groups
 from projector.storage.database import connect
+from tests.support.cli import run_projector
 from tests.support.projecting import write_events
-
-PROJECTOR = [sys.executable, "-m", "projector"]
 
 
 @dataclass(frozen=True)
 class Backlog:
     url: str
     lags: dict[str, int]  # checkpoint name -> events from its checkpoint on
-
-
-def projector(workdir: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [*PROJECTOR, *args],
-        cwd=workdir,
-        env={k: v for k, v in os.environ.items() if not k.startswith("PROJECTOR_")},
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
 
 
 async def _arrange(url: str) -> None:
@@ -79,7 +64,7 @@ def _members(result: subprocess.CompletedProcess[str]) -> list[dict[str, Any]]:
 def test_status_json_gives_each_members_exact_lag_with_no_projector_running(
     tmp_path: Path, backlog: Backlog
 ) -> None:
-    members = _members(projector(tmp_path, "status", "--json", "--database-url", backlog.url))
+    members = _members(run_projector(tmp_path, "status", "--json", "--database-url", backlog.url))
 
     assert {m["name"]: m["lag_events"] for m in members} == backlog.lags
     assert {m["name"]: m["checkpoint"] for m in members} == {
@@ -97,7 +82,7 @@ def test_status_json_gives_each_members_exact_lag_with_no_projector_running(
 def test_status_prints_a_table_with_every_column_and_member(
     tmp_path: Path, backlog: Backlog
 ) -> None:
-    result = projector(tmp_path, "status", "--database-url", backlog.url)
+    result = run_projector(tmp_path, "status", "--database-url", backlog.url)
 
     assert result.returncode == 0, result.stderr
     words = result.stdout.split()
@@ -118,11 +103,11 @@ def test_status_group_shows_only_that_group(tmp_path: Path, backlog: Backlog) ->
     url = backlog.url
 
     balances = _members(
-        projector(tmp_path, "status", "--json", "--group", "balances", "--database-url", url)
+        run_projector(tmp_path, "status", "--json", "--group", "balances", "--database-url", url)
     )
-    reports = projector(tmp_path, "status", "--group", "reports", "--database-url", url)
+    reports = run_projector(tmp_path, "status", "--group", "reports", "--database-url", url)
     nobody = _members(
-        projector(tmp_path, "status", "--json", "--group", "nobody", "--database-url", url)
+        run_projector(tmp_path, "status", "--json", "--group", "nobody", "--database-url", url)
     )
 
     assert [m["name"] for m in balances] == ["balances-0", "balances-1"]
@@ -134,7 +119,9 @@ def test_status_group_shows_only_that_group(tmp_path: Path, backlog: Backlog) ->
 def test_status_refuses_a_member_name_for_a_group_in_one_line(
     tmp_path: Path, backlog: Backlog
 ) -> None:
-    result = projector(tmp_path, "status", "--group", "balances-1", "--database-url", backlog.url)
+    result = run_projector(
+        tmp_path, "status", "--group", "balances-1", "--database-url", backlog.url
+    )
 
     assert result.returncode == 2
     assert result.stderr.startswith("error: group 'balances-1' is not valid")

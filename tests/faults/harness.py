@@ -502,13 +502,17 @@ class Writers:
     logs: Path
     processes: list[Process] = field(default_factory=list)
 
-    def start(self, count: int, *, rate: float, seed: int) -> None:
+    def start(
+        self, count: int, *, rate: float, seed: int, streams: int = STREAMS_PER_CATEGORY
+    ) -> None:
+        """``count`` writers, each appending ``rate`` events a second to ``streams`` streams
+        of each category."""
         for index in range(count):
             log = self.logs / f"writer-{index}.log"
             command = [
                 *(sys.executable, "-m", "tests.faults.writer", self.server.url),
                 *(str(seed * 100 + index), ",".join(CATEGORIES)),
-                *(str(STREAMS_PER_CATEGORY), str(rate)),
+                *(str(streams), str(rate)),
             ]
             with log.open("wb") as out:
                 popen = subprocess.Popen(

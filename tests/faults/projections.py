@@ -6,9 +6,12 @@
   Applying any event twice, or skipping one, shows in the totals.
 - ``deliveries`` (at least once): records every event of every call that returned, with the
   process that handled it, over a connection of its own that it opens again after it broke.
+- ``calls`` (at least once, the elastic suite's): records every call that returned, with every
+  position it was given, its process, and when it ran, over that same kind of connection.
 
-Both fail now and then for a tenth of the streams when the runner's environment asks for it
-(`tests.faults.flaky`), so that their streams are held, retried and rejoin the flow.
+``totals`` and ``deliveries`` fail now and then for a tenth of the streams when the runner's
+environment asks for it (`tests.faults.flaky`), so that their streams are held, retried and
+rejoin the flow.
 """
 
 from __future__ import annotations
@@ -82,23 +85,26 @@ async def deliver(stream_name: str, events: list[Event]) -> None:
     await _record(RECORD, {"stream": stream_name, "positions": positions, "pid": os.getpid()})
 
 
-# The elastic suite's projection: one row per call that returned, with the positions it was
-# given and when it ran, so that calls of one stream by two processes at once show up.
+# The elastic suite's projection: one row per call that returned, with every position it was
+# given (so an event left out of the middle of a call shows as missing), its process, and when
+# it began and ended by the handler's own clock. A call lasts CALL_SECONDS at least, a real wait
+# inside the window it records: two processes in one stream at once show up as two windows
+# that intersect, however the calls were scheduled.
 CALLS_TABLE = """
 CREATE TABLE IF NOT EXISTS fault_calls (
     seq bigserial PRIMARY KEY,
     stream text NOT NULL,
-    first bigint NOT NULL,
-    last bigint NOT NULL,
+    positions bigint[] NOT NULL,
     pid int NOT NULL,
     started float8 NOT NULL,
     ended float8 NOT NULL
 )
 """
 CALL = """
-INSERT INTO fault_calls (stream, first, last, pid, started, ended)
-VALUES (%(stream)s, %(first)s, %(last)s, %(pid)s, %(started)s, %(ended)s)
+INSERT INTO fault_calls (stream, positions, pid, started, ended)
+VALUES (%(stream)s, %(positions)s, %(pid)s, %(started)s, %(ended)s)
 """
+CALL_SECONDS = 0.02
 
 calls = Projection("calls")
 
@@ -106,15 +112,13 @@ calls = Projection("calls")
 @calls.handler
 async def record_call(stream_name: str, events: list[Event]) -> None:
     started = time.time()
-    await anyio.sleep(0.002)  # a call that takes a moment: overlaps would be caught
-    ended = time.time()
+    await anyio.sleep(CALL_SECONDS)
     params = {
         "stream": stream_name,
-        "first": events[0].position,
-        "last": events[-1].position,
+        "positions": [event.position for event in events],
         "pid": os.getpid(),
         "started": started,
-        "ended": ended,
+        "ended": time.time(),
     }
     await _record(CALL, params)
 

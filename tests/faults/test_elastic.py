@@ -2,10 +2,13 @@
 a SIGKILL, a SIGSTOP past the lease, a rolling restart, server restarts and terminated sessions.
 
 Every runner is a `projector run --elastic` process projecting ``calls`` (see `projections`),
-which records each call: its stream, the positions it was given, its process and when it ran.
-The checks are against ``message_store.messages`` itself: no event is missed, no stream is
-handled by two processes at once, a stream's calls never skip ahead of what was handled, and
-a graceful change (a member joining, or leaving with SIGTERM) delivers nothing twice.
+which records each call: its stream, every position it was given, its process and when it ran
+(a call lasts a real wait, so two processes in one stream at once show as intersecting
+windows). The checks are against ``message_store.messages`` itself: no event is missed, no
+stream is handled by two processes at once (but by a zombie beside its successor, which the
+README allows), a call is given its stream's events one after another and never skips ahead
+of what was handled, and a graceful change (a member joining, or leaving with SIGTERM)
+delivers nothing twice.
 """
 
 from __future__ import annotations
@@ -41,6 +44,9 @@ from tests.support.postgres import Unavailable, give_up, require_server_binaries
 from tests.support.waiting import wait_until
 
 WRITE_RATE = 40.0  # events per second per writer
+# Few streams, so that a stream's events pile up while it is busy or its bucket moves, and a
+# call is given several of them: what the checks look inside.
+STREAMS = 10  # per category
 
 
 @pytest.fixture(scope="module")
@@ -75,7 +81,8 @@ def appending(
     writers = Writers(server, tmp_path)
     group = Elastic(request.node.name.removeprefix("test_")[:40], server, tmp_path)
     try:
-        writers.start(2, rate=WRITE_RATE, seed=random.randrange(10**6) if seed is None else seed)
+        seed = random.randrange(10**6) if seed is None else seed
+        writers.start(2, rate=WRITE_RATE, seed=seed, streams=STREAMS)
         yield writers, group
     finally:
         writers.stop()
@@ -85,8 +92,7 @@ def appending(
 @dataclass(frozen=True)
 class Call:
     stream: str
-    first: int
-    last: int
+    positions: list[int]
     pid: int
     started: float
     ended: float
@@ -94,60 +100,62 @@ class Call:
 
 def calls(server: Server) -> list[Call]:
     rows = server.query(
-        "SELECT stream, first, last, pid, started, ended FROM fault_calls ORDER BY seq"
+        "SELECT stream, positions, pid, started, ended FROM fault_calls ORDER BY seq"
     )
     return [Call(*row) for row in rows]
 
 
-def written(server: Server) -> dict[str, int]:
-    """Each stream's last position, from message_store.messages."""
+def written(server: Server) -> set[tuple[str, int]]:
+    """Every event of the suite's categories, as (stream, position), from
+    message_store.messages."""
     rows = server.query(
-        "SELECT stream_name, max(position) FROM message_store.messages"
-        " WHERE category(stream_name) = ANY (%(categories)s) GROUP BY stream_name",
+        "SELECT stream_name, position FROM message_store.messages"
+        " WHERE category(stream_name) = ANY (%(categories)s)",
         {"categories": list(CATEGORIES)},
     )
-    return {name: int(last) for name, last in rows}
+    return {(str(name), int(position)) for name, position in rows}
 
 
 def missed(server: Server, found: list[Call]) -> list[str]:
-    handled: dict[str, set[int]] = defaultdict(set)
-    for call in found:
-        handled[call.stream].update(range(call.first, call.last + 1))
-    return [
-        f"{stream}: {sorted(set(range(last + 1)) - handled[stream])[:5]}"
-        for stream, last in sorted(written(server).items())
-        if not set(range(last + 1)) <= handled[stream]
-    ]
+    """Events of the store no call that returned was given."""
+    delivered = {event for call in found for event in _events(call)}
+    return [f"{stream}@{position}" for stream, position in sorted(written(server) - delivered)]
 
 
-def overlaps(found: list[Call]) -> list[str]:
-    """Calls of one stream by two processes whose running times intersect."""
+def overlaps(found: list[Call], *, zombies: frozenset[int] = frozenset()) -> list[str]:
+    """Calls of one stream by two processes whose running times intersect; calls of
+    ``zombies`` (processes silent past their lease, which may deliver beside their successor
+    until they notice: README, "What holds under faults (elastic)") are left out."""
     by_stream: dict[str, list[Call]] = defaultdict(list)
     for call in found:
-        by_stream[call.stream].append(call)
+        if call.pid not in zombies:
+            by_stream[call.stream].append(call)
     wrong: list[str] = []
     for stream, stream_calls in by_stream.items():
         busy_until: dict[int, float] = {}  # per process, when its latest call ended
         for call in sorted(stream_calls, key=lambda c: c.started):
-            others = [pid for pid, until in busy_until.items() if pid != call.pid]
             wrong.extend(
                 f"{stream}: pid {pid} and {call.pid} at once"
-                for pid in others
-                if busy_until[pid] > call.started
+                for pid, until in busy_until.items()
+                if pid != call.pid and until > call.started
             )
             busy_until[call.pid] = max(busy_until.get(call.pid, 0.0), call.ended)
     return wrong
 
 
 def skips(found: list[Call]) -> list[str]:
-    """Calls that began past the next event of their stream nobody had handled yet."""
+    """Calls given a stream's events out of order: not one after another, or beginning past
+    the next event of their stream that no call had been given yet."""
     highest: dict[str, int] = {}
     wrong = []
     for call in sorted(found, key=lambda c: c.started):
         seen = highest.get(call.stream, -1)
-        if call.first > seen + 1:
-            wrong.append(f"{call.stream}: pid {call.pid} began at {call.first} after {seen}")
-        highest[call.stream] = max(seen, call.last)
+        first = call.positions[0]
+        if call.positions != list(range(first, first + len(call.positions))):
+            wrong.append(f"{call.stream}: pid {call.pid} was given {call.positions}")
+        elif first > seen + 1:
+            wrong.append(f"{call.stream}: pid {call.pid} began at {first} after {seen}")
+        highest[call.stream] = max(seen, call.positions[-1])
     return wrong
 
 
@@ -155,8 +163,8 @@ def redelivered(found: list[Call]) -> list[str]:
     """Positions given more than once, with the calls that were given them."""
     given: dict[tuple[str, int], list[Call]] = defaultdict(list)
     for call in found:
-        for position in _positions(call):
-            given[position].append(call)
+        for event in _events(call):
+            given[event].append(call)
     return [
         f"{stream}@{position}: " + ", ".join(f"pid {c.pid} at {c.started:.3f}" for c in twice)
         for (stream, position), twice in sorted(given.items())
@@ -164,8 +172,8 @@ def redelivered(found: list[Call]) -> list[str]:
     ]
 
 
-def _positions(call: Call) -> list[tuple[str, int]]:
-    return [(call.stream, position) for position in range(call.first, call.last + 1)]
+def _events(call: Call) -> list[tuple[str, int]]:
+    return [(call.stream, position) for position in call.positions]
 
 
 def caught_up(server: Server) -> None:
@@ -178,11 +186,13 @@ def caught_up(server: Server) -> None:
         ) from None
 
 
-def check(server: Server, group: Elastic, *, graceful: bool) -> None:
+def check(
+    server: Server, group: Elastic, *, graceful: bool, zombies: frozenset[int] = frozenset()
+) -> None:
     found = calls(server)
     assert [p.describe() for p in group.unasked_exits()] == []
     assert missed(server, found) == []
-    assert overlaps(found) == []
+    assert overlaps(found, zombies=zombies) == []
     assert skips(found) == []
     if graceful:
         assert redelivered(found) == []
@@ -235,19 +245,19 @@ def test_a_member_paused_past_its_lease_commits_nothing_when_it_resumes(
         before = _checkpoints(server, group.name)
         resumed_at = len(zombie.log.read_text().splitlines())
         zombie.resume()
-        # The zombie's tenure ends, and a new one takes every free bucket again.
+        # The zombie's tenure ends (whatever it would still commit is fenced), and then a new
+        # one takes every free bucket: nothing of the old tenure runs after that.
+        wait_until(
+            lambda: _tenure_end(_actions(zombie.log, since=resumed_at)) is not None,
+            within=SETTLE,
+            what="the zombie's tenure to end",
+        )
         group.wait_settled([zombie])
-        time.sleep(1.5)  # past its checkpoint interval: a stale commit would have landed
         after = _checkpoints(server, group.name)
     assert after == before, "the zombie moved checkpoints back"
     actions = _actions(zombie.log, since=resumed_at)
-    ended = min(
-        (actions.index(a) for a in ("buckets_lost", "checkpoint_fenced") if a in actions),
-        default=None,
-    )
-    assert ended is not None, f"the zombie's tenure did not end: {actions}"
-    assert "checkpoint_committed" not in actions[:ended]
-    check(server, group, graceful=False)
+    assert "checkpoint_committed" not in actions[: _tenure_end(actions)]
+    check(server, group, graceful=False, zombies=frozenset({zombie.pid}))
 
 
 def test_a_rolling_restart_of_every_member_repeats_nothing(
@@ -308,9 +318,19 @@ def _checkpoints(server: Server, group: str) -> dict[tuple[int, str], int]:
     return {(int(member), str(category)): int(position) for member, category, position in rows}
 
 
+def _tenure_end(actions: list[str]) -> int | None:
+    """Where in ``actions`` a zombie's tenure ended: its lost buckets, or a fenced commit."""
+    return min(
+        (actions.index(a) for a in ("buckets_lost", "checkpoint_fenced") if a in actions),
+        default=None,
+    )
+
+
 def _actions(log: Path, *, since: int) -> list[str]:
     actions = []
-    for line in log.read_text(errors="replace").splitlines()[since:]:
+    text = log.read_text(errors="replace")
+    # The process may be writing as we read: a line without its newline is not done yet.
+    for line in text.splitlines()[since : text.count("\n")]:
         if line.startswith("{"):
             actions.append(str(json.loads(line).get("action", "")))
     return actions

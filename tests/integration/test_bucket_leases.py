@@ -3,7 +3,8 @@ that no zombie can pass."""
 
 from __future__ import annotations
 
-import anyio
+from datetime import timedelta
+
 import pytest
 
 from projector.errors import ConfigurationError
@@ -11,6 +12,7 @@ from projector.storage import buckets, checkpoints
 from projector.storage.buckets import Identity
 from projector.storage.database import Connection
 from projector.storage.leases import LeaseLostError
+from tests.support.waiting import eventually
 
 GROUP = "elastic"
 A = Identity(GROUP, "a", "host-a", 1)
@@ -38,18 +40,29 @@ async def test_a_bucket_held_by_one_member_cannot_be_taken_by_another(conn: Conn
     assert await buckets.acquire(conn, B, [0, 1, 2], lease=30) == {2: 1}
 
 
-async def test_heartbeats_keep_a_lease_and_a_silent_member_loses_it(conn: Connection) -> None:
+async def test_a_heartbeat_renews_the_lease_and_a_silent_member_loses_it(conn: Connection) -> None:
     await buckets.acquire(conn, A, [0], lease=LEASE)
-    for _ in range(3):
-        await anyio.sleep(LEASE / 2)
-        assert await buckets.heartbeat(conn, A, lease=LEASE) == {0: 1}
-        assert await buckets.acquire(conn, B, [0], lease=LEASE) == {}
-    assert await buckets.live_members(conn, GROUP, lease=LEASE) == ["a"]
-    await anyio.sleep(LEASE * 1.5)
+    taken = (await buckets.leases(conn, GROUP))[0]
+    assert await buckets.heartbeat(conn, A, lease=30) == {0: 1}
+    renewed = (await buckets.leases(conn, GROUP))[0]
+    assert taken.expires_at is not None
+    assert renewed.expires_at is not None
+    assert renewed.expires_at - taken.expires_at > timedelta(seconds=20)
+    assert await buckets.acquire(conn, B, [0], lease=LEASE) == {}
+    assert await buckets.live_members(conn, GROUP, lease=30) == ["a"]
+
+    # Its last heartbeat gives it LEASE seconds; then it falls silent, by the server's clock.
+    assert await buckets.heartbeat(conn, A, lease=LEASE) == {0: 1}
+    await eventually(lambda: _expired(conn))
     assert await buckets.live_members(conn, GROUP, lease=LEASE) == []
     assert await buckets.acquire(conn, B, [0], lease=LEASE) == {0: 2}
     # The silent member, back, learns it lost the bucket at its next heartbeat.
     assert await buckets.heartbeat(conn, A, lease=LEASE) == {}
+
+
+async def _expired(conn: Connection) -> bool:
+    """Whether every bucket of the group may be taken (free, or its lease run out)."""
+    return all(lease.free for lease in await buckets.leases(conn, GROUP))
 
 
 async def test_a_released_bucket_is_free_at_once(conn: Connection) -> None:
@@ -69,7 +82,7 @@ async def test_the_owner_commits_its_buckets_checkpoints(conn: Connection) -> No
 
 async def test_a_zombie_whose_bucket_was_taken_commits_nothing(conn: Connection) -> None:
     zombie = await buckets.acquire(conn, A, [0, 1], lease=LEASE)
-    await anyio.sleep(LEASE * 1.5)
+    await eventually(lambda: _expired(conn))
     assert await buckets.acquire(conn, B, [1], lease=30) == {1: 2}
     with pytest.raises(LeaseLostError):
         await buckets.commit_fenced(
@@ -80,7 +93,7 @@ async def test_a_zombie_whose_bucket_was_taken_commits_nothing(conn: Connection)
 
 async def test_an_expired_lease_commits_nothing_even_when_nobody_took_it(conn: Connection) -> None:
     owned = await buckets.acquire(conn, A, [0], lease=LEASE)
-    await anyio.sleep(LEASE * 1.5)
+    await eventually(lambda: _expired(conn))
     with pytest.raises(LeaseLostError):
         await buckets.commit_fenced(conn, A, size=4, owned=owned, positions={(0, "account"): 5})
     assert await buckets.load(conn, GROUP, [0]) == {}

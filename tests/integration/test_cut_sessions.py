@@ -14,6 +14,7 @@ from projector.storage import database
 from projector.storage.database import Connection
 from projector.storage.leases import MemberLease
 from tests.support.proxy import cutting_proxy
+from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.anyio
 
@@ -60,7 +61,8 @@ async def test_a_standby_whose_session_is_cut_while_it_waits_gets_a_clear_error(
         waiting_pid = standby.connection.info.backend_pid
 
         async def cut_the_standby() -> None:
-            await anyio.sleep(0.3)  # it is polling for the lock by now
+            # Cut once it polls: it tried the lock, found it held, and asked who holds it.
+            await eventually(lambda: _asked_for_the_holder(own_store_conn, waiting_pid))
             await own_store_conn.execute("SELECT pg_terminate_backend(%s)", [waiting_pid])
 
         async with anyio.create_task_group() as tasks:
@@ -70,3 +72,10 @@ async def test_a_standby_whose_session_is_cut_while_it_waits_gets_a_clear_error(
                 pytest.raises(DatabaseUnavailableError, match="taking cut's lock"),
             ):
                 await standby.acquire(standby=True)
+
+
+async def _asked_for_the_holder(conn: Connection, pid: int) -> bool:
+    row = await (
+        await conn.execute("SELECT query FROM pg_stat_activity WHERE pid = %s", [pid])
+    ).fetchone()
+    return row is not None and "pg_locks" in str(row[0])

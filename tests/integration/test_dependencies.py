@@ -5,7 +5,7 @@ stopped or too far behind, and resumes by itself."""
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -14,6 +14,7 @@ import pytest
 
 from projector import Event, Projection
 from projector.model.dependencies import Dependency
+from projector.runtime.dependencies import DependencyGate, Upstream
 from tests.support.failures import category_positions
 from tests.support.groups import group_checkpoints
 from tests.support.projecting import Recorder, run_projection, settings_for, write_events
@@ -50,6 +51,19 @@ async def _running(
         tasks.start_soon(run_projection, projection, settings_for(url, **values))
         yield
         tasks.cancel_scope.cancel()
+
+
+def _measurements(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
+    """Whether the gate was paused after each of its measurements from now on."""
+    paused_after: list[bool] = []
+    update = DependencyGate.update
+
+    def measured(gate: DependencyGate, readings: Sequence[Upstream]) -> None:
+        update(gate, readings)
+        paused_after.append(gate.paused)
+
+    monkeypatch.setattr(DependencyGate, "update", measured)
+    return paused_after
 
 
 def _actions(caplog: pytest.LogCaptureFixture) -> list[tuple[str, str]]:
@@ -166,7 +180,7 @@ async def test_an_idle_upstream_at_its_tail_does_not_hold_the_downstream_back(
 
 
 async def test_a_downstream_pauses_while_its_upstream_is_stopped_and_resumes_when_it_runs(
-    own_store_url: str, caplog: pytest.LogCaptureFixture
+    own_store_url: str, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     caplog.set_level(logging.INFO, logger="projector")
     url = own_store_url
@@ -181,9 +195,12 @@ async def test_a_downstream_pauses_while_its_upstream_is_stopped_and_resumes_whe
         downstream, Dependency(UPSTREAM), on_pause=pauses.append, on_resume=resumes.append
     )
 
+    paused_after = _measurements(monkeypatch)
     async with _running(dependent, url, INVOICE):
         await eventually(lambda: pauses == ["upstream up not running"], within=WITHIN)
-        await anyio.sleep(1.0)  # two measurements of the gate
+        measured = len(paused_after)
+        await eventually(lambda: len(paused_after) >= measured + 2, within=WITHIN)
+        assert paused_after[measured:] == [True] * (len(paused_after) - measured)
         assert downstream.handled == 0
         upstream = Recorder(UPSTREAM)
         async with _running(upstream.projection(), url, ACCOUNT):

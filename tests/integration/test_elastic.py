@@ -19,7 +19,13 @@ from projector.runtime.elastic import ElasticMember
 from projector.storage import buckets, checkpoints, database, member_index
 from projector.storage.message_store import BucketStore, read_buckets
 from tests.support.groups import CATEGORY, category_head
-from tests.support.projecting import Recorder, run_projection, settings_for, write_events
+from tests.support.projecting import (
+    Recorder,
+    run_projection,
+    settings_for,
+    stored_events,
+    write_events,
+)
 from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.anyio
@@ -47,43 +53,10 @@ def streams(start: int, count: int = 40, events: int = 5) -> dict[str, int]:
     return {f"{CATEGORY}-{index}": events for index in range(start, start + count)}
 
 
-class Deliveries:
-    """Every (stream, position) handled by any member, and the streams two members ran at once."""
-
-    def __init__(self) -> None:
-        self.handled: Counter[tuple[str, int]] = Counter()
-        self.running: set[str] = set()
-        self.overlaps: list[str] = []
-
-    def projection(self) -> Projection:
-        projection = Projection(GROUP)
-
-        @projection.handler
-        async def handle(stream_name: str, events: list[Event]) -> None:
-            if stream_name in self.running:
-                self.overlaps.append(stream_name)
-            self.running.add(stream_name)
-            try:
-                await anyio.sleep(0.001)  # a real handler waits: let the other member run
-            finally:
-                self.running.discard(stream_name)
-            self.handled.update((stream_name, event.position) for event in events)
-
-        return projection
-
-    def duplicates(self) -> int:
-        return sum(count - 1 for count in self.handled.values())
-
-    def total(self) -> int:
-        return len(self.handled)
-
-
-async def written(url: str) -> int:
-    conn = await database.connect(url)
-    async with conn:
-        row = await (await conn.execute("SELECT count(*) FROM message_store.messages")).fetchone()
-    assert row is not None
-    return int(row[0])
+def recorder() -> Recorder:
+    """Records every call of every member it runs in; its calls take a moment (a real handler
+    waits), so two members in one stream at once would overlap."""
+    return Recorder(name=GROUP, delay=0.001)
 
 
 async def owners(url: str) -> dict[str | None, int]:
@@ -100,8 +73,8 @@ async def test_one_member_projects_every_bucket_and_checkpoints_each(own_store_u
     await write_events(url, streams(0))
     recorder = Recorder(name=GROUP)
     await run_projection(recorder.projection(), elastic_settings(url, until_caught_up=True))
-    assert recorder.handled == 200
-    assert sorted(recorder.positions) == sorted(streams(0))
+    assert recorder.delivered() == await stored_events(url)
+    assert recorder.redelivered() == []
     conn = await database.connect(url)
     async with conn:
         rows = await checkpoints.rows(conn, GROUP)
@@ -136,7 +109,7 @@ async def test_two_members_split_the_buckets_and_a_graceful_leave_redelivers_not
     own_store_url: str,
 ) -> None:
     url = own_store_url
-    deliveries = Deliveries()
+    deliveries = recorder()
     await write_events(url, streams(0))
     async with anyio.create_task_group() as tasks:
         first = anyio.CancelScope()
@@ -152,8 +125,8 @@ async def test_two_members_split_the_buckets_and_a_graceful_leave_redelivers_not
         await write_events(url, streams(200))
         await eventually(_all_handled(deliveries, url))
         first.cancel()
-    assert deliveries.total() == await written(url)
-    assert deliveries.duplicates() == 0
+    assert deliveries.delivered() == await stored_events(url)
+    assert deliveries.redelivered() == []
     assert deliveries.overlaps == []
 
 
@@ -162,9 +135,9 @@ async def _run_in(scope: anyio.CancelScope, projection: Projection, settings: An
         await run_projection(projection, settings)
 
 
-def _all_handled(deliveries: Deliveries, url: str) -> Callable[[], Any]:
+def _all_handled(deliveries: Recorder, url: str) -> Callable[[], Any]:
     async def check() -> bool:
-        return deliveries.total() == await written(url)
+        return deliveries.delivered() == await stored_events(url)
 
     return check
 
@@ -255,7 +228,7 @@ async def test_a_member_stopped_during_a_heartbeat_still_releases_its_buckets(
                 tasks.start_soon(_within, beating, member.heartbeats)
                 await eventually(lambda: _waits_for_a_lock(observer, member.identity.member_id))
                 beating.cancel()  # as a stopping runner does
-                await anyio.sleep(0.2)
+                await anyio.wait_all_tasks_blocked()  # the heartbeat has taken the stop
                 await blocker.commit()  # the heartbeat's query can finish now
             assert not member.connection.closed
         held = await (
@@ -325,14 +298,14 @@ def _actions(caplog: pytest.LogCaptureFixture, action: str) -> list[logging.LogR
 
 
 async def test_a_handover_whose_last_commit_loses_the_database_goes_on_and_skips_nothing(
-    own_store_url: str, caplog: pytest.LogCaptureFixture
+    own_store_url: str, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A member draining for a rebalance has its session cut while its last commit waits: the
     run goes on (the buckets it gives up are taken from their previous checkpoints, delivered
     again), instead of ending with the lost connection. Found by the random fault suite."""
     url = own_store_url
     caplog.set_level(logging.INFO, logger="projector")
-    deliveries = Deliveries()
+    deliveries = recorder()
     held, entered = anyio.Event(), anyio.Event()
     projection = deliveries.projection()
     handle = projection.handle
@@ -344,6 +317,15 @@ async def test_a_handover_whose_last_commit_loses_the_database_goes_on_and_skips
         return await handle(stream_name, events)
 
     projection.handle = holding  # type: ignore[method-assign]
+    last_commit = anyio.Event()
+    commit_fenced = buckets.commit_fenced
+
+    async def committing(*args: Any, **kwargs: Any) -> None:
+        if held.is_set():  # the drained tenure's last commit
+            last_commit.set()
+        await commit_fenced(*args, **kwargs)
+
+    monkeypatch.setattr(buckets, "commit_fenced", committing)
     await write_events(url, streams(0))
     locker = await database.connect(url)
     admin = await database.connect(url)
@@ -364,7 +346,10 @@ async def test_a_handover_whose_last_commit_loses_the_database_goes_on_and_skips
         held.set()
         assert member_id is not None
         await eventually(lambda: _waits_for_a_lock(admin, member_id))
-        await anyio.sleep(0.3)  # the drained tenure's last commit queued behind the heartbeat
+        # The commit and the heartbeat share the member's session: one waits for the lock,
+        # the other for the session.
+        with anyio.fail_after(30):
+            await last_commit.wait()
         await admin.execute(
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = %s",
             (f"projector {member_id}",),
@@ -375,7 +360,8 @@ async def test_a_handover_whose_last_commit_loses_the_database_goes_on_and_skips
         await eventually(_all_handled(deliveries, url))
         second.cancel()
         first.cancel()
-    assert deliveries.total() == await written(url)
+    assert len(_actions(caplog, "handover_commit_failed")) == 1
+    assert deliveries.delivered() == await stored_events(url)
     assert deliveries.overlaps == []
     assert [r.levelno for r in _actions(caplog, "error")] == []
 
@@ -388,7 +374,7 @@ async def test_a_join_cut_short_by_the_database_is_tried_again(
     fault suite."""
     url = own_store_url
     caplog.set_level(logging.INFO, logger="projector")
-    deliveries = Deliveries()
+    deliveries = recorder()
     await write_events(url, streams(0))
     locker = await database.connect(url)
     admin = await database.connect(url)

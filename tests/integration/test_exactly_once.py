@@ -16,25 +16,22 @@ from projector.storage import database
 from projector.storage.database import Connection
 from projector.storage.stream_positions import NO_ROW, Session
 from tests.support.balances import balances_projection, projected_and_folded, write_transactions
+from tests.support.groups import run_members
 from tests.support.projecting import run_projection, settings_for
 from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.anyio
 
 
-async def _run_members(url: str, size: int) -> None:
-    async with anyio.create_task_group() as tasks:
-        for member in range(size):
-            group = {"member": member, "group_size": size} if size > 1 else {}
-            settings = settings_for(url, categories=("account",), **group)
-            tasks.start_soon(run_projection, balances_projection(), settings)
+async def _run_balances(url: str, size: int) -> None:
+    await run_members(url, {m: balances_projection() for m in range(size)}, size=size)
 
 
 async def test_balances_equal_the_fold_after_redelivery_a_rebalance_and_a_reset(
     database_url: str,
 ) -> None:
     await write_transactions(database_url, accounts=40, events=600, seed=1)
-    await _run_members(database_url, 3)
+    await _run_balances(database_url, 3)
     await write_transactions(database_url, accounts=40, events=300, seed=2)
     async with await psycopg.AsyncConnection.connect(database_url) as conn:
         # Member 0 back to the start: the rebalance takes the lowest checkpoint, so every
@@ -42,10 +39,10 @@ async def test_balances_equal_the_fold_after_redelivery_a_rebalance_and_a_reset(
         await set_checkpoint(conn, "balances", "account", 1, member=0)
         plan = await rebalance(conn, "balances", 2, dry_run=False)
     assert plan.positions == {"account": 1}
-    await _run_members(database_url, 2)
+    await _run_balances(database_url, 2)
     async with await psycopg.AsyncConnection.connect(database_url) as conn:
         await reset_group(conn, "balances")
-    await _run_members(database_url, 1)
+    await _run_balances(database_url, 1)
 
     projected, folded = projected_and_folded(database_url)
     assert projected == folded

@@ -40,6 +40,7 @@ from tests.support.projecting import (
     checkpoint,
     run_projection,
     settings_for,
+    stored_events,
     write_events,
 )
 from tests.support.waiting import eventually
@@ -593,7 +594,8 @@ async def test_a_hot_standby_rides_out_a_restart_and_its_terminated_session_then
             # One of them stops (whichever holds the member now): the other projects on.
             first.cancel()
             await write_events(url, {f"account-{i}": 2 for i in range(20, 30)})
-            await eventually(lambda: recorder.handled >= 60, within=30)
+            everything = await stored_events(url)
+            await eventually(lambda: recorder.delivered() == everything, within=30)
             assert ended == {}
             tasks.cancel_scope.cancel()
 

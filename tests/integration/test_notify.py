@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from functools import partial
 
 import anyio
@@ -12,6 +13,7 @@ from projector.errors import DatabaseUnavailableError
 from projector.storage import notify
 from projector.storage.database import Connection, connect
 from tests.support.projecting import Recorder, run_projection, settings_for, write_events
+from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.anyio
 
@@ -22,27 +24,32 @@ async def test_a_listener_is_woken_with_the_category_of_each_committed_write(
     notify.install(database_url)
     notify.install(database_url)  # installing again is harmless
     woken: list[str] = []
-    arrived = anyio.Event()
 
-    def wake(category: str) -> None:
-        woken.append(category)
-        if len(woken) >= 2:
-            arrived.set()
-
-    with anyio.fail_after(10):
+    with anyio.fail_after(20):
         async with anyio.create_task_group() as tasks:
-            await tasks.start(partial(notify.listen, database_url, wake, outage_limit=5))
+            await tasks.start(partial(notify.listen, database_url, woken.append, outage_limit=5))
             conn = await connect(database_url)
             async with conn, conn.transaction():
                 for i in range(5):
                     await write_message(conn, f"account-{i}", "Opened", {})
                 await write_message(conn, "invoice-1", "Issued", {})
-                await anyio.sleep(0.2)
-                assert woken == [], "notified before the rows were committed"
-            await arrived.wait()
+                # Notifications reach a listener in the order they were sent: once this one,
+                # sent after the writes, has arrived, anything the writes sent would have too.
+                await _notify(database_url, "after the writes")
+                await eventually(lambda: woken != [])
+                assert woken == ["after the writes"], "notified before the rows were committed"
+            await eventually(lambda: len(woken) == 3)
             tasks.cancel_scope.cancel()
 
-    assert sorted(woken) == ["account", "invoice"]
+    assert sorted(woken) == ["account", "after the writes", "invoice"]
+
+
+async def _notify(url: str, payload: str) -> None:
+    """Send a notification on projector's channel from a session of its own."""
+    conn = await connect(url)
+    async with conn:
+        await conn.execute("SELECT pg_notify('projector_messages', %s)", (payload,))
+        await conn.commit()
 
 
 async def test_installed_tells_whether_the_trigger_is_there(own_store_url: str) -> None:
@@ -54,27 +61,32 @@ async def test_installed_tells_whether_the_trigger_is_there(own_store_url: str) 
 
 
 async def test_a_running_projector_is_woken_by_a_write_long_before_its_tail_sleep_ends(
-    database_url: str,
+    database_url: str, caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level(logging.INFO, logger="projector")
     notify.install(database_url)
+    await write_events(database_url, {"account-1": 1})
     recorder = Recorder()
     settings = settings_for(
-        database_url, categories=("account",), until_caught_up=False, tail_sleep=30.0
+        database_url, categories=("account",), until_caught_up=False, tail_sleep=3600.0
     )
 
-    with anyio.fail_after(20):
+    with anyio.fail_after(60):
         async with anyio.create_task_group() as tasks:
             tasks.start_soon(run_projection, recorder.projection(), settings)
-            await write_events(database_url, {"account-1": 1})
             await recorder.wait_until_handled(1)
-            await anyio.sleep(0.5)  # the source is asleep at the tail now, for 30 s
+            # The source logs reaching its tail just before it sleeps (for an hour), with
+            # nothing to wait for in between: once the line is there, it sleeps.
+            await eventually(lambda: _logged(caplog, "source_tail_reached"))
             await write_events(database_url, {"account-2": 1})
-            # Without the notification this would wait out the 30 s tail sleep.
-            with anyio.fail_after(5):
-                await recorder.wait_until_handled(2)
+            await recorder.wait_until_handled(2)  # only the notification can wake it now
             tasks.cancel_scope.cancel()
 
     assert dict(recorder.positions) == {"account-1": [0], "account-2": [0]}
+
+
+def _logged(caplog: pytest.LogCaptureFixture, action: str) -> bool:
+    return any(getattr(record, "action", None) == action for record in caplog.records)
 
 
 async def test_asking_for_the_trigger_on_a_lost_session_is_an_outage_not_a_driver_error(

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import random
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -103,12 +103,40 @@ class Recorder:
 
     @property
     def handled(self) -> int:
+        """How many events calls were given, redeliveries included."""
         return len(self.global_positions)
+
+    def delivered(self) -> set[tuple[str, int]]:
+        """Every (stream, position) given to a call, once."""
+        return {(name, p) for name, positions in self.positions.items() for p in positions}
+
+    def redelivered(self) -> list[tuple[str, int]]:
+        """The (stream, position) pairs given to more than one call (or twice to one)."""
+        return sorted(
+            (name, p)
+            for name, positions in self.positions.items()
+            for p, count in Counter(positions).items()
+            if count > 1
+        )
 
     async def wait_until_handled(self, count: int) -> None:
         while self.handled < count:
             self._progress = anyio.Event()
             await self._progress.wait()
+
+
+async def stored_events(url: str, category: str | None = None) -> set[tuple[str, int]]:
+    """Every event in message_store.messages (of ``category``), as (stream, position): what a
+    group that handled everything was given, each pair at least once."""
+    conn = await connect(url)
+    async with conn:
+        cursor = await conn.execute(
+            "SELECT stream_name, position FROM message_store.messages"
+            " WHERE %(category)s::text IS NULL"
+            " OR message_store.category(stream_name) = %(category)s",
+            {"category": category},
+        )
+        return {(str(name), int(position)) for name, position in await cursor.fetchall()}
 
 
 async def run_projection(projection: Projection, settings: Settings) -> None:

@@ -103,7 +103,8 @@ def test_retry_after_still_counts_towards_max_attempts() -> None:
 def test_retry_after_names_its_delay_or_the_handlers_reason() -> None:
     assert str(RetryAfter(2.5)) == "retry after 2.5 s"
     assert str(RetryAfter(2.5, "quota exhausted")) == "quota exhausted"
-    assert RetryAfter(2.5, "quota exhausted").seconds == 2.5
+    # The reason is the handler's words; the delay is still its 2.5 s.
+    assert RetryPolicy(cap=1.0).decide(RetryAfter(2.5, "quota exhausted"), 1) == Retry(2.5)
 
 
 @pytest.mark.parametrize(

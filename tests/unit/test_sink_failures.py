@@ -359,8 +359,8 @@ async def test_a_call_over_the_handler_timeout_is_cancelled_and_reported_as_a_fa
 
     slow = [call for call in handler.calls if call.stream == "slow-1"]
     assert [call.outcome for call in slow] == ["cancelled", "handled"]
-    assert 0.1 <= slow[1].started - slow[0].started < 1.0
-    assert finished - slow[0].started < 1.0
+    assert slow[1].started - slow[0].started >= 0.1
+    assert finished >= slow[1].started
     [failure] = decisions.seen
     assert (failure.stream, failure.positions, failure.attempt) == ("slow-1", [0], 1)
     assert isinstance(failure.error, HandlerTimeout)
@@ -372,10 +372,10 @@ async def test_a_call_over_the_handler_timeout_is_cancelled_and_reported_as_a_fa
 async def test_calls_within_the_handler_timeout_are_not_affected() -> None:
     handler = Handler(gates={"s-1": anyio.Event()})
     decisions = Decisions(hold)
-    async with running_sink(handler, decisions, handler_timeout=1.0) as sink:
+    async with running_sink(handler, decisions, handler_timeout=30) as sink:
         lane = sink.lane("l")
         await lane.submit([ev("s-1", 0)], 0)
-        await anyio.sleep(0.1)
+        await anyio.sleep(0.1)  # a call that takes a moment, well within its timeout
         handler.gates["s-1"].set()
         await lane.wait_empty()
     assert decisions.seen == []
@@ -416,23 +416,25 @@ async def test_troubled_reports_a_long_running_call_and_a_failing_stream() -> No
     decisions = Decisions(lambda error, attempt: Retry(0.02))
     async with running_sink(handler, decisions) as sink:
         lane = sink.lane("l")
+        submitted = anyio.current_time()
         await lane.submit([ev("slow-1", 0), ev("bad-1", 0), ev("fast-1", 0)], 0)
         await until(lambda: handler.returned("fast-1") and len(decisions.seen) >= 1)
         assert sink.troubled(longer_than=0.15) == []
         await anyio.sleep(0.2)
 
         troubled = sorted(sink.troubled(longer_than=0.15), key=lambda t: t.stream_name)
+        since_submitted = anyio.current_time() - submitted
         assert [(t.stream_name, t.state) for t in troubled] == [
             ("bad-1", "failing"),
             ("slow-1", "running"),
         ]
         bad, slow = troubled
         # Failing is measured from the first failure in a row, not from the latest attempt.
-        assert 0.2 <= bad.seconds < 1.0
+        assert 0.2 <= bad.seconds <= since_submitted
         assert bad.failures >= 3
-        assert 0.2 <= slow.seconds < 1.0
+        assert 0.2 <= slow.seconds <= since_submitted
         assert slow.failures == 0
-        assert sink.troubled(longer_than=2.0) == []
+        assert sink.troubled(longer_than=anyio.current_time() - submitted) == []
 
         handler.failing.clear()
         handler.gates.pop("slow-1").set()
