@@ -109,7 +109,7 @@ def test_on_failure_stop_exits_1_with_one_error_line_naming_the_stream(
     assert (BAD, 0) not in handled(tmp_path)
 
 
-def test_a_failing_stream_is_parked_the_run_completes_exit_3_and_parked_list_names_it(
+def test_a_failing_stream_is_parked_the_run_completes_exit_3_and_failing_list_names_it(
     tmp_path: Path, own_store_url: str
 ) -> None:
     anyio.run(write_events, own_store_url, {f"account-{i}": 2 for i in range(20)})
@@ -121,9 +121,9 @@ def test_a_failing_stream_is_parked_the_run_completes_exit_3_and_parked_list_nam
         *_run_args("--until-caught-up", "--retry-base", "0.01", "--retry-max-attempts", "2"),
         env={"FAILING_STREAMS": BAD},
     )
-    listed = projector(tmp_path, own_store_url, "parked", "list", "--group", GROUP, "--json")
-    retried = projector(tmp_path, own_store_url, "parked", "retry", "--group", GROUP, BAD)
-    unknown = projector(tmp_path, own_store_url, "parked", "retry", "--group", GROUP, "account-0")
+    listed = projector(tmp_path, own_store_url, "failing", "list", "--group", GROUP, "--json")
+    retried = projector(tmp_path, own_store_url, "failing", "retry", "--group", GROUP, BAD)
+    unknown = projector(tmp_path, own_store_url, "failing", "retry", "--group", GROUP, "account-0")
 
     # Caught up, except for the parked stream: exit 3, naming it.
     assert run.returncode == 3, run.stderr
@@ -135,9 +135,14 @@ def test_a_failing_stream_is_parked_the_run_completes_exit_3_and_parked_list_nam
     assert {(f"account-{i}", p) for i in range(20) for p in (0, 1)} == handled(tmp_path)
     assert listed.returncode == 0, listed.stderr
     [row] = [json.loads(line) for line in listed.stdout.splitlines()]
-    assert (row["stream_name"], row["position"], row["attempts"]) == (BAD, 0, 2)
+    assert (row["stream_name"], row["state"], row["position"], row["attempts"]) == (
+        BAD,
+        "parked",
+        0,
+        2,
+    )
     assert row["error"] == f"RuntimeError: cannot project {BAD}"
     assert retried.returncode == 0, retried.stderr
     assert "retry requested for 1 stream(s)" in retried.stdout
     assert unknown.returncode == 2
-    assert unknown.stderr.startswith("error: stream 'account-0' is not parked")
+    assert unknown.stderr.startswith("error: stream 'account-0' is not held")
