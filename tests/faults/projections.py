@@ -1,17 +1,18 @@
 """The projections the fault suites run, imported by `projector run` in each runner process.
 
-- ``totals`` (transactional; ``elastic_totals`` is the same into a table of its own): per
-  stream, the sum of the events' ``n``, how many events were applied, and the last position
-  applied; a call whose first event is not the one after the last applied counts a gap.
-  Applying any event twice, or skipping one, shows in the totals.
+- ``totals`` (transactional; ``elastic_totals`` is the same, as a transactional *batch*
+  handler, into a table of its own): per stream, the sum of the events' ``n``, how many events
+  were applied, and the last position applied; a call whose first event is not the one after
+  the last applied counts a gap. Applying any event twice, or skipping one, shows in the
+  totals.
 - ``deliveries`` (at least once): records every event of every call that returned, with the
   process that handled it, over a connection of its own that it opens again after it broke.
 - ``calls`` (at least once, the elastic suite's): records every call that returned, with every
   position it was given, its process, and when it ran, over that same kind of connection.
 
-``totals`` and ``deliveries`` fail now and then for a tenth of the streams when the runner's
-environment asks for it (`tests.faults.flaky`), so that their streams are held, retried and
-rejoin the flow.
+All three fail now and then for a tenth of the streams when the runner's environment asks for
+it (`tests.faults.flaky`), so that their streams are held, retried and rejoin the flow (in a
+batch, after the call is split down to them).
 """
 
 from __future__ import annotations
@@ -42,33 +43,49 @@ SELECT %(stream)s, unnest(%(positions)s::bigint[]), %(pid)s
 """
 
 
+def _added(stream_name: str, events: list[Event]) -> dict[str, object]:
+    first = events[0].position
+    return {
+        "stream": stream_name,
+        "total": sum(int(event.data["n"]) for event in events),
+        "applied": len(events),
+        "last": events[-1].position,
+        "first": first,
+        "gap": int(first != 0),  # counted when the stream's row is new
+    }
+
+
 def _totals(name: str, table: str) -> Projection:
     """A transactional projection of per-stream totals into ``table``."""
     projection = Projection(name)
-    statement = ADD.replace("fault_totals", table)
+    statement = ADD.replace("fault_totals", table).encode()
 
     @projection.transactional
     async def apply(stream_name: str, events: list[Event], conn: Connection) -> None:
         maybe_fail(stream_name)
-        first = events[0].position
-        await conn.execute(
-            statement.encode(),
-            {
-                "stream": stream_name,
-                "total": sum(int(event.data["n"]) for event in events),
-                "applied": len(events),
-                "last": events[-1].position,
-                "first": first,
-                "gap": int(first != 0),  # counted when the stream's row is new
-            },
-        )
+        await conn.execute(statement, _added(stream_name, events))
+
+    return projection
+
+
+def _batch_totals(name: str, table: str) -> Projection:
+    """The same totals from a transactional batch handler: a call fails whole when any of
+    its streams does, and is split down to it."""
+    projection = Projection(name)
+    statement = ADD.replace("fault_totals", table).encode()
+
+    @projection.transactional_batch
+    async def apply_all(spans: dict[str, list[Event]], conn: Connection) -> None:
+        for stream_name, events in spans.items():
+            maybe_fail(stream_name)
+            await conn.execute(statement, _added(stream_name, events))
 
     return projection
 
 
 totals = _totals("totals", "fault_totals")
-# The random suite's elastic group: the same totals, in a table of its own.
-elastic_totals = _totals("elastic_totals", "fault_elastic_totals")
+# The elastic groups': the same totals, in a table of their own (the random suite's in batches).
+elastic_totals = _batch_totals("elastic_totals", "fault_elastic_totals")
 
 
 deliveries = Projection("deliveries")

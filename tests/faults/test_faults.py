@@ -3,12 +3,12 @@
 Three writer processes append to three categories with ``write_message``. Two fixed groups
 project them, each of three members with a hot standby (six runner processes): ``totals``
 (transactional: exactly once) and ``deliveries`` (at least once); beside them, an elastic
-group of three processes, ``elastic_totals`` (transactional, the same totals in a table of its
-own). For ``--faults-duration`` seconds, one fault every half second to two and a half: SIGKILL
-of a runner (replaced at once), SIGSTOP of a member's active runner (or of an elastic process)
-for longer than its lease (its standby or another process takes over, and it wakes up a
-zombie), ``pg_terminate_backend`` of runner sessions, ``pg_ctl restart`` in ``fast`` and
-``immediate`` mode; a third of the way through, the fixed groups are rebalanced from 3 to 2
+group of three processes, ``elastic_totals`` (a transactional batch handler, the same totals in
+a table of its own). For ``--faults-duration`` seconds, one fault every half second to two and a
+half: SIGKILL of a runner (replaced at once), SIGSTOP of a member's active runner (or of an
+elastic process) for longer than its lease (its standby or another process takes over, and it
+wakes up a zombie), ``pg_terminate_backend`` of runner sessions, ``pg_ctl restart`` in ``fast``
+and ``immediate`` mode; a third of the way through, the fixed groups are rebalanced from 3 to 2
 members and the elastic group scaled to 2 processes (a graceful leave), and two thirds of the
 way, to 4. Every group's handler fails at random (one call in five) for a tenth of the
 streams, so that those streams are held out of the read path, retried, handed over to new
