@@ -23,7 +23,7 @@ import psycopg
 from psycopg import sql
 from psycopg_pool import AsyncConnectionPool
 
-from projector import Event, Projection
+from projector import Column, Event, GuardedUpsert, Projection
 from projector.process import backend_options, collect_garbage_less_often
 from projector.runner import Runner
 from projector.settings import Settings
@@ -55,6 +55,14 @@ WHERE m.position < excluded.position
 """
 
 
+READ_MODEL_TOTALS = """
+SELECT count(*), coalesce(sum(events), 0),
+       md5(coalesce(string_agg(concat_ws(',', stream_name, position, balance, events), ';'
+                               ORDER BY stream_name), ''))
+FROM {table}
+"""
+
+
 # The same rows for a whole batch of spans in one statement (batch handlers); arrays bound in
 # binary (%b), which psycopg dumps several times faster than as text.
 UPSERT_ALL = """
@@ -77,7 +85,8 @@ class Job:
     batch_size: int = 500
     decode: bool = False
     decoder: str = "json"  # read loops that decode: json, or orjson (what Event.data uses)
-    # projector runs: noop, decode, upsert, transactional, batch, transactional_batch or tail
+    # projector runs: noop, decode, upsert or tail (stream handlers); noop_batch or batch (batch
+    # handlers); transactional, transactional_batch or read_model_batch (exactly once)
     handler: str = "noop"
     group: str = "bench"
     member: int | None = None
@@ -96,6 +105,26 @@ class Job:
     fails: bool = False
 
 
+@dataclass
+class Clock:
+    """Wall-clock and CPU seconds since it was made. The CPU time is this process's alone (not
+    the server's): on a shared, busy machine it is shaken much less than the wall clock, so its
+    figure per event compares runs that the wall clock cannot."""
+
+    wall: float = field(default_factory=time.perf_counter)
+    cpu: float = field(default_factory=time.process_time)
+
+    def figures(self, events: int) -> dict[str, Any]:
+        """``events``, the seconds taken, and the CPU time in all and per event."""
+        cpu = time.process_time() - self.cpu
+        return {
+            "events": events,
+            "seconds": time.perf_counter() - self.wall,
+            "cpu_seconds": round(cpu, 3),
+            "cpu_us_per_event": round(cpu / events * 1e6, 2) if events else None,
+        }
+
+
 # -- baselines: plain loops, one connection, no projector code --------------------------------
 
 
@@ -106,7 +135,7 @@ def read_loop(job: Job) -> dict[str, Any]:
     loads = orjson.loads if job.decoder == "orjson" else json.loads
     with _connect(job.url) as conn:
         position, events = 1, 0
-        started = time.perf_counter()
+        clock = Clock()
         while rows := conn.execute(READ_CATEGORY, _read_params(job, position)).fetchall():
             if job.decode:
                 for row in rows:
@@ -114,7 +143,7 @@ def read_loop(job: Job) -> dict[str, Any]:
                     loads(row[6])
             events += len(rows)
             position = rows[-1][0] + 1
-        return {"events": events, "seconds": time.perf_counter() - started}
+        return clock.figures(events)
 
 
 def async_read_loop(job: Job) -> dict[str, Any]:
@@ -125,12 +154,12 @@ def async_read_loop(job: Job) -> dict[str, Any]:
         async with conn:
             await conn.execute(SESSION_SETTINGS)
             position, events = 1, 0
-            started = time.perf_counter()
+            clock = Clock()
             while True:
                 cursor = await conn.execute(READ_CATEGORY, _read_params(job, position))
                 rows = await cursor.fetchall()
                 if not rows:
-                    return {"events": events, "seconds": time.perf_counter() - started}
+                    return clock.figures(events)
                 events += len(rows)
                 position = rows[-1][0] + 1
 
@@ -141,7 +170,7 @@ def group_read_loop(job: Job) -> dict[str, Any]:
     """Message DB's (or the store's) ``get_category_messages`` with group arguments."""
     with _connect(job.url) as conn:
         position, events = 1, 0
-        started = time.perf_counter()
+        clock = Clock()
         while True:
             params = (job.category, position, job.batch_size, job.member, job.size)
             rows = conn.execute(GROUP_READ, params).fetchall()
@@ -149,7 +178,7 @@ def group_read_loop(job: Job) -> dict[str, Any]:
                 break
             events += len(rows)
             position = rows[-1][4] + 1  # (id, stream_name, type, position, global_position, ...)
-        return {"events": events, "seconds": time.perf_counter() - started}
+        return clock.figures(events)
 
 
 def member_read_loop(job: Job) -> dict[str, Any]:
@@ -159,7 +188,7 @@ def member_read_loop(job: Job) -> dict[str, Any]:
     _member_index(job)
     with _connect(job.url) as conn:
         position, events = 1, 0
-        started = time.perf_counter()
+        clock = Clock()
         while True:
             params = {**_read_params(job, position), "member": job.member, "size": job.size}
             rows = conn.execute(statement, params).fetchall()
@@ -171,7 +200,7 @@ def member_read_loop(job: Job) -> dict[str, Any]:
                 break  # read to the head
             else:
                 position = rows[0][0] + 1
-        return {"events": events, "seconds": time.perf_counter() - started}
+        return clock.figures(events)
 
 
 def upsert_loop(job: Job) -> dict[str, Any]:
@@ -181,7 +210,7 @@ def upsert_loop(job: Job) -> dict[str, Any]:
     with _connect(job.url) as conn:
         _create_read_model(conn, job.table)
         position, events = 1, 0
-        started = time.perf_counter()
+        clock = Clock()
         while rows := conn.execute(READ_CATEGORY, _read_params(job, position)).fetchall():
             spans: dict[str, list[tuple[Any, ...]]] = {}
             for row in rows:
@@ -191,8 +220,7 @@ def upsert_loop(job: Job) -> dict[str, Any]:
                 conn.execute(upsert, (name, span[-1][1], balance, len(span)))
             events += len(rows)
             position = rows[-1][0] + 1
-        seconds = time.perf_counter() - started
-        return {"events": events, "seconds": seconds, **_read_model_totals(conn, job.table)}
+        return {**clock.figures(events), **_read_model_totals(conn, job.table)}
 
 
 # -- projector --------------------------------------------------------------------------------
@@ -209,7 +237,7 @@ def projector(job: Job) -> dict[str, Any]:
 async def _projector(job: Job) -> dict[str, Any]:
     tally = Tally(window_seconds=job.seconds)
     pool = None
-    if job.handler in ("transactional", "transactional_batch"):
+    if job.handler in ("transactional", "transactional_batch", "read_model_batch"):
         return await _transactional(job, tally)
     if job.handler in ("upsert", "batch"):
         with psycopg.connect(job.url, autocommit=True) as conn:
@@ -223,13 +251,12 @@ async def _projector(job: Job) -> dict[str, Any]:
         )
         await pool.open(wait=True)
     _member_index(job)
-    if job.handler == "batch":
-        assert pool is not None
+    if job.handler in ("batch", "noop_batch"):
         projection = _batch_projection(job, tally, pool)
     else:
         projection = Projection("bench", handler=_handler(job, tally, pool))
     runner = Runner(projection, settings_of(job))
-    started = time.perf_counter()
+    clock = Clock()
     tally.window_start = time.time() + job.warmup
     if job.handler == "tail":
         if job.notify:
@@ -243,8 +270,7 @@ async def _projector(job: Job) -> dict[str, Any]:
                     conn.execute(DROP_NOTIFY)
     else:
         await runner.run()
-    seconds = time.perf_counter() - started
-    result: dict[str, Any] = {"events": tally.events, "seconds": seconds}
+    result = clock.figures(tally.events)
     if pool is not None:
         await pool.close()
         with psycopg.connect(job.url) as conn:
@@ -256,11 +282,14 @@ async def _projector(job: Job) -> dict[str, Any]:
 
 async def _transactional(job: Job, tally: Tally) -> dict[str, Any]:
     """The upsert handler as a transactional (exactly-once) projection, on projector's pool:
-    one upsert per span, or (``transactional_batch``) one for a whole batch of spans."""
+    one upsert per span, or one for a whole batch of spans, with the positions recorded in
+    ``projector.stream_positions`` (``transactional_batch``) or kept in the read model's own
+    rows by a `GuardedUpsert` (``read_model_batch``)."""
     with psycopg.connect(job.url, autocommit=True) as conn:
         _create_read_model(conn, job.table)
     upsert = _upsert_statement(job.table)
     upsert_all = _upsert_statement(job.table, UPSERT_ALL)
+    guarded = guarded_upsert(job.table)
     projection = Projection("bench")
 
     async def upserting(stream_name: str, events: list[Event], conn: Any) -> None:
@@ -272,13 +301,19 @@ async def _transactional(job: Job, tally: Tally) -> dict[str, Any]:
         await conn.execute(upsert_all, _rows(spans))
         tally.events += sum(len(events) for events in spans.values())
 
+    async def upserting_guarded(spans: dict[str, list[Event]], conn: Any) -> None:
+        await guarded.execute(conn, spans)
+        tally.events += sum(len(events) for events in spans.values())
+
     if job.handler == "transactional_batch":
         projection.transactional_batch(upserting_all)
+    elif job.handler == "read_model_batch":
+        projection.transactional_batch(positions="read_model")(upserting_guarded)
     else:
         projection.transactional(upserting)
-    started = time.perf_counter()
+    clock = Clock()
     await Runner(projection, settings_of(job)).run()
-    result: dict[str, Any] = {"events": tally.events, "seconds": time.perf_counter() - started}
+    result = clock.figures(tally.events)
     with psycopg.connect(job.url) as conn:
         result.update(_read_model_totals(conn, job.table))
     return result
@@ -445,18 +480,36 @@ def _epoch(written: datetime) -> float:
     return written.replace(tzinfo=UTC).timestamp()
 
 
-def _batch_projection(job: Job, tally: Tally, pool: AsyncConnectionPool[Any]) -> Projection:
-    """The upsert of every span of a batch in one statement, at least once, through ``pool``."""
+def _batch_projection(job: Job, tally: Tally, pool: AsyncConnectionPool[Any] | None) -> Projection:
+    """A batch handler, at least once: a no-op (``noop_batch``), or the upsert of every span of
+    a batch in one statement through ``pool`` (``batch``)."""
     upsert_all = _upsert_statement(job.table, UPSERT_ALL)
     projection = Projection("bench")
 
-    @projection.batch
+    async def noop(spans: dict[str, list[Event]]) -> None:
+        tally.events += sum(len(events) for events in spans.values())
+
     async def upserting_all(spans: dict[str, list[Event]]) -> None:
+        assert pool is not None
         async with pool.connection() as conn:
             await conn.execute(upsert_all, _rows(spans))
         tally.events += sum(len(events) for events in spans.values())
 
+    projection.batch(noop if job.handler == "noop_batch" else upserting_all)
     return projection
+
+
+def guarded_upsert(table: str) -> GuardedUpsert:
+    """The read model's rows (`READ_MODEL`) as a `GuardedUpsert` writes them, with the position
+    of each stream's last event in its own row: the same rows `UPSERT` and `UPSERT_ALL`
+    write."""
+    return GuardedUpsert(
+        table,
+        add={
+            "balance": Column("bigint", lambda event: event.data["amount"]),
+            "events": Column("bigint", lambda event: 1),
+        },
+    )
 
 
 def _rows(spans: dict[str, list[Event]]) -> tuple[list[str], list[int], list[int], list[int]]:
@@ -526,10 +579,15 @@ def _create_read_model(conn: psycopg.Connection[Any], table: str) -> None:
 
 
 def _read_model_totals(conn: psycopg.Connection[Any], table: str) -> dict[str, Any]:
-    query = sql.SQL("SELECT count(*), coalesce(sum(events), 0) FROM {}")
-    row = conn.execute(query.format(sql.Identifier(table))).fetchone()
+    """The read model's rows and events, and a digest of every row, which two runs that wrote
+    the same rows share."""
+    row = conn.execute(sql.SQL(READ_MODEL_TOTALS).format(table=sql.Identifier(table))).fetchone()
     assert row is not None
-    return {"read_model_rows": int(row[0]), "read_model_events": int(row[1])}
+    return {
+        "read_model_rows": int(row[0]),
+        "read_model_events": int(row[1]),
+        "read_model_digest": str(row[2]),
+    }
 
 
 JOBS: dict[str, Callable[[Job], dict[str, Any]]] = {
