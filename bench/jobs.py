@@ -322,69 +322,90 @@ async def _transactional(job: Job, tally: Tally) -> dict[str, Any]:
 def statements_loop(job: Job) -> dict[str, Any]:
     """A batch handler's SQL alone, without projector: the dataset read into memory and grouped
     into batches of spans first (untimed), then, one batch after the other on one connection,
-    the read model's ``unnest`` upsert (``handler="batch"``: at least once, autocommit), or the
-    same upsert in the transaction a `transactional_batch` call makes, with projector's own
-    statements around it: the streams' positions locked and read on first meeting, and all
-    recorded in one compare-and-set statement before ``COMMIT; BEGIN``. The ratio of the two is
-    the ceiling the SQL sets on the exactly-once batch's rate, whatever the pipeline does."""
+    what each kind of batch handler sends (see `_statements`). The ratio of two is the ceiling
+    the SQL sets on the ratio of their handlers' rates, whatever the pipeline does."""
     batches = _span_batches(job)
     with psycopg.connect(job.url, autocommit=True) as conn:
         _create_read_model(conn, job.table)
-    upsert_all = _upsert_statement(job.table, UPSERT_ALL)
 
     async def write() -> dict[str, Any]:
         conn = await psycopg.AsyncConnection.connect(job.url, autocommit=True)
         async with conn:
             await conn.execute(SESSION_SETTINGS)
-            events, known = 0, dict[str, int]()
-            session = Session(conn)
-            # Each statement's milliseconds, per batch: where a transactional batch's time goes.
-            phases: dict[str, list[float]] = {"lock": [], "upsert": [], "positions_commit": []}
-            if job.handler == "transactional_batch":
-                await conn.execute(BEGIN)
-            started = time.perf_counter()
-            for rows in batches:
-                names = rows[0]
-                if job.handler == "transactional_batch":
-                    t0 = time.perf_counter()
-                    unknown = [name for name in names if name not in known]
-                    if unknown:
-                        known.update(await session.lock_positions(job.group, unknown))
-                    t1 = time.perf_counter()
-                    await conn.execute(upsert_all, rows)
-                    t2 = time.perf_counter()
-                    positions = dict(zip(names, rows[1], strict=True))
-                    expected = {name: known[name] for name in names}
-                    await session.record_all_and_commit(job.group, positions, expected=expected)
-                    known.update(positions)
-                    durations = (t1 - t0, t2 - t1, time.perf_counter() - t2)
-                    for phase, duration in zip(phases, durations, strict=True):
-                        phases[phase].append(duration * 1000)
-                else:
-                    t0 = time.perf_counter()
-                    await conn.execute(upsert_all, rows)
-                    phases["upsert"].append((time.perf_counter() - t0) * 1000)
-                events += sum(rows[3])
-            seconds = time.perf_counter() - started
-            if job.handler == "transactional_batch":
-                await conn.execute(ROLL_BACK)
-        result: dict[str, Any] = {
-            "events": events,
-            "seconds": seconds,
-            "median_ms_per_batch": {
-                phase: round(statistics.median(took), 2) for phase, took in phases.items() if took
-            },
-        }
+            # Each statement's milliseconds, per batch: where a batch's time goes.
+            phases: dict[str, list[float]] = {}
+            clock = Clock()
+            await _statements(job, conn, batches, phases)
+            figures = clock.figures(sum(sum(batch.rows[3]) for batch in batches))
         with psycopg.connect(job.url) as check:
-            result.update(_read_model_totals(check, job.table))
-        return result
+            figures.update(_read_model_totals(check, job.table))
+        medians = {phase: round(statistics.median(took), 2) for phase, took in phases.items()}
+        return {**figures, "median_ms_per_batch": medians}
 
     return anyio.run(write, backend_options=backend_options(settings_of(job)))
 
 
-def _span_batches(job: Job) -> list[tuple[list[str], list[int], list[int], list[int]]]:
-    """The dataset as the read-model rows of each batch (one per stream span), as `_rows`
-    makes them for a batch handler."""
+async def _statements(
+    job: Job, conn: Any, batches: list[SpanBatch], phases: dict[str, list[float]]
+) -> None:
+    """Every batch's statements, as the handler ``job.handler`` sends them:
+
+    - ``batch`` (at least once): the read model's ``unnest`` upsert, autocommit;
+    - ``transactional_batch``: the same upsert in a transaction, with projector's own
+      statements around it: the streams' positions locked and read on first meeting, and all
+      recorded in one compare-and-set statement before ``COMMIT; BEGIN``;
+    - ``read_model_batch``: the `GuardedUpsert` statement of the same rows (one array element
+      per event, the batch's rows locked), then ``COMMIT; BEGIN``."""
+    upsert_all = _upsert_statement(job.table, UPSERT_ALL)
+    guarded = guarded_upsert(job.table).statement.as_bytes(None)
+    session, known = Session(conn), dict[str, int]()
+
+    async def timed(phase: str, statement: Awaitable[object]) -> None:
+        started = time.perf_counter()
+        await statement
+        phases.setdefault(phase, []).append((time.perf_counter() - started) * 1000)
+
+    if job.handler != "batch":
+        await conn.execute(BEGIN)
+    for batch in batches:
+        names, positions = batch.rows[0], batch.rows[1]
+        if job.handler == "batch":
+            await timed("upsert", conn.execute(upsert_all, batch.rows))
+        elif job.handler == "read_model_batch":
+            await timed("guarded_upsert", conn.execute(guarded, batch.events))
+            await timed("commit", session.commit())
+        else:
+            unknown = [name for name in names if name not in known]
+            if unknown:
+                await timed("lock", _lock(session, job.group, unknown, known))
+            await timed("upsert", conn.execute(upsert_all, batch.rows))
+            recorded = dict(zip(names, positions, strict=True))
+            expected = {name: known[name] for name in names}
+            await timed(
+                "positions_commit",
+                session.record_all_and_commit(job.group, recorded, expected=expected),
+            )
+            known.update(recorded)
+    if job.handler != "batch":
+        await conn.execute(ROLL_BACK)
+
+
+async def _lock(session: Session, group: str, names: list[str], known: dict[str, int]) -> None:
+    known.update(await session.lock_positions(group, names))
+
+
+@dataclass(frozen=True)
+class SpanBatch:
+    """A read batch as a batch handler's statements bind it: the read-model rows (one per
+    stream span, as `_rows` makes them), and the events as `GuardedUpsert` binds them (one
+    element per event, then the batch's stream names)."""
+
+    rows: tuple[list[str], list[int], list[int], list[int]]
+    events: tuple[list[str], list[int], list[int], list[int], list[str]]
+
+
+def _span_batches(job: Job) -> list[SpanBatch]:
+    """The dataset's read batches, each grouped by stream."""
     batches = []
     with _connect(job.url) as conn:
         position = 1
@@ -395,12 +416,22 @@ def _span_batches(job: Job) -> list[tuple[list[str], list[int], list[int], list[
                     (stream_position, orjson.loads(data)["amount"])
                 )
             names = list(spans)
+            events = [(name, *event) for name in names for event in spans[name]]
             batches.append(
-                (
-                    names,
-                    [spans[name][-1][0] for name in names],
-                    [sum(amount for _, amount in spans[name]) for name in names],
-                    [len(spans[name]) for name in names],
+                SpanBatch(
+                    (
+                        names,
+                        [spans[name][-1][0] for name in names],
+                        [sum(amount for _, amount in spans[name]) for name in names],
+                        [len(spans[name]) for name in names],
+                    ),
+                    (
+                        [name for name, _, _ in events],
+                        [stream_position for _, stream_position, _ in events],
+                        [amount for _, _, amount in events],
+                        [1] * len(events),
+                        names,
+                    ),
                 )
             )
             position = rows[-1][0] + 1

@@ -476,6 +476,13 @@ def _batch_upserts(
             batch_job("transactional_batch", "statements_transactional", "statements_loop"),
             batch_job("batch", "statements_batch", "statements_loop"),
             "the same upserts alone, autocommit (what the at-least-once batch handler sends)",
+            references=(
+                (
+                    "positions='read_model': the GuardedUpsert statement, then COMMIT; BEGIN",
+                    batch_job("read_model_batch", "statements_read_model", "statements_loop"),
+                ),
+            ),
+            repeat_references=True,
             dataset=dataset,
         ),
     ]
