@@ -24,7 +24,15 @@ from bench import (
     takeover,
 )
 from bench.profile import summarize
-from bench.scenarios import MEMORY_GROWTH_MB, SMOKE, Measurer, Outcome, Scenario, Sizes
+from bench.scenarios import (
+    MEMORY_GROWTH_MB,
+    MEMORY_PAIRS,
+    SMOKE,
+    Measurer,
+    Outcome,
+    Scenario,
+    Sizes,
+)
 
 COMMANDS = (
     "catchup",
@@ -299,19 +307,21 @@ def _plan(
 
 
 def _compare_memory(outcomes: list[Outcome]) -> None:
-    """Peak memory must not grow with the number of streams: distinct vs few streams."""
+    """Peak memory must not grow with the number of streams: distinct vs few streams, for the
+    stream handler and for the batch handler (`scenarios.MEMORY_PAIRS`)."""
     by_name = {outcome.scenario.name: outcome for outcome in outcomes}
-    few, distinct = by_name.get("catchup-few-streams"), by_name.get("catchup-distinct-streams")
-    if few is None or distinct is None:
-        return
-    growth = distinct.projector["peak_rss_mb"] - few.projector["peak_rss_mb"]
-    distinct.projector["peak_rss_growth_mb"] = round(growth, 1)
-    streams = (few.scenario.dataset, distinct.scenario.dataset)
-    if streams[0] is not None and streams[1] is not None and growth > MEMORY_GROWTH_MB:
-        distinct.notes.append(
-            f"peak RSS grew by {growth:.0f} MB from {streams[0].streams:,} to "
-            f"{streams[1].streams:,} streams"
-        )
+    for few_name, distinct_name in MEMORY_PAIRS:
+        few, distinct = by_name.get(few_name), by_name.get(distinct_name)
+        if few is None or distinct is None:
+            continue
+        growth = distinct.projector["peak_rss_mb"] - few.projector["peak_rss_mb"]
+        distinct.projector["peak_rss_growth_mb"] = round(growth, 1)
+        streams = (few.scenario.dataset, distinct.scenario.dataset)
+        if streams[0] is not None and streams[1] is not None and growth > MEMORY_GROWTH_MB:
+            distinct.notes.append(
+                f"peak RSS grew by {growth:.0f} MB from {streams[0].streams:,} to "
+                f"{streams[1].streams:,} streams"
+            )
 
 
 def _write_summaries(folder: Path, outcomes: list[Outcome]) -> None:

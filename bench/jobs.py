@@ -23,7 +23,7 @@ import psycopg
 from psycopg import sql
 from psycopg_pool import AsyncConnectionPool
 
-from projector import Event, Projection
+from projector import Column, Event, GuardedUpsert, Projection
 from projector.process import backend_options, collect_garbage_less_often
 from projector.runner import Runner
 from projector.settings import Settings
@@ -55,6 +55,14 @@ WHERE m.position < excluded.position
 """
 
 
+READ_MODEL_TOTALS = """
+SELECT count(*), coalesce(sum(events), 0),
+       md5(coalesce(string_agg(concat_ws(',', stream_name, position, balance, events), ';'
+                               ORDER BY stream_name), ''))
+FROM {table}
+"""
+
+
 # The same rows for a whole batch of spans in one statement (batch handlers); arrays bound in
 # binary (%b), which psycopg dumps several times faster than as text.
 UPSERT_ALL = """
@@ -77,7 +85,8 @@ class Job:
     batch_size: int = 500
     decode: bool = False
     decoder: str = "json"  # read loops that decode: json, or orjson (what Event.data uses)
-    # projector runs: noop, decode, upsert, transactional, batch, transactional_batch or tail
+    # projector runs: noop, decode, upsert or tail (stream handlers); noop_batch or batch (batch
+    # handlers); transactional, transactional_batch or read_model_batch (exactly once)
     handler: str = "noop"
     group: str = "bench"
     member: int | None = None
@@ -96,6 +105,26 @@ class Job:
     fails: bool = False
 
 
+@dataclass
+class Clock:
+    """Wall-clock and CPU seconds since it was made. The CPU time is this process's alone (not
+    the server's): on a shared, busy machine it is shaken much less than the wall clock, so its
+    figure per event compares runs that the wall clock cannot."""
+
+    wall: float = field(default_factory=time.perf_counter)
+    cpu: float = field(default_factory=time.process_time)
+
+    def figures(self, events: int) -> dict[str, Any]:
+        """``events``, the seconds taken, and the CPU time in all and per event."""
+        cpu = time.process_time() - self.cpu
+        return {
+            "events": events,
+            "seconds": time.perf_counter() - self.wall,
+            "cpu_seconds": round(cpu, 3),
+            "cpu_us_per_event": round(cpu / events * 1e6, 2) if events else None,
+        }
+
+
 # -- baselines: plain loops, one connection, no projector code --------------------------------
 
 
@@ -106,7 +135,7 @@ def read_loop(job: Job) -> dict[str, Any]:
     loads = orjson.loads if job.decoder == "orjson" else json.loads
     with _connect(job.url) as conn:
         position, events = 1, 0
-        started = time.perf_counter()
+        clock = Clock()
         while rows := conn.execute(READ_CATEGORY, _read_params(job, position)).fetchall():
             if job.decode:
                 for row in rows:
@@ -114,7 +143,7 @@ def read_loop(job: Job) -> dict[str, Any]:
                     loads(row[6])
             events += len(rows)
             position = rows[-1][0] + 1
-        return {"events": events, "seconds": time.perf_counter() - started}
+        return clock.figures(events)
 
 
 def async_read_loop(job: Job) -> dict[str, Any]:
@@ -125,12 +154,12 @@ def async_read_loop(job: Job) -> dict[str, Any]:
         async with conn:
             await conn.execute(SESSION_SETTINGS)
             position, events = 1, 0
-            started = time.perf_counter()
+            clock = Clock()
             while True:
                 cursor = await conn.execute(READ_CATEGORY, _read_params(job, position))
                 rows = await cursor.fetchall()
                 if not rows:
-                    return {"events": events, "seconds": time.perf_counter() - started}
+                    return clock.figures(events)
                 events += len(rows)
                 position = rows[-1][0] + 1
 
@@ -141,7 +170,7 @@ def group_read_loop(job: Job) -> dict[str, Any]:
     """Message DB's (or the store's) ``get_category_messages`` with group arguments."""
     with _connect(job.url) as conn:
         position, events = 1, 0
-        started = time.perf_counter()
+        clock = Clock()
         while True:
             params = (job.category, position, job.batch_size, job.member, job.size)
             rows = conn.execute(GROUP_READ, params).fetchall()
@@ -149,7 +178,7 @@ def group_read_loop(job: Job) -> dict[str, Any]:
                 break
             events += len(rows)
             position = rows[-1][4] + 1  # (id, stream_name, type, position, global_position, ...)
-        return {"events": events, "seconds": time.perf_counter() - started}
+        return clock.figures(events)
 
 
 def member_read_loop(job: Job) -> dict[str, Any]:
@@ -159,7 +188,7 @@ def member_read_loop(job: Job) -> dict[str, Any]:
     _member_index(job)
     with _connect(job.url) as conn:
         position, events = 1, 0
-        started = time.perf_counter()
+        clock = Clock()
         while True:
             params = {**_read_params(job, position), "member": job.member, "size": job.size}
             rows = conn.execute(statement, params).fetchall()
@@ -171,7 +200,7 @@ def member_read_loop(job: Job) -> dict[str, Any]:
                 break  # read to the head
             else:
                 position = rows[0][0] + 1
-        return {"events": events, "seconds": time.perf_counter() - started}
+        return clock.figures(events)
 
 
 def upsert_loop(job: Job) -> dict[str, Any]:
@@ -181,7 +210,7 @@ def upsert_loop(job: Job) -> dict[str, Any]:
     with _connect(job.url) as conn:
         _create_read_model(conn, job.table)
         position, events = 1, 0
-        started = time.perf_counter()
+        clock = Clock()
         while rows := conn.execute(READ_CATEGORY, _read_params(job, position)).fetchall():
             spans: dict[str, list[tuple[Any, ...]]] = {}
             for row in rows:
@@ -191,8 +220,7 @@ def upsert_loop(job: Job) -> dict[str, Any]:
                 conn.execute(upsert, (name, span[-1][1], balance, len(span)))
             events += len(rows)
             position = rows[-1][0] + 1
-        seconds = time.perf_counter() - started
-        return {"events": events, "seconds": seconds, **_read_model_totals(conn, job.table)}
+        return {**clock.figures(events), **_read_model_totals(conn, job.table)}
 
 
 # -- projector --------------------------------------------------------------------------------
@@ -209,7 +237,7 @@ def projector(job: Job) -> dict[str, Any]:
 async def _projector(job: Job) -> dict[str, Any]:
     tally = Tally(window_seconds=job.seconds)
     pool = None
-    if job.handler in ("transactional", "transactional_batch"):
+    if job.handler in ("transactional", "transactional_batch", "read_model_batch"):
         return await _transactional(job, tally)
     if job.handler in ("upsert", "batch"):
         with psycopg.connect(job.url, autocommit=True) as conn:
@@ -223,13 +251,12 @@ async def _projector(job: Job) -> dict[str, Any]:
         )
         await pool.open(wait=True)
     _member_index(job)
-    if job.handler == "batch":
-        assert pool is not None
+    if job.handler in ("batch", "noop_batch"):
         projection = _batch_projection(job, tally, pool)
     else:
         projection = Projection("bench", handler=_handler(job, tally, pool))
     runner = Runner(projection, settings_of(job))
-    started = time.perf_counter()
+    clock = Clock()
     tally.window_start = time.time() + job.warmup
     if job.handler == "tail":
         if job.notify:
@@ -243,8 +270,7 @@ async def _projector(job: Job) -> dict[str, Any]:
                     conn.execute(DROP_NOTIFY)
     else:
         await runner.run()
-    seconds = time.perf_counter() - started
-    result: dict[str, Any] = {"events": tally.events, "seconds": seconds}
+    result = clock.figures(tally.events)
     if pool is not None:
         await pool.close()
         with psycopg.connect(job.url) as conn:
@@ -256,11 +282,14 @@ async def _projector(job: Job) -> dict[str, Any]:
 
 async def _transactional(job: Job, tally: Tally) -> dict[str, Any]:
     """The upsert handler as a transactional (exactly-once) projection, on projector's pool:
-    one upsert per span, or (``transactional_batch``) one for a whole batch of spans."""
+    one upsert per span, or one for a whole batch of spans, with the positions recorded in
+    ``projector.stream_positions`` (``transactional_batch``) or kept in the read model's own
+    rows by a `GuardedUpsert` (``read_model_batch``)."""
     with psycopg.connect(job.url, autocommit=True) as conn:
         _create_read_model(conn, job.table)
     upsert = _upsert_statement(job.table)
     upsert_all = _upsert_statement(job.table, UPSERT_ALL)
+    guarded = guarded_upsert(job.table)
     projection = Projection("bench")
 
     async def upserting(stream_name: str, events: list[Event], conn: Any) -> None:
@@ -272,13 +301,19 @@ async def _transactional(job: Job, tally: Tally) -> dict[str, Any]:
         await conn.execute(upsert_all, _rows(spans))
         tally.events += sum(len(events) for events in spans.values())
 
+    async def upserting_guarded(spans: dict[str, list[Event]], conn: Any) -> None:
+        await guarded.execute(conn, spans)
+        tally.events += sum(len(events) for events in spans.values())
+
     if job.handler == "transactional_batch":
         projection.transactional_batch(upserting_all)
+    elif job.handler == "read_model_batch":
+        projection.transactional_batch(positions="read_model")(upserting_guarded)
     else:
         projection.transactional(upserting)
-    started = time.perf_counter()
+    clock = Clock()
     await Runner(projection, settings_of(job)).run()
-    result: dict[str, Any] = {"events": tally.events, "seconds": time.perf_counter() - started}
+    result = clock.figures(tally.events)
     with psycopg.connect(job.url) as conn:
         result.update(_read_model_totals(conn, job.table))
     return result
@@ -287,69 +322,90 @@ async def _transactional(job: Job, tally: Tally) -> dict[str, Any]:
 def statements_loop(job: Job) -> dict[str, Any]:
     """A batch handler's SQL alone, without projector: the dataset read into memory and grouped
     into batches of spans first (untimed), then, one batch after the other on one connection,
-    the read model's ``unnest`` upsert (``handler="batch"``: at least once, autocommit), or the
-    same upsert in the transaction a `transactional_batch` call makes, with projector's own
-    statements around it: the streams' positions locked and read on first meeting, and all
-    recorded in one compare-and-set statement before ``COMMIT; BEGIN``. The ratio of the two is
-    the ceiling the SQL sets on the exactly-once batch's rate, whatever the pipeline does."""
+    what each kind of batch handler sends (see `_statements`). The ratio of two is the ceiling
+    the SQL sets on the ratio of their handlers' rates, whatever the pipeline does."""
     batches = _span_batches(job)
     with psycopg.connect(job.url, autocommit=True) as conn:
         _create_read_model(conn, job.table)
-    upsert_all = _upsert_statement(job.table, UPSERT_ALL)
 
     async def write() -> dict[str, Any]:
         conn = await psycopg.AsyncConnection.connect(job.url, autocommit=True)
         async with conn:
             await conn.execute(SESSION_SETTINGS)
-            events, known = 0, dict[str, int]()
-            session = Session(conn)
-            # Each statement's milliseconds, per batch: where a transactional batch's time goes.
-            phases: dict[str, list[float]] = {"lock": [], "upsert": [], "positions_commit": []}
-            if job.handler == "transactional_batch":
-                await conn.execute(BEGIN)
-            started = time.perf_counter()
-            for rows in batches:
-                names = rows[0]
-                if job.handler == "transactional_batch":
-                    t0 = time.perf_counter()
-                    unknown = [name for name in names if name not in known]
-                    if unknown:
-                        known.update(await session.lock_positions(job.group, unknown))
-                    t1 = time.perf_counter()
-                    await conn.execute(upsert_all, rows)
-                    t2 = time.perf_counter()
-                    positions = dict(zip(names, rows[1], strict=True))
-                    expected = {name: known[name] for name in names}
-                    await session.record_all_and_commit(job.group, positions, expected=expected)
-                    known.update(positions)
-                    durations = (t1 - t0, t2 - t1, time.perf_counter() - t2)
-                    for phase, duration in zip(phases, durations, strict=True):
-                        phases[phase].append(duration * 1000)
-                else:
-                    t0 = time.perf_counter()
-                    await conn.execute(upsert_all, rows)
-                    phases["upsert"].append((time.perf_counter() - t0) * 1000)
-                events += sum(rows[3])
-            seconds = time.perf_counter() - started
-            if job.handler == "transactional_batch":
-                await conn.execute(ROLL_BACK)
-        result: dict[str, Any] = {
-            "events": events,
-            "seconds": seconds,
-            "median_ms_per_batch": {
-                phase: round(statistics.median(took), 2) for phase, took in phases.items() if took
-            },
-        }
+            # Each statement's milliseconds, per batch: where a batch's time goes.
+            phases: dict[str, list[float]] = {}
+            clock = Clock()
+            await _statements(job, conn, batches, phases)
+            figures = clock.figures(sum(sum(batch.rows[3]) for batch in batches))
         with psycopg.connect(job.url) as check:
-            result.update(_read_model_totals(check, job.table))
-        return result
+            figures.update(_read_model_totals(check, job.table))
+        medians = {phase: round(statistics.median(took), 2) for phase, took in phases.items()}
+        return {**figures, "median_ms_per_batch": medians}
 
     return anyio.run(write, backend_options=backend_options(settings_of(job)))
 
 
-def _span_batches(job: Job) -> list[tuple[list[str], list[int], list[int], list[int]]]:
-    """The dataset as the read-model rows of each batch (one per stream span), as `_rows`
-    makes them for a batch handler."""
+async def _statements(
+    job: Job, conn: Any, batches: list[SpanBatch], phases: dict[str, list[float]]
+) -> None:
+    """Every batch's statements, as the handler ``job.handler`` sends them:
+
+    - ``batch`` (at least once): the read model's ``unnest`` upsert, autocommit;
+    - ``transactional_batch``: the same upsert in a transaction, with projector's own
+      statements around it: the streams' positions locked and read on first meeting, and all
+      recorded in one compare-and-set statement before ``COMMIT; BEGIN``;
+    - ``read_model_batch``: the `GuardedUpsert` statement of the same rows (one array element
+      per event, the batch's rows locked), then ``COMMIT; BEGIN``."""
+    upsert_all = _upsert_statement(job.table, UPSERT_ALL)
+    guarded = guarded_upsert(job.table).statement.as_bytes(None)
+    session, known = Session(conn), dict[str, int]()
+
+    async def timed(phase: str, statement: Awaitable[object]) -> None:
+        started = time.perf_counter()
+        await statement
+        phases.setdefault(phase, []).append((time.perf_counter() - started) * 1000)
+
+    if job.handler != "batch":
+        await conn.execute(BEGIN)
+    for batch in batches:
+        names, positions = batch.rows[0], batch.rows[1]
+        if job.handler == "batch":
+            await timed("upsert", conn.execute(upsert_all, batch.rows))
+        elif job.handler == "read_model_batch":
+            await timed("guarded_upsert", conn.execute(guarded, batch.events))
+            await timed("commit", session.commit())
+        else:
+            unknown = [name for name in names if name not in known]
+            if unknown:
+                await timed("lock", _lock(session, job.group, unknown, known))
+            await timed("upsert", conn.execute(upsert_all, batch.rows))
+            recorded = dict(zip(names, positions, strict=True))
+            expected = {name: known[name] for name in names}
+            await timed(
+                "positions_commit",
+                session.record_all_and_commit(job.group, recorded, expected=expected),
+            )
+            known.update(recorded)
+    if job.handler != "batch":
+        await conn.execute(ROLL_BACK)
+
+
+async def _lock(session: Session, group: str, names: list[str], known: dict[str, int]) -> None:
+    known.update(await session.lock_positions(group, names))
+
+
+@dataclass(frozen=True)
+class SpanBatch:
+    """A read batch as a batch handler's statements bind it: the read-model rows (one per
+    stream span, as `_rows` makes them), and the events as `GuardedUpsert` binds them (one
+    element per event, then the batch's stream names)."""
+
+    rows: tuple[list[str], list[int], list[int], list[int]]
+    events: tuple[list[str], list[int], list[int], list[int], list[str]]
+
+
+def _span_batches(job: Job) -> list[SpanBatch]:
+    """The dataset's read batches, each grouped by stream."""
     batches = []
     with _connect(job.url) as conn:
         position = 1
@@ -360,12 +416,22 @@ def _span_batches(job: Job) -> list[tuple[list[str], list[int], list[int], list[
                     (stream_position, orjson.loads(data)["amount"])
                 )
             names = list(spans)
+            events = [(name, *event) for name in names for event in spans[name]]
             batches.append(
-                (
-                    names,
-                    [spans[name][-1][0] for name in names],
-                    [sum(amount for _, amount in spans[name]) for name in names],
-                    [len(spans[name]) for name in names],
+                SpanBatch(
+                    (
+                        names,
+                        [spans[name][-1][0] for name in names],
+                        [sum(amount for _, amount in spans[name]) for name in names],
+                        [len(spans[name]) for name in names],
+                    ),
+                    (
+                        [name for name, _, _ in events],
+                        [stream_position for _, stream_position, _ in events],
+                        [amount for _, _, amount in events],
+                        [1] * len(events),
+                        names,
+                    ),
                 )
             )
             position = rows[-1][0] + 1
@@ -445,18 +511,36 @@ def _epoch(written: datetime) -> float:
     return written.replace(tzinfo=UTC).timestamp()
 
 
-def _batch_projection(job: Job, tally: Tally, pool: AsyncConnectionPool[Any]) -> Projection:
-    """The upsert of every span of a batch in one statement, at least once, through ``pool``."""
+def _batch_projection(job: Job, tally: Tally, pool: AsyncConnectionPool[Any] | None) -> Projection:
+    """A batch handler, at least once: a no-op (``noop_batch``), or the upsert of every span of
+    a batch in one statement through ``pool`` (``batch``)."""
     upsert_all = _upsert_statement(job.table, UPSERT_ALL)
     projection = Projection("bench")
 
-    @projection.batch
+    async def noop(spans: dict[str, list[Event]]) -> None:
+        tally.events += sum(len(events) for events in spans.values())
+
     async def upserting_all(spans: dict[str, list[Event]]) -> None:
+        assert pool is not None
         async with pool.connection() as conn:
             await conn.execute(upsert_all, _rows(spans))
         tally.events += sum(len(events) for events in spans.values())
 
+    projection.batch(noop if job.handler == "noop_batch" else upserting_all)
     return projection
+
+
+def guarded_upsert(table: str) -> GuardedUpsert:
+    """The read model's rows (`READ_MODEL`) as a `GuardedUpsert` writes them, with the position
+    of each stream's last event in its own row: the same rows `UPSERT` and `UPSERT_ALL`
+    write."""
+    return GuardedUpsert(
+        table,
+        add={
+            "balance": Column("bigint", lambda event: event.data["amount"]),
+            "events": Column("bigint", lambda event: 1),
+        },
+    )
 
 
 def _rows(spans: dict[str, list[Event]]) -> tuple[list[str], list[int], list[int], list[int]]:
@@ -526,10 +610,15 @@ def _create_read_model(conn: psycopg.Connection[Any], table: str) -> None:
 
 
 def _read_model_totals(conn: psycopg.Connection[Any], table: str) -> dict[str, Any]:
-    query = sql.SQL("SELECT count(*), coalesce(sum(events), 0) FROM {}")
-    row = conn.execute(query.format(sql.Identifier(table))).fetchone()
+    """The read model's rows and events, and a digest of every row, which two runs that wrote
+    the same rows share."""
+    row = conn.execute(sql.SQL(READ_MODEL_TOTALS).format(table=sql.Identifier(table))).fetchone()
     assert row is not None
-    return {"read_model_rows": int(row[0]), "read_model_events": int(row[1])}
+    return {
+        "read_model_rows": int(row[0]),
+        "read_model_events": int(row[1]),
+        "read_model_digest": str(row[2]),
+    }
 
 
 JOBS: dict[str, Callable[[Job], dict[str, Any]]] = {

@@ -15,6 +15,7 @@ HEADER = (
     "seconds",
     "events/s",
     "peak RSS MB",
+    "CPU us/event",
     "ratio",
     "target",
     "met",
@@ -61,7 +62,7 @@ def _rows(outcome: Outcome) -> list[tuple[str, ...]]:
             label = f"baseline: {s.baseline_label}: {_latency(outcome.baseline)}"
             tails.append(("", label, *_figures(outcome.baseline), "", "", ""))
         return tails
-    ratio = "" if outcome.ratio is None else f"{outcome.ratio:.2f}x"
+    ratio = _ratio(outcome.ratio)
     target = "" if s.target is None else f">= {s.target:g}x"
     if s.memory_limit_mb is not None:
         target += f", < {s.memory_limit_mb:g} MB"
@@ -70,8 +71,13 @@ def _rows(outcome: Outcome) -> list[tuple[str, ...]]:
     if outcome.baseline is not None:
         rows.append(("", "baseline: " + s.baseline_label, *_figures(outcome.baseline), "", "", ""))
     for label, figures in outcome.references.items():
-        rows.append(("", "reference: " + label, *_figures(figures), "", "", ""))
+        ratio = _ratio(outcome.ratio_of(label))
+        rows.append(("", "reference: " + label, *_figures(figures), ratio, "", ""))
     return rows
+
+
+def _ratio(ratio: float | None) -> str:
+    return "" if ratio is None else f"{ratio:.2f}x"
 
 
 def _latency(figures: dict[str, Any]) -> str:
@@ -81,10 +87,12 @@ def _latency(figures: dict[str, Any]) -> str:
     return text
 
 
-def _figures(figures: dict[str, Any]) -> tuple[str, str, str, str]:
+def _figures(figures: dict[str, Any]) -> tuple[str, str, str, str, str]:
+    cpu = figures.get("cpu_us_per_event")
     return (
         f"{figures['events']:,}",
         f"{figures['seconds']:.2f}",
         f"{figures['events_per_s']:,}",
         f"{figures['peak_rss_mb']:.0f}",
+        "" if cpu is None else f"{cpu:.2f}",
     )

@@ -10,6 +10,7 @@ import json
 import statistics
 import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -93,6 +94,9 @@ class Scenario:
     target: float | None = None
     memory_limit_mb: float | None = None
     references: tuple[tuple[str, Job], ...] = ()
+    # Whether the references take turns with both sides on every repeat (medians, as theirs),
+    # rather than run once after them: for a reference that is a figure in its own right.
+    repeat_references: bool = False
     dataset: Dataset | None = None
     # False when the baseline does other work on purpose (the scale ratio: 10M against 1M
     # events), so that handling different counts is not a failure.
@@ -118,6 +122,12 @@ class Outcome:
             return None
         return float(self.projector["events_per_s"] / self.baseline["events_per_s"])
 
+    def ratio_of(self, label: str) -> float | None:
+        """A reference's events/s against the baseline's."""
+        if self.baseline is None or not self.baseline["events_per_s"]:
+            return None
+        return float(self.references[label]["events_per_s"] / self.baseline["events_per_s"])
+
     @property
     def met(self) -> bool | None:
         target, ratio = self.scenario.target, self.ratio
@@ -137,13 +147,20 @@ class Outcome:
             "baseline": None
             if self.baseline is None
             else {"what": s.baseline_label, **self.baseline},
-            "references": self.references,
-            "ratio": None if self.ratio is None else round(self.ratio, 3),
+            "references": {
+                label: {**figures, "ratio": _rounded(self.ratio_of(label))}
+                for label, figures in self.references.items()
+            },
+            "ratio": _rounded(self.ratio),
             "target": s.target,
             "memory_limit_mb": s.memory_limit_mb,
             "met": self.met,
             "notes": self.notes,
         }
+
+
+def _rounded(ratio: float | None) -> float | None:
+    return None if ratio is None else round(ratio, 3)
 
 
 def datasets(sizes: Sizes) -> dict[str, Dataset]:
@@ -274,7 +291,70 @@ def catchup(url: str, run_id: str, sizes: Sizes, settings: dict[str, Any]) -> li
             memory_limit_mb=MEMORY_LIMIT_MB,
             dataset=distinct,
         ),
+        *_batch_catchups(read, project, data),
         *upserting(url, run_id, sizes, settings),
+    ]
+
+
+# The per-stream handler's catch-up scenarios on 1k and on 1M streams, and the batch handler's:
+# the peak RSS of each pair's second must not grow past its first's (see `cli._compare_memory`).
+MEMORY_PAIRS = (
+    ("catchup-few-streams", "catchup-distinct-streams"),
+    ("catchup-batch-few-streams", "catchup-batch-distinct-streams"),
+)
+
+
+def _batch_catchups(
+    read: Callable[[Dataset], Job], project: Callable[..., Job], data: dict[str, Dataset]
+) -> list[Scenario]:
+    """A no-op ``@projection.batch`` handler's catch-ups, default settings: one call per read
+    batch (of up to ``batch_max_streams`` spans), against the plain read loop."""
+    main, few, distinct = data["main"], data["few"], data["distinct"]
+    plain = "plain read loop, same SQL and batch size, no JSON decode"
+
+    def batch(name: str, dataset: Dataset) -> Job:
+        return project(name, dataset, handler="noop_batch")
+
+    return [
+        Scenario(
+            "catchup-batch",
+            f"catch-up, no-op batch handler (@projection.batch), {main.events:,} events over "
+            f"{main.streams:,} streams",
+            batch("catchup-batch", main),
+            read(main),
+            plain,
+            target=0.95,
+            # The floor under anything projector does: reading on the async stack it is
+            # built on, taking turns with both sides so that its ratio is a median too.
+            references=(
+                (
+                    "the same loop on psycopg's async connection under anyio",
+                    replace(read(main), kind="async_read_loop"),
+                ),
+            ),
+            repeat_references=True,
+            dataset=main,
+        ),
+        Scenario(
+            "catchup-batch-few-streams",
+            f"catch-up, no-op batch handler, {few.events:,} events over {few.streams:,} streams",
+            batch("catchup-batch-few-streams", few),
+            read(few),
+            plain,
+            target=0.95,
+            memory_limit_mb=MEMORY_LIMIT_MB,
+            dataset=few,
+        ),
+        Scenario(
+            "catchup-batch-distinct-streams",
+            f"catch-up, no-op batch handler, {distinct.events:,} events, one per stream",
+            batch("catchup-batch-distinct-streams", distinct),
+            read(distinct),
+            plain,
+            target=0.95,
+            memory_limit_mb=MEMORY_LIMIT_MB,
+            dataset=distinct,
+        ),
     ]
 
 
@@ -345,14 +425,8 @@ def _per_span_upserts(
 def _batch_upserts(
     run_id: str, sizes: Sizes, settings: dict[str, Any], dataset: Dataset, common: dict[str, Any]
 ) -> list[Scenario]:
-    """The same rows, one per stream span, written by batch handlers: one statement per batch
-    call of up to ``batch_max_streams`` spans."""
-    batching = {
-        "max_concurrent_streams": 2 * sizes.batch_size,
-        "batch_max_streams": sizes.batch_size,
-        "max_concurrent_batches": 2,
-        **settings,
-    }
+    """The same rows, one per stream span, written by batch handlers, default settings: one
+    statement per batch call of up to ``batch_max_streams`` spans (usually a read batch)."""
 
     def batch_job(handler: str, name: str, kind: str = "projector") -> Job:
         return Job(
@@ -361,14 +435,14 @@ def _batch_upserts(
             group=f"bench_{run_id}_{name}",
             table=f"bench_{run_id}_{name}",
             pool_size=sizes.pool_size,
-            settings=batching,
+            settings=settings,
             **common,
         )
 
+    spread = f"{dataset.events:,} events over {dataset.streams:,} streams"
     what = (
         f"exactly-once batch upserts (transactional_batch, one unnest upsert and one "
-        f"position statement per batch of up to {sizes.batch_size} spans), "
-        f"{dataset.events:,} events over {dataset.streams:,} streams"
+        f"position statement per batch call), {spread}"
     )
     return [
         Scenario(
@@ -390,11 +464,20 @@ def _batch_upserts(
         ),
         Scenario(
             "transactional-batch-vs-batch",
-            what,
-            batch_job("transactional_batch", "transactional_batch_2"),
+            f"exactly-once batch upserts with each stream's position in its read-model row "
+            f"(transactional_batch(positions='read_model'), one GuardedUpsert statement per "
+            f"batch call), {spread}",
+            batch_job("read_model_batch", "read_model_batch"),
             batch_job("batch", "batch"),
             "an at-least-once batch handler making the same upserts through a pool",
             target=0.9,
+            references=(
+                (
+                    "transactional_batch with the positions in projector.stream_positions",
+                    batch_job("transactional_batch", "transactional_batch_2"),
+                ),
+            ),
+            repeat_references=True,
             dataset=dataset,
         ),
         Scenario(
@@ -405,6 +488,13 @@ def _batch_upserts(
             batch_job("transactional_batch", "statements_transactional", "statements_loop"),
             batch_job("batch", "statements_batch", "statements_loop"),
             "the same upserts alone, autocommit (what the at-least-once batch handler sends)",
+            references=(
+                (
+                    "positions='read_model': the GuardedUpsert statement, then COMMIT; BEGIN",
+                    batch_job("read_model_batch", "statements_read_model", "statements_loop"),
+                ),
+            ),
+            repeat_references=True,
             dataset=dataset,
         ),
     ]
@@ -517,20 +607,31 @@ class Measurer:
         if scenario.projector.handler == "tail":
             return self._tail(scenario)
         self._warm_up(scenario.projector)
-        projector_runs: list[dict[str, Any]] = []
-        baseline_runs: list[dict[str, Any]] = []
+        sides = [scenario.projector]
+        if scenario.baseline is not None:
+            sides.append(scenario.baseline)
+        if scenario.repeat_references:
+            sides.extend(job for _, job in scenario.references)
+        runs: list[list[dict[str, Any]]] = [[] for _ in sides]
         for attempt in range(self.repeat):
-            # Alternate which goes first, so neither always runs on a warmer server.
-            sides = [(projector_runs, scenario.projector, True)]
-            if scenario.baseline is not None:
-                sides.append((baseline_runs, scenario.baseline, False))
-            for runs, job, profiled in sides if attempt % 2 else reversed(sides):
-                runs.append(self.measure(job, scenario.name if profiled else None))
+            # Alternate the order, so that no side always runs on a warmer server.
+            order = list(enumerate(sides))
+            for index, job in order if attempt % 2 else reversed(order):
+                runs[index].append(self.measure(job, scenario.name if index == 0 else None))
+        medians = [_median(side) for side in runs]
+        references = (
+            medians[len(sides) - len(scenario.references) :]
+            if scenario.repeat_references
+            else [self.measure(job) for _, job in scenario.references]
+        )
         outcome = Outcome(
             scenario,
-            _median(projector_runs),
-            _median(baseline_runs) if baseline_runs else None,
-            {label: self.measure(job) for label, job in scenario.references},
+            medians[0],
+            medians[1] if scenario.baseline is not None else None,
+            {
+                label: figures
+                for (label, _), figures in zip(scenario.references, references, strict=True)
+            },
         )
         _check_counts(outcome)
         return outcome
@@ -632,7 +733,8 @@ def _median(runs: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def _check_counts(outcome: Outcome) -> None:
-    """projector must have handled exactly what the baseline read (and written as much)."""
+    """projector must have handled exactly what the baseline read, and written the same read
+    model, row for row, as the baseline and any reference that writes one."""
     baseline, projector = outcome.baseline, outcome.projector
     if baseline is None or not outcome.scenario.same_work:
         return
@@ -641,8 +743,12 @@ def _check_counts(outcome: Outcome) -> None:
             f"projector handled {projector['events']} events, "
             f"the baseline read {baseline['events']}"
         )
-    if baseline.get("read_model_events") != projector.get("read_model_events"):
+    if baseline.get("read_model_digest") != projector.get("read_model_digest"):
         outcome.notes.append("the read models differ between projector and the baseline")
+    for label, figures in outcome.references.items():
+        digest = figures.get("read_model_digest")
+        if digest is not None and digest != projector.get("read_model_digest"):
+            outcome.notes.append(f"the read models differ between projector and {label!r}")
 
 
 def _say(message: str) -> None:

@@ -21,6 +21,9 @@ SCENARIOS = {
     "catchup-decode",
     "catchup-few-streams",
     "catchup-distinct-streams",
+    "catchup-batch",
+    "catchup-batch-few-streams",
+    "catchup-batch-distinct-streams",
     "upsert",
     "transactional",
     "transactional-batch",
@@ -112,9 +115,31 @@ def test_bench_smoke_prints_a_row_and_a_json_line_per_scenario(bench_env: dict[s
             assert isinstance(record["met"], bool)
         if record["scenario"] in TAILS:
             assert projector["p50_ms"] <= projector["p99_ms"]
+        if record["scenario"].startswith("catchup"):
+            assert projector["cpu_us_per_event"] > 0
+        if record["scenario"] == "transactional-batch-vs-batch":
+            check_read_models(record)
     [group] = [record for record in records if record["scenario"] == GROUP]
     # Member 0's share of the dataset, as Message DB's own group read counts it.
     assert 0 < group["projector"]["events"] < group["dataset"]["events"]
+    by_name = {record["scenario"]: record for record in records}
+    for distinct in ("catchup-distinct-streams", "catchup-batch-distinct-streams"):
+        assert "peak_rss_growth_mb" in by_name[distinct]["projector"]
+
+
+def check_read_models(record: dict[str, Any]) -> None:
+    """The exactly-once batch with the positions in the read model's rows, the at-least-once
+    batch and the batch with projector's stream positions wrote the same rows: one per
+    stream, every event counted once."""
+    dataset = record["dataset"]
+    (reference,) = record["references"].values()
+    sides = (record["projector"], record["baseline"], reference)
+    assert len({side["read_model_digest"] for side in sides}) == 1
+    for side in sides:
+        assert side["events"] == dataset["events"]
+        assert side["read_model_rows"] == dataset["streams"]
+        assert side["read_model_events"] == dataset["events"]
+    assert reference["ratio"] > 0
 
 
 def check_failing(record: dict[str, Any]) -> None:
