@@ -333,3 +333,23 @@ async def test_each_streams_part_of_a_call_is_reported_with_its_outcome() -> Non
             await lane.wait_empty()
 
     assert sorted(observer.seen) == [("bad-1", 1, "RuntimeError"), ("good-1", 2, None)]
+
+
+async def test_a_stream_the_handler_leaves_out_of_its_outcomes_handled_all_of_its_events() -> None:
+    calls: list[dict[str, list[int]]] = []
+
+    async def silent(spans: dict[str, list[Event]]) -> dict[str, int | Exception]:
+        calls.append({name: [e.position for e in events] for name, events in spans.items()})
+        return {}
+
+    done = Completions()
+    with anyio.fail_after(TIMEOUT):
+        batches = Batches(silent, max_streams=10, max_calls=1)
+        async with BatchesSink(batches, max_read_ahead=100) as sink:
+            lane = sink.lane("l", done)
+            await done.submit(lane, 0, [*evs("a-1", [0, 1]), ev("b-1", 0)])
+            await lane.wait_empty()
+            assert sink.tracked_streams == 0
+
+    assert calls == [{"a-1": [0, 1], "b-1": [0]}]
+    assert done.order == [0]

@@ -271,12 +271,14 @@ class Projection:
         return _next_position(await self._transactional_handler(stream_name, events, conn), events)
 
     async def handle_batch(self, spans: Spans) -> dict[str, int]:
-        """Run the batch handler; return each stream's position to expect next."""
+        """Run the batch handler; return the position to expect next of each stream that did
+        not handle all of its events (a stream left out did)."""
         assert self._batch_handler is not None
         return _next_positions(await self._batch_handler(spans), spans)
 
     async def handle_batch_in_transaction(self, conn: Connection, spans: Spans) -> dict[str, int]:
-        """Run the transactional batch handler; return each stream's position to expect next."""
+        """Run the transactional batch handler; return the position to expect next of each
+        stream that did not handle all of its events (a stream left out did)."""
         assert self._transactional_batch_handler is not None
         return _next_positions(await self._transactional_batch_handler(spans, conn), spans)
 
@@ -298,8 +300,10 @@ def _next_position(result: StreamResult | None, events: list[Event]) -> int:
 
 
 def _next_positions(results: BatchResults, spans: Spans) -> dict[str, int]:
-    """Each stream's position to expect after a batch call that returned ``results``."""
-    positions = {name: events[-1].position + 1 for name, events in spans.items()}
+    """The position to expect next of each stream a batch call that returned ``results`` did
+    not handle whole; nothing at all in the common case (None: every span handled), which a
+    catch-up would otherwise pay for with a dict of every stream per call."""
+    positions: dict[str, int] = {}
     for name, result in (results or {}).items():
         events = spans.get(name)
         if events is None:

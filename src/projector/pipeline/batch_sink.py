@@ -248,7 +248,7 @@ class BatchesSink(StreamsSink):
     ) -> int | Exception:
         outcome = outcomes.get(name)
         if outcome is None:
-            outcome = RuntimeError(f"the batch handler gave no outcome for {name}")
+            outcome = events[-1].position + 1  # left out: it handled all of them
         if self._call_hook is not None:
             error = outcome if isinstance(outcome, Exception) else None
             self._call_hook(name, len(events), elapsed, error)
@@ -267,8 +267,8 @@ class BatchesSink(StreamsSink):
         in_calls, streams, held, hook = self._in_calls, self._streams, self._held, self._call_hook
         handled = in_place = 0
         for name, events in unit.spans.items():
-            outcome = outcomes.get(name)
-            if outcome is None or hook is not None:
+            outcome: int | Exception | None = outcomes.get(name)
+            if hook is not None:
                 outcome = self._outcome(outcomes, name, events, elapsed)
             if in_calls.get(name) is unit:
                 del in_calls[name]
@@ -276,12 +276,12 @@ class BatchesSink(StreamsSink):
                 in_place += 1  # held meanwhile: what it left is dropped
                 continue
             stream = streams.get(name)
-            if stream is None and outcome == events[-1].position + 1:
+            if stream is None and (outcome is None or outcome == events[-1].position + 1):
                 in_place += 1
                 handled += len(events)
                 continue
             if outcome is None:
-                outcome = RuntimeError(f"the batch handler gave no outcome for {name}")
+                outcome = events[-1].position + 1
             if stream is None:
                 stream = streams[name] = StreamState(name)
             stream.phase = RUNNING

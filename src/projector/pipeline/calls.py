@@ -18,8 +18,9 @@ SpanHandler = Callable[[str, list[Event]], Awaitable[int]]
 ``events[-1].position + 1`` when all were handled, less when only some were, more to skip ahead."""
 
 BatchHandler = Callable[[dict[str, list[Event]]], Awaitable[dict[str, "int | Exception"]]]
-"""Handles several streams' spans in one call; for each stream, what a `SpanHandler` would
-return, or the exception its span failed with (the other streams' outcomes stand)."""
+"""Handles several streams' spans in one call; for each stream that did not simply handle all
+of its span, what a `SpanHandler` would return, or the exception its span failed with (a
+stream left out handled all of it; the other streams' outcomes stand)."""
 
 
 @dataclass(frozen=True, slots=True)

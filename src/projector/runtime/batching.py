@@ -26,7 +26,8 @@ from projector.runtime.outage import is_connection_error
 logger = logging.getLogger(__name__)
 
 BatchRun = Callable[[Spans], Awaitable[dict[str, int]]]
-"""Runs one batch call: each stream's span in, each stream's next position out."""
+"""Runs one batch call: each stream's span in; out, the next position of each stream that did
+not handle all of its span (a stream left out did)."""
 
 
 def split_on_failure(run: BatchRun, *, group: str) -> BatchHandler:
@@ -66,10 +67,10 @@ def one_stream(handle: BatchHandler) -> SpanHandler:
     """A batch handler called with one stream's span at a time (a held stream's replay)."""
 
     async def handle_span(stream_name: str, events: list[Event]) -> int:
-        outcome = (await handle({stream_name: events}))[stream_name]
+        outcome = (await handle({stream_name: events})).get(stream_name)
         if isinstance(outcome, Exception):
             raise outcome
-        return outcome
+        return events[-1].position + 1 if outcome is None else outcome
 
     return handle_span
 

@@ -78,11 +78,11 @@ class ExactlyOnceBatch(Transactional):
             return next_positions, applied
         handled = await self._projection.handle_batch_in_transaction(session.conn, fresh)
         next_positions.update(handled)
-        recorded = {
-            name: position - 1
-            for name, position in handled.items()
-            if position > fresh[name][0].position
-        }
+        recorded = {}  # each stream that got anywhere: the last position it handled
+        for name, events in fresh.items():
+            position = handled.get(name, events[-1].position + 1)
+            if position > events[0].position:
+                recorded[name] = position - 1
         if not recorded:
             await session.discard()  # it handled none of them: keep nothing
             return next_positions, applied
