@@ -357,7 +357,7 @@ async def _statements(
     - ``read_model_batch``: the `GuardedUpsert` statement of the same rows (one array element
       per event, the batch's rows locked), then ``COMMIT; BEGIN``."""
     upsert_all = _upsert_statement(job.table, UPSERT_ALL)
-    guarded = guarded_upsert(job.table).statement.as_bytes(None)
+    guarded = guarded_upsert(job.table).statement
     session, known = Session(conn), dict[str, int]()
 
     async def timed(phase: str, statement: Awaitable[object]) -> None:
