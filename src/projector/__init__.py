@@ -22,6 +22,10 @@ from projector.ops.waiting import WaitTimeoutError, wait_for
 from projector.storage.database import connect
 from projector.storage.message_store import global_position_of, write_message
 
+# The name on PyPI (`pip install messagedb-projector`): "projector" there is another project.
+# The import name and the command stay `projector`.
+DISTRIBUTION = "messagedb-projector"
+
 __all__ = [
     "ConfigurationError",
     "DatabaseError",

@@ -12,12 +12,15 @@ from types import FrameType
 
 import click
 
+from projector import DISTRIBUTION
 from projector.cli import commands, operations
 from projector.process import stop_now
 
 
 @click.group()
-@click.version_option(package_name="projector")
+@click.version_option(
+    package_name=DISTRIBUTION, message="%(prog)s %(version)s (distribution %(package)s)"
+)
 def main() -> None:
     """projector keeps read models up to date from a Message DB-style event store in Postgres."""
 
