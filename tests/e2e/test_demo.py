@@ -81,7 +81,30 @@ def test_the_demo_runs_its_own_postgres_says_how_to_go_on_and_stops_it(
 
     assert first.returncode == 0, first.stderr
     assert f"local PostgreSQL cluster in {demo_dir}" in first.stdout
-    assert "export PROJECTOR_DATABASE_URL='postgresql://postgres@127.0.0.1:" in first.stdout
+    # Its server listens on a socket in its data folder, not on TCP.
+    url = f"postgresql://postgres@/projector_demo?host={demo_dir}&port="
+    assert f"export PROJECTOR_DATABASE_URL='{url}" in first.stdout
     assert "demo --stop` (or `make demo-stop`) stops it" in first.stdout
     assert (stopped.returncode, stopped.stdout) == (0, "demo PostgreSQL stopped\n")
     assert (again.returncode, again.stdout) == (0, "demo PostgreSQL was not running\n")
+
+
+def test_the_demo_refuses_a_folder_it_did_not_make_and_changes_nothing_in_it(
+    cluster_dir: Path, tmp_path: Path
+) -> None:
+    cluster_dir.mkdir(parents=True)
+    (cluster_dir / "hosts").write_text("127.0.0.1 localhost\n")
+    before = cluster_dir.stat()
+
+    result = demo("--data-dir", str(cluster_dir), cwd=tmp_path)
+
+    after = cluster_dir.stat()
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1
+    assert "is not empty and is not a PostgreSQL data folder made by" in result.stderr
+    assert (after.st_uid, after.st_gid, after.st_mode) == (
+        before.st_uid,
+        before.st_gid,
+        before.st_mode,
+    )
+    assert sorted(p.name for p in cluster_dir.iterdir()) == ["hosts"]

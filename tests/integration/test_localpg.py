@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import os
+import pwd
 from pathlib import Path
 
 import psycopg
 import pytest
 
 from projector.errors import ConfigurationError
-from projector.localpg import LocalCluster, temporary_cluster
+from projector.localpg import MARKER, SERVER_USER, LocalCluster, temporary_cluster
 from tests.support.postgres import Unavailable, give_up, require_server_binaries
 
 AS_ROOT = os.geteuid() == 0
@@ -105,6 +106,69 @@ def test_a_failed_start_reports_the_servers_complaint(data_dir: Path) -> None:
 
     with pytest.raises(ConfigurationError, match='unrecognized configuration parameter "no_such'):
         cluster.start()
+
+
+def _state(folder: Path) -> tuple[int, int, int, list[str]]:
+    """A folder's owner, group, mode and entries: what projector must never change."""
+    info = folder.stat()
+    return info.st_uid, info.st_gid, info.st_mode, sorted(p.name for p in folder.iterdir())
+
+
+def test_a_folder_that_is_not_empty_is_refused_and_left_as_it_was(data_dir: Path) -> None:
+    data_dir.mkdir(parents=True)
+    (data_dir / "notes.txt").write_text("mine\n")
+    before = _state(data_dir)
+
+    with pytest.raises(ConfigurationError, match="is not empty and is not a PostgreSQL data"):
+        LocalCluster(data_dir).ensure_running()
+
+    assert _state(data_dir) == before
+    assert (data_dir / "notes.txt").read_text() == "mine\n"
+
+
+@pytest.mark.skipif(not AS_ROOT, reason="as root the server runs as another user")
+def test_an_empty_folder_of_roots_is_not_handed_to_the_server_user(data_dir: Path) -> None:
+    data_dir.mkdir(parents=True)
+    before = _state(data_dir)
+
+    with pytest.raises(ConfigurationError, match="changes the owner only of folders it creates"):
+        LocalCluster(data_dir).init()
+
+    assert _state(data_dir) == before
+
+
+def test_an_empty_folder_of_the_server_account_is_used(data_dir: Path) -> None:
+    data_dir.mkdir(parents=True)
+    if AS_ROOT:
+        account = pwd.getpwnam(SERVER_USER)
+        os.chown(data_dir, account.pw_uid, account.pw_gid)
+
+    url = LocalCluster(data_dir).ensure_running()
+
+    assert _fetch(url, "SELECT 1") == 1
+    assert (data_dir / MARKER).is_file()
+
+
+def test_a_server_the_launcher_did_not_make_is_neither_attached_nor_stopped(
+    data_dir: Path,
+) -> None:
+    cluster = LocalCluster(data_dir)
+    url = cluster.ensure_running()
+    (data_dir / MARKER).unlink()  # as if someone else's cluster, started by hand
+
+    with pytest.raises(ConfigurationError, match="is not empty"):
+        LocalCluster(data_dir).ensure_running()
+    LocalCluster(data_dir).stop()
+    assert _fetch(url, "SELECT 1") == 1
+
+    (data_dir / MARKER).write_text("")  # so that the fixture stops it
+
+
+def test_the_persistent_cluster_listens_on_its_socket_only(data_dir: Path) -> None:
+    url = LocalCluster(data_dir).ensure_running()
+
+    assert _fetch(url, "SHOW listen_addresses") == ""
+    assert _fetch(url, "SHOW unix_socket_directories") == str(data_dir)
 
 
 @pytest.mark.skipif(not AS_ROOT, reason="only root can make a folder belong to another user")
