@@ -187,8 +187,9 @@ class Settings(BaseSettings):
         None, ge=1, le=65_535, description="serve /metrics, /health and /ready on this port"
     )
     metrics_host: str = Field(
-        "0.0.0.0",  # noqa: S104 (scraped by Prometheus from other hosts)
-        description="address the metrics port listens on",
+        "127.0.0.1",
+        description="address the metrics port listens on (0.0.0.0: every interface, for a "
+        "scraper or probe on another host)",
     )
     ready_max_lag: int = Field(
         100,

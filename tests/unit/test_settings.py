@@ -32,6 +32,7 @@ def test_defaults_are_the_documented_ones() -> None:
     assert settings.checkpoint_interval == 5.0
     assert settings.categories == ()
     assert settings.database_url is None
+    assert settings.metrics_host == "127.0.0.1"  # /metrics has no authentication
 
 
 def test_flags_win_over_the_environment_which_wins_over_dotenv(
