@@ -610,11 +610,22 @@ class Runner:
 
     def _empty_category(self, name: str, category: str) -> None:
         """A category with no event yet is often a typo (names are case-sensitive): refuse it
-        with ``require_events``, else say so and wait for its events."""
-        if self.settings.require_events:
+        with ``require_events`` (by default, with ``until_caught_up``: there is nothing to
+        catch up with), before any checkpoint is written; else say so and wait for its
+        events."""
+        settings = self.settings
+        required = settings.require_events
+        if required is None:
+            required = settings.until_caught_up
+        if required:
+            instead = (
+                "--no-require-events to catch up with the others"
+                if settings.until_caught_up
+                else "drop --require-events to wait for its first events"
+            )
             raise ConfigurationError(
                 f"category {category!r} has no events (names are case-sensitive): check "
-                "--category, or drop --require-events to wait for its first events"
+                f"--category, or give {instead}"
             )
         logger.warning(
             "%s: category %s has no events yet (names are case-sensitive: a typo?); waiting "

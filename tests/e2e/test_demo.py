@@ -17,8 +17,10 @@ from tests.support.failures import append
 PASSWORD = "secretpw"
 
 
-def demo(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+def demo(*args: str, cwd: Path, url: str | None = None) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if k != "PROJECTOR_DATABASE_URL"}
+    if url is not None:
+        env["PROJECTOR_DATABASE_URL"] = url
     return subprocess.run(
         [sys.executable, "-m", "projector", "demo", "--events", "50", "--accounts", "5", *args],
         cwd=cwd,
@@ -76,6 +78,9 @@ def test_the_demo_runs_its_own_postgres_says_how_to_go_on_and_stops_it(
 ) -> None:
     demo_dir = cluster_dir
     first = demo("--data-dir", str(demo_dir), cwd=tmp_path)
+    exported = first.stdout.partition("export PROJECTOR_DATABASE_URL='")[2].partition("'")[0]
+    # As `make demo` runs it after the user followed its hint: no --yes, nobody to ask.
+    followed = demo("--data-dir", str(demo_dir), cwd=tmp_path, url=exported)
     stopped = demo("--data-dir", str(demo_dir), "--stop", cwd=tmp_path)
     again = demo("--data-dir", str(demo_dir), "--stop", cwd=tmp_path)
 
@@ -85,6 +90,8 @@ def test_the_demo_runs_its_own_postgres_says_how_to_go_on_and_stops_it(
     url = f"postgresql://postgres@/projector_demo?host={demo_dir}&port="
     assert f"export PROJECTOR_DATABASE_URL='{url}" in first.stdout
     assert "demo --stop` (or `make demo-stop`) stops it" in first.stdout
+    assert followed.returncode == 0, followed.stderr
+    assert f"local PostgreSQL cluster in {demo_dir}" in followed.stdout
     assert (stopped.returncode, stopped.stdout) == (0, "demo PostgreSQL stopped\n")
     assert (again.returncode, again.stdout) == (0, "demo PostgreSQL was not running\n")
 

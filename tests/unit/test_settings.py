@@ -7,9 +7,17 @@ from pathlib import Path
 
 import pytest
 
+from projector.cli.options import option_for
 from projector.errors import ConfigurationError, InvalidNameError
 from projector.process import backend_options
-from projector.settings import DEPRECATED_ENV, INVERTED_ENV, Settings, flag_for, load_settings
+from projector.settings import (
+    DEPRECATED_ENV,
+    INVERTED_ENV,
+    Settings,
+    flag_for,
+    load_settings,
+    value_range,
+)
 
 
 @pytest.fixture(autouse=True)
@@ -106,6 +114,28 @@ def test_every_setting_has_a_row_in_the_readme_with_its_flag_and_variable() -> N
         variable = f"PROJECTOR_{name.upper()}"
         assert variable in rows, f"README has no settings row for {variable}"
         assert flag_for(name) in rows[variable], f"README's row for {variable} lacks its flag"
+
+
+def test_every_bounded_setting_gives_its_range_in_the_readme_and_its_help() -> None:
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    ranges = {
+        match.group(1): match.group(2)
+        for match in re.finditer(
+            r"^\| `--.*?\| `(PROJECTOR_\w+)`.*? \| .*? \| (.*?) \|", readme, re.MULTILINE
+        )
+    }
+
+    for name in Settings.model_fields:
+        bounds = value_range(name)
+        if bounds is not None:
+            assert ranges[f"PROJECTOR_{name.upper()}"] == bounds, name
+            assert bounds in option_for(name)(lambda: None).__click_params__[0].help  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf"])
+def test_a_duration_must_be_a_finite_number(value: str) -> None:
+    with pytest.raises(ConfigurationError, match="finite number"):
+        load_settings(outage_limit=value)
 
 
 def test_runs_use_uvloop_unless_asked_for_plain_asyncio(clean_environment: Path) -> None:

@@ -196,6 +196,12 @@ def uninterrupted(timeout: float) -> Iterator[None]:
         yield
 
 
+def url_ports(value: str) -> list[str]:
+    """The ports a libpq URL or key=value string names (none when it names none)."""
+    port = conninfo_to_dict(value).get("port")
+    return [part.strip() for part in str(port).split(",")] if port else []
+
+
 def is_connection_string(value: str) -> bool:
     """Whether libpq accepts ``value`` as a URL or key=value settings."""
     try:
