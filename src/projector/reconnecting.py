@@ -36,9 +36,12 @@ class Reconnecting:
         limit: float,
         on_retry: Callable[[str], None] | None = None,
         policy: RetryPolicy = RECONNECT,
+        limit_setting: str = "outage_limit",
     ) -> None:
+        """``limit_setting``: the setting ``limit`` comes from, for the error past it."""
         self._doing = doing
         self._limit = limit
+        self._limit_setting = limit_setting
         self._on_retry = on_retry
         self._policy = policy
         self._started: float | None = None
@@ -50,10 +53,10 @@ class Reconnecting:
         doing, limit = self._doing, self._limit
         now = anyio.current_time()
         self._started = now if self._started is None else self._started
-        if now - self._started > limit:
+        if now - self._started >= limit:  # a limit of 0: no retry at all
             raise DatabaseUnavailableError(
                 f"the database stayed unavailable for more than {limit:g} s while {doing} "
-                f"(outage_limit): {exc}"
+                f"({self._limit_setting}): {exc}"
             ) from exc
         self._attempt += 1
         delay = self._policy.backoff(self._attempt)

@@ -38,6 +38,7 @@ from anyio.abc import TaskGroup
 from projector import cleanup
 from projector.errors import (
     ConfigurationError,
+    DatabaseLoginError,
     DatabaseUnavailableError,
     ProjectorError,
     find_error,
@@ -157,24 +158,18 @@ class Runner:
         """Project until cancelled (or, with ``until_caught_up``, until caught up).
 
         The pool, the schema check and the metrics endpoint come first, once: a database that
-        cannot be reached at all, or lacks projector's tables, ends the run at once with its
-        error. After that, a start cut short by the database going away (a standby's wait
-        included) starts again, for up to ``outage_limit``, and so does a runner whose lock's
-        session was lost (the end of its tenure, see `projector.storage.leases`): from the
-        committed checkpoints, or as the standby of whoever took the member meanwhile. How the
-        projecting ends is `_project`'s business (and the module's docstring).
+        does not answer yet is waited for up to ``start_wait`` (`_first_contact`); one that
+        cannot work as given (an unknown host, a refused login), or lacks projector's tables,
+        ends the run at once with its error. After that, a start cut short by the database
+        going away (a standby's wait included) starts again, for up to ``outage_limit``, and
+        so does a runner whose lock's session was lost (the end of its tenure, see
+        `projector.storage.leases`): from the committed checkpoints, or as the standby of
+        whoever took the member meanwhile. How the projecting ends is `_project`'s business
+        (and the module's docstring).
         """
         settings = self.settings
         async with AsyncExitStack() as stack:
-            pool = await stack.enter_async_context(
-                database.open_pool(
-                    self.database_url,
-                    max_size=self._pool_size(),
-                    connect_timeout=settings.connect_timeout,
-                )
-            )
-            store = MessageStore(pool, member=settings.member, size=settings.group_size)
-            await store.check_schema()
+            pool, store = await self._first_contact(stack)
             name = (
                 self.group
                 if settings.elastic
@@ -203,6 +198,41 @@ class Runner:
                         return
                 except _StartCutShort as exc:
                     await retries.failed(exc)
+
+    async def _first_contact(self, stack: AsyncExitStack) -> tuple[Pool, MessageStore]:
+        """The pool, once the database answers and has projector's tables. A database that
+        does not answer yet (a restart, a server still starting) is waited for, for up to
+        ``start_wait`` seconds (`reconnecting` logged); a URL that cannot work
+        (DatabaseLoginError) and missing tables fail at once. The pool closes with ``stack``."""
+        settings = self.settings
+        retries = Reconnecting(
+            "connecting to the database to start",
+            limit=settings.start_wait,
+            policy=RESTART,
+            limit_setting="start_wait",
+        )
+        while True:
+            try:
+                async with AsyncExitStack() as attempt:
+                    pool = await attempt.enter_async_context(
+                        database.open_pool(
+                            self.database_url,
+                            max_size=self._pool_size(),
+                            connect_timeout=settings.connect_timeout,
+                        )
+                    )
+                    store = MessageStore(pool, member=settings.member, size=settings.group_size)
+                    await store.check_schema()
+                    stack.push_async_exit(attempt.pop_all())
+            except DatabaseLoginError:
+                raise
+            except DatabaseUnavailableError as exc:
+                if not settings.start_wait:
+                    raise
+                await retries.failed(exc)
+                continue
+            retries.succeeded()
+            return pool, store
 
     async def _join(self, stack: AsyncExitStack, watchers: Watchers) -> ElasticMember:
         """Join the elastic group, and heartbeat until the run ends; leaving releases the

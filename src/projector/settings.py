@@ -169,6 +169,14 @@ class Settings(BaseSettings):
         le=86_400,
         description="seconds the database may stay unreachable before projector exits",
     )
+    start_wait: float = Field(
+        60.0,
+        ge=0,
+        le=86_400,
+        description="seconds a starting runner waits for a database that does not answer yet "
+        "(a restart), logging reconnecting, before it exits 1; 0: not at all (a URL that "
+        "cannot work, an unknown host or a refused login, fails at once)",
+    )
     lease_timeout: float = Field(
         30.0,
         ge=1,

@@ -235,6 +235,8 @@ def test_a_database_that_is_down_is_one_clear_line_and_nothing_written(workdir: 
         "postgresql://nobody@127.0.0.1:1/none",
         "--connect-timeout",
         "2",
+        "--start-wait",
+        "0",  # the default waits a minute for a server that may be restarting
     )
 
     assert result.returncode == 1
@@ -382,12 +384,16 @@ def test_with_json_logs_every_line_is_json_the_last_error_included(workdir: Path
         workdir,
         *("run", "shop_projections:balances", "-c", "account", "--log-format", "json"),
         *("--database-url", "postgresql://nobody@127.0.0.1:1/none", "--connect-timeout", "1"),
+        *("--start-wait", "1"),
     )
 
     entries = [json.loads(line) for line in result.stderr.splitlines()]
     assert result.returncode == 1
+    assert entries[0]["action"] == "reconnecting"  # it waited start_wait for the server
     assert entries[-1]["action"] == "error"
-    assert entries[-1]["message"].startswith("cannot connect to the database nobody@127.0.0.1:1")
+    assert "(start_wait): cannot connect to the database nobody@127.0.0.1:1" in (
+        entries[-1]["message"]
+    )
 
 
 RUN_A = ("run", "shop_projections:balances", "-c", "a", *NOWHERE)

@@ -56,6 +56,7 @@ RUN_SETTINGS = (
     "handler_timeout",
     "stuck_after",
     "outage_limit",
+    "start_wait",
     "lease_timeout",
     "batch_size",
     "tail_sleep",

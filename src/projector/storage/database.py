@@ -24,6 +24,7 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from projector.errors import (
     DatabaseError,
+    DatabaseLoginError,
     DatabaseUnavailableError,
     PrivilegeError,
     ProjectorError,
@@ -107,11 +108,37 @@ def first_line(exc: BaseException) -> str:
 
 
 def unavailable(url: str, exc: Exception) -> DatabaseUnavailableError:
-    """The one error users see for a database that is down, unreachable or refuses us."""
-    return DatabaseUnavailableError(
+    """The one error users see for a database that is down, unreachable or refuses us: a
+    DatabaseLoginError when the URL itself cannot work (see `cannot_work`)."""
+    kind = DatabaseLoginError if cannot_work(exc) else DatabaseUnavailableError
+    return kind(
         f"cannot connect to the database {describe(url)}: {first_line(exc)} "
         "(check --database-url / PROJECTOR_DATABASE_URL and that the server is running)"
     )
+
+
+# What libpq and the server say when a connection can never succeed as asked. libpq reports no
+# SQLSTATE for a failed connection, so its text is all there is; the server's messages are
+# those of lc_messages C (English). A message not recognised counts as passing (the server
+# starting up, shutting down, refusing connections, too many clients): waited for, not fatal.
+_CANNOT_WORK = (
+    "could not translate host name",  # libpq: the host name does not resolve
+    "failed to resolve host",  # psycopg's own resolver, for async connections
+    "Name or service not known",
+    "nodename nor servname provided",
+    "password authentication failed",  # 28P01
+    "no password supplied",
+    "does not exist",  # role or database (28000, 3D000)
+    "no pg_hba.conf entry",
+    "authentication failed",  # peer, ident, SCRAM
+)
+
+
+def cannot_work(exc: BaseException) -> bool:
+    """Whether a failed connection says the URL cannot work as given (an unknown host, a
+    refused login), rather than that the server is away for now."""
+    text = str(exc)
+    return any(reason in text for reason in _CANNOT_WORK)
 
 
 # SQLSTATE classes and codes that mean the session, not the statement, failed.
