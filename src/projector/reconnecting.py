@@ -37,11 +37,15 @@ class Reconnecting:
         on_retry: Callable[[str], None] | None = None,
         policy: RetryPolicy = RECONNECT,
         limit_setting: str = "outage_limit",
+        pause: Callable[[float], Awaitable[None]] = anyio.sleep,
     ) -> None:
-        """``limit_setting``: the setting ``limit`` comes from, for the error past it."""
+        """``limit_setting``: the setting ``limit`` comes from, for the error past it;
+        ``pause(delay)`` waits before the next attempt (it may end sooner: when something that
+        watches the database finds it back)."""
         self._doing = doing
         self._limit = limit
         self._limit_setting = limit_setting
+        self._pause = pause
         self._on_retry = on_retry
         self._policy = policy
         self._started: float | None = None
@@ -81,7 +85,7 @@ class Reconnecting:
                 "delay": round(delay, 3),
             },
         )
-        await anyio.sleep(delay)
+        await self._pause(delay)
 
     def succeeded(self) -> None:
         """The operation reached the database again: the outage, if any, is over."""

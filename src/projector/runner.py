@@ -67,7 +67,7 @@ from projector.runtime.recovery import Recovery
 from projector.settings import Settings, retry_policy
 from projector.storage import checkpoints, database, member_index, notify
 from projector.storage.checkpoints import Checkpoints
-from projector.storage.database import Connection, Pool
+from projector.storage.database import Connection, Pool, RevivingPool
 from projector.storage.leases import LeaseLostError, MemberLease
 from projector.storage.message_store import MessageStore
 from projector.storage.parked import ParkedStreams
@@ -181,7 +181,13 @@ class Runner:
                 partial(database.probe, self.database_url, connect_timeout=PROBE_TIMEOUT),
                 limit=settings.outage_limit,
                 observer=watchers.observer,
+                on_back=pool.reconnect_now,
             )
+            # One probe for the whole run: an outage outlives the tenure it ended, and the next
+            # tenure starts as soon as the probe finds the database back.
+            watching = await stack.enter_async_context(anyio.create_task_group())
+            stack.callback(watching.cancel_scope.cancel)
+            watching.start_soon(outage.watch, name="projector-outage-watch")
             elastic = await self._join(stack, watchers) if settings.elastic else None
             if elastic is not None and watchers.metrics is not None:
                 watchers.metrics.watch_buckets(elastic)
@@ -191,15 +197,25 @@ class Runner:
                 limit=settings.outage_limit,
                 on_retry=watchers.observer.reconnecting,
                 policy=RESTART,
+                pause=outage.retry_after,
             )
+
+            def connected() -> None:
+                retries.succeeded()
+                # The database answered the lock's new session: whatever the pool put off (an
+                # outage too short for the probe to see) is tried now.
+                pool.reconnect_now()
+
             while True:
                 try:
-                    if not await self._attempt(lasting, retries.succeeded):
+                    if not await self._attempt(lasting, connected):
                         return
                 except _StartCutShort as exc:
                     await retries.failed(exc)
 
-    async def _first_contact(self, stack: AsyncExitStack) -> tuple[Pool, MessageStore]:
+    async def _first_contact(
+        self, stack: AsyncExitStack
+    ) -> tuple[RevivingPool, MessageStore]:
         """The pool, once the database answers and has projector's tables. A database that
         does not answer yet (a restart, a server still starting) is waited for, for up to
         ``start_wait`` seconds (`reconnecting` logged); a URL that cannot work
@@ -542,7 +558,6 @@ class Runner:
             tasks.start_soon(writer.run, name="projector-checkpoint-writer")
             tasks.start_soon(parts.lease.watch, name="projector-lease-watch")
             tasks.start_soon(recovery.serve_retries, sink, name="projector-parked-retries")
-            tasks.start_soon(parts.outage.watch, name="projector-outage-watch")
             tasks.start_soon(
                 partial(recovery.report_stuck, sink, stuck_after=settings.stuck_after),
                 name="projector-stuck-report",

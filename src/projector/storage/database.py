@@ -21,6 +21,7 @@ from psycopg.abc import PQGen
 from psycopg.conninfo import conninfo_to_dict
 from psycopg.waiting import Ready, Wait
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
+from psycopg_pool.pool_async import AddConnection, MaintenanceTask
 
 from projector.errors import (
     DatabaseError,
@@ -298,14 +299,63 @@ async def connect(
     return conn
 
 
-async def _opened_pool(url: str, *, max_size: int, connect_timeout: float) -> Pool:
+class RevivingPool(AsyncConnectionPool[Connection]):
+    """A pool whose connection attempts, put off by its own backoff, can be made at once.
+
+    After a connection fails, psycopg_pool tries again 1, 2, 4, 8 ... seconds later, so after
+    an outage of a few seconds its next attempt can come seconds after the server is back, and
+    every caller waits for it. projector probes the database itself (`runtime.outage`), more
+    often; once a probe finds it back, `reconnect_now` makes the attempts that were put off.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._put_off: set[AddConnection] = set()
+
+    async def schedule_task(self, task: MaintenanceTask, delay: float) -> None:
+        if not isinstance(task, AddConnection):
+            await super().schedule_task(task, delay)
+            return
+        # The pool counts the connection it is adding from now on (its ``_nconns``): the
+        # attempt must run exactly once, at its time or at `reconnect_now`, whichever is first.
+        self._put_off.add(task)
+        await super().schedule_task(_WhenDue(self, task), delay)
+
+    def reconnect_now(self) -> None:
+        """Make every connection attempt that the pool's backoff has put off, now."""
+        due, self._put_off = self._put_off, set()
+        for task in due:
+            self.run_task(task)
+
+    def take_due(self, task: AddConnection) -> bool:
+        """Whether ``task`` is still put off (and is now taken out to run)."""
+        if task not in self._put_off:
+            return False
+        self._put_off.discard(task)
+        return True
+
+
+class _WhenDue(MaintenanceTask):
+    """An attempt put off by the pool's backoff, run when its time comes unless `reconnect_now`
+    ran it already."""
+
+    def __init__(self, pool: RevivingPool, task: AddConnection) -> None:
+        super().__init__(pool)
+        self.task = task
+
+    async def _run(self, pool: AsyncConnectionPool[Any]) -> None:
+        if isinstance(pool, RevivingPool) and pool.take_due(self.task):
+            await self.task.run()
+
+
+async def _opened_pool(url: str, *, max_size: int, connect_timeout: float) -> RevivingPool:
     # A direct connection first: the pool would only report a timeout, not why it failed. If
     # the server goes away between the two (a restart), the probe is made again and says so.
     retried = False
     while True:
         probe = await connect(url, connect_timeout=connect_timeout)
         await probe.close()
-        pool: Pool = AsyncConnectionPool(
+        pool = RevivingPool(
             url,
             min_size=1,
             max_size=max_size,
@@ -332,7 +382,7 @@ async def _opened_pool(url: str, *, max_size: int, connect_timeout: float) -> Po
 @asynccontextmanager
 async def open_pool(
     url: str, *, max_size: int, connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
-) -> AsyncIterator[Pool]:
+) -> AsyncIterator[RevivingPool]:
     """A pool of configured connections; a bad URL or a down server fails here, clearly."""
     pool = await _opened_pool(url, max_size=max_size, connect_timeout=connect_timeout)
     try:
