@@ -8,6 +8,9 @@ BIN := $(VENV)/bin
 $(BIN)/projector: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
+	@# Until issue 23 the distribution was named `projector`: drop that older install of ours
+	@# first (it owns the same `projector` script), then install under the new name.
+	$(BIN)/pip uninstall --quiet --yes projector 2>/dev/null || true
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $@
 

@@ -66,7 +66,7 @@ def open_server(*, reuse: bool) -> Iterator[Server]:
     if url:
         yield Server(url, f"{describe(url)} ({URL_VARIABLE})")
     elif reuse:
-        with LocalCluster(PERSISTENT_DATA_DIR, durable=False) as cluster:
+        with LocalCluster(PERSISTENT_DATA_DIR, durable=False, tcp=True) as cluster:
             yield Server(cluster.url, f"persistent local cluster in {PERSISTENT_DATA_DIR}")
     else:
         with temporary_cluster() as cluster:

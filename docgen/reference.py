@@ -20,7 +20,7 @@ from projector.pipeline.sink import StreamsSink
 from projector.pipeline.streams import TroubledStream
 from projector.runtime.checkpoint_writer import CheckpointWriter, CommitsCheckpoints
 from projector.runtime.recovery import HeldCount
-from projector.settings import DEPRECATED_ENV, INVERTED_ENV, Settings
+from projector.settings import DEPRECATED_ENV, INVERTED_ENV, Settings, value_range
 from projector.storage.held import HeldState
 
 # -- settings ---------------------------------------------------------------------------------
@@ -32,6 +32,7 @@ class SettingDoc:
     flags: str  # as `--help` shows them, e.g. "--standby / --no-standby"
     env: str
     default: str
+    range: str  # the values it takes, in words; empty when it has no bounds
     meaning: str
 
 
@@ -44,6 +45,7 @@ def settings() -> list[SettingDoc]:
             _flags(options[name]),
             f"PROJECTOR_{name.upper()}",
             _default(field.default),
+            value_range(name) or "",
             field.description or "",
         )
         for name, field in Settings.model_fields.items()
@@ -52,14 +54,15 @@ def settings() -> list[SettingDoc]:
 
 def settings_table() -> str:
     rows = [
-        (f"`{s.name}`", s.flags, f"`{s.env}`", s.default, s.meaning) for s in settings()
+        (f"`{s.name}`", s.flags, f"`{s.env}`", s.default, s.range, s.meaning)
+        for s in settings()
     ]
     renamed = [f"`{old}` (now `{new}`)" for old, new in DEPRECATED_ENV.items()]
     renamed += [
         f"`{old}` (now `PROJECTOR_{name.upper()}=false`)" for old, name in INVERTED_ENV.items()
     ]
     return (
-        _table(("setting", "flag", "environment", "default", "meaning"), rows)
+        _table(("setting", "flag", "environment", "default", "range", "meaning"), rows)
         + "\n\nOld spellings still read, each logging `setting_deprecated` with its replacement: "
         + ", ".join(renamed)
         + ".\n"

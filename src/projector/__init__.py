@@ -23,6 +23,10 @@ from projector.storage.database import connect
 from projector.storage.message_store import global_position_of, write_message
 from projector.storage.read_models import Column, GuardedUpsert
 
+# The name on PyPI (`pip install messagedb-projector`): "projector" there is another project.
+# The import name and the command stay `projector`.
+DISTRIBUTION = "messagedb-projector"
+
 __all__ = [
     "Column",
     "ConfigurationError",

@@ -13,11 +13,14 @@ import uuid
 from pathlib import Path
 
 import anyio
+import psycopg
+from psycopg.conninfo import conninfo_to_dict
 from psycopg_pool import AsyncConnectionPool
 
 from projector import Event, Projection, write_message
 from projector.cli.progress import terminal_bar
-from projector.localpg import LocalCluster, default_data_dir
+from projector.errors import ConfigurationError
+from projector.localpg import MARKER, LocalCluster, default_data_dir
 from projector.runner import Runner
 from projector.settings import Settings
 from projector.storage import demo as tables
@@ -92,14 +95,35 @@ def local_database(data_dir: Path | None = None) -> tuple[str, Path]:
     with connect_sync(server_url) as conn:
         conn.autocommit = True  # CREATE DATABASE cannot run in a transaction
         tables.ensure_database(conn, DATABASE)
-    return f"{server_url.rpartition('/')[0]}/{DATABASE}", cluster.data_dir
+    return cluster.url_for(DATABASE), cluster.data_dir
+
+
+def is_own_database(url: str, data_dir: Path | None = None) -> bool:
+    """Whether ``url`` names the demo's database in its own local cluster: the URL the demo
+    prints for ``export PROJECTOR_DATABASE_URL``, whose host is the cluster's socket folder."""
+    try:
+        params = conninfo_to_dict(url)
+    except psycopg.ProgrammingError:
+        return False
+    folder = (data_dir or default_data_dir()).absolute()
+    return (
+        params.get("dbname") == DATABASE
+        and params.get("host") == str(folder)
+        and (folder / MARKER).is_file()
+    )
 
 
 def stop_local(data_dir: Path | None = None) -> bool:
-    """Stop the demo's local cluster; False when it was not running."""
+    """Stop the demo's local cluster; False when it was not running. A server the demo did
+    not make is refused, not stopped."""
     cluster = LocalCluster(data_dir or default_data_dir())
     if cluster.running_port() is None:
         return False
+    if not cluster.made_here:
+        raise ConfigurationError(
+            f"{cluster.data_dir} holds a PostgreSQL server that projector demo did not make: "
+            "it is left running (stop it yourself with pg_ctl)"
+        )
     cluster.stop()
     return True
 

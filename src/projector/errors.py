@@ -30,6 +30,11 @@ class DatabaseUnavailableError(ProjectorError):
     """The database cannot be reached; check the URL, the server and the network."""
 
 
+class DatabaseLoginError(DatabaseUnavailableError):
+    """The database URL cannot work as given: its host name is unknown, or the server refuses
+    its role, password or database name. Waiting would not help; fix the URL."""
+
+
 class SchemaMissingError(ProjectorError):
     """A table or function projector needs is not in the database; the message names the command."""
 

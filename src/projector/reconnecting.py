@@ -36,9 +36,16 @@ class Reconnecting:
         limit: float,
         on_retry: Callable[[str], None] | None = None,
         policy: RetryPolicy = RECONNECT,
+        limit_setting: str = "outage_limit",
+        pause: Callable[[float], Awaitable[None]] = anyio.sleep,
     ) -> None:
+        """``limit_setting``: the setting ``limit`` comes from, for the error past it;
+        ``pause(delay)`` waits before the next attempt (it may end sooner: when something that
+        watches the database finds it back)."""
         self._doing = doing
         self._limit = limit
+        self._limit_setting = limit_setting
+        self._pause = pause
         self._on_retry = on_retry
         self._policy = policy
         self._started: float | None = None
@@ -50,10 +57,10 @@ class Reconnecting:
         doing, limit = self._doing, self._limit
         now = anyio.current_time()
         self._started = now if self._started is None else self._started
-        if now - self._started > limit:
+        if now - self._started >= limit:  # a limit of 0: no retry at all
             raise DatabaseUnavailableError(
                 f"the database stayed unavailable for more than {limit:g} s while {doing} "
-                f"(outage_limit): {exc}"
+                f"({self._limit_setting}): {exc}"
             ) from exc
         self._attempt += 1
         delay = self._policy.backoff(self._attempt)
@@ -78,7 +85,7 @@ class Reconnecting:
                 "delay": round(delay, 3),
             },
         )
-        await anyio.sleep(delay)
+        await self._pause(delay)
 
     def succeeded(self) -> None:
         """The operation reached the database again: the outage, if any, is over."""

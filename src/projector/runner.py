@@ -38,6 +38,7 @@ from anyio.abc import TaskGroup
 from projector import cleanup
 from projector.errors import (
     ConfigurationError,
+    DatabaseLoginError,
     DatabaseUnavailableError,
     ProjectorError,
     find_error,
@@ -68,7 +69,7 @@ from projector.runtime.recovery import Recovery
 from projector.settings import Settings, retry_policy
 from projector.storage import checkpoints, database, member_index, notify
 from projector.storage.checkpoints import Checkpoints
-from projector.storage.database import Connection, Pool
+from projector.storage.database import Connection, Pool, RevivingPool
 from projector.storage.held import HeldStreams
 from projector.storage.leases import LeaseLostError, MemberLease
 from projector.storage.message_store import MessageStore
@@ -159,24 +160,18 @@ class Runner:
         """Project until cancelled (or, with ``until_caught_up``, until caught up).
 
         The pool, the schema check and the metrics endpoint come first, once: a database that
-        cannot be reached at all, or lacks projector's tables, ends the run at once with its
-        error. After that, a start cut short by the database going away (a standby's wait
-        included) starts again, for up to ``outage_limit``, and so does a runner whose lock's
-        session was lost (the end of its tenure, see `projector.storage.leases`): from the
-        committed checkpoints, or as the standby of whoever took the member meanwhile. How the
-        projecting ends is `_project`'s business (and the module's docstring).
+        does not answer yet is waited for up to ``start_wait`` (`_first_contact`); one that
+        cannot work as given (an unknown host, a refused login), or lacks projector's tables,
+        ends the run at once with its error. After that, a start cut short by the database
+        going away (a standby's wait included) starts again, for up to ``outage_limit``, and
+        so does a runner whose lock's session was lost (the end of its tenure, see
+        `projector.storage.leases`): from the committed checkpoints, or as the standby of
+        whoever took the member meanwhile. How the projecting ends is `_project`'s business
+        (and the module's docstring).
         """
         settings = self.settings
         async with AsyncExitStack() as stack:
-            pool = await stack.enter_async_context(
-                database.open_pool(
-                    self.database_url,
-                    max_size=self._pool_size(),
-                    connect_timeout=settings.connect_timeout,
-                )
-            )
-            store = MessageStore(pool, member=settings.member, size=settings.group_size)
-            await store.check_schema()
+            pool, store = await self._first_contact(stack)
             name = (
                 self.group
                 if settings.elastic
@@ -188,23 +183,84 @@ class Runner:
                 partial(database.probe, self.database_url, connect_timeout=PROBE_TIMEOUT),
                 limit=settings.outage_limit,
                 observer=watchers.observer,
+                on_back=pool.reconnect_now,
             )
             elastic = await self._join(stack, watchers) if settings.elastic else None
             if elastic is not None and watchers.metrics is not None:
                 watchers.metrics.watch_buckets(elastic)
-            lasting = Lasting(pool, store, watchers, outage, elastic)
-            retries = Reconnecting(
-                f"starting {name}",
-                limit=settings.outage_limit,
-                on_retry=watchers.observer.reconnecting,
-                policy=RESTART,
-            )
-            while True:
-                try:
-                    if not await self._attempt(lasting, retries.succeeded):
-                        return
-                except _StartCutShort as exc:
-                    await retries.failed(exc)
+            await self._tenures(Lasting(pool, store, watchers, outage, elastic), pool, name)
+
+    async def _tenures(self, lasting: Lasting, pool: RevivingPool, name: str) -> None:
+        """Tenure after tenure, until one ends the run, with one outage probe throughout: an
+        outage outlives the tenure it ended, and the next tenure starts as soon as the probe
+        finds the database back. A tenure's failure is raised as itself, not inside the
+        probe's task group."""
+        retries = Reconnecting(
+            f"starting {name}",
+            limit=self.settings.outage_limit,
+            on_retry=lasting.watchers.observer.reconnecting,
+            policy=RESTART,
+            pause=lasting.outage.retry_after,
+        )
+
+        def connected() -> None:
+            retries.succeeded()
+            # The database answered the lock's new session: whatever the pool put off (an
+            # outage too short for the probe to see) is tried now.
+            pool.reconnect_now()
+
+        failure: Exception | None = None
+        async with anyio.create_task_group() as watching:
+            watching.start_soon(lasting.outage.watch, name="projector-outage-watch")
+            try:
+                while True:
+                    try:
+                        if not await self._attempt(lasting, connected):
+                            break
+                    except _StartCutShort as exc:
+                        await retries.failed(exc)
+            except Exception as exc:
+                failure = exc  # raised once the probe is stopped, outside its task group
+            watching.cancel_scope.cancel()
+        if failure is not None:
+            raise failure
+
+    async def _first_contact(
+        self, stack: AsyncExitStack
+    ) -> tuple[RevivingPool, MessageStore]:
+        """The pool, once the database answers and has projector's tables. A database that
+        does not answer yet (a restart, a server still starting) is waited for, for up to
+        ``start_wait`` seconds (`reconnecting` logged); a URL that cannot work
+        (DatabaseLoginError) and missing tables fail at once. The pool closes with ``stack``."""
+        settings = self.settings
+        retries = Reconnecting(
+            "connecting to the database to start",
+            limit=settings.start_wait,
+            policy=RESTART,
+            limit_setting="start_wait",
+        )
+        while True:
+            try:
+                async with AsyncExitStack() as attempt:
+                    pool = await attempt.enter_async_context(
+                        database.open_pool(
+                            self.database_url,
+                            max_size=self._pool_size(),
+                            connect_timeout=settings.connect_timeout,
+                        )
+                    )
+                    store = MessageStore(pool, member=settings.member, size=settings.group_size)
+                    await store.check_schema()
+                    stack.push_async_exit(attempt.pop_all())
+            except DatabaseLoginError:
+                raise
+            except DatabaseUnavailableError as exc:
+                if not settings.start_wait:
+                    raise
+                await retries.failed(exc)
+                continue
+            retries.succeeded()
+            return pool, store
 
     async def _join(self, stack: AsyncExitStack, watchers: Watchers) -> ElasticMember:
         """Join the elastic group, and heartbeat until the run ends; leaving releases the
@@ -529,7 +585,6 @@ class Runner:
             tasks.start_soon(writer.run, name="projector-checkpoint-writer")
             tasks.start_soon(parts.lease.watch, name="projector-lease-watch")
             tasks.start_soon(recovery.serve, sink, name="projector-held-streams")
-            tasks.start_soon(parts.outage.watch, name="projector-outage-watch")
             tasks.start_soon(
                 partial(recovery.report_stuck, sink, stuck_after=settings.stuck_after),
                 name="projector-stuck-report",
@@ -641,11 +696,22 @@ class Runner:
 
     def _empty_category(self, name: str, category: str) -> None:
         """A category with no event yet is often a typo (names are case-sensitive): refuse it
-        with ``require_events``, else say so and wait for its events."""
-        if self.settings.require_events:
+        with ``require_events`` (by default, with ``until_caught_up``: there is nothing to
+        catch up with), before any checkpoint is written; else say so and wait for its
+        events."""
+        settings = self.settings
+        required = settings.require_events
+        if required is None:
+            required = settings.until_caught_up
+        if required:
+            instead = (
+                "--no-require-events to catch up with the others"
+                if settings.until_caught_up
+                else "drop --require-events to wait for its first events"
+            )
             raise ConfigurationError(
                 f"category {category!r} has no events (names are case-sensitive): check "
-                "--category, or drop --require-events to wait for its first events"
+                f"--category, or give {instead}"
             )
         logger.warning(
             "%s: category %s has no events yet (names are case-sensitive: a typo?); waiting "

@@ -16,12 +16,14 @@ from pydantic import AliasChoices, Field, ValidationError, field_validator, mode
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from projector.errors import ConfigurationError
-from projector.model.buckets import DEFAULT_BUCKETS
-from projector.model.events import validate_category, validate_group
+from projector.model.buckets import DEFAULT_BUCKETS, MAX_BUCKETS
+from projector.model.events import MAX_GROUP_SIZE, validate_category, validate_group
 from projector.model.failures import OnExhausted, RetryPolicy
-from projector.storage.database import is_connection_string
+from projector.storage.database import is_connection_string, url_ports
 
 logger = logging.getLogger(__name__)
+
+MAX_PORT = 65_535
 
 
 class LogFormat(enum.StrEnum):
@@ -39,7 +41,12 @@ class Settings(BaseSettings):
 
     # populate_by_name: flags and code give fields by name; the environment by the aliases.
     model_config = SettingsConfigDict(
-        env_prefix="PROJECTOR_", env_file=".env", extra="ignore", frozen=True, populate_by_name=True
+        env_prefix="PROJECTOR_",
+        env_file=".env",
+        extra="ignore",
+        frozen=True,
+        populate_by_name=True,
+        allow_inf_nan=False,  # nan passes every bound, inf would wait forever
     )
 
     database_url: str | None = Field(
@@ -56,13 +63,14 @@ class Settings(BaseSettings):
     member: int = Field(
         0,
         ge=0,
+        le=MAX_GROUP_SIZE - 1,
         description="this process's member number in a consumer group (0 to group_size - 1)",
         validation_alias=AliasChoices("PROJECTOR_MEMBER", "PROJECTOR_CONSUMER_GROUP_MEMBER"),
     )
     group_size: int = Field(
         1,
         ge=1,
-        le=10_000,
+        le=MAX_GROUP_SIZE,
         description="members in the consumer group; each takes its share of the streams",
         validation_alias=AliasChoices("PROJECTOR_GROUP_SIZE", "PROJECTOR_CONSUMER_GROUP_SIZE"),
     )
@@ -74,7 +82,7 @@ class Settings(BaseSettings):
     buckets: int = Field(
         DEFAULT_BUCKETS,
         ge=1,
-        le=10_000,
+        le=MAX_BUCKETS,
         description="buckets of an elastic group, set once when the group is created",
     )
     heartbeat: float = Field(
@@ -132,8 +140,10 @@ class Settings(BaseSettings):
     shutdown_timeout: float = Field(
         10.0, ge=0, le=3600, description="seconds a stop waits for running handler calls"
     )
-    require_events: bool = Field(
-        False, description="refuse to start when a category has no events (a typo'd name)"
+    require_events: bool | None = Field(
+        None,
+        description="refuse to start when a category has no events (a typo'd name); unset: "
+        "only with --until-caught-up",
     )
     from_tail: bool = Field(
         False, description="a group with no checkpoint starts at the tail, skipping history"
@@ -156,13 +166,27 @@ class Settings(BaseSettings):
         description="failed calls in a row (replays included) before a stream is parked/stops",
     )
     handler_timeout: float | None = Field(
-        120.0, gt=0, description="seconds before a handler call is cancelled as failed"
+        120.0, gt=0, le=86_400, description="seconds before a handler call is cancelled as failed"
     )
     stuck_after: float = Field(
-        60.0, gt=0, description="seconds running or failing before a stream is reported stuck"
+        60.0,
+        gt=0,
+        le=86_400,
+        description="seconds running or failing before a stream is reported stuck",
     )
     outage_limit: float = Field(
-        300.0, gt=0, description="seconds the database may stay unreachable before projector exits"
+        300.0,
+        gt=0,
+        le=86_400,
+        description="seconds the database may stay unreachable before projector exits",
+    )
+    start_wait: float = Field(
+        60.0,
+        ge=0,
+        le=86_400,
+        description="seconds a starting runner waits for a database that does not answer yet "
+        "(a restart), logging reconnecting, before it exits 1; 0: not at all (a URL that "
+        "cannot work, an unknown host or a refused login, fails at once)",
     )
     lease_timeout: float = Field(
         30.0,
@@ -195,19 +219,24 @@ class Settings(BaseSettings):
         "never)",
     )
     metrics_port: int | None = Field(
-        None, ge=1, le=65_535, description="serve /metrics, /health and /ready on this port"
+        None, ge=1, le=MAX_PORT, description="serve /metrics, /health and /ready on this port"
     )
     metrics_host: str = Field(
-        "0.0.0.0",  # noqa: S104 (scraped by Prometheus from other hosts)
-        description="address the metrics port listens on",
+        "127.0.0.1",
+        description="address the metrics port listens on (0.0.0.0: every interface, for a "
+        "scraper or probe on another host)",
     )
     ready_max_lag: int = Field(
         100,
         ge=0,
+        le=1_000_000_000,
         description="/ready answers 200 while every category lags at most this many events",
     )
     health_max_db_age: float = Field(
-        30.0, gt=0, description="/health fails when no database round trip succeeded for this long"
+        30.0,
+        gt=0,
+        le=86_400,
+        description="/health fails when no database round trip succeeded for this long",
     )
 
     @field_validator("categories", mode="before")
@@ -244,6 +273,9 @@ class Settings(BaseSettings):
                 "it is neither a postgresql:// URL nor libpq key=value settings: give "
                 "postgresql://user@host:5432/dbname"
             )
+        for port in url_ports(value):
+            if not port.isdigit() or not 1 <= int(port) <= MAX_PORT:
+                raise ValueError(f"its port {port!r} is not a port: give 1 to {MAX_PORT}")
         return value
 
     @field_validator("log_level")
@@ -315,10 +347,10 @@ def load_settings(**overrides: Any) -> Settings:
     given = {name: value for name, value in overrides.items() if value is not None}
     for old, new in DEPRECATED_ENV.items():
         if old in os.environ:
-            _deprecated(old, new)
+            deprecated(old, new)
     for old, name in INVERTED_ENV.items():
         if old in os.environ and name not in given:
-            _deprecated(old, f"PROJECTOR_{name.upper()}=false")
+            deprecated(old, f"PROJECTOR_{name.upper()}=false")
             given[name] = os.environ[old].strip().lower() not in _TRUE
     try:
         return Settings(**given)
@@ -326,13 +358,62 @@ def load_settings(**overrides: Any) -> Settings:
         raise ConfigurationError(_describe(exc)) from None
 
 
-def _deprecated(old: str, new: str) -> None:
+class _LogFormatOnly(BaseSettings):
+    """The log format alone, read leniently from the environment and .env, as `Settings` would:
+    how to report an error in the other settings."""
+
+    model_config = SettingsConfigDict(env_prefix="PROJECTOR_", env_file=".env", extra="ignore")
+
+    log_format: str = "text"
+
+
+def requested_log_format(args: list[str]) -> LogFormat:
+    """The log format a command line (``--log-format json`` / ``--log-format=json``), else the
+    environment or .env, asks for; text when it asks for none or for something else."""
+    value: str | None = None
+    for index, arg in enumerate(args):
+        if arg == "--log-format" and index + 1 < len(args):
+            value = args[index + 1]
+        elif arg.startswith("--log-format="):
+            value = arg.partition("=")[2]
+    if value is None:
+        try:
+            value = _LogFormatOnly().log_format
+        except ValidationError:
+            value = LogFormat.TEXT
+    return LogFormat.JSON if value.strip().lower() == LogFormat.JSON else LogFormat.TEXT
+
+
+def deprecated(old: str, new: str) -> None:
+    """Log that an old spelling was used (action ``setting_deprecated``)."""
     logger.warning(
         "%s is deprecated: use %s",
         old,
         new,
         extra={"action": "setting_deprecated", "old": old, "new": new},
     )
+
+
+def value_range(name: str) -> str | None:
+    """The values a setting takes, in words, from its bounds (README and ``--help`` show it):
+    ``1 to 10,000``, ``over 0, up to 3,600``, ``0 or more``; None for a setting with none."""
+    bounds: dict[str, float] = {}
+    for constraint in Settings.model_fields[name].metadata:
+        for key in ("ge", "gt", "le"):
+            value = getattr(constraint, key, None)
+            if value is not None:
+                bounds[key] = value
+    if not bounds:
+        return None
+    low = _number(bounds["ge"]) if "ge" in bounds else f"over {_number(bounds.get('gt', 0))}"
+    if "le" not in bounds:
+        return f"{low} or more"
+    joint = " to " if "ge" in bounds else ", up to "
+    return f"{low}{joint}{_number(bounds['le'])}"
+
+
+def _number(value: float) -> str:
+    return f"{int(value):,}" if value == int(value) else f"{value:g}"
 
 
 def flag_for(name: str) -> str:

@@ -114,12 +114,59 @@ def test_sigterm_lets_running_handlers_finish_and_commits_the_checkpoint(
 def test_bad_input_is_one_clear_line_and_exit_code_2(
     tmp_path: Path, args: list[str], message: str
 ) -> None:
-    result = run_projector(tmp_path, *args, "--database-url", "postgresql://nobody@127.0.0.1:1/none")
+    result = run_projector(
+        tmp_path, *args, "--database-url", "postgresql://nobody@127.0.0.1:1/none"
+    )
 
     assert result.returncode == 2
     assert result.stderr.count("\n") == 1
     assert result.stderr.startswith("error: ")
     assert message in result.stderr
+
+
+NOWHERE = ("--database-url", "postgresql://nobody@127.0.0.1:1/none")
+SET_CHECKPOINT = ("checkpoints", "set", "--group", "g", "--category", "c")
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["rebalance", "--group", "g", "--group-size", "99999999", "--dry-run"], "1<=x<=10000"),
+        ([*SET_CHECKPOINT, "--member", "-1"], "0<=x"),
+        ([*SET_CHECKPOINT, "--position", "99999999999999999999", "--force"], "0<=x<=922337"),
+        (["wait", "--group", "g", "--position", "1", "--timeout", "-1"], "0<=x<=86400"),
+        (["wait", "--group", "g", "--position", "1", "--timeout", "nan"], "not a number of"),
+        (["wait", "--group", "g", "--position", "0"], "1<=x"),
+        (["migrate", "--member-index", "99999999999"], "x<=10000"),
+        (["group", "convert", "g", "--to-elastic", "--buckets", "0"], "1<=x<=10000"),
+        (["demo", "--accounts", "0", "--yes"], "1<=x<=100000"),
+        (["demo", "--events", "-5", "--yes"], "0<=x<=1000000"),
+        (["run", BALANCES, "-c", "a", "--outage-limit", "inf"], "finite"),
+        (["run", BALANCES, "-c", "a", "--member", "0", "--group-size", "0"], ""),
+    ],
+)
+def test_numbers_out_of_their_range_are_refused_in_one_line_before_any_database_work(
+    tmp_path: Path, args: list[str], message: str
+) -> None:
+    result = run_projector(tmp_path, *args, *NOWHERE)
+
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.count("\n") == 1, result.stderr
+    assert result.stderr.startswith("error: ")
+    assert message in result.stderr
+
+
+@pytest.mark.parametrize("command", [["status"], ["run", BALANCES, "-c", "a"]])
+def test_a_database_url_with_an_impossible_port_is_bad_input(
+    tmp_path: Path, command: list[str]
+) -> None:
+    url = "postgresql://nobody:secret@127.0.0.1:99999/none"
+    result = run_projector(tmp_path, *command, "--database-url", url)
+
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1
+    assert "its port '99999' is not a port: give 1 to 65535" in result.stderr
+    assert "secret" not in result.stderr
 
 
 def test_a_database_that_is_down_is_one_clear_line_and_nothing_written(tmp_path: Path) -> None:
@@ -133,6 +180,8 @@ def test_a_database_that_is_down_is_one_clear_line_and_nothing_written(tmp_path:
         "postgresql://nobody@127.0.0.1:1/none",
         "--connect-timeout",
         "2",
+        "--start-wait",
+        "0",  # the default waits a minute for a server that may be restarting
     )
 
     assert result.returncode == 1
@@ -264,12 +313,54 @@ def test_with_json_logs_every_line_is_json_the_last_error_included(tmp_path: Pat
         tmp_path,
         *("run", BALANCES, "-c", "account", "--log-format", "json"),
         *("--database-url", "postgresql://nobody@127.0.0.1:1/none", "--connect-timeout", "1"),
+        *("--start-wait", "1"),
     )
 
     entries = [json.loads(line) for line in result.stderr.splitlines()]
     assert result.returncode == 1
+    assert entries[0]["action"] == "reconnecting"  # it waited start_wait for the server
     assert entries[-1]["action"] == "error"
-    assert entries[-1]["message"].startswith("cannot connect to the database nobody@127.0.0.1:1")
+    assert (
+        "(start_wait): cannot connect to the database nobody@127.0.0.1:1"
+        in (entries[-1]["message"])
+    )
+
+
+RUN_A = ("run", BALANCES, "-c", "a", *NOWHERE)
+JSON_LOGS = {"PROJECTOR_LOG_FORMAT": "json"}
+
+
+@pytest.mark.parametrize(
+    ("args", "env"),
+    [
+        ([*RUN_A, "--batch-size", "0", "--log-format", "json"], {}),
+        ([*RUN_A, "--log-format=json"], {"PROJECTOR_BATCH_SIZE": "0"}),
+        ([*RUN_A, "--batch-size", "0"], JSON_LOGS),
+        (["status", "--database-url", "postgresql://a@127.0.0.1:99999/b"], JSON_LOGS),
+        (["rebalance", "--group", "g", "--group-size", "0", *NOWHERE], JSON_LOGS),
+    ],
+)
+def test_with_json_logs_bad_input_is_reported_as_json_too(
+    tmp_path: Path, args: list[str], env: dict[str, str]
+) -> None:
+    result = run_projector(tmp_path, *args, env=env)
+
+    (entry,) = [json.loads(line) for line in result.stderr.splitlines()]
+    assert result.returncode == 2
+    assert (entry["level"], entry["action"]) == ("ERROR", "error")
+
+
+def test_migrate_prints_what_it_applied_and_none_of_alembics_own_lines(
+    tmp_path: Path, empty_database_url: str
+) -> None:
+    result = run_projector(
+        tmp_path, "migrate", "--message-store", "--database-url", empty_database_url
+    )
+
+    assert result.returncode == 0, result.stderr
+    assert "applied 0001" in result.stdout
+    assert "Context impl" not in result.stderr
+    assert "Will assume transactional DDL" not in result.stderr
 
 
 @pytest.mark.parametrize(

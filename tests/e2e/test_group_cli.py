@@ -165,7 +165,7 @@ def test_commands_that_change_checkpoints_exit_1_while_a_member_runs(
     rows = _rows(own_store_url)
     database = ["--database-url", own_store_url]
     changes = [
-        ["rebalance", "--group", GROUP, "--size", "3", *database],
+        ["rebalance", "--group", GROUP, "--group-size", "3", *database],
         ["checkpoints", "set", "--group", GROUP, "--category", CATEGORY, "--position", "1",
          "--member", "1", *database],
         ["checkpoints", "reset", "--group", GROUP, "--yes", *database],
@@ -173,7 +173,10 @@ def test_commands_that_change_checkpoints_exit_1_while_a_member_runs(
 
     refused = [run_projector(tmp_path, *change) for change in changes]
     dry_run = run_projector(
-        tmp_path, "rebalance", "--group", GROUP, "--size", "3", "--dry-run", *database
+        tmp_path, "rebalance", "--group", GROUP, "--group-size", "3", "--dry-run", *database
+    )
+    convert_dry_run = run_projector(
+        tmp_path, "group", "convert", GROUP, "--to-elastic", "--dry-run", *database
     )
 
     for result in refused:
@@ -184,6 +187,9 @@ def test_commands_that_change_checkpoints_exit_1_while_a_member_runs(
     assert dry_run.returncode == 0, dry_run.stderr
     assert "  note: running now: member 1 (" in dry_run.stdout
     assert dry_run.stdout.endswith("dry run: nothing changed\n")
+    assert convert_dry_run.returncode == 0, convert_dry_run.stderr
+    assert "  note: running now: member 1 (" in convert_dry_run.stdout
+    assert convert_dry_run.stdout.endswith("dry run: nothing changed\n")
     assert _rows(own_store_url) == rows
     assert running.stop() == 0, running.stderr
 
@@ -201,6 +207,9 @@ def test_a_rebalance_to_the_size_the_group_has_changes_nothing(
 
     assert same.returncode == 0, same.stderr
     assert same.stdout == f"group {GROUP} already has 2 member(s): nothing changed\n"
+    # --size, the old spelling, still works and says what replaces it.
+    assert "--size is deprecated: use --group-size" in same.stderr
+    assert "action=setting_deprecated" in same.stderr
     assert _rows(own_store_url) == rows
 
 

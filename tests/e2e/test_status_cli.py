@@ -32,8 +32,8 @@ async def _arrange(url: str) -> None:
     conn = await connect(url)
     async with conn:
         await conn.set_autocommit(True)
-        await groups.set_checkpoint(conn, "reports", "account", 41)
-        await groups.set_checkpoint(conn, "balances", "account", 1)
+        await groups.set_checkpoint(conn, "reports", "account", 41, create=True)
+        await groups.set_checkpoint(conn, "balances", "account", 1, create=True)
         await groups.rebalance(conn, "balances", 2, dry_run=False)
         await groups.set_checkpoint(conn, "balances", "account", 61, member=1)
 

@@ -18,7 +18,7 @@ def test_projector_migrate_works_from_a_wheel_install(
     subprocess.run(
         [*pip, "wheel", "--no-deps", "--no-build-isolation", "-w", wheels, ROOT], check=True
     )
-    (wheel,) = wheels.glob("projector-*.whl")
+    (wheel,) = wheels.glob("messagedb_projector-*.whl")  # "projector" on PyPI is another's
     subprocess.run([*pip, "install", "--no-deps", "--target", target, wheel], check=True)
     # PYTHONPATH comes before site-packages, so the wheel's copy shadows the editable one.
     env = {**os.environ, "PYTHONPATH": str(target)}
@@ -48,6 +48,16 @@ def test_projector_migrate_works_from_a_wheel_install(
         check=False,
     )
 
+    version = subprocess.run(
+        [sys.executable, "-m", "projector", "--version"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+
+    assert "(distribution messagedb-projector)" in version.stdout
     assert Path(where.stdout.strip()) == target / "projector" / "migrations"
     assert (target / "projector" / "py.typed").is_file(), "handlers could not type-check"
     assert result.returncode == 0, result.stderr

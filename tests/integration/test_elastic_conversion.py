@@ -98,3 +98,16 @@ async def test_a_fixed_member_is_refused_on_an_elastic_group_and_the_other_way_r
     fixed = settings_for(url, categories=(CATEGORY,), group=GROUP, member=0, group_size=BUCKETS)
     with pytest.raises(GroupSizeMismatchError, match="start its members with --elastic"):
         await run_projection(Recorder(name=GROUP).projection(), fixed)
+
+
+async def test_group_show_says_whether_a_group_is_fixed_or_does_not_exist(
+    own_store_url: str,
+) -> None:
+    await write_events(own_store_url, streams(0, count=5))
+    await _fixed_run(own_store_url, [0, 1, 2])
+    conn = await database.connect(own_store_url)
+    async with conn:
+        with pytest.raises(ConfigurationError, match="is a fixed group of 3 member"):
+            await groups.show_elastic(conn, GROUP)
+        with pytest.raises(ConfigurationError, match="there is no group 'nosuch'"):
+            await groups.show_elastic(conn, "nosuch")

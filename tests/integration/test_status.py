@@ -67,7 +67,7 @@ async def _set_group(url: str, group: str, size: int, positions: dict[str, list[
     async with conn:
         await conn.set_autocommit(True)
         for category in positions:
-            await groups.set_checkpoint(conn, group, category, 1)
+            await groups.set_checkpoint(conn, group, category, 1, create=True)
         await groups.rebalance(conn, group, size, dry_run=False)
         for category, members in positions.items():
             for member, position in enumerate(members):

@@ -81,7 +81,7 @@ async def test_a_consumer_group_waits_for_the_member_that_owns_the_stream(
     position = await _write_one(own_store_url, "account-42")
     owner = consumer_group_member("account-42", 3)
     async with await psycopg.AsyncConnection.connect(own_store_url) as conn:
-        await set_checkpoint(conn, "balances", "account", 1)
+        await set_checkpoint(conn, "balances", "account", 1, create=True)
         await rebalance(conn, "balances", 3, dry_run=False)
         for member in {0, 1, 2} - {owner}:
             await set_checkpoint(conn, "balances", "account", position + 1, member=member)
@@ -103,3 +103,36 @@ async def test_times_out_with_the_checkpoint_it_saw(own_store_url: str) -> None:
 async def test_a_position_with_no_message_is_refused(own_store_url: str) -> None:
     with pytest.raises(ConfigurationError, match="no message at global position 999"):
         await wait_for(own_store_url, "balances", 999, timeout=0.2)
+
+
+async def test_a_wait_of_zero_looks_once_and_reports_the_checkpoint_it_saw(
+    own_store_url: str,
+) -> None:
+    position = await _write_one(own_store_url, "account-1")
+    async with await psycopg.AsyncConnection.connect(own_store_url) as conn:
+        await set_checkpoint(conn, "balances", "account", position, create=True)
+        with pytest.raises(WaitTimeoutError, match=f"its checkpoint is at {position}"):
+            await wait_for(own_store_url, "balances", position, timeout=0)
+        await set_checkpoint(conn, "balances", "account", position + 1)
+
+    await wait_for(own_store_url, "balances", position, timeout=0)
+
+
+@pytest.mark.parametrize("seconds", [-1, float("nan"), float("inf")])
+async def test_a_timeout_that_is_no_duration_is_refused(own_store_url: str, seconds: float) -> None:
+    with pytest.raises(ConfigurationError, match="give 0 to 86,400 seconds"):
+        await wait_for(own_store_url, "balances", 1, timeout=seconds)
+
+
+async def test_a_wait_for_a_category_the_group_does_not_read_is_refused_at_once(
+    own_store_url: str,
+) -> None:
+    position = await _write_one(own_store_url, "invoice-1")
+    async with await psycopg.AsyncConnection.connect(own_store_url) as conn:
+        await set_checkpoint(conn, "balances", "account", 1, create=True)
+
+    with (
+        anyio.fail_after(5),
+        pytest.raises(ConfigurationError, match=r"does not read category 'invoice'.*account"),
+    ):
+        await wait_for(own_store_url, "balances", position, timeout=60)

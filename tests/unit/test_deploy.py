@@ -70,3 +70,13 @@ def test_every_projector_command_parses_and_every_variable_is_a_setting(path: Pa
             command.make_context(name, rest, parent=parent)  # raises on an unknown flag
         variables = {env["name"] for env in container.get("env", [])}
         assert variables <= settings, f"{path.name}: not settings: {variables - settings}"
+
+
+@pytest.mark.parametrize("path", MANIFESTS, ids=lambda path: path.name)
+def test_every_served_metrics_port_listens_beyond_the_loopback(path: Path) -> None:
+    """The default host is the loopback, where the kubelet's probes would never reach."""
+    for doc in _documents(path):
+        for container in _containers(doc):
+            args = _projector_args(container)
+            if any(arg.startswith("--metrics-port") for arg in args):
+                assert "--metrics-host=0.0.0.0" in args, f"{path.name}: probes cannot reach it"

@@ -132,3 +132,40 @@ async def test_an_outage_longer_than_the_limit_ends_the_run() -> None:
 
     with anyio.fail_after(5), pytest.raises(DatabaseUnavailableError, match="outage_limit"):
         await outage.watch()
+
+
+async def test_a_retry_waits_for_the_probe_to_find_the_database_back_which_revives_the_pool() -> (
+    None
+):
+    database, revived = Database(up=False), []
+    outage = Outage(
+        database.probe, limit=30, probe_interval=0.02, on_back=lambda: revived.append(True)
+    )
+
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(outage.watch)
+            retrying = anyio.Event()
+
+            async def retry() -> None:
+                await outage.retry_after(600)  # the operation's own backoff: not waited out
+                retrying.set()
+
+            tasks.start_soon(retry)
+            await anyio.sleep(0.1)
+            assert not retrying.is_set()
+            assert revived == []
+            database.up = True
+            await retrying.wait()
+            tasks.cancel_scope.cancel()
+
+    assert revived == [True]
+
+
+async def test_a_retry_while_the_database_answers_takes_the_operations_own_backoff() -> None:
+    outage = Outage(Database(up=True).probe, limit=30)
+
+    started = anyio.current_time()
+    await outage.retry_after(0.2)
+
+    assert anyio.current_time() - started >= 0.2

@@ -6,9 +6,17 @@ from pathlib import Path
 
 import pytest
 
+from docgen import reference
+from projector.cli.options import option_for
 from projector.errors import ConfigurationError, InvalidNameError
 from projector.process import backend_options
-from projector.settings import DEPRECATED_ENV, INVERTED_ENV, Settings, load_settings
+from projector.settings import (
+    DEPRECATED_ENV,
+    INVERTED_ENV,
+    Settings,
+    load_settings,
+    value_range,
+)
 
 
 @pytest.fixture(autouse=True)
@@ -31,6 +39,7 @@ def test_defaults_are_the_documented_ones() -> None:
     assert settings.checkpoint_interval == 5.0
     assert settings.categories == ()
     assert settings.database_url is None
+    assert settings.metrics_host == "127.0.0.1"  # /metrics has no authentication
 
 
 def test_flags_win_over_the_environment_which_wins_over_dotenv(
@@ -91,6 +100,22 @@ def test_an_out_of_range_setting_names_its_flag_and_variable(
 def test_unsafe_category_and_group_names_are_refused(overrides: dict[str, object]) -> None:
     with pytest.raises(InvalidNameError):
         load_settings(**overrides)
+
+
+def test_every_bounded_setting_gives_its_range_in_the_docs_table_and_its_help() -> None:
+    table = {row.env: row.range for row in reference.settings()}
+
+    for name in Settings.model_fields:
+        bounds = value_range(name)
+        if bounds is not None:
+            assert table[f"PROJECTOR_{name.upper()}"] == bounds, name
+            assert bounds in option_for(name)(lambda: None).__click_params__[0].help  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf"])
+def test_a_duration_must_be_a_finite_number(value: str) -> None:
+    with pytest.raises(ConfigurationError, match="finite number"):
+        load_settings(outage_limit=value)
 
 
 def test_runs_use_uvloop_unless_asked_for_plain_asyncio(clean_environment: Path) -> None:

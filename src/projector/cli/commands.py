@@ -16,6 +16,7 @@ from projector.cli import render
 from projector.cli.options import (
     EXIT_PARKED,
     RUN_SETTINGS,
+    Seconds,
     console,
     database_call,
     fail,
@@ -27,13 +28,19 @@ from projector.cli.options import (
 )
 from projector.cli.progress import terminal_bar
 from projector.errors import ConfigurationError
+from projector.model.buckets import MAX_BUCKETS
+from projector.model.events import FIRST_POSITION, MAX_GROUP_SIZE, MAX_POSITION
 from projector.model.projection import load_projection
 from projector.ops import groups, logs, status, waiting
+from projector.ops.waiting import MAX_WAIT
 from projector.process import collect_garbage_less_often
 from projector.runner import Runner
-from projector.settings import load_settings
+from projector.settings import deprecated, load_settings
 from projector.storage import database, member_index
 from projector.storage import notify as notifications
+
+DEMO_MAX_EVENTS = 1_000_000  # written one by one: minutes at most
+DEMO_MAX_ACCOUNTS = 100_000
 
 
 @click.command()
@@ -78,7 +85,7 @@ def parked_message(group: str, parked: frozenset[str], shown: int = 10) -> str:
 @click.option(
     "--member-index",
     "member_indexes",
-    type=int,
+    type=click.IntRange(max=MAX_GROUP_SIZE),  # below 2: check_size says why
     multiple=True,
     metavar="SIZE",
     help="also build the index that lets each member of a consumer group of SIZE read only its "
@@ -87,7 +94,7 @@ def parked_message(group: str, parked: frozenset[str], shown: int = 10) -> str:
 @click.option(
     "--bucket-index",
     "bucket_indexes",
-    type=int,
+    type=click.IntRange(1, MAX_BUCKETS),
     multiple=True,
     metavar="BUCKETS",
     help="also build the index that lets each member of an elastic group of BUCKETS buckets "
@@ -105,7 +112,7 @@ def migrate_command(
 
     with reporting_errors():
         settings = load_settings(**given(flags))
-        logs.configure(settings.log_level)
+        logs.configure(settings.log_level, settings.log_format)
         url = require_url(settings)
         sizes = [member_index.check_size(size) for size in member_indexes]
         if message_store:
@@ -134,8 +141,20 @@ def migrate_command(
 
 @click.command("demo")
 @settings_options("database_url", "log_level")
-@click.option("--events", default=2000, show_default=True, help="sample events to write")
-@click.option("--accounts", default=100, show_default=True, help="account streams to use")
+@click.option(
+    "--events",
+    type=click.IntRange(0, DEMO_MAX_EVENTS),
+    default=2000,
+    show_default=True,
+    help="sample events to write",
+)
+@click.option(
+    "--accounts",
+    type=click.IntRange(1, DEMO_MAX_ACCOUNTS),
+    default=100,
+    show_default=True,
+    help="account streams to use",
+)
 @click.option(
     "--yes",
     is_flag=True,
@@ -166,9 +185,12 @@ def demo_command(
             click.echo("demo PostgreSQL stopped" if stopped else "demo PostgreSQL was not running")
             return
         settings = load_settings(**given(flags))
-        logs.configure(settings.log_level)
+        logs.configure(settings.log_level, settings.log_format)
         url = settings.database_url
-        if url is not None:
+        # The URL the demo itself told the user to export is its own database: no need to ask.
+        local = url is None or demo.is_own_database(url, data_dir)
+        if not local:
+            assert url is not None
             _consent(url, events, yes=yes)
             where = "with PROJECTOR_DATABASE_URL as you gave it"
         else:
@@ -190,7 +212,7 @@ def demo_command(
         f"  {where}\n"
         f"  {command} run projector.demo:balances --until-caught-up"
     )
-    if settings.database_url is None:
+    if local:
         click.echo(
             f"the demo's PostgreSQL keeps running for the next time: `{command} demo --stop` "
             "(or `make demo-stop`) stops it"
@@ -232,16 +254,22 @@ def _projector_command() -> str:
 @click.option("--group", required=True, help="the consumer group to resize")
 @click.option(
     "--group-size",
-    "--size",
     "size",
-    type=int,
-    required=True,
-    help="its new number of members (the --group-size its members then run with; --size is "
-    "the old spelling)",
+    type=click.IntRange(1, MAX_GROUP_SIZE),
+    help="its new number of members (the --group-size its members then run with)",
+)
+@click.option(
+    "--size",
+    "old_size",
+    type=click.IntRange(1, MAX_GROUP_SIZE),
+    hidden=True,
+    help="the old spelling of --group-size",
 )
 @click.option("--dry-run", is_flag=True, help="print what would change, change nothing")
 @settings_options("database_url", "log_level")
-def rebalance(group: str, size: int, dry_run: bool, **flags: Any) -> None:
+def rebalance(
+    group: str, size: int | None, old_size: int | None, dry_run: bool, **flags: Any
+) -> None:
     """Change a consumer group's size (every member must be stopped; --dry-run may look while
     they run).
 
@@ -249,6 +277,7 @@ def rebalance(group: str, size: int, dry_run: bool, **flags: Any) -> None:
     events between it and a member's old checkpoint are delivered again.
     """
     with reporting_errors():
+        size = _group_size(size, old_size, flags)
         plan = database_call(
             flags, partial(groups.rebalance, group=group, size=size, dry_run=dry_run)
         )
@@ -263,6 +292,20 @@ def rebalance(group: str, size: int, dry_run: bool, **flags: Any) -> None:
         click.echo(f"  note: {note}")
     if dry_run:
         click.echo("dry run: nothing changed")
+
+
+def _group_size(size: int | None, old_size: int | None, flags: dict[str, Any]) -> int:
+    """``--group-size``, or its old spelling ``--size`` (logged ``setting_deprecated``)."""
+    if old_size is not None:
+        if size is not None:
+            raise ConfigurationError("give --group-size once (--size is its old spelling)")
+        settings = load_settings(**given(flags))
+        logs.configure(settings.log_level, settings.log_format)
+        deprecated("--size", "--group-size")
+        return old_size
+    if size is None:
+        raise ConfigurationError("give the group's new size: --group-size N")
+    return size
 
 
 @click.command("status")
@@ -281,15 +324,20 @@ def status_command(group: str | None, as_json: bool, **flags: Any) -> None:
 
 @click.command("wait")
 @click.option("--group", required=True, help="the group that must have handled it")
-@click.option("--position", type=int, required=True, help="the global position of the event")
+@click.option(
+    "--position",
+    type=click.IntRange(FIRST_POSITION, MAX_POSITION),
+    required=True,
+    help="the global position of the event",
+)
 @click.option(
     "--timeout",
-    type=float,
+    type=Seconds(0, MAX_WAIT),
     default=30.0,
     show_default=True,
     envvar="PROJECTOR_WAIT_TIMEOUT",
     show_envvar=True,
-    help="seconds to wait",
+    help="seconds to wait (0: look once)",
 )
 @settings_options("database_url", "log_level")
 def wait_command(group: str, position: int, timeout: float, **flags: Any) -> None:

@@ -19,7 +19,8 @@ from projector.cli.options import (
     settings_options,
 )
 from projector.errors import ConfigurationError
-from projector.model.buckets import DEFAULT_BUCKETS
+from projector.model.buckets import DEFAULT_BUCKETS, MAX_BUCKETS
+from projector.model.events import MAX_GROUP_SIZE, MAX_POSITION
 from projector.ops import failing as failing_streams
 from projector.ops import groups, status
 from projector.storage.checkpoints import CheckpointRow
@@ -36,7 +37,7 @@ def checkpoints() -> None:
 @click.option("--json", "as_json", is_flag=True, help="one JSON object per line")
 @settings_options("database_url", "log_level")
 def checkpoints_list(group: str | None, as_json: bool, **flags: Any) -> None:
-    """Every checkpoint: group, member, category, position, size, last written."""
+    """Every checkpoint: group, member, category, checkpoint, size, last written."""
     with reporting_errors():
         rows = database_call(flags, partial(groups.list_checkpoints, group=group))
     if as_json:
@@ -45,7 +46,8 @@ def checkpoints_list(group: str | None, as_json: bool, **flags: Any) -> None:
         return
     from rich.table import Table  # only printing a table needs rich
 
-    table = Table("group", "member", "category", "position", "size", "last written", box=None)
+    # The JSON's names: the checkpoint is the next global position to read.
+    table = Table("group", "member", "category", "checkpoint", "size", "last written", box=None)
     for row in rows:
         table.add_row(
             row.group,
@@ -61,7 +63,11 @@ def checkpoints_list(group: str | None, as_json: bool, **flags: Any) -> None:
 @checkpoints.command("set")
 @click.option("--group", required=True, help="the group whose checkpoint to set")
 @click.option("--category", required=True, help="the category it applies to")
-@click.option("--position", type=int, help="the next global position to read")
+@click.option(
+    "--position",
+    type=click.IntRange(0, MAX_POSITION),
+    help="the next global position to read",
+)
 @click.option("--to-head", is_flag=True, help="skip every event written so far")
 @click.option(
     "--to-time",
@@ -71,7 +77,14 @@ def checkpoints_list(group: str | None, as_json: bool, **flags: Any) -> None:
 )
 @click.option("--force", is_flag=True, help="allow a --position past the category's head")
 @click.option(
-    "--member", type=int, default=0, show_default=True, help="the member, in a consumer group"
+    "--create", is_flag=True, help="allow a group that has no checkpoints yet (a new group)"
+)
+@click.option(
+    "--member",
+    type=click.IntRange(0, MAX_GROUP_SIZE - 1),
+    default=0,
+    show_default=True,
+    help="the member, in a consumer group",
 )
 @settings_options("database_url", "log_level")
 def checkpoints_set(
@@ -81,6 +94,7 @@ def checkpoints_set(
     to_head: bool,
     to_time: datetime | None,
     force: bool,
+    create: bool,
     member: int,
     **flags: Any,
 ) -> None:
@@ -98,7 +112,7 @@ def checkpoints_set(
                 assert position is not None
                 target = position
             return await groups.set_checkpoint(
-                conn, group, category, target, member=member, force=force
+                conn, group, category, target, member=member, force=force, create=create
             )
 
         row = database_call(flags, set_it)
@@ -262,7 +276,7 @@ def group_show(group: str, **flags: Any) -> None:
 @click.option("--to-elastic", is_flag=True, required=True, help="convert to an elastic group")
 @click.option(
     "--buckets",
-    type=int,
+    type=click.IntRange(1, MAX_BUCKETS),
     default=DEFAULT_BUCKETS,
     show_default=True,
     help="the elastic group's bucket count (set once)",
@@ -270,7 +284,8 @@ def group_show(group: str, **flags: Any) -> None:
 @click.option("--dry-run", is_flag=True, help="print what would change, change nothing")
 @settings_options("database_url", "log_level")
 def group_convert(group: str, to_elastic: bool, buckets: int, dry_run: bool, **flags: Any) -> None:
-    """Turn a stopped fixed GROUP's checkpoints into an elastic group's bucket checkpoints.
+    """Turn a stopped fixed GROUP's checkpoints into an elastic group's bucket checkpoints
+    (--dry-run may look while its members run).
 
     Each bucket starts at the lowest checkpoint of the old members that owned its streams:
     events between it and a member's own checkpoint are delivered once more, none is skipped.
@@ -285,6 +300,8 @@ def group_convert(group: str, to_elastic: bool, buckets: int, dry_run: bool, **f
     for category, by_bucket in plan.positions.items():
         lowest, highest = min(by_bucket.values()), max(by_bucket.values())
         click.echo(f"  {category}: buckets {verb} at {lowest} to {highest}")
+    for note in plan.notes:
+        click.echo(f"  note: {note}")
     click.echo(
         "dry run: nothing changed"
         if dry_run

@@ -6,6 +6,7 @@ import dataclasses
 import enum
 import json
 import logging
+import math
 import sys
 from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from contextlib import contextmanager
@@ -25,7 +26,7 @@ from projector.errors import (
 )
 from projector.ops import logs
 from projector.process import backend_options, serve
-from projector.settings import Settings, flag_for, load_settings
+from projector.settings import Settings, flag_for, load_settings, value_range
 from projector.storage import database
 from projector.storage.database import Connection
 
@@ -55,6 +56,7 @@ RUN_SETTINGS = (
     "handler_timeout",
     "stuck_after",
     "outage_limit",
+    "start_wait",
     "lease_timeout",
     "batch_size",
     "tail_sleep",
@@ -97,7 +99,9 @@ def option_for(name: str) -> Callable[[F], F]:
     field = Settings.model_fields[name]
     env = f"PROJECTOR_{name.upper()}"
     default = field.default if field.default not in (None, ()) else "none"
-    help_text = f"{field.description} [env {env}; default {default}]"
+    bounds = value_range(name)
+    help_text = f"{field.description} [env {env}; default {default}"
+    help_text += f"; {bounds}]" if bounds else "]"
     if name == "categories":
         return click.option(
             "--category",
@@ -107,8 +111,8 @@ def option_for(name: str) -> Callable[[F], F]:
             help=help_text.replace("comma-separated", "repeat the flag"),
         )
     flag = flag_for(name)
-    if field.annotation is bool and field.default is True:
-        # On by default: --name/--no-name, the way off being the one people type.
+    if (field.annotation is bool and field.default is True) or field.annotation == bool | None:
+        # On by default (or by another setting): --name/--no-name, for the way off.
         return click.option(f"{flag}/--no-{flag[2:]}", name, default=None, help=help_text)
     if field.annotation is bool:
         return click.option(flag, name, is_flag=True, default=None, help=help_text)
@@ -121,6 +125,19 @@ def option_for(name: str) -> Callable[[F], F]:
     elif isinstance(annotation, type) and issubclass(annotation, enum.Enum):
         kind = click.Choice([member.value for member in annotation])
     return click.option(flag, name, type=kind, default=None, help=help_text)
+
+
+class Seconds(click.FloatRange):
+    """A duration in decimal seconds, within a range; nan and infinity are refused (nan would
+    pass any range check)."""
+
+    name = "seconds"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        seconds = super().convert(value, param, ctx)
+        if not math.isfinite(seconds):
+            self.fail(f"{value!r} is not a number of seconds", param, ctx)
+        return seconds
 
 
 def iso_time(ctx: click.Context, param: click.Parameter, value: str | None) -> datetime | None:
@@ -195,7 +212,7 @@ async def on_connection(url: str, work: Callable[[Connection], Awaitable[T]]) ->
 def database_call(flags: dict[str, Any], work: Callable[[Connection], Awaitable[T]]) -> T:
     """Run ``work`` on one connection to the database the flags or environment name."""
     settings = load_settings(**given(flags))
-    logs.configure(settings.log_level)
+    logs.configure(settings.log_level, settings.log_format)
     return anyio.run(on_connection, require_url(settings), work)
 
 

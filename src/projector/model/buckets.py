@@ -14,6 +14,7 @@ from math import gcd
 from projector.model.events import FIRST_POSITION
 
 DEFAULT_BUCKETS = 64
+MAX_BUCKETS = 10_000  # a bucket is a member of a fixed group of that size
 
 
 def assignment(buckets: int, members: Sequence[str]) -> dict[str, frozenset[int]]:

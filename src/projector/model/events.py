@@ -25,6 +25,9 @@ MAX_NAME_LENGTH = 200
 
 
 FIRST_POSITION = 1  # Message DB's global positions start at 1
+MAX_POSITION = 2**63 - 1  # positions are bigint
+# Members of a fixed group: each holds an advisory lock, and administration takes them all.
+MAX_GROUP_SIZE = 10_000
 
 def category(stream_name: str) -> str:
     """The category of a stream: everything before the first ``-``."""

@@ -11,8 +11,14 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from projector.errors import ConfigurationError
-from projector.model.buckets import converted_positions
-from projector.model.events import FIRST_POSITION, validate_category, validate_group
+from projector.model.buckets import MAX_BUCKETS, converted_positions
+from projector.model.events import (
+    FIRST_POSITION,
+    MAX_GROUP_SIZE,
+    MAX_POSITION,
+    validate_category,
+    validate_group,
+)
 from projector.storage import buckets, checkpoints, message_store
 from projector.storage.buckets import Lease, Member
 from projector.storage.checkpoints import CheckpointRow
@@ -85,17 +91,26 @@ async def set_checkpoint(
     *,
     member: int = 0,
     force: bool = False,
+    create: bool = False,
 ) -> CheckpointRow:
     """Set one member's position in one category (the member must not be running). A position
-    past the category's head + 1 skips events not written yet: refused unless ``force``."""
+    past the category's head + 1 skips events not written yet: refused unless ``force``. A
+    group with no checkpoint at all is often a typo'd name: refused unless ``create``."""
     validate_group(group)
     validate_category(category)
-    if position < 0:
-        raise ConfigurationError(f"position {position} is negative: give 0 or more")
+    if not 0 <= position <= MAX_POSITION:
+        raise ConfigurationError(f"position {position} is out of range: give 0 to {MAX_POSITION}")
+    if not 0 <= member < MAX_GROUP_SIZE:
+        raise ConfigurationError(f"member {member}: give 0 to {MAX_GROUP_SIZE - 1}")
     async with conn.transaction():
         if not force:
             await _refuse_past_the_head(conn, category, position)
         rows, _ = await _lock_group(conn, group, range(member, member + 1))
+        if not rows and not create:
+            raise ConfigurationError(
+                f"group {group!r} has no checkpoints: check the name (`projector checkpoints "
+                "list` shows every group), or give --create to start a new group there"
+            )
         size = max((row.size for row in rows), default=1)
         if member >= size:
             raise ConfigurationError(
@@ -150,8 +165,10 @@ async def reset_group(
 async def rebalance(conn: Connection, group: str, size: int, *, dry_run: bool) -> RebalancePlan:
     """Restart a group at ``size`` members, each category from the lowest old checkpoint."""
     validate_group(group)
-    if size < 1:
-        raise ConfigurationError(f"--group-size {size} is too small: a group has at least 1 member")
+    if not 1 <= size <= MAX_GROUP_SIZE:
+        raise ConfigurationError(
+            f"--group-size {size} is out of range: a group has 1 to {MAX_GROUP_SIZE:,} members"
+        )
     async with conn.transaction() as transaction:
         stored = await buckets.stored_buckets(conn, group)
         if stored is not None:
@@ -211,6 +228,7 @@ class Conversion:
     old_size: int
     buckets: int
     positions: dict[str, dict[int, int]]
+    notes: list[str]
 
 
 async def convert_to_elastic(
@@ -220,14 +238,17 @@ async def convert_to_elastic(
     of ``bucket_count`` buckets, in one transaction: events are delivered again at most once,
     and none is skipped."""
     validate_group(group)
-    if bucket_count < 1:
-        raise ConfigurationError(f"--buckets {bucket_count}: an elastic group has at least 1")
+    if not 1 <= bucket_count <= MAX_BUCKETS:
+        raise ConfigurationError(
+            f"--buckets {bucket_count}: an elastic group has 1 to {MAX_BUCKETS:,} buckets"
+        )
     async with conn.transaction() as transaction:
         if await buckets.stored_buckets(conn, group) is not None:
             raise ConfigurationError(
                 f"group {group!r} is elastic already: start its members with --elastic"
             )
-        rows, _ = await _lock_group(conn, group)
+        # A dry run changes nothing, so it may look while members run (and says so).
+        rows, busy = await _lock_group(conn, group, refuse_busy=not dry_run)
         if not rows:
             raise ConfigurationError(
                 f"group {group!r} has no checkpoints, so there is nothing to convert: start its "
@@ -250,7 +271,8 @@ async def convert_to_elastic(
                 for bucket, position in by_bucket.items():
                     await checkpoints.write(conn, group, bucket, bucket_count, category, position)
             await buckets.register(conn, group, bucket_count)
-    return Conversion(group, old_size, bucket_count, positions)
+    notes = [f"running now: {'; '.join(busy)}; stop every member first"] if busy else []
+    return Conversion(group, old_size, bucket_count, positions, notes)
 
 
 @dataclass(frozen=True, slots=True)
@@ -275,9 +297,15 @@ async def show_elastic(conn: Connection, group: str) -> ElasticGroup:
     validate_group(group)
     count = await buckets.stored_buckets(conn, group)
     if count is None:
+        sizes = await checkpoints.group_sizes(conn, group)
+        if sizes:
+            raise ConfigurationError(
+                f"group {group!r} is a fixed group of {max(sizes)} member(s), not an elastic "
+                f"one: `projector status --group {group}` shows it"
+            )
         raise ConfigurationError(
-            f"group {group!r} is not an elastic group (`projector status --group {group}` shows "
-            "a fixed one)"
+            f"there is no group {group!r} (no checkpoints, no elastic members): check the name "
+            "(`projector status` lists every group)"
         )
     return ElasticGroup(
         group, count, await buckets.members(conn, group), await buckets.leases(conn, group)

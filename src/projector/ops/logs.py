@@ -66,10 +66,16 @@ class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
 _json_lines = False  # whether `configure` was asked for JSON lines
 
 
-def configure(level: str, log_format: str = "text") -> None:
-    """Send projector's logs to stderr at ``level``, as text lines or JSON lines."""
+def report_errors_as(log_format: str) -> None:
+    """Print the error that ends a command as ``log_format`` asks, before logging is
+    configured (a bad setting ends a command before it gets that far)."""
     global _json_lines
     _json_lines = log_format == "json"
+
+
+def configure(level: str, log_format: str = "text") -> None:
+    """Send projector's logs to stderr at ``level``, as text lines or JSON lines."""
+    report_errors_as(log_format)
     handler = _StderrHandler()
     handler.setFormatter(JsonFormatter() if _json_lines else TextFormatter())
     root = logging.getLogger()
@@ -81,6 +87,11 @@ def configure(level: str, log_format: str = "text") -> None:
     quiet = logging.DEBUG if root.level <= logging.DEBUG else logging.ERROR
     for name in ("psycopg", "psycopg.pool"):
         logging.getLogger(name).setLevel(quiet)
+    # Alembic's "Context impl PostgresqlImpl" and "Will assume transactional DDL" lines at
+    # every migrate and demo: `projector migrate` prints what it applied itself.
+    logging.getLogger("alembic").setLevel(
+        logging.DEBUG if root.level <= logging.DEBUG else logging.WARNING
+    )
 
 
 def report_error(message: str) -> None:

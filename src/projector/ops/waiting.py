@@ -19,6 +19,7 @@ from projector.storage.database import Connection
 from projector.storage.held import HeldState
 
 DEFAULT_POLL = 0.05
+MAX_WAIT = 86_400.0  # seconds: a day
 
 
 class WaitTimeoutError(ProjectorError):
@@ -34,32 +35,52 @@ async def wait_for(
     poll: float = DEFAULT_POLL,
 ) -> None:
     """Return once ``group`` has handled the event at global ``position``; raise
-    WaitTimeoutError after ``timeout`` seconds."""
+    WaitTimeoutError after ``timeout`` seconds (0 to MAX_WAIT; 0 looks once)."""
     validate_group(group)
+    if not 0 <= timeout <= MAX_WAIT:  # nan fails both comparisons
+        raise ConfigurationError(f"timeout {timeout!r}: give 0 to {MAX_WAIT:,.0f} seconds")
     conn = await database.connect(url)
     async with conn:
         await conn.set_autocommit(True)
         stream_name, stream_position = await _stream_at(conn, position)
-        last_seen: int | None = None
-        with anyio.move_on_after(timeout):
-            while True:
-                last_seen = await _handled_below(conn, group, stream_name)
-                # Past it, yet perhaps only because its stream is held: a retrying stream is
-                # waited for, a parked one refused.
-                if (
-                    last_seen is not None
-                    and last_seen > position
-                    and not await _held_at(conn, group, stream_name, stream_position, position)
-                ):
-                    return
-                if await _applied(conn, group, stream_name, stream_position):
-                    return
-                await anyio.sleep(poll)
+        await _refuse_unread_category(conn, group, stream_name)
+        # The deadline is checked between polls, not by cancelling one: a query cancelled
+        # midway makes psycopg report it on stderr, and a short timeout would end the wait
+        # before it looked at all.
+        deadline = anyio.current_time() + timeout
+        while True:
+            last_seen = await _handled_below(conn, group, stream_name)
+            # Past it, yet perhaps only because its stream is held: a retrying stream is
+            # waited for, a parked one refused.
+            if (
+                last_seen is not None
+                and last_seen > position
+                and not await _held_at(conn, group, stream_name, stream_position, position)
+            ):
+                return
+            if await _applied(conn, group, stream_name, stream_position):
+                return
+            left = deadline - anyio.current_time()
+            if left <= 0:
+                break
+            await anyio.sleep(min(poll, left))
     where = "no checkpoint yet" if last_seen is None else f"its checkpoint is at {last_seen}"
     raise WaitTimeoutError(
         f"group {group!r} has not handled global position {position} ({stream_name}) "
         f"within {timeout:g} s: {where}"
     )
+
+
+async def _refuse_unread_category(conn: Connection, group: str, stream_name: str) -> None:
+    """A group that has checkpoints, none of them in the stream's category, does not read it:
+    waiting would only wait out the timeout."""
+    read = {row.category for row in await checkpoints.rows(conn, group)}
+    wanted = category(stream_name)
+    if read and wanted not in read:
+        raise ConfigurationError(
+            f"group {group!r} does not read category {wanted!r} (of {stream_name}): it reads "
+            f"{', '.join(sorted(read))}. Check --group, or the position"
+        )
 
 
 async def _stream_at(conn: Connection, position: int) -> tuple[str, int]:

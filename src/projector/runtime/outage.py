@@ -10,6 +10,11 @@ without losing an attempt, and a probe every ``PROBE_INTERVAL`` seconds ends it 
 ``outage_ended``), waking them all at once. A connection error while the database answers (the
 handler's own connection went stale across a restart, or a service it calls is away) is
 retried soon, with short backoff, and never parks the stream: it is not the event's fault.
+
+A runner starting over after an outage (its lock's session ended with the server) waits in
+the same way (`retry_after`), and the probe that ends an outage also has the connection pool
+reconnect at once (``on_back``): the pool's own backoff would otherwise keep every caller
+waiting for seconds after the database is back.
 """
 
 from __future__ import annotations
@@ -48,11 +53,14 @@ class Outage:
         limit: float,
         probe_interval: float = PROBE_INTERVAL,
         observer: Observer = NO_OBSERVER,
+        on_back: Callable[[], None] | None = None,
     ) -> None:
+        """``on_back`` is called as each outage ends, before the waiting calls resume."""
         self._probe = probe
         self._limit = limit
         self._probe_interval = probe_interval
         self._observer = observer
+        self._on_back = on_back
         self._started: float | None = None  # anyio time the current outage was found
         self._back = anyio.Event()
         self._began = anyio.Event()
@@ -89,6 +97,15 @@ class Outage:
         if self._started is not None:
             await self._back.wait()
 
+    async def retry_after(self, delay: float) -> None:
+        """Wait before trying again an operation that lost the database: while the database is
+        away, until a probe finds it back (`watch` must run); while it answers (the failure
+        was not its absence), ``delay`` seconds, the operation's own backoff."""
+        if await self.confirm():
+            await self.wait_until_back()
+        else:
+            await anyio.sleep(delay)
+
     async def watch(self) -> None:
         """Probe while an outage lasts, and end it when the database answers; raise
         DatabaseUnavailableError once one outlasts ``limit``. Cancel to stop."""
@@ -121,7 +138,8 @@ class Outage:
         self._began.set()
         self._observer.outage_started()
         logger.warning(
-            "the database is unavailable: handler calls wait for it, without using up retries",
+            "the database is unavailable: projector waits for it (handler calls without using "
+            "up retries)",
             extra={"action": "outage_started"},
         )
 
@@ -131,6 +149,8 @@ class Outage:
         self._started = None
         self._answered_at = anyio.current_time()
         self._began = anyio.Event()
+        if self._on_back is not None:
+            self._on_back()
         self._back.set()
         self._observer.outage_ended(lasted)
         logger.info(

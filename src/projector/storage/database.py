@@ -21,9 +21,11 @@ from psycopg.abc import PQGen
 from psycopg.conninfo import conninfo_to_dict
 from psycopg.waiting import Ready, Wait
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
+from psycopg_pool.pool_async import AddConnection, MaintenanceTask
 
 from projector.errors import (
     DatabaseError,
+    DatabaseLoginError,
     DatabaseUnavailableError,
     PrivilegeError,
     ProjectorError,
@@ -107,11 +109,37 @@ def first_line(exc: BaseException) -> str:
 
 
 def unavailable(url: str, exc: Exception) -> DatabaseUnavailableError:
-    """The one error users see for a database that is down, unreachable or refuses us."""
-    return DatabaseUnavailableError(
+    """The one error users see for a database that is down, unreachable or refuses us: a
+    DatabaseLoginError when the URL itself cannot work (see `cannot_work`)."""
+    kind = DatabaseLoginError if cannot_work(exc) else DatabaseUnavailableError
+    return kind(
         f"cannot connect to the database {describe(url)}: {first_line(exc)} "
         "(check --database-url / PROJECTOR_DATABASE_URL and that the server is running)"
     )
+
+
+# What libpq and the server say when a connection can never succeed as asked. libpq reports no
+# SQLSTATE for a failed connection, so its text is all there is; the server's messages are
+# those of lc_messages C (English). A message not recognised counts as passing (the server
+# starting up, shutting down, refusing connections, too many clients): waited for, not fatal.
+_CANNOT_WORK = (
+    "could not translate host name",  # libpq: the host name does not resolve
+    "failed to resolve host",  # psycopg's own resolver, for async connections
+    "Name or service not known",
+    "nodename nor servname provided",
+    "password authentication failed",  # 28P01
+    "no password supplied",
+    "does not exist",  # role or database (28000, 3D000)
+    "no pg_hba.conf entry",
+    "authentication failed",  # peer, ident, SCRAM
+)
+
+
+def cannot_work(exc: BaseException) -> bool:
+    """Whether a failed connection says the URL cannot work as given (an unknown host, a
+    refused login), rather than that the server is away for now."""
+    text = str(exc)
+    return any(reason in text for reason in _CANNOT_WORK)
 
 
 # SQLSTATE classes and codes that mean the session, not the statement, failed.
@@ -196,6 +224,12 @@ def uninterrupted(timeout: float) -> Iterator[None]:
         yield
 
 
+def url_ports(value: str) -> list[str]:
+    """The ports a libpq URL or key=value string names (none when it names none)."""
+    port = conninfo_to_dict(value).get("port")
+    return [part.strip() for part in str(port).split(",")] if port else []
+
+
 def is_connection_string(value: str) -> bool:
     """Whether libpq accepts ``value`` as a URL or key=value settings."""
     try:
@@ -265,14 +299,63 @@ async def connect(
     return conn
 
 
-async def _opened_pool(url: str, *, max_size: int, connect_timeout: float) -> Pool:
+class RevivingPool(AsyncConnectionPool[Connection]):
+    """A pool whose connection attempts, put off by its own backoff, can be made at once.
+
+    After a connection fails, psycopg_pool tries again 1, 2, 4, 8 ... seconds later, so after
+    an outage of a few seconds its next attempt can come seconds after the server is back, and
+    every caller waits for it. projector probes the database itself (`runtime.outage`), more
+    often; once a probe finds it back, `reconnect_now` makes the attempts that were put off.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._put_off: set[AddConnection] = set()
+
+    async def schedule_task(self, task: MaintenanceTask, delay: float) -> None:
+        if not isinstance(task, AddConnection):
+            await super().schedule_task(task, delay)
+            return
+        # The pool counts the connection it is adding from now on (its ``_nconns``): the
+        # attempt must run exactly once, at its time or at `reconnect_now`, whichever is first.
+        self._put_off.add(task)
+        await super().schedule_task(_WhenDue(self, task), delay)
+
+    def reconnect_now(self) -> None:
+        """Make every connection attempt that the pool's backoff has put off, now."""
+        due, self._put_off = self._put_off, set()
+        for task in due:
+            self.run_task(task)
+
+    def take_due(self, task: AddConnection) -> bool:
+        """Whether ``task`` is still put off (and is now taken out to run)."""
+        if task not in self._put_off:
+            return False
+        self._put_off.discard(task)
+        return True
+
+
+class _WhenDue(MaintenanceTask):
+    """An attempt put off by the pool's backoff, run when its time comes unless `reconnect_now`
+    ran it already."""
+
+    def __init__(self, pool: RevivingPool, task: AddConnection) -> None:
+        super().__init__(pool)
+        self.task = task
+
+    async def _run(self, pool: AsyncConnectionPool[Any]) -> None:
+        if isinstance(pool, RevivingPool) and pool.take_due(self.task):
+            await self.task.run()
+
+
+async def _opened_pool(url: str, *, max_size: int, connect_timeout: float) -> RevivingPool:
     # A direct connection first: the pool would only report a timeout, not why it failed. If
     # the server goes away between the two (a restart), the probe is made again and says so.
     retried = False
     while True:
         probe = await connect(url, connect_timeout=connect_timeout)
         await probe.close()
-        pool: Pool = AsyncConnectionPool(
+        pool = RevivingPool(
             url,
             min_size=1,
             max_size=max_size,
@@ -299,7 +382,7 @@ async def _opened_pool(url: str, *, max_size: int, connect_timeout: float) -> Po
 @asynccontextmanager
 async def open_pool(
     url: str, *, max_size: int, connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
-) -> AsyncIterator[Pool]:
+) -> AsyncIterator[RevivingPool]:
     """A pool of configured connections; a bad URL or a down server fails here, clearly."""
     pool = await _opened_pool(url, max_size=max_size, connect_timeout=connect_timeout)
     try:

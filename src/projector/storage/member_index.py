@@ -19,6 +19,8 @@ import logging
 from psycopg import sql
 
 from projector.errors import ConfigurationError
+from projector.model.buckets import MAX_BUCKETS
+from projector.model.events import MAX_GROUP_SIZE
 from projector.storage import database, message_store
 from projector.storage.database import Connection, Pool
 
@@ -58,6 +60,10 @@ def check_size(size: int) -> int:
             f"--member-index {size}: a member index is for consumer groups of 2 members or "
             "more (a plain group reads its categories with the message store's own index)"
         )
+    if size > MAX_GROUP_SIZE:
+        raise ConfigurationError(
+            f"--member-index {size}: a consumer group has at most {MAX_GROUP_SIZE:,} members"
+        )
     return size
 
 
@@ -86,8 +92,10 @@ def install_bucket_index(url: str, buckets: int) -> bool:
     global_position, bucket), so that a read of a range of buckets scans in global order and
     checks the bucket in the index, fetching only its own rows (see
     `message_store.read_buckets`). True when it was built now."""
-    if buckets < 1:
-        raise ConfigurationError(f"--bucket-index {buckets}: an elastic group has 1 bucket or more")
+    if not 1 <= buckets <= MAX_BUCKETS:
+        raise ConfigurationError(
+            f"--bucket-index {buckets}: an elastic group has 1 to {MAX_BUCKETS:,} buckets"
+        )
     name = sql.Identifier(bucket_index_name(buckets))
     create = sql.SQL(
         "CREATE INDEX CONCURRENTLY IF NOT EXISTS {name} ON message_store.messages "

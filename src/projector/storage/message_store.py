@@ -213,7 +213,7 @@ class MessageStore:
 
     async def check_schema(self) -> None:
         """Raise SchemaMissingError unless the store's table and write function exist."""
-        async with self._pool.connection() as conn:
+        async with database.pooled(self._pool, doing="looking for the message store") as conn:
             row = await (await conn.execute(SCHEMA_PRESENT)).fetchone()
         if row is None or not all(row):
             raise SchemaMissingError(
