@@ -2,7 +2,7 @@
 
 The server and projector's own store come from the testing kit's plugin (`projector.testing`,
 loaded by its entry point): ``pg_server`` is its ``projector_server``, ``own_template`` its
-``projector_template`` and ``own_store_url`` its ``projector_database_url``.
+template with no read model's tables, and ``own_store_url`` its ``projector_database_url``.
 
 ``database_url`` runs a test once per store flavour: ``own`` (projector's Message DB-compatible
 store) and ``messagedb`` (the real Eventide Message DB). Both have projector's tables. To pin a
@@ -24,6 +24,7 @@ import pytest
 from projector.localpg import LocalCluster, temporary_cluster
 from projector.storage import database, migrate
 from projector.storage.database import Connection
+from projector.testing.server import Templates
 from tests.support import messagedb
 from tests.support.postgres import PgServer, Unavailable, give_up, require_server_binaries
 
@@ -93,9 +94,9 @@ def pg_server(projector_server: PgServer) -> PgServer:
 
 
 @pytest.fixture(scope="session")
-def own_template(projector_template: str) -> str:
+def own_template(projector_templates: Templates) -> str:
     """projector's own message store and tables, built once per session."""
-    return projector_template
+    return projector_templates.of()
 
 
 @pytest.fixture(scope="session")

@@ -18,7 +18,6 @@ from psycopg.conninfo import make_conninfo
 CREATE = "CREATE DATABASE {} TEMPLATE {}"
 # FORCE: a test may leave connections (or a pool) open on its database.
 DROP = "DROP DATABASE IF EXISTS {} WITH (FORCE)"
-EXISTS = "SELECT count(*) FROM pg_database WHERE datname = %(name)s"
 
 
 def url_for(admin_url: str, dbname: str) -> str:
@@ -37,12 +36,6 @@ def create_database(admin_url: str, name: str, *, template: str) -> None:
 def drop_database(admin_url: str, name: str) -> None:
     """Drop database ``name`` (if it exists), closing the sessions still connected to it."""
     _admin(admin_url, DROP, name)
-
-
-def database_exists(admin_url: str, name: str) -> bool:
-    with psycopg.connect(admin_url, autocommit=True) as conn:
-        row = conn.execute(EXISTS, {"name": name}).fetchone()
-    return row is not None and row[0] == 1
 
 
 def _admin(admin_url: str, statement: LiteralString, *names: str) -> None:

@@ -5,7 +5,8 @@ for each test, with a message store and projector's tables.
 - ``projector_database_url``: the same database's URL (override it to test elsewhere);
 - ``projector_schema``: override it (session scope) to create your read models' tables once,
   in the template every test's database is copied from: return a function of the URL;
-- ``projector_server``, ``projector_template``: the server and the template (session scope).
+- ``projector_server``, ``projector_templates`` (session scope), ``projector_template``: the
+  server, its template databases, and the name of the one the test's database is copied from.
 
 The fixtures start nothing until a test asks for one. A missing server skips the test, and
 fails it under ``CI=true`` (a broken setup there, not a reason to pass).
@@ -14,17 +15,14 @@ fails it under ``CI=true`` (a broken setup there, not a reason to pass).
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import ExitStack
 from typing import NoReturn
 
 import pytest
 
 from projector.testing.database import Database
-from projector.testing.server import PgServer, Unavailable, install_store, open_server
-
-Schema = Callable[[str], None]
-"""What creates a read model's tables, given the database's URL."""
+from projector.testing.server import PgServer, Schema, Templates, Unavailable, open_server
 
 
 def give_up(reason: str) -> NoReturn:
@@ -52,18 +50,16 @@ def projector_schema() -> Schema | None:
 
 
 @pytest.fixture(scope="session")
-def projector_template(
-    projector_server: PgServer, projector_schema: Schema | None
-) -> Iterator[str]:
-    """A store, projector's tables and ``projector_schema``'s, built once per session."""
+def projector_templates(projector_server: PgServer) -> Iterator[Templates]:
+    """The session's template databases, one per ``projector_schema`` in use, each built once."""
+    with ExitStack() as stack:
+        yield Templates(projector_server, stack)
 
-    def install(url: str) -> None:
-        install_store(url)
-        if projector_schema is not None:
-            projector_schema(url)
 
-    with projector_server.template(install) as name:
-        yield name
+@pytest.fixture
+def projector_template(projector_templates: Templates, projector_schema: Schema | None) -> str:
+    """The template of the test's ``projector_schema`` (a folder's conftest may have its own)."""
+    return projector_templates.of(projector_schema)
 
 
 @pytest.fixture

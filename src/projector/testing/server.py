@@ -14,6 +14,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
+from functools import partial
 
 from projector.errors import ConfigurationError
 from projector.localpg import server_bindir, temporary_cluster
@@ -66,10 +67,34 @@ class PgServer:
             scratch.drop_database(self.admin_url, name)
 
 
-def install_store(url: str) -> None:
-    """projector's own Message DB-compatible store and projector's tables, on a new database."""
+Schema = Callable[[str], None]
+"""What creates a read model's tables, given the database's URL."""
+
+
+class Templates:
+    """Template databases with projector's own store and tables, and a read model's tables on
+    top (one per ``schema``), each built on first use and dropped when ``stack`` closes."""
+
+    def __init__(self, server: PgServer, stack: ExitStack) -> None:
+        self._server = server
+        self._stack = stack
+        self._built: dict[Schema | None, str] = {}
+
+    def of(self, schema: Schema | None = None) -> str:
+        """The name of the template with ``schema``'s tables (None: the store's alone)."""
+        if schema not in self._built:
+            template = self._server.template(partial(install_store, schema=schema))
+            self._built[schema] = self._stack.enter_context(template)
+        return self._built[schema]
+
+
+def install_store(url: str, *, schema: Schema | None = None) -> None:
+    """projector's own Message DB-compatible store and projector's tables, on a new database;
+    then ``schema``'s, if given."""
     migrate.install_message_store(url)
     migrate.upgrade(url)
+    if schema is not None:
+        schema(url)
 
 
 def open_server(stack: ExitStack) -> PgServer:
