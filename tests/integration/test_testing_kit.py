@@ -167,6 +167,10 @@ KINDS: dict[str, Maker] = {
 }
 
 
+async def state_nothing(e: Event) -> None:
+    """A handler with nothing to do."""
+
+
 @pytest.fixture
 async def db(projector_db: Database) -> Database:
     await projector_db.execute(TABLE)
@@ -203,6 +207,10 @@ async def test_dependent_projections_run_each_after_those_it_depends_on(db: Data
     await db.write(*FIRST, event("Issued", stream="invoice-1", account="account-1"))
     with pytest.raises(ConfigurationError, match="depends on exact: run it together"):
         await run_until_caught_up(statements, db)
+    nowhere = Projection("nowhere")
+    nowhere.on("Issued")(state_nothing)
+    with pytest.raises(ConfigurationError, match="'nowhere' reads no category"):
+        await run_until_caught_up(nowhere, db)
     await run_until_caught_up([statements, accounts], db)
 
     assert await db.snapshot("SELECT * FROM statements") == "invoice   | balance\ninvoice-1 | 3\n"
@@ -221,6 +229,19 @@ async def test_assert_idempotent_passes_a_guarded_read_model_and_shows_a_double_
         await assert_idempotent(exactly_once(db.url), [], BALANCES, database=db)
     assert "-account-1   | 13      | 3" in str(failed.value)
     assert "+account-1   | 26      | 6" in str(failed.value)
+
+
+async def test_a_read_model_outside_the_database_is_compared_as_a_value(db: Database) -> None:
+    sent: list[str] = []
+    mailer = Projection("mailer", categories=["account"])
+
+    @mailer.on("Withdrawn")
+    async def mail(e: Event) -> None:
+        sent.append(f"{e.stream_name} withdrew {e.data['amount']}")
+
+    with pytest.raises(AssertionError, match="'mailer' is not idempotent") as failed:
+        await assert_idempotent(mailer, FIRST, lambda: list(sent), database=db)
+    assert "+['account-1 withdrew 2', 'account-1 withdrew 2']" in str(failed.value)
 
 
 async def test_assert_deterministic_passes_a_fold_and_fails_what_counts_calls(
@@ -296,6 +317,7 @@ async def test_a_transactional_handler_is_called_alone_in_a_transaction_of_the_c
 
 
 async def test_an_event_given_a_position_is_written_only_there(db: Database) -> None:
+    await db.execute("CREATE TABLE one (n int); CREATE TABLE two (n int)")  # several at once
     written = await db.write(event("Opened", stream="account-1", position=0, owner="ann"))
     assert [(e.position, e.global_position, e.data) for e in written] == [(0, 1, {"owner": "ann"})]
 

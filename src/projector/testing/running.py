@@ -204,6 +204,12 @@ def _in_dependency_order(
             "group= and categories= name one projection's: with several, give each "
             "Projection(name, categories=[...])"
         )
+    for p in projections:
+        if not (p.categories or settings.get("categories")):
+            raise ConfigurationError(
+                f"projection {p.name!r} reads no category: give Projection({p.name!r}, "
+                "categories=[...]), or run_until_caught_up(..., categories=[...])"
+            )
     ordered: list[Projection] = []
 
     def visit(p: Projection, path: tuple[str, ...]) -> None:
