@@ -3,12 +3,17 @@
 
 from __future__ import annotations
 
+import importlib
+import subprocess
+import sys
+import types
 import uuid
 from datetime import datetime
 from decimal import Decimal
 
 import pytest
 
+import projector.testing
 from projector import ConfigurationError, Event, Projection, StreamResult
 from projector.testing import UNWRITTEN, call_handler, event, snapshot
 from projector.testing.events import placed
@@ -135,3 +140,22 @@ def test_a_snapshot_shows_times_in_iso_format_and_says_when_there_are_no_rows() 
     assert snapshot(["account"], []) == "account\n(no rows)\n"
     assert snapshot(["n"], [(10,), (None,), (9,)]) == "n\nnull\n9\n10\n"
     assert snapshot(["n"], [(2,), (1,)], sort=False) == "n\n2\n1\n"
+
+
+def test_loading_the_plugin_imports_neither_the_runner_nor_alembic() -> None:
+    """pytest loads the plugin in every run of a project that has projector installed: it
+    costs what importing projector does, until a test asks for the kit."""
+    heavy = ["alembic", "sqlalchemy", "projector.runner", "projector.testing.running"]
+    code = f"import sys, projector.testing.plugin; print([m for m in {heavy} if m in sys.modules])"
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert done.stdout.strip() == "[]"
+
+
+def test_every_name_the_kit_exports_is_the_one_its_module_defines() -> None:
+    for module in ("database", "events", "failures", "properties", "running", "snapshots"):
+        importlib.import_module(f"projector.testing.{module}")  # sets the package's attributes
+
+    for name in projector.testing.__all__:
+        assert not isinstance(getattr(projector.testing, name), types.ModuleType), name

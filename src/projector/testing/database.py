@@ -13,7 +13,7 @@ from projector.storage import database, held, message_store
 from projector.storage.database import Connection
 from projector.storage.held import HeldStream
 from projector.testing.events import UNWRITTEN
-from projector.testing.snapshot import snapshot
+from projector.testing.snapshots import snapshot
 
 Params = Sequence[Any] | Mapping[str, Any]
 
@@ -59,7 +59,7 @@ class Database:
     async def snapshot(
         self, query: LiteralString, params: Params | None = None, *, sort: bool = True
     ) -> str:
-        """The rows ``query`` returns as an aligned text table (`projector.testing.snapshot`)."""
+        """The rows ``query`` returns as an aligned text table (`projector.testing.snapshots`)."""
         columns, found = await self._fetch(query, params)
         return snapshot(columns, found, sort=sort)
 

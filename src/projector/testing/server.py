@@ -18,7 +18,7 @@ from functools import partial
 
 from projector.errors import ConfigurationError
 from projector.localpg import server_bindir, temporary_cluster
-from projector.storage import migrate, scratch
+from projector.storage import scratch
 
 ADMIN_URL_VARIABLE = "PROJECTOR_TEST_DATABASE_URL"
 CONTAINER_IMAGE = "postgres:15"
@@ -91,6 +91,10 @@ class Templates:
 def install_store(url: str, *, schema: Schema | None = None) -> None:
     """projector's own Message DB-compatible store and projector's tables, on a new database;
     then ``schema``'s, if given."""
+    # Imported here: Alembic and SQLAlchemy take a second or more to import, and pytest loads
+    # this plugin in every run, most of which build no template.
+    from projector.storage import migrate
+
     migrate.install_message_store(url)
     migrate.upgrade(url)
     if schema is not None:
