@@ -306,6 +306,25 @@ async def test_failing_streams_are_retried_and_parked_with_their_errors(db: Data
         assert_retried(run, "account-1")
 
 
+async def test_a_consumer_groups_members_record_their_own_streams_failures(db: Database) -> None:
+    projection = Projection("members", categories=["account"])
+
+    @projection.handler
+    async def handle(stream_name: str, events: list[Event]) -> None:
+        raise ValueError(f"{stream_name} cannot be counted")
+
+    await db.write(*(event("Deposited", stream=f"account-{i}", amount=i) for i in range(4)))
+    runs = [
+        await run_until_caught_up(projection, db, member=m, group_size=2, retry_max_attempts=1)
+        for m in (0, 1)
+    ]
+
+    parked = runs[0].parked | runs[1].parked
+    assert parked == {f"account-{i}" for i in range(4)}
+    assert {f.group for run in runs for f in run.failures} == {"members-0", "members-1"}
+    assert {f.stream for run in runs for f in run.failures if f.parked} == parked
+
+
 async def test_a_transactional_handler_is_called_alone_in_a_transaction_of_the_connection(
     db: Database,
 ) -> None:

@@ -251,7 +251,9 @@ class _FailureLog(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
         fields = record.__dict__
         parked = _FAILURE_ACTIONS.get(fields.get("action", ""))
-        if parked is None or fields.get("group") not in self.groups:
+        # A consumer group's member logs as <group>-<member> (group names have no '-').
+        group = str(fields.get("group", "")).partition("-")[0]
+        if parked is None or group not in self.groups:
             return
         self.failures.append(
             Failure(
