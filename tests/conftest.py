@@ -1,5 +1,9 @@
 """Database fixtures for every integration and end-to-end test.
 
+The server and projector's own store come from the testing kit's plugin (`projector.testing`,
+loaded by its entry point): ``pg_server`` is its ``projector_server``, ``own_template`` its
+template with no read model's tables, and ``own_store_url`` its ``projector_database_url``.
+
 ``database_url`` runs a test once per store flavour: ``own`` (projector's Message DB-compatible
 store) and ``messagedb`` (the real Eventide Message DB). Both have projector's tables. To pin a
 test to one flavour:
@@ -12,7 +16,6 @@ import os
 import shutil
 import tempfile
 from collections.abc import AsyncIterator, Iterator
-from contextlib import ExitStack
 from pathlib import Path
 
 import hypothesis
@@ -21,14 +24,9 @@ import pytest
 from projector.localpg import LocalCluster, temporary_cluster
 from projector.storage import database, migrate
 from projector.storage.database import Connection
+from projector.testing.server import Templates
 from tests.support import messagedb
-from tests.support.postgres import (
-    PgServer,
-    Unavailable,
-    give_up,
-    open_server,
-    require_server_binaries,
-)
+from tests.support.postgres import PgServer, Unavailable, give_up, require_server_binaries
 
 STORE_KINDS = ("own", "messagedb")
 FAULT_REPORT = pytest.StashKey[list[str]]()
@@ -90,26 +88,15 @@ async def own_store_conn(own_store_url: str) -> AsyncIterator[Connection]:
 
 
 @pytest.fixture(scope="session")
-def pg_server() -> Iterator[PgServer]:
+def pg_server(projector_server: PgServer) -> PgServer:
     """The session's server: PROJECTOR_TEST_DATABASE_URL, Docker, or a throwaway cluster."""
-    with ExitStack() as stack:
-        try:
-            server = open_server(stack)
-        except Unavailable as exc:
-            give_up(str(exc))
-        yield server
+    return projector_server
 
 
 @pytest.fixture(scope="session")
-def own_template(pg_server: PgServer) -> Iterator[str]:
+def own_template(projector_templates: Templates) -> str:
     """projector's own message store and tables, built once per session."""
-
-    def install(url: str) -> None:
-        migrate.install_message_store(url)
-        migrate.upgrade(url)
-
-    with pg_server.template(install) as name:
-        yield name
+    return projector_templates.of()
 
 
 @pytest.fixture(scope="session")
@@ -145,10 +132,9 @@ def database_url(
 
 
 @pytest.fixture
-def own_store_url(pg_server: PgServer, own_template: str) -> Iterator[str]:
+def own_store_url(projector_database_url: str) -> str:
     """A database of the test's own with projector's own message store and tables."""
-    with pg_server.database(template=own_template) as url:
-        yield url
+    return projector_database_url
 
 
 @pytest.fixture

@@ -1,18 +1,16 @@
 """Read models that hold their streams' positions (`GuardedUpsert`, and transactional batch
 projections with ``positions="read_model"``), on real Postgres: a redelivered span changes
 nothing, an overlapping one applies only its new events, and a projection run again after its
-checkpoints are reset leaves its read model equal to the fold."""
+checkpoints are reset leaves its read model equal to the fold. Written with the testing kit
+(`projector.testing`)."""
 
 from __future__ import annotations
 
-import psycopg
 import pytest
 
 from projector import Column, ConfigurationError, Event, GuardedUpsert, Projection
-from projector.ops.groups import reset_group
-from projector.storage.database import Connection, connect
-from tests.support.projecting import run_projection, settings_for, write_events
-from tests.support.sink import evs
+from projector.storage.database import Connection
+from projector.testing import Database, assert_idempotent, call_handler, event, snapshot
 
 pytestmark = pytest.mark.anyio
 
@@ -29,29 +27,48 @@ UPSERT = GuardedUpsert(
     },
     latest={"last_n": Column("bigint", lambda e: e.position)},
 )
+COLUMNS = ["stream", "position", "total", "events", "last_n"]
+TOTALS = "SELECT stream, position, total, events, last_n FROM totals"
 
 
-async def rows(conn: Connection) -> dict[str, tuple[int, int, int, int]]:
-    cursor = await conn.execute("SELECT stream, position, total, events, last_n FROM totals")
-    return {
-        str(s): (int(p), int(t), int(n), int(last)) for s, p, t, n, last in await cursor.fetchall()
-    }
+def guarded(calls: list[int] | None = None) -> Projection:
+    """A transactional batch projection whose rows hold their positions; records each call's
+    number of streams in ``calls``."""
+    projection = Projection("guarded", categories=["account"])
+
+    @projection.transactional_batch(positions="read_model")
+    async def apply(spans: dict[str, list[Event]], conn: Connection) -> None:
+        if calls is not None:
+            calls.append(len(spans))
+        await UPSERT.execute(conn, spans)
+
+    return projection
+
+
+def at(stream: str, positions: range) -> list[Event]:
+    return [event("Happened", stream=stream, position=p) for p in positions]
 
 
 async def test_a_redelivered_span_changes_nothing_and_an_overlapping_one_adds_its_new_events(
     own_store_url: str,
 ) -> None:
-    conn = await connect(own_store_url)
-    async with conn:
-        await conn.execute(TABLE)
-        await UPSERT.execute(conn, {"s-1": evs("s-1", [0, 1, 2, 3, 4]), "s-2": evs("s-2", [0])})
-        await UPSERT.execute(conn, {"s-1": evs("s-1", [0, 1, 2, 3, 4]), "s-2": evs("s-2", [0])})
-        await UPSERT.execute(conn, {"s-1": evs("s-1", [3, 4, 5, 6, 7])})
+    db = Database(own_store_url)
+    await db.execute(TABLE)
+    projection = guarded()
 
-        assert await rows(conn) == {
-            "s-1": (7, 10 * sum(range(8)), 8, 7),
-            "s-2": (0, 0, 1, 0),
-        }
+    async with db.connect() as conn:
+        for events in (
+            [*at("s-1", range(5)), *at("s-2", range(1))],
+            [*at("s-1", range(5)), *at("s-2", range(1))],  # delivered again
+            at("s-1", range(3, 8)),  # 3 and 4 again, then 5, 6 and 7
+        ):
+            await call_handler(projection, events, conn=conn)
+
+    assert await db.snapshot(TOTALS) == (
+        "stream | position | total | events | last_n\n"
+        "s-1    | 7        | 280   | 8      | 7\n"  # total: 10 * (0 + 1 + ... + 7)
+        "s-2    | 0        | 0     | 1      | 0\n"
+    )
 
 
 def test_a_guarded_upsert_refuses_a_type_it_does_not_bind_and_writing_no_column() -> None:
@@ -70,29 +87,15 @@ def test_positions_must_be_projector_or_read_model() -> None:
 async def test_a_projection_whose_rows_hold_positions_applies_each_event_once_after_a_reset(
     database_url: str,
 ) -> None:
-    await write_events(database_url, {f"account-{i}": 7 for i in range(40)})
-    with psycopg.connect(database_url, autocommit=True) as setup:
-        setup.execute(TABLE)
-    projection = Projection("guarded")
+    db = Database(database_url)
+    await db.execute(TABLE)
     calls: list[int] = []
+    events = [event("Counted", stream=f"account-{i}", n=n) for n in range(7) for i in range(40)]
 
-    @projection.transactional_batch(positions="read_model")
-    async def apply(spans: dict[str, list[Event]], conn: Connection) -> None:
-        calls.append(len(spans))
-        await UPSERT.execute(conn, spans)
+    read_model = await assert_idempotent(
+        guarded(calls), events, TOTALS, database=db, batch_size=50
+    )
 
-    settings = settings_for(database_url, categories=("account",), batch_size=50)
-    await run_projection(projection, settings)
-    async with await psycopg.AsyncConnection.connect(database_url) as admin:
-        await reset_group(admin, "guarded")
-    await run_projection(projection, settings)
-
-    conn = await connect(database_url)
-    async with conn:
-        found = await rows(conn)
-        positions = await (
-            await conn.execute("SELECT count(*) FROM projector.stream_positions")
-        ).fetchone()
-    assert found == {f"account-{i}": (6, 10 * sum(range(7)), 7, 6) for i in range(40)}
-    assert positions == (0,)
+    assert read_model == snapshot(COLUMNS, [(f"account-{i}", 6, 210, 7, 6) for i in range(40)])
+    assert await db.rows("SELECT count(*) AS n FROM projector.stream_positions") == [{"n": 0}]
     assert max(calls) > 1

@@ -1,133 +1,22 @@
-"""The PostgreSQL server the tests run on, and the databases each test gets from it.
-
-The server is, in this order: the one at ``PROJECTOR_TEST_DATABASE_URL`` (an admin URL on which
-we may CREATE DATABASE), a testcontainers container when a Docker engine answers, or a throwaway
-cluster from the local server binaries. Each store flavour is built once per session into a
-template database; every test gets a clone of it (``CREATE DATABASE ... TEMPLATE``), so tests are
-isolated with no cleanup code of their own.
-"""
+"""The server the tests run on: the testing kit's (`projector.testing.server`), under the names
+the suite's modules import."""
 
 from __future__ import annotations
 
-import os
-import uuid
-from collections.abc import Callable, Iterator
-from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass
-from typing import NoReturn
-from urllib.parse import quote, urlsplit, urlunsplit
+from projector.testing.plugin import give_up
+from projector.testing.server import (
+    ADMIN_URL_VARIABLE,
+    PgServer,
+    Unavailable,
+    open_server,
+    require_server_binaries,
+)
 
-import psycopg
-import pytest
-from psycopg import sql
-from psycopg.conninfo import make_conninfo
-
-from projector.errors import ConfigurationError
-from projector.localpg import server_bindir, temporary_cluster
-
-ADMIN_URL_VARIABLE = "PROJECTOR_TEST_DATABASE_URL"
-CONTAINER_IMAGE = "postgres:15"
-DOCKER_PING_TIMEOUT = 2
-
-
-class Unavailable(Exception):
-    """Something the tests need (a server, a tool, a download) cannot be had here."""
-
-
-def give_up(reason: str) -> NoReturn:
-    """Skip the test, or fail it in CI, where a missing server or tool is a broken setup."""
-    if os.environ.get("CI", "").lower() in {"true", "1"}:
-        pytest.fail(reason, pytrace=False)
-    pytest.skip(reason)
-
-
-@dataclass(frozen=True)
-class PgServer:
-    """A server on which the tests may create and drop databases."""
-
-    admin_url: str
-
-    def url_for(self, dbname: str) -> str:
-        """The admin URL pointed at another database."""
-        parts = urlsplit(self.admin_url)
-        if parts.scheme in {"postgresql", "postgres"}:
-            return urlunsplit(parts._replace(path="/" + quote(dbname, safe="")))
-        return make_conninfo(self.admin_url, dbname=dbname)
-
-    @contextmanager
-    def database(self, *, template: str = "template0") -> Iterator[str]:
-        """A new database copied from ``template``, dropped on exit; yields its URL."""
-        with self._new_database("projector_test", template) as name:
-            yield self.url_for(name)
-
-    @contextmanager
-    def template(self, install: Callable[[str], None]) -> Iterator[str]:
-        """A new database prepared once by ``install(url)``, to clone; yields its name.
-
-        ``install`` must close its connections: CREATE DATABASE ... TEMPLATE refuses a source
-        that anyone is connected to.
-        """
-        with self._new_database("projector_template", "template0") as name:
-            install(self.url_for(name))
-            yield name
-
-    @contextmanager
-    def _new_database(self, prefix: str, template: str) -> Iterator[str]:
-        # A random name: sessions sharing one server must not collide.
-        name = f"{prefix}_{uuid.uuid4().hex[:12]}"
-        self._admin(sql.SQL("CREATE DATABASE {} TEMPLATE {}"), name, template)
-        try:
-            yield name
-        finally:
-            # FORCE: a test may leave connections (or a pool) open on its database.
-            self._admin(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)"), name)
-
-    def _admin(self, statement: sql.SQL, *names: str) -> None:
-        query = statement.format(*(sql.Identifier(name) for name in names))
-        with psycopg.connect(self.admin_url, autocommit=True) as conn:
-            conn.execute(query)
-
-
-def open_server(stack: ExitStack) -> PgServer:
-    """The first server to be had, stopped when ``stack`` closes; Unavailable when none is."""
-    admin_url = os.environ.get(ADMIN_URL_VARIABLE)
-    if admin_url:
-        return PgServer(admin_url)
-    container_url = _container_url(stack)
-    if container_url is not None:
-        return PgServer(container_url)
-    try:
-        require_server_binaries()
-    except Unavailable as exc:
-        raise Unavailable(
-            f"no PostgreSQL server for the tests: set {ADMIN_URL_VARIABLE}, start Docker, "
-            f"or install the server binaries ({exc})"
-        ) from exc
-    return PgServer(stack.enter_context(temporary_cluster()).url)
-
-
-def require_server_binaries() -> None:
-    """Unavailable when there are no local server binaries; a failure to start is an error."""
-    try:
-        server_bindir()
-    except ConfigurationError as exc:
-        raise Unavailable(str(exc)) from exc
-
-
-def _container_url(stack: ExitStack) -> str | None:
-    """A testcontainers server's URL when a Docker engine answers; None when none does."""
-    try:
-        import docker  # type: ignore[import-untyped]
-        import requests
-    except ImportError:
-        return None
-    try:
-        docker.from_env(timeout=DOCKER_PING_TIMEOUT).ping()
-    except (docker.errors.DockerException, requests.RequestException):
-        return None
-    try:
-        from testcontainers.community.postgres import PostgresContainer
-    except ImportError:  # testcontainers before the community/ split
-        from testcontainers.postgres import PostgresContainer
-    container = stack.enter_context(PostgresContainer(CONTAINER_IMAGE, driver=None))
-    return str(container.get_connection_url())
+__all__ = [
+    "ADMIN_URL_VARIABLE",
+    "PgServer",
+    "Unavailable",
+    "give_up",
+    "open_server",
+    "require_server_binaries",
+]

@@ -171,6 +171,16 @@ def test_nothing_below_the_runner_imports_the_runner_or_the_cli() -> None:
     assert _imports(lambda importer: importer in ALLOWED, lambda n: _part_of(n) in above) == []
 
 
+def test_nothing_in_projector_imports_the_testing_kit() -> None:
+    """The testing kit (a pytest plugin) sits above the runner, like the CLI: a running
+    projector never imports it, nor pytest with it."""
+    users = _imports(
+        lambda importer: importer != "projector.testing",
+        lambda n: _part_of(n) == "projector.testing" or n.split(".")[0] == "pytest",
+    )
+    assert users == []
+
+
 def test_only_storage_speaks_to_the_driver() -> None:
     """Driver errors become projector's in storage only (the CLI's last-resort reporting and
     the demo's own read-model pool aside)."""

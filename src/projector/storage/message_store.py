@@ -346,6 +346,13 @@ async def write_message(
         if "Wrong expected version" in str(exc):
             raise WrongExpectedVersionError(database.first_line(exc)) from exc
         raise MessageStoreError(database.first_line(exc)) from exc
+    except pg_errors.UniqueViolation as exc:
+        if exc.diag.constraint_name != "messages_id":
+            raise MessageStoreError(database.first_line(exc)) from exc
+        raise MessageStoreError(
+            f"a message with id {params['id']} is in the store already: each message has an "
+            "id of its own (write a new one, or leave id out for a random one)"
+        ) from exc
     assert row is not None
     return int(row[0])
 
@@ -432,3 +439,10 @@ async def stream_at(conn: Connection, global_position: int) -> tuple[str, int] |
     """The stream, and the position in it, of the message at ``global_position``."""
     row = await (await conn.execute(STREAM_AT, {"position": global_position})).fetchone()
     return None if row is None else (str(row[0]), int(row[1]))
+
+
+async def read_stream(conn: Connection, stream_name: str, position: int, count: int) -> list[Event]:
+    """Up to ``count`` events of one stream from stream ``position`` on, in order."""
+    params = {"stream_name": stream_name, "position": position, "batch_size": count}
+    cursor = await conn.execute(READ_STREAM, params)
+    return [Event(*row) for row in await cursor.fetchall()]

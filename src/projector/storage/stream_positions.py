@@ -34,6 +34,7 @@ SELECT position FROM projector.stream_positions
 WHERE group_name = %(group)s AND stream_name = %(stream)s
 """
 LOCK_POSITION = RECORDED_POSITION + "FOR UPDATE\n"
+FORGET = "DELETE FROM projector.stream_positions WHERE group_name = %(group)s"
 
 # A compare-and-set: the write names the position it replaces (-1: no row yet), and a row that
 # holds another one turns the update into a NULL, which the column refuses, so the statement
@@ -259,3 +260,10 @@ class Transactions:
                 extra={"action": "transaction_connection_lost"},
             )
         await self.give_back(session)
+
+
+async def forget(conn: Connection, group: str) -> int:
+    """Delete every position ``group`` recorded, so that its transactional handlers are given
+    again what they applied (a test of the handler's own idempotency); how many there were."""
+    cursor = await conn.execute(FORGET, {"group": group})
+    return cursor.rowcount
