@@ -29,7 +29,7 @@ from tests.support import messagedb
 from tests.support.postgres import PgServer, Unavailable, give_up, require_server_binaries
 
 STORE_KINDS = ("own", "messagedb")
-FAULT_REPORT = pytest.StashKey[list[str]]()
+FAULT_REPORT_PROPERTY = "fault_report"  # a test's user property: the lines it reports
 
 # Property tests check what holds, not how fast: Hypothesis's default 200 ms deadline per
 # example fails them when the machine is busy.
@@ -59,13 +59,18 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
 
 
-def pytest_configure(config: pytest.Config) -> None:
-    config.stash[FAULT_REPORT] = []
-
-
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
-    """The fault suite's figures, printed whether its test passed or failed."""
-    lines = terminalreporter.config.stash[FAULT_REPORT]
+    """The fault suite's figures, printed whether its test passed or failed. They travel as
+    the tests' user properties, which pytest-xdist brings back from its workers."""
+    lines = [
+        str(line)
+        for reports in terminalreporter.stats.values()
+        for report in reports
+        if isinstance(report, pytest.TestReport) and report.when == "teardown"
+        for name, value in report.user_properties
+        if name == FAULT_REPORT_PROPERTY and isinstance(value, list)
+        for line in value
+    ]
     if lines:
         terminalreporter.write_sep("-", "fault injection")
         for line in lines:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
 
 from projector.localpg import LocalCluster
-from tests.conftest import FAULT_REPORT
+from tests.conftest import FAULT_REPORT_PROPERTY
 from tests.faults.harness import Server
 from tests.support import messagedb
 from tests.support.postgres import Unavailable, give_up
@@ -38,6 +40,8 @@ def fault_server(throwaway_cluster: LocalCluster, pytestconfig: pytest.Config) -
 
 
 @pytest.fixture
-def fault_report(pytestconfig: pytest.Config) -> list[str]:
+def fault_report(request: pytest.FixtureRequest) -> Iterator[list[str]]:
     """Lines printed at the end of the run, in the "fault injection" section."""
-    return pytestconfig.stash[FAULT_REPORT]
+    lines: list[str] = []
+    yield lines
+    request.node.user_properties.append((FAULT_REPORT_PROPERTY, lines))
