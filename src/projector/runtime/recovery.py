@@ -242,14 +242,14 @@ class Recovery:
             await anyio.sleep(LOOK_EVERY)
 
     async def replay(self, held: HeldStream, sink: StreamsSink) -> None:
-        """Replay one held stream from its first unhandled event to the stream's end, where it
+        """Replay one held stream from its row's position to the stream's end, where it
         rejoins the live flow; a failure holds it again where it failed."""
         name = held.stream_name
         if name not in sink.held_streams:
-            # The sink runs it already (a replay whose release failed): only the row is left to
-            # remove. Replaying now would call the handler beside the sink's own calls.
-            await self._held.release(held)
-            return
+            # The sink runs it: an operator asked for a replay (`projector replay`), or a replay
+            # whose release failed left its row. Out of the read path first, once no call of
+            # it runs, so that the replay's calls never run beside the sink's.
+            await sink.take_out(name)
         progress = _Progress(held.position)
         try:
             await self._replay_from(name, progress, sink)
