@@ -45,6 +45,7 @@ from projector.errors import (
 from projector.model.events import FIRST_POSITION, member_name
 from projector.model.failures import RESTART
 from projector.model.projection import Projection
+from projector.model.versions import Replaying, Version, VersionState, answering
 from projector.ops import groups
 from projector.ops.health import State
 from projector.ops.metrics import RunnerState
@@ -57,6 +58,7 @@ from projector.pipeline.lane import Lane
 from projector.pipeline.sink import StreamsSink
 from projector.pipeline.source import OPEN_GATE, CategorySource
 from projector.reconnecting import Reconnecting, outlasting
+from projector.runtime import versions
 from projector.runtime.batching import BatchRun, one_stream, split_on_failure
 from projector.runtime.checkpoint_writer import CheckpointWriter
 from projector.runtime.dependencies import DependencyGate, UpstreamMeter
@@ -65,6 +67,7 @@ from projector.runtime.exactly_once import ExactlyOnce
 from projector.runtime.exactly_once_batch import ExactlyOnceBatch, GuardedBatch
 from projector.runtime.outage import PROBE_TIMEOUT, Outage
 from projector.runtime.recovery import Recovery
+from projector.runtime.versions import VersionWatch
 from projector.settings import Settings, retry_policy
 from projector.storage import checkpoints, database, member_index, notify
 from projector.storage.checkpoints import Checkpoints
@@ -136,7 +139,7 @@ class Runner:
         self.settings = settings
         self.progress_bar = progress_bar
         self.categories = settings.categories or projection.categories
-        self.group = settings.group or projection.name
+        self.group = settings.group or projection.group
         if not self.categories:
             raise ConfigurationError(
                 "no category to read: pass --category NAME (or PROJECTOR_CATEGORIES=a,b), "
@@ -148,6 +151,7 @@ class Runner:
             )
         self.database_url = settings.database_url
         # The streams parked when the last catch-up ended (``until_caught_up``): not handled.
+        self.version: Version | None = None  # as recorded when the run started (None: none is)
         self.parked: frozenset[str] = frozenset()
         if any(dependency.group == self.group for dependency in projection.depends_on):
             raise ConfigurationError(
@@ -177,6 +181,7 @@ class Runner:
             )
             store = MessageStore(pool, member=settings.member, size=settings.group_size)
             await store.check_schema()
+            await self._admit(stack, pool)
             name = (
                 self.group
                 if settings.elastic
@@ -205,6 +210,19 @@ class Runner:
                         return
                 except _StartCutShort as exc:
                     await retries.failed(exc)
+
+    async def _admit(self, stack: AsyncExitStack, pool: Pool) -> None:
+        """Check that the projection's version may run (setting up the first one), and keep
+        what `projector.replaying` answers current until the run ends (`runtime.versions`)."""
+        async with database.pooled(pool, doing="checking the projection's version") as conn:
+            await checkpoints.check_schema(conn)
+            self.version = await versions.admit(conn, self.projection, self.group)
+        holder = Replaying(self.version is not None and self.version.state is VersionState.BUILDING)
+        stack.enter_context(answering(holder))
+        watching = await stack.enter_async_context(anyio.create_task_group())
+        stack.callback(watching.cancel_scope.cancel)
+        watch = VersionWatch(pool, self.group, holder)
+        watching.start_soon(watch.run, name="projector-version-watch")
 
     async def _join(self, stack: AsyncExitStack, watchers: Watchers) -> ElasticMember:
         """Join the elastic group, and heartbeat until the run ends; leaving releases the
