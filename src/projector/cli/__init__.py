@@ -12,7 +12,7 @@ from types import FrameType
 
 import click
 
-from projector.cli import commands, operations
+from projector.cli import commands, operations, rebuild
 from projector.process import stop_now
 
 
@@ -33,6 +33,8 @@ for command in (
     operations.failing,
     operations.parked,
     operations.group_command,
+    rebuild.rebuild,
+    rebuild.replay_command,
 ):
     main.add_command(command)
 
