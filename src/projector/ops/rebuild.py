@@ -24,7 +24,7 @@ from projector.ops import groups
 from projector.ops.rebuild_status import VersionStatus, in_state, pick_version, status_of
 from projector.ops.verify import Verification, verify
 from projector.runtime import versions as running_versions
-from projector.storage import versions
+from projector.storage import checkpoints, versions
 from projector.storage.database import Connection
 from projector.storage.versions import ViewsBusyError
 
@@ -135,6 +135,11 @@ async def _live_or_first(
         raise ConfigurationError(
             f"version 1 is the first version of {projection.name}: `projector run` sets it "
             "up; to rebuild it, give the projection version=2"
+        )
+    if not await checkpoints.rows(conn, projection.name):
+        raise ConfigurationError(
+            f"projection {projection.name} has never run, so there is nothing to rebuild: "
+            f"`projector run` sets version {projection.version} up as its first version"
         )
     first = Version(
         projection.name, 1, projection.name, None, VersionState.LIVE, datetime.now(UTC)
