@@ -321,3 +321,39 @@ async def test_handlers_of_a_building_version_are_told_they_are_replaying(
     await run_projection(mailer(2), settings_for(url))
     assert told == {1: {False}, 2: {True}}
     assert not replaying()
+
+
+GROUPS: dict[str, list[dict[str, object]]] = {
+    "fixed": [{"member": 0, "group_size": 2}, {"member": 1, "group_size": 2}],
+    "elastic": [
+        {"elastic": True, "buckets": 4, "heartbeat": 0.2, "bucket_lease": 2.0},
+        {"elastic": True, "buckets": 4, "heartbeat": 0.2, "bucket_lease": 2.0},
+    ],
+}
+
+
+@pytest.mark.parametrize("kind", sorted(GROUPS))
+async def test_a_new_version_projects_as_a_consumer_or_elastic_group(
+    own_store_url: str, kind: str
+) -> None:
+    url = own_store_url
+    await write_transactions(url, accounts=20, events=200, seed=11)
+    await run_projection(ledger(1), settings_for(url))
+    async with connected(url) as conn:
+        await rebuild.start(conn, ledger(2))
+    first, second = GROUPS[kind]
+    async with running(url, ledger(2), **first), running(url, ledger(2), **second):
+        await eventually(lambda: _caught_up(url, "balances", 2))
+        async with connected(url) as conn:
+            status = next(
+                row
+                for row in await rebuild_status.collect(conn, "balances")
+                if row.version.version == 2
+            )
+            assert status.members == (4 if kind == "elastic" else 2)
+            with pytest.raises(MemberBusyError):
+                await rebuild.retire(conn, "balances", 2)
+            await rebuild.cutover(conn, "balances", max_lag=0, within=10)
+    assert balances_in(url, "balances") == folded(url)
+    async with connected(url) as conn:
+        await rebuild.retire(conn, "balances", 1)
