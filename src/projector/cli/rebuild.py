@@ -20,6 +20,7 @@ from projector.cli.options import (
 )
 from projector.cli.render import human_duration
 from projector.model.projection import Projection, load_projection
+from projector.model.versions import VersionState
 from projector.ops import rebuild as rebuilding
 from projector.ops import rebuild_status, replay
 from projector.ops.rebuild_status import VersionStatus
@@ -108,13 +109,20 @@ def _status_table(rows: list[VersionStatus]) -> Table:
             str(version.version) + ("" if row.recorded else " (not recorded)"),
             version.state.value,
             version.group,
-            version.schema or "public",
+            _schema(row),
             "-" if row.lag_events is None else str(row.lag_events),
             "-" if row.lag_seconds is None else human_duration(row.lag_seconds),
             "running" if row.running else "stopped",
             _eta(row),
         )
     return table
+
+
+def _schema(row: VersionStatus) -> str:
+    version = row.version
+    if version.schema is None:
+        return "public" if version.version == 1 else "-"
+    return version.schema + (" (dropped)" if version.state is VersionState.RETIRED else "")
 
 
 def _eta(row: VersionStatus) -> str:

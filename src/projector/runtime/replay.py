@@ -76,7 +76,7 @@ async def replay_stream(
                 extra={"action": "stream_replay_retried", "group": group, "stream": stream_name},
             )
             continue
-        logger.info(
+        logger.debug(
             "%s: replayed %d event(s) of %s",
             group,
             applied,
