@@ -357,3 +357,21 @@ async def test_a_new_version_projects_as_a_consumer_or_elastic_group(
     assert balances_in(url, "balances") == folded(url)
     async with connected(url) as conn:
         await rebuild.retire(conn, "balances", 1)
+
+
+async def test_readers_are_never_switched_to_a_version_without_tables(own_store_url: str) -> None:
+    url = own_store_url
+    await write_transactions(url, accounts=5, events=30, seed=12)
+    await run_projection(ledger(1), settings_for(url))
+    outside = Projection("balances", categories=["account"], version=2)
+
+    @outside.batch
+    async def write_elsewhere(spans: dict[str, list[Event]]) -> None: ...
+
+    async with connected(url) as conn:
+        await rebuild.start(conn, outside)
+    async with running(url, outside), connected(url) as conn:
+        await eventually(lambda: _caught_up(url, "balances", 2))
+        with pytest.raises(RebuildRefusedError, match="no tables in projector's database"):
+            await rebuild.cutover(conn, "balances", max_lag=0, within=5, force=True)
+    assert balances_in(url, "balances") == folded(url)  # still version 1's

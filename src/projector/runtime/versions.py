@@ -13,7 +13,12 @@ from datetime import UTC, datetime
 
 import anyio
 
-from projector.errors import ConfigurationError, DatabaseUnavailableError, PrivilegeError
+from projector.errors import (
+    ConfigurationError,
+    DatabaseUnavailableError,
+    PrivilegeError,
+    RebuildRefusedError,
+)
 from projector.model.projection import Projection
 from projector.model.versions import Replaying, Version, VersionState
 from projector.storage import checkpoints, database, versions
@@ -38,11 +43,12 @@ async def set_up(conn: Connection, projection: Projection) -> None:
 
 
 async def tables_of(conn: Connection, version: Version, other: Version | None) -> list[str]:
-    """The tables readers see of ``version``: those of its schema; for a version whose tables
-    are in ``public``, the ones there named like a table of ``other``'s schema."""
+    """The tables readers see of ``version``: those of its schema; for a version 1 whose tables
+    are in ``public`` (from before versions), the ones there named like a table of ``other``'s
+    schema; none for a later version with no schema (its handlers write elsewhere)."""
     if version.schema is not None:
         return sorted(await versions.relations(conn, version.schema))
-    if other is None or other.schema is None:
+    if version.version > 1 or other is None or other.schema is None:
         return []
     public = await versions.relations(conn, "public")
     return sorted(name for name in await versions.relations(conn, other.schema) if name in public)
@@ -62,6 +68,11 @@ async def show(
         return []
     await versions.ensure_stable_schema(conn, live.projection, live.projection)
     tables = await tables_of(conn, live, other)
+    if not tables and await versions.relations(conn, live.projection):
+        raise RebuildRefusedError(
+            f"{live.label} has no tables in projector's database: switching to it would leave "
+            f"readers of schema {live.projection} with none (give it a setup hook)"
+        )
     await versions.point_views(
         conn, live.projection, live.schema or "public", tables, lock_timeout=lock_timeout
     )
