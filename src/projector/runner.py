@@ -152,6 +152,7 @@ class Runner:
         self.database_url = settings.database_url
         # The streams parked when the last catch-up ended (``until_caught_up``): not handled.
         self.version: Version | None = None  # as recorded when the run started (None: none is)
+        self._replaying = Replaying()
         self.parked: frozenset[str] = frozenset()
         if any(dependency.group == self.group for dependency in projection.depends_on):
             raise ConfigurationError(
@@ -212,17 +213,16 @@ class Runner:
                     await retries.failed(exc)
 
     async def _admit(self, stack: AsyncExitStack, pool: Pool) -> None:
-        """Check that the projection's version may run (setting up the first one), and keep
-        what `projector.replaying` answers current until the run ends (`runtime.versions`)."""
+        """Check that the projection's version may run (setting up the first one), and make
+        `projector.replaying` answer for it until the run ends (each tenure's `VersionWatch`
+        keeps the answer current)."""
         async with database.pooled(pool, doing="checking the projection's version") as conn:
             await checkpoints.check_schema(conn)
             self.version = await versions.admit(conn, self.projection, self.group)
-        holder = Replaying(self.version is not None and self.version.state is VersionState.BUILDING)
-        stack.enter_context(answering(holder))
-        watching = await stack.enter_async_context(anyio.create_task_group())
-        stack.callback(watching.cancel_scope.cancel)
-        watch = VersionWatch(pool, self.group, holder)
-        watching.start_soon(watch.run, name="projector-version-watch")
+        self._replaying.value = (
+            self.version is not None and self.version.state is VersionState.BUILDING
+        )
+        stack.enter_context(answering(self._replaying))
 
     async def _join(self, stack: AsyncExitStack, watchers: Watchers) -> ElasticMember:
         """Join the elastic group, and heartbeat until the run ends; leaving releases the
@@ -548,6 +548,8 @@ class Runner:
             tasks.start_soon(parts.lease.watch, name="projector-lease-watch")
             tasks.start_soon(recovery.serve, sink, name="projector-held-streams")
             tasks.start_soon(parts.outage.watch, name="projector-outage-watch")
+            watch = VersionWatch(parts.pool, self.group, self._replaying)
+            tasks.start_soon(watch.run, name="projector-version-watch")
             tasks.start_soon(
                 partial(recovery.report_stuck, sink, stuck_after=settings.stuck_after),
                 name="projector-stuck-report",
