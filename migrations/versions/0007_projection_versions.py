@@ -2,9 +2,9 @@
 
 One row per projection and version: the group it projects under, the schema holding its
 tables (NULL: ``public``, or none of projector's), and its state: ``building`` (projected, not
-serving), ``live`` (readers' views point at it; at most one per projection), ``previous`` (was
-live, still projecting: what a rollback returns to), ``retired``. A projection with no row is
-version 1, live, in ``public``, under a group named after it.
+serving), ``live`` (readers' views point at it), ``previous`` (was live, still projecting: what
+a rollback returns to), ``retired``; at most one live and one previous per projection. A
+projection with no row is version 1, live, in ``public``, under a group named after it.
 
 Revision ID: 0007
 Revises: 0006
@@ -38,10 +38,11 @@ def upgrade() -> None:
         )
         """
     )
-    op.execute(
-        "CREATE UNIQUE INDEX projection_versions_one_live ON projector.projection_versions "
-        "(projection) WHERE state = 'live'"
-    )
+    for state in ("live", "previous"):  # at most one of each per projection
+        op.execute(
+            f"CREATE UNIQUE INDEX projection_versions_one_{state} "
+            f"ON projector.projection_versions (projection) WHERE state = '{state}'"
+        )
     op.execute(
         "COMMENT ON COLUMN projector.projection_versions.projecting_since IS "
         "'when a runner first projected the version (its catch-up estimate counts from here)'"
