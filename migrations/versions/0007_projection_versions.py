@@ -8,7 +8,7 @@ projection with no row is version 1, live, in ``public``, under a group named af
 
 Revision ID: 0007
 Revises: 0006
-Create Date: 2026-12-14
+Create Date: 2026-12-07
 """
 
 from alembic import op
