@@ -1,4 +1,4 @@
-"""``python -m bench catchup|upsert|tail|group|failing|takeover|elastic|startup|all [sizes]
+"""``python -m bench catchup|upsert|tail|group|failing|takeover|elastic|rebuild|startup|all [sizes]
 [--smoke] [--scale] [--only NAMES] [--reuse] [--profile DIR]``."""
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from bench import (
     elastic,
     elastic_report,
     failing,
+    rebuild,
     report,
     scenarios,
     seed,
@@ -42,6 +43,7 @@ COMMANDS = (
     "failing",
     "takeover",
     "elastic",
+    "rebuild",
     "startup",
     "all",
 )
@@ -54,6 +56,7 @@ DATASETS = {
     "failing": ("main", "held"),
     "takeover": (),  # it writes its own, while its members run (see bench.takeover)
     "elastic": (),  # it writes its own, while its members run (see bench.elastic)
+    "rebuild": ("upsert",),  # its runners are its own (see bench.rebuild)
     "startup": (),
 }
 SIZE_HELP = {
@@ -124,6 +127,11 @@ def main(argv: list[str] | None = None) -> None:
             elastic_outcome = (
                 elastic.run(url, run_id, sizes, settings) if "elastic" in commands else None
             )
+            rebuild_outcome = (
+                rebuild.run(url, run_id, sizes, settings, args.repeat)
+                if "rebuild" in commands
+                else None
+            )
         finally:
             if not (args.keep or args.reuse):
                 pg.drop(dbname)
@@ -150,6 +158,9 @@ def main(argv: list[str] | None = None) -> None:
         lines = "\n".join(
             filter(None, (lines, elastic_report.json_lines(elastic_outcome, context)))
         )
+    if rebuild_outcome is not None:
+        print(rebuild.table(rebuild_outcome))
+        lines = "\n".join(filter(None, (lines, rebuild.json_line(rebuild_outcome, context))))
     print(lines, flush=True)
     if args.json is not None:
         args.json.write_text(lines + "\n")
@@ -294,7 +305,7 @@ def _plan(
     }
     plan: list[Scenario] = []
     for command in commands:
-        if command in ("takeover", "elastic"):
+        if command in ("takeover", "elastic", "rebuild"):
             continue  # no Scenario: their member processes are their own
         if command == "upsert" and "catchup" in commands:
             continue  # catchup includes it

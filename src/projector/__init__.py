@@ -18,6 +18,7 @@ from projector.model.dependencies import Dependency
 from projector.model.events import Event
 from projector.model.failures import OnExhausted, PoisonEvent, RetryAfter, RetryPolicy
 from projector.model.projection import Projection, StreamResult, idempotency_key
+from projector.model.versions import replaying
 from projector.ops.waiting import WaitTimeoutError, wait_for
 from projector.storage.database import connect
 from projector.storage.message_store import global_position_of, write_message
@@ -54,6 +55,7 @@ __all__ = [
     "connect",
     "global_position_of",
     "idempotency_key",
+    "replaying",
     "wait_for",
     "write_message",
 ]

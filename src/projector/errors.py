@@ -61,6 +61,12 @@ class ParkedStreamsError(ProjectorError):
     handled until `projector failing retry`."""
 
 
+class RebuildRefusedError(ProjectorError):
+    """A rebuild command refused, given the state the projection's versions are in (a version
+    lagging, a failed verify, nothing to roll back to, the live version); the message says
+    what to do first."""
+
+
 class HandlerError(ProjectorError):
     """A projection handler raised; the message names the stream and the event."""
 

@@ -46,6 +46,7 @@ from projector.errors import (
 from projector.model.events import FIRST_POSITION, member_name
 from projector.model.failures import RESTART
 from projector.model.projection import Projection
+from projector.model.versions import Replaying, Version, VersionState, answering
 from projector.ops import groups
 from projector.ops.health import State
 from projector.ops.metrics import RunnerState
@@ -58,6 +59,7 @@ from projector.pipeline.lane import Lane
 from projector.pipeline.sink import StreamsSink
 from projector.pipeline.source import OPEN_GATE, CategorySource
 from projector.reconnecting import Reconnecting, outlasting
+from projector.runtime import versions
 from projector.runtime.batching import BatchRun, one_stream, split_on_failure
 from projector.runtime.checkpoint_writer import CheckpointWriter
 from projector.runtime.dependencies import DependencyGate, UpstreamMeter
@@ -66,6 +68,7 @@ from projector.runtime.exactly_once import ExactlyOnce
 from projector.runtime.exactly_once_batch import ExactlyOnceBatch, GuardedBatch
 from projector.runtime.outage import PROBE_TIMEOUT, Outage
 from projector.runtime.recovery import Recovery
+from projector.runtime.versions import VersionWatch
 from projector.settings import Settings, retry_policy
 from projector.storage import checkpoints, database, member_index, notify
 from projector.storage.checkpoints import Checkpoints
@@ -137,7 +140,7 @@ class Runner:
         self.settings = settings
         self.progress_bar = progress_bar
         self.categories = settings.categories or projection.categories
-        self.group = settings.group or projection.name
+        self.group = settings.group or projection.group
         if not self.categories:
             raise ConfigurationError(
                 "no category to read: pass --category NAME (or PROJECTOR_CATEGORIES=a,b), "
@@ -149,6 +152,8 @@ class Runner:
             )
         self.database_url = settings.database_url
         # The streams parked when the last catch-up ended (``until_caught_up``): not handled.
+        self.version: Version | None = None  # as recorded when the run started (None: none is)
+        self._replaying = Replaying()
         self.parked: frozenset[str] = frozenset()
         if any(dependency.group == self.group for dependency in projection.depends_on):
             raise ConfigurationError(
@@ -172,6 +177,7 @@ class Runner:
         settings = self.settings
         async with AsyncExitStack() as stack:
             pool, store = await self._first_contact(stack)
+            await self._admit(stack, pool)
             name = (
                 self.group
                 if settings.elastic
@@ -225,9 +231,7 @@ class Runner:
         if failure is not None:
             raise failure
 
-    async def _first_contact(
-        self, stack: AsyncExitStack
-    ) -> tuple[RevivingPool, MessageStore]:
+    async def _first_contact(self, stack: AsyncExitStack) -> tuple[RevivingPool, MessageStore]:
         """The pool, once the database answers and has projector's tables. A database that
         does not answer yet (a restart, a server still starting) is waited for, for up to
         ``start_wait`` seconds (`reconnecting` logged); a URL that cannot work
@@ -261,6 +265,18 @@ class Runner:
                 continue
             retries.succeeded()
             return pool, store
+
+    async def _admit(self, stack: AsyncExitStack, pool: Pool) -> None:
+        """Check that the projection's version may run (setting up the first one), and make
+        `projector.replaying` answer for it until the run ends (each tenure's `VersionWatch`
+        keeps the answer current)."""
+        async with database.pooled(pool, doing="checking the projection's version") as conn:
+            await checkpoints.check_schema(conn)
+            self.version = await versions.admit(conn, self.projection, self.group)
+        self._replaying.value = (
+            self.version is not None and self.version.state is VersionState.BUILDING
+        )
+        stack.enter_context(answering(self._replaying))
 
     async def _join(self, stack: AsyncExitStack, watchers: Watchers) -> ElasticMember:
         """Join the elastic group, and heartbeat until the run ends; leaving releases the
@@ -585,6 +601,8 @@ class Runner:
             tasks.start_soon(writer.run, name="projector-checkpoint-writer")
             tasks.start_soon(parts.lease.watch, name="projector-lease-watch")
             tasks.start_soon(recovery.serve, sink, name="projector-held-streams")
+            watch = VersionWatch(parts.pool, self.group, self._replaying)
+            tasks.start_soon(watch.run, name="projector-version-watch")
             tasks.start_soon(
                 partial(recovery.report_stuck, sink, stuck_after=settings.stuck_after),
                 name="projector-stuck-report",

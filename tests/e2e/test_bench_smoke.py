@@ -43,6 +43,7 @@ SCENARIOS = {
     "elastic-rebalance",
     "elastic-catchup",
     "takeover",
+    "rebuild",
 }
 # Its baseline is projector on the smaller main dataset: the counts differ on purpose.
 OTHER_WORK = {"catchup-scale"}
@@ -99,6 +100,9 @@ def test_bench_smoke_prints_a_row_and_a_json_line_per_scenario(bench_env: dict[s
         if record["scenario"] == "takeover":
             check_takeover(record)
             continue
+        if record["scenario"] == "rebuild":
+            check_rebuild(record)
+            continue
         if record["scenario"].startswith("failing-"):
             check_failing(record)
             continue
@@ -140,6 +144,18 @@ def check_read_models(record: dict[str, Any]) -> None:
         assert side["read_model_rows"] == dataset["streams"]
         assert side["read_model_events"] == dataset["events"]
     assert reference["ratio"] > 0
+
+
+def check_rebuild(record: dict[str, Any]) -> None:
+    """The rebuild record: a catch-up before and after each rebuild, each handling the whole
+    dataset and whatever the writer added by then, and a rate for both sides (no target at
+    this size)."""
+    assert record["rebuilds"]
+    assert len(record["catchups"]) == 2 * len(record["rebuilds"])
+    for measure in record["catchups"] + record["rebuilds"]:
+        assert measure["events"] >= SMOKE.upsert_events
+        assert measure["seconds"] > 0
+    assert record["ratio"] > 0
 
 
 def check_failing(record: dict[str, Any]) -> None:

@@ -71,3 +71,61 @@ def test_the_example_projects_balances_exactly_once_even_after_a_reset(
     _run(url, python, "-m", "projector", "run", "projections:balances", "--until-caught-up")
 
     assert _balances(url)[0] == folded
+
+
+CREATE_TABLES = "import schema, os; schema.create_tables(os.environ['PROJECTOR_DATABASE_URL'])"
+LARGEST = """
+SELECT split_part(stream_name, '-', 2), max((data->>'amount')::bigint)
+FROM message_store.messages WHERE type = 'Deposited' GROUP BY 1
+"""
+
+
+def test_the_example_deploys_its_schema_change_with_no_downtime(empty_database_url: str) -> None:
+    """The README's schema change: version 2 built beside version 1, readers cut over."""
+    url, python = empty_database_url, sys.executable
+    projector = (python, "-m", "projector")
+    _run(url, *projector, "migrate", "--message-store")
+    _run(url, python, "-c", CREATE_TABLES)
+    _run(url, python, "write_events.py", url, "300")
+    _run(url, *projector, "run", "projections:balances", "--until-caught-up")
+    env = {**os.environ, "PROJECTOR_DATABASE_URL": url}
+    started = []
+    try:
+        for target in ("projections:balances", "projections_v2:balances"):
+            if target.startswith("projections_v2"):
+                assert "version 2 of account_balances: building" in _run(
+                    url, *projector, "rebuild", "start", target
+                )
+            started.append(
+                subprocess.Popen(
+                    [*projector, "run", target, "--checkpoint-interval", "0.2"],
+                    cwd=EXAMPLE,
+                    env=env,
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )
+            )
+        _run(url, python, "write_events.py", url, "200")
+        out = _run(
+            url,
+            *projector,
+            *("rebuild", "cutover", "--projection", "account_balances", "--max-lag", "0"),
+            "--query",
+            "SELECT account_id, balance, deposits, withdrawals FROM account_balances",
+        )
+        assert "version 2 of account_balances is live" in out
+        with psycopg.connect(url) as conn:
+            rows = conn.execute(
+                "SELECT account_id, balance, largest_deposit FROM account_balances.account_balances"
+            ).fetchall()
+            largest = {k: int(v) for k, v in conn.execute(LARGEST).fetchall()}
+            folded = {k: int(v) for k, v in conn.execute(FOLD).fetchall()}
+        assert {a: b for a, b, _ in rows} == folded
+        assert {a: d for a, _, d in rows if d} == largest
+    finally:
+        for process in started:
+            process.terminate()
+            process.wait(timeout=60)
+    retire = ("rebuild", "retire", "--projection", "account_balances", "--version", "1", "--yes")
+    out = _run(url, *projector, *retire)
+    assert "its tables, in public, are left alone" in out

@@ -57,10 +57,11 @@ FORBIDDEN_LIBRARIES = {
     "projector.model": IO_LIBRARIES,
     "projector.pipeline": IO_LIBRARIES - {"anyio"},
 }
-# What a statement looks like: a string constant holding one (docstrings excluded).
+# What a statement looks like: a string constant holding one (docstrings excluded). ROLLBACK
+# only in capitals: in lower case it is the name of a command (`projector rebuild rollback`).
 SQL = re.compile(
     r"\b(SELECT\s.+\bFROM\b|INSERT\s+INTO|UPDATE\s+\S+\s+SET|DELETE\s+FROM|CREATE\s+(TABLE|INDEX"
-    r"|DATABASE)|ALTER\s+TABLE|pg_advisory\w*|pg_try_advisory\w*|ROLLBACK|LISTEN\s|NOTIFY\s)",
+    r"|DATABASE)|ALTER\s+TABLE|pg_advisory\w*|pg_try_advisory\w*|(?-i:ROLLBACK)|LISTEN\s|NOTIFY\s)",
     re.IGNORECASE | re.DOTALL,
 )
 

@@ -353,3 +353,33 @@ async def test_a_stream_the_handler_leaves_out_of_its_outcomes_handled_all_of_it
 
     assert calls == [{"a-1": [0, 1], "b-1": [0]}]
     assert done.order == [0]
+async def test_taking_out_a_stream_waits_for_the_unit_that_holds_it_to_be_called() -> None:
+    # A stream in a unit, queued or running, is given to that call, held or not: a replay
+    # from the stream itself must wait for it.
+    gate = anyio.Event()
+    handler = BatchHandler(gates={"a-1": gate})
+    done = Completions()
+    taken_out = anyio.Event()
+    async with batch_sink(handler, max_calls=1) as sink:
+        lane = sink.lane("l", done)
+        await done.submit(lane, 0, [ev("a-1", 0)])
+        await until(lambda: "a-1" in handler.running)
+        await done.submit(lane, 1, [ev("b-1", 0), ev("c-1", 0)])  # a unit queued behind
+
+        async def take_out(stream: str) -> None:
+            await sink.take_out(stream)
+            taken_out.set()
+
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(take_out, "c-1")
+            await settle()
+            assert not taken_out.is_set()  # c-1 waits in the queued unit
+            gate.set()
+        await lane.wait_empty()
+        await done.submit(lane, 2, [ev("c-1", 1), ev("b-1", 1)])
+        await lane.wait_empty()
+
+    assert handler.delivered("b-1") == [0, 1]
+    assert sink.held_streams == {"c-1"}
+    assert [call.get("c-1") for call in handler.calls if "c-1" in call] == [[0]]
+    assert done.order == [0, 1, 2]

@@ -463,3 +463,57 @@ async def test_a_stream_held_while_its_call_runs_is_not_run_again(outcome: str) 
     assert decisions.seen == []
     assert sink.held_streams == {"s-1"}
     assert done.order == [0, 1]
+
+
+async def test_taking_a_stream_out_waits_for_its_running_call_and_drops_its_later_events() -> None:
+    # An operator's replay (`projector replay`) takes a stream the sink runs out of its read
+    # path: it must not start until the call running now has ended.
+    gate = anyio.Event()
+    handler = Handler(gates={"s-1": gate})
+    done = Completions()
+    taken_out = anyio.Event()
+    async with running_sink(handler, Decisions(hold)) as sink:
+        lane = sink.lane("l", done)
+        await done.submit(lane, 0, evs("s-1", [0, 1]))
+        await until(lambda: sink.busy_streams == 1)
+
+        async def take_out() -> None:
+            await sink.take_out("s-1")
+            taken_out.set()
+
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(take_out)
+            await settle()
+            assert not taken_out.is_set()  # the call still runs
+            await done.submit(lane, 1, [ev("s-1", 2), ev("s-2", 0)])
+            gate.set()
+        await lane.wait_empty()
+    assert handler.calls_of("s-1") == [[0, 1]]
+    assert sink.held_streams == {"s-1"}
+    assert done.order == [0, 1]
+
+
+async def test_a_stream_taken_out_while_its_failure_is_decided_is_not_retried() -> None:
+    deciding = anyio.Event()
+    go_on = anyio.Event()
+
+    async def decide(stream: str, events: list[Event], error: Exception, attempt: int) -> Decision:
+        deciding.set()
+        await go_on.wait()
+        return Retry(0)
+
+    handler = Handler(failing={"s-1": None})
+    done = Completions()
+    with anyio.fail_after(TIMEOUT):
+        async with StreamsSink(
+            handler, max_concurrent_streams=2, max_read_ahead=10, on_failure=decide
+        ) as sink:
+            lane = sink.lane("l", done)
+            await done.submit(lane, 0, evs("s-1", [0]))
+            await deciding.wait()
+            await sink.take_out("s-1")
+            go_on.set()
+            await lane.wait_empty()
+            await anyio.sleep(0.05)
+    assert handler.calls_of("s-1") == [[0]]
+    assert sink.held_streams == {"s-1"}

@@ -15,7 +15,7 @@ import click
 from click.exceptions import NoArgsIsHelpError
 
 from projector import DISTRIBUTION
-from projector.cli import commands, operations
+from projector.cli import commands, operations, rebuild
 from projector.cli.options import fail
 from projector.ops import logs
 from projector.process import stop_now
@@ -41,6 +41,8 @@ for command in (
     operations.failing,
     operations.parked,
     operations.group_command,
+    rebuild.rebuild,
+    rebuild.replay_command,
 ):
     main.add_command(command)
 

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, Literal, TypeAlias, overload
 from projector.errors import ConfigurationError, HandlerImportError
 from projector.model.events import Event, validate_category, validate_group
 from projector.model.failures import RetryPolicy
+from projector.model.versions import version_group, version_schema
 
 if TYPE_CHECKING:
     # Only a type: the model does no I/O; a transactional handler is given the connection.
@@ -81,6 +82,11 @@ BatchResults: TypeAlias = "dict[str, StreamResult] | None"
 each stream that handled less (streams left out handled all of theirs)."""
 BatchHandler: TypeAlias = "Callable[[Spans], Awaitable[BatchResults]]"
 TransactionalBatchHandler: TypeAlias = "Callable[[Spans, Connection], Awaitable[BatchResults]]"
+SetupHook: TypeAlias = "Callable[[Connection], Awaitable[None]]"
+"""Creates a version's read-model tables, with unqualified names, in the version's schema."""
+ResetStreamHook: TypeAlias = "Callable[[Connection, str], Awaitable[None]]"
+"""Deletes what a transactional projection wrote for one stream, before `projector replay`
+applies the stream's events again."""
 
 _IDEMPOTENCY_NAMESPACE = uuid.UUID("3f7c2a61-8d0e-4b8e-9c43-5b1f2e6a9d70")
 
@@ -115,6 +121,12 @@ class Projection:
 
     or one of the transactional and batch handlers (`transactional`, `batch`,
     `transactional_batch`).
+
+    ``version`` (1 by default) is bumped to rebuild the read model beside the live one (see
+    `projector.model.versions`): each version has its own group (`group`) and, with a
+    ``setup`` hook, its own schema (`schema`), where ``setup(conn)`` creates its tables and
+    its transactional handlers write. ``reset_stream(conn, stream_name)`` deletes one
+    stream's rows, for `projector replay` of a transactional projection.
     """
 
     def __init__(
@@ -127,8 +139,23 @@ class Projection:
         depends_on: Sequence[Dependency] = (),
         on_pause: PauseCallback | None = None,
         on_resume: PauseCallback | None = None,
+        version: int = 1,
+        setup: SetupHook | None = None,
+        reset_stream: ResetStreamHook | None = None,
     ) -> None:
         self.name = validate_group(name)
+        if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+            raise ConfigurationError(
+                f"projection {name!r}: version={version!r} must be a whole number, 1 or more"
+            )
+        self.version = version
+        self.group = version_group(self.name, version)
+        self.schema = None if setup is None else version_schema(self.name, version)
+        self.setup = setup
+        self.reset_stream = reset_stream
+        for hook in (setup, reset_stream):
+            if hook is not None:
+                _require_coroutine(hook)
         self.retry = retry
         self.depends_on = _check_dependencies(self.name, depends_on)
         self.on_pause = _check_callback("on_pause", on_pause)
@@ -144,7 +171,8 @@ class Projection:
         self._event_handlers: dict[str, EventHandler] = {}
 
     def __repr__(self) -> str:
-        return f"Projection({self.name!r})"
+        version = "" if self.version == 1 else f", version={self.version}"
+        return f"Projection({self.name!r}{version})"
 
     def handler(self, fn: StreamHandler) -> StreamHandler:
         """Register the stream handler (decorator)."""

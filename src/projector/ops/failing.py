@@ -58,7 +58,7 @@ def _owned(row: HeldStream, owners: list[CheckpointRow]) -> OwnedHeldStream:
 async def request_retry(conn: Connection, group: str, stream_name: str | None) -> RetryRequest:
     """Ask for a replay of a held stream now (every one of the group with None)."""
     streams = await held.request_retry(conn, group, stream_name)
-    return RetryRequest(streams, await _runner_up(conn, group))
+    return RetryRequest(streams, await runner_up(conn, group))
 
 
 async def skip_event(
@@ -66,10 +66,10 @@ async def skip_event(
 ) -> tuple[HeldStream, bool]:
     """Skip a held stream's failing event; the row as it is now, and whether a runner is up."""
     row = await held.skip_event(conn, group, stream_name, event_id)
-    return row, await _runner_up(conn, group)
+    return row, await runner_up(conn, group)
 
 
-async def _runner_up(conn: Connection, group: str) -> bool:
+async def runner_up(conn: Connection, group: str) -> bool:
     """Whether any runner of the group runs now: a member's lock, or a live bucket lease."""
     if await buckets.held(conn, group):
         return True

@@ -103,6 +103,10 @@ class BatchesSink(StreamsSink):
                 )
         return found
 
+    def _calling(self, stream_name: str) -> bool:
+        # A stream in a unit waiting for a call is given to that call, held or not.
+        return stream_name in self._in_calls or super()._calling(stream_name)
+
     # -- scheduling -------------------------------------------------------------------------
 
     def _schedule(self, batch: Batch, events: Sequence[Event]) -> None:

@@ -68,6 +68,7 @@ DEFAULT_STALL_DELAY = 0.1
 # computes for longer still holds the loop for as long as it takes.
 YIELD_AFTER = 0.0005
 MAX_SKIP_HINTS = 100_000  # forgotten streams whose handler asked to skip ahead (skip_to)
+TAKE_OUT_POLL = 0.05  # seconds between looks for the end of a call of a stream taken out
 
 
 class StreamsSink:
@@ -412,6 +413,8 @@ class StreamsSink:
         if stream.failing_since is None:
             stream.failing_since = time.monotonic()
         decision = await self._on_failure(stream.name, events, error, stream.failures)
+        if stream.phase is HELD:
+            return  # taken out meanwhile (`take_out`): the replay that follows has its events
         if isinstance(decision, Retry):
             self._requeue_after(stream, decision.delay)
         elif isinstance(decision, RetryWhen):
@@ -484,7 +487,30 @@ class StreamsSink:
             batch.remaining -= 1
             if batch.remaining == 0:
                 batch.lane.complete(batch)
-        del self._streams[stream.name]
+        if self._streams.get(stream.name) is stream:
+            del self._streams[stream.name]
+
+    async def take_out(self, stream_name: str) -> None:
+        """Hold a stream the sink runs (see `hold`: its owner must have recorded where to
+        replay it from), and return once no call given its events runs any more, so that a
+        replay from the stream itself never runs beside one. A call already running ends as
+        it would (within ``handler_timeout``, if set); what it leaves is dropped."""
+        self.hold(stream_name)
+        # Polled: taking a stream out is an operator's rare request, and the calls that could
+        # hold it are few; a wake-up per call end would cost every call on the hot path.
+        while self._calling(stream_name):  # noqa: ASYNC110 (polled on purpose, see above)
+            await anyio.sleep(TAKE_OUT_POLL)
+
+    def _calling(self, stream_name: str) -> bool:
+        """Whether a call given the stream's events runs now."""
+        for call in self._calls:
+            if call.stream is not None and call.stream.name == stream_name:
+                return True
+            if any(stream.name == stream_name for stream, _ in call.batch):
+                return True
+            if any(stream_name in unit.spans for unit in call.units):
+                return True
+        return False
 
     def rejoining(self, stream_name: str) -> None:
         """Keep a held stream's new events from now on, without running them, until `rejoin`:

@@ -25,6 +25,7 @@ from projector.model.events import Event
 from projector.model.projection import Projection
 from projector.storage.database import Pool
 from projector.storage.stream_positions import NO_ROW, PositionMovedError, Session, Transactions
+from projector.storage.versions import begin_statement
 
 logger = logging.getLogger(__name__)
 
@@ -54,10 +55,11 @@ class KnownPositions:
 
 
 @asynccontextmanager
-async def transactions_for(pool: Pool) -> AsyncIterator[Transactions]:
+async def transactions_for(pool: Pool, *, schema: str | None = None) -> AsyncIterator[Transactions]:
     """Transactions on ``pool`` for the length of the block, with idle sessions released as
-    it goes and given back when it ends."""
-    transactions = Transactions(pool)
+    it goes and given back when it ends; each with ``schema`` (a projection version's) first
+    on its ``search_path``, when given."""
+    transactions = Transactions(pool, begin=begin_statement(schema))
     try:
         async with anyio.create_task_group() as tasks:
             tasks.start_soon(transactions.release_idle, name="projector-transactions-release")
@@ -80,8 +82,9 @@ class Transactional:
     @classmethod
     @asynccontextmanager
     async def running(cls, projection: Projection, pool: Pool, group: str) -> AsyncIterator[Self]:
-        """One for the length of the block (see `transactions_for`)."""
-        async with transactions_for(pool) as transactions:
+        """One for the length of the block (see `transactions_for`), its transactions in the
+        schema of the projection's version, if it has one."""
+        async with transactions_for(pool, schema=projection.schema) as transactions:
             yield cls(projection, transactions, group)
 
     @asynccontextmanager

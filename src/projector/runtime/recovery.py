@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from datetime import datetime
 
 import anyio
 
@@ -91,6 +92,9 @@ class Recovery:
         self._changed = anyio.Event()
         self._looked = anyio.Event()  # set after each round of `serve`, then replaced
         self._last: tuple[Look, float] | None = None  # the last look, and its anyio time
+        # Streams replayed and back in the live flow whose row's release failed, with the
+        # row's failed_at: the row is only to be deleted when met again.
+        self._unreleased: dict[str, datetime] = {}
 
     # -- deciding ---------------------------------------------------------------------------
 
@@ -242,14 +246,19 @@ class Recovery:
             await anyio.sleep(LOOK_EVERY)
 
     async def replay(self, held: HeldStream, sink: StreamsSink) -> None:
-        """Replay one held stream from its first unhandled event to the stream's end, where it
+        """Replay one held stream from its row's position to the stream's end, where it
         rejoins the live flow; a failure holds it again where it failed."""
         name = held.stream_name
         if name not in sink.held_streams:
-            # The sink runs it already (a replay whose release failed): only the row is left to
-            # remove. Replaying now would call the handler beside the sink's own calls.
-            await self._held.release(held)
-            return
+            if self._unreleased.get(name) == held.failed_at:
+                # This runner replayed it already, and only the row's release failed.
+                await self._held.release(held)
+                del self._unreleased[name]
+                return
+            # The sink runs it: an operator asked for it to be delivered again (`projector
+            # replay`, whose row has a failed_at of its own). Out of the read path first,
+            # once no call of it runs, so that the replay's calls never run beside the sink's.
+            await sink.take_out(name)
         progress = _Progress(held.position)
         try:
             await self._replay_from(name, progress, sink)
@@ -262,7 +271,9 @@ class Recovery:
             await self._failed_again(held, progress, error)
             return
         sink.rejoin(name, progress.position)
+        self._unreleased[name] = held.failed_at  # until its row is gone
         await self._held.release(held)
+        del self._unreleased[name]
         logger.info(
             "%s replayed up to position %d and back in the live flow",
             name,

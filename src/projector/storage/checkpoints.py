@@ -37,6 +37,7 @@ SELECT to_regclass('projector.checkpoints') IS NOT NULL
    AND to_regclass('projector.held_streams') IS NOT NULL
    AND to_regclass('projector.stream_positions') IS NOT NULL
    AND to_regclass('projector.bucket_leases') IS NOT NULL
+   AND to_regclass('projector.projection_versions') IS NOT NULL
 """
 
 # Held while a starting member checks the group's size and writes its first checkpoints, so
@@ -88,7 +89,8 @@ async def check_schema(conn: Connection) -> None:
     if row is None or not row[0]:
         raise SchemaMissingError(
             "projector's tables are missing or out of date (projector.checkpoints, "
-            "projector.held_streams, projector.stream_positions, projector.bucket_leases): "
+            "projector.held_streams, projector.stream_positions, projector.bucket_leases, "
+            "projector.projection_versions): "
             "run `projector migrate`"
         )
 

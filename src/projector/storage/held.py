@@ -83,6 +83,20 @@ WHERE group_name = %(group)s AND stream_name = %(stream)s AND event_id = %(event
 RETURNING {COLUMNS}
 """
 
+# An operator's replay from a position (`projector replay`): due now. A stream held already is
+# moved there; its new failed_at keeps a replay of it in flight from releasing the row.
+REQUEST_REPLAY = """
+INSERT INTO projector.held_streams AS h (group_name, stream_name, category, position,
+    global_position, event_id, event_type, error, traceback, attempts, state, held_at, failed_at,
+    next_attempt_at, retry_requested_at)
+VALUES (%(group)s, %(stream)s, %(category)s, %(position)s, %(global_position)s, %(event_id)s,
+    %(event_type)s, %(reason)s, '', 0, 'retrying', now(), now(), now(), now())
+ON CONFLICT (group_name, stream_name) DO UPDATE
+SET position = EXCLUDED.position, global_position = EXCLUDED.global_position,
+    event_id = EXCLUDED.event_id, event_type = EXCLUDED.event_type, failed_at = now(),
+    retry_requested_at = now()
+"""
+
 # Only the failure that was replayed: one recorded meanwhile has a newer failed_at.
 RELEASE = """
 DELETE FROM projector.held_streams
@@ -231,6 +245,24 @@ async def request_retry(conn: Connection, group: str, stream_name: str | None) -
             "(see `projector failing list`)"
         )
     return streams
+
+
+async def request_replay(conn: Connection, group: str, first: Event, *, reason: str) -> None:
+    """Ask the runner that owns ``first``'s stream to deliver the stream again from ``first``
+    on: the stream is held (or moved, if held already) at ``first``, its replay due now."""
+    validate_group(group)
+    params = {
+        "group": group,
+        "stream": first.stream_name,
+        "category": category(first.stream_name),
+        "position": first.position,
+        "global_position": first.global_position,
+        "event_id": str(first.id),
+        "event_type": first.type,
+        "reason": reason,
+    }
+    async with conn.transaction():
+        await conn.execute(REQUEST_REPLAY, params)
 
 
 async def skip_event(

@@ -441,8 +441,10 @@ async def stream_at(conn: Connection, global_position: int) -> tuple[str, int] |
     return None if row is None else (str(row[0]), int(row[1]))
 
 
-async def read_stream(conn: Connection, stream_name: str, position: int, count: int) -> list[Event]:
-    """Up to ``count`` events of one stream from stream ``position`` on, in order."""
-    params = {"stream_name": stream_name, "position": position, "batch_size": count}
-    cursor = await conn.execute(READ_STREAM, params)
+async def read_stream(
+    conn: Connection, stream_name: str, position: int, batch_size: int
+) -> list[Event]:
+    """`MessageStore.read_stream` on a connection of the caller's (e.g. inside a transaction)."""
+    params = {"stream_name": stream_name, "position": position, "batch_size": batch_size}
+    cursor = await conn.execute(READ_STREAM, params, binary=True)
     return [Event(*row) for row in await cursor.fetchall()]

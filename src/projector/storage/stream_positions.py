@@ -42,14 +42,14 @@ FORGET = "DELETE FROM projector.stream_positions WHERE group_name = %(group)s"
 # constraint is checked on the proposed row before the conflict is.) Under READ COMMITTED the
 # conflicting row is locked and re-read at its latest committed version, so a concurrent
 # writer's position is seen once its transaction has ended.
-RECORD_POSITION_AND_COMMIT = """
+# Followed by the next transaction's BEGIN (the session's own: see `Session`).
+RECORD_POSITION_AND_COMMIT = b"""
 INSERT INTO projector.stream_positions AS recorded (group_name, stream_name, position, updated_at)
 VALUES (%(group)s, %(stream)s, %(position)s, now())
 ON CONFLICT (group_name, stream_name)
 DO UPDATE SET position = CASE WHEN recorded.position = %(expected)s THEN EXCLUDED.position END,
               updated_at = EXCLUDED.updated_at;
 COMMIT;
-BEGIN
 """
 NO_ROW = -1  # the expected position of a stream whose row does not exist yet
 
@@ -92,10 +92,7 @@ SELECT %(group)s, stream_name, position, now() FROM proposed
 WHERE stream_name NOT IN (SELECT stream_name FROM moved)
 ON CONFLICT (group_name, stream_name) DO UPDATE SET position = NULL
 """
-COMMIT_AND_BEGIN = b"COMMIT; BEGIN"
-
 BEGIN = b"BEGIN"
-ROLL_BACK_AND_BEGIN = b"ROLLBACK; BEGIN"
 ROLL_BACK = b"ROLLBACK"
 
 IDLE_RELEASE = 1.0  # seconds a connection may wait in its fresh transaction before release
@@ -113,16 +110,37 @@ async def recorded_position(conn: Connection, group: str, stream_name: str) -> i
     return None if row is None else int(row[0])
 
 
+def is_conflict(error: BaseException) -> bool:
+    """Whether a transaction failed for meeting another (a deadlock, a serialization failure),
+    so that making it again may succeed."""
+    return isinstance(error, psycopg.errors.DeadlockDetected | psycopg.errors.SerializationFailure)
+
+
+async def session_on(conn: Connection, begin: bytes = BEGIN) -> Session:
+    """A session on a connection of the caller's own (not a pool's), its transaction begun;
+    the connection is switched to autocommit, so that BEGIN and COMMIT are the session's."""
+    await conn.set_autocommit(True)
+    await conn.execute(begin)
+    return Session(conn, begin)
+
+
 class Session:
     """A pool connection with a transaction begun, waiting for a call: the handler writes on
-    ``conn``, and the session reads, locks and records the stream's position around it."""
+    ``conn``, and the session reads, locks and records the stream's position around it.
 
-    __slots__ = ("_cursor", "conn", "idle_since")
+    ``begin`` is what begins each of its transactions: BEGIN, or BEGIN with a projection
+    version's ``search_path`` (`projector.storage.versions.begin_statement`)."""
 
-    def __init__(self, conn: Connection) -> None:
+    __slots__ = ("_commit", "_cursor", "_record", "_roll_back", "conn", "idle_since")
+
+    def __init__(self, conn: Connection, begin: bytes = BEGIN) -> None:
         self.conn = conn
         self._cursor = psycopg.AsyncClientCursor(conn)
         self.idle_since = 0.0
+        self._commit = b"COMMIT; " + begin
+        self._roll_back = b"ROLLBACK; " + begin
+        # Bound client-side: a literal % of the BEGIN would read as a placeholder.
+        self._record = RECORD_POSITION_AND_COMMIT + begin.replace(b"%", b"%%")
 
     async def lock_position(self, group: str, stream_name: str) -> int:
         """The stream's recorded position (NO_ROW: none yet), its row locked until the
@@ -142,7 +160,7 @@ class Session:
 
     async def discard(self) -> None:
         """Roll back what the transaction did (and its row locks), and begin the next."""
-        await self.conn.execute(ROLL_BACK_AND_BEGIN)
+        await self.conn.execute(self._roll_back)
 
     async def record_and_commit(
         self, group: str, stream_name: str, position: int, *, expected: int
@@ -151,7 +169,7 @@ class Session:
         PositionMovedError, with the transaction failed (`discard` it)."""
         params = {"group": group, "stream": stream_name, "position": position}
         try:
-            await self._cursor.execute(RECORD_POSITION_AND_COMMIT, {**params, "expected": expected})
+            await self._cursor.execute(self._record, {**params, "expected": expected})
         except psycopg.errors.NotNullViolation as exc:
             raise PositionMovedError(
                 f"its recorded position is no longer {expected}: another runner applied its "
@@ -162,7 +180,7 @@ class Session:
     async def commit(self) -> None:
         """Commit what the handler wrote, recording no position (the read model holds them),
         and begin the next."""
-        await self.conn.execute(COMMIT_AND_BEGIN)
+        await self.conn.execute(self._commit)
 
     async def record_all_and_commit(
         self, group: str, positions: dict[str, int], *, expected: dict[str, int]
@@ -184,15 +202,16 @@ class Session:
                 "its events meanwhile (a takeover), or a commit whose outcome was lost went "
                 "through"
             ) from exc
-        await self.conn.execute(COMMIT_AND_BEGIN)
+        await self.conn.execute(self._commit)
 
 
 class Transactions:
-    """Sessions taken from a pool and kept between calls; run `release_idle` beside them, and
-    `close` when done."""
+    """Sessions taken from a pool and kept between calls, each transaction begun with
+    ``begin`` (see `Session`); run `release_idle` beside them, and `close` when done."""
 
-    def __init__(self, pool: Pool) -> None:
+    def __init__(self, pool: Pool, *, begin: bytes = BEGIN) -> None:
         self._pool = pool
+        self._begin = begin
         self._idle: list[Session] = []  # most recently used last
 
     async def take(self) -> Session:
@@ -203,11 +222,11 @@ class Transactions:
         except (psycopg.OperationalError, PoolTimeout) as exc:
             raise database.unavailable_during("starting a transactional call", exc) from exc
         try:
-            await conn.execute(BEGIN)
+            await conn.execute(self._begin)
         except BaseException:
             await self.give_back(session=None, conn=conn)
             raise
-        return Session(conn)
+        return Session(conn, self._begin)
 
     def keep(self, session: Session) -> None:
         """Keep a session whose transaction is fresh (committed or discarded) for the next call."""
