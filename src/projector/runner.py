@@ -46,6 +46,7 @@ from projector.errors import (
 from projector.model.events import FIRST_POSITION, member_name
 from projector.model.failures import RESTART
 from projector.model.projection import Projection
+from projector.model.share import Share
 from projector.model.versions import Replaying, Version, VersionState, answering
 from projector.ops import groups
 from projector.ops.health import State
@@ -253,7 +254,7 @@ class Runner:
                             connect_timeout=settings.connect_timeout,
                         )
                     )
-                    store = MessageStore(pool, member=settings.member, size=settings.group_size)
+                    store = MessageStore(pool, Share.member(settings.member, settings.group_size))
                     await store.check_schema()
                     stack.push_async_exit(attempt.pop_all())
             except DatabaseLoginError:
@@ -350,7 +351,7 @@ class Runner:
         writer = await self._checkpoint_writer(store, lease)
         if settings.group_size > 1:
             await member_index.report(pool, size=settings.group_size, member=writer.name)
-        held = HeldStreams(pool, self.group, member=settings.member, size=settings.group_size)
+        held = HeldStreams(pool, self.group, store.share)
         return await self._parts(stack, lasting, store, writer, lease, held)
 
     async def _parts(
@@ -613,6 +614,7 @@ class Runner:
                 tasks,
                 self.settings,
                 pool=parts.pool,
+                share=parts.store.share,
                 handled=lambda: writer.completed,
                 sink=sink,
                 recovery=recovery,

@@ -17,6 +17,7 @@ import pytest
 
 from projector.errors import ConfigurationError, ProjectorError
 from projector.model.events import Event, consumer_group_member
+from projector.model.share import Share
 from projector.ops import groups
 from projector.ops.groups import GroupSizeMismatchError
 from projector.settings import Settings
@@ -430,7 +431,7 @@ async def test_members_read_exactly_the_partitions_of_get_category_messages(
         for size in (2, 3, 5):
             read = {}
             for member in range(size):
-                events = await _member_read(MessageStore(pool, member=member, size=size), 97)
+                events = await _member_read(MessageStore(pool, Share.member(member, size)), 97)
                 positions = [event.global_position for event in events]
                 assert positions == _server_partition(database_url, member, size), (member, size)
                 read.update({e.global_position: (e.stream_name, member) for e in events})

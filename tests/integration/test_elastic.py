@@ -14,10 +14,12 @@ import pytest
 
 from projector import Event, Projection
 from projector.errors import ConfigurationError
+from projector.localpg import free_port
 from projector.model.events import consumer_group_member
+from projector.model.share import Share
 from projector.runtime.elastic import ElasticMember
 from projector.storage import buckets, checkpoints, database, member_index
-from projector.storage.message_store import BucketStore, read_buckets
+from projector.storage.message_store import MessageStore, read_buckets
 from tests.support.groups import CATEGORY, category_head
 from tests.support.projecting import (
     Recorder,
@@ -26,6 +28,7 @@ from tests.support.projecting import (
     stored_events,
     write_events,
 )
+from tests.support.scraping import scrape
 from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.anyio
@@ -158,7 +161,7 @@ def test_buckets_needs_elastic() -> None:
         settings_for("postgresql://x/y", buckets=8)
 
 
-async def _read_all(store: BucketStore, position: int = 1) -> list[tuple[str, int]]:
+async def _read_all(store: MessageStore, position: int = 1) -> list[tuple[str, int]]:
     found: list[tuple[str, int]] = []
     while True:
         read = await store.read_category(CATEGORY, position, 7)
@@ -188,7 +191,7 @@ async def test_a_bucket_read_gives_each_owned_bucket_from_its_start_with_or_with
         if (bucket := consumer_group_member(name, BUCKETS)) in owned and position >= owned[bucket]
     ]
     async with database.open_pool(url, max_size=2) as pool:
-        store = BucketStore(pool, size=BUCKETS, buckets=owned, starts={CATEGORY: owned})
+        store = MessageStore(pool, Share.buckets(owned, BUCKETS), starts={CATEGORY: owned})
         without = await _read_all(store)
         member_index.install_bucket_index(url, BUCKETS)
         with_index = await _read_all(store)
@@ -390,3 +393,47 @@ async def test_a_join_cut_short_by_the_database_is_tried_again(
         await eventually(_all_handled(deliveries, url))
         member.cancel()
     assert [r.doing for r in _actions(caplog, "reconnecting")] == [f"joining {GROUP}"]  # type: ignore[attr-defined]
+
+
+async def test_each_elastic_members_lag_counts_the_events_of_its_own_buckets_only(
+    own_store_url: str,
+) -> None:
+    url = own_store_url
+    await write_events(url, streams(0))
+    total = len(await stored_events(url))
+    never = anyio.Event()  # no call returns: every event stays in its member's lag
+    waiting = Projection(GROUP)
+
+    @waiting.handler
+    async def wait(stream_name: str, events: list[Event]) -> None:
+        await never.wait()
+
+    members = [
+        elastic_settings(url, metrics_port=free_port(), shutdown_timeout=0.1) for _ in range(2)
+    ]
+    lag = frozenset({("group", GROUP), ("category", CATEGORY)})
+    owned = frozenset({("group", GROUP)})
+
+    async def lags() -> list[float]:
+        return [(await scrape(member))[("projector_lag_events", lag)] for member in members]
+
+    async def split_and_measured() -> bool:
+        if sorted((await owners(url)).values()) != [BUCKETS // 2, BUCKETS // 2]:
+            return False
+        samples = [await scrape(member) for member in members]
+        return all(s.get(("projector_buckets_owned", owned)) == BUCKETS // 2 for s in samples)
+
+    async with anyio.create_task_group() as tasks:
+        for member in members:
+            tasks.start_soon(run_projection, waiting, member)
+        await eventually(split_and_measured, within=30, poll=0.2)
+        # Each event is in one bucket, hence in one member's lag: the two add up to the store.
+        await eventually(lambda: _sums_to(lags, total), within=30, poll=0.2)
+        found = await lags()
+        tasks.cancel_scope.cancel()
+
+    assert all(0 < each < total for each in found), found
+
+
+async def _sums_to(lags: Callable[[], Awaitable[list[float]]], total: int) -> bool:
+    return sum(await lags()) == total

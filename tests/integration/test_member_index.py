@@ -11,6 +11,7 @@ import psycopg
 import pytest
 
 from projector.model.events import consumer_group_member
+from projector.model.share import Share
 from projector.storage import database, member_index
 from projector.storage.database import SESSION_SETTINGS
 from projector.storage.message_store import MessageStore, read_member
@@ -33,7 +34,7 @@ async def _member_reads(url: str, member: int) -> list[tuple[str, int, int]]:
     """Everything one member reads, in small batches, as (stream, position, global position)."""
     found: list[tuple[str, int, int]] = []
     async with database.open_pool(url, max_size=1) as pool:
-        store = MessageStore(pool, member=member, size=SIZE)
+        store = MessageStore(pool, Share.member(member, SIZE))
         position = 1
         while True:
             read = await store.read_category(CATEGORY, position, 7)

@@ -7,16 +7,13 @@ short so that the lag is measured often (a quarter of it) and a silent database 
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-import aiohttp
 import anyio
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from projector import Projection
 from projector.localpg import LocalCluster, free_port
@@ -24,11 +21,11 @@ from projector.settings import Settings
 from projector.storage.database import connect
 from tests.support.failures import Flaky, category_positions, message_store_on
 from tests.support.projecting import Recorder, run_projection, settings_for, write_events
+from tests.support.scraping import answers, probe, scrape
 from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.anyio
 
-Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
 
 def serving(url: str, **overrides: Any) -> Settings:
@@ -52,37 +49,6 @@ async def running(projection: Projection, settings: Settings) -> AsyncIterator[N
         await eventually(lambda: answers(settings), within=20)
         yield
         tasks.cancel_scope.cancel()
-
-
-async def answers(settings: Settings) -> bool:
-    try:
-        await get(settings, "/health")
-    except aiohttp.ClientConnectionError:
-        return False
-    return True
-
-
-async def get(settings: Settings, path: str) -> tuple[int, str]:
-    url = f"http://127.0.0.1:{settings.metrics_port}{path}"
-    timeout = aiohttp.ClientTimeout(total=5)
-    async with aiohttp.ClientSession(timeout=timeout) as session, session.get(url) as response:
-        return response.status, await response.text()
-
-
-async def probe(settings: Settings, path: str) -> tuple[int, dict[str, Any]]:
-    status, text = await get(settings, path)
-    body: dict[str, Any] = json.loads(text)
-    return status, body
-
-
-async def scrape(settings: Settings) -> Samples:
-    status, text = await get(settings, "/metrics")
-    assert status == 200
-    return {
-        (sample.name, frozenset(sample.labels.items())): sample.value
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-    }
 
 
 async def committed(url: str, group: str, category: str) -> int | None:

@@ -59,13 +59,6 @@ def consumer_group_member(stream_name: str, group_size: int) -> int | None:
     return None if id_ is None else abs(hash_64(id_)) % group_size
 
 
-def owns(member: int, size: int, stream_name: str) -> bool:
-    """Whether member ``member`` of a group of ``size`` handles the stream: in a plain group
-    (size 1) every stream, id-less names included; else by `consumer_group_member`. The same
-    rule in SQL is `projector.storage.message_store.MEMBER_READS`."""
-    return size == 1 or consumer_group_member(stream_name, size) == member
-
-
 def member_name(group: str, member: int, size: int) -> str:
     """Who owns a member's checkpoints: ``<group>``, or ``<group>-<member>`` in a consumer
     group."""

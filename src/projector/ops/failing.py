@@ -11,7 +11,6 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 
-from projector.model.events import owns
 from projector.storage import buckets, checkpoints, held, leases
 from projector.storage.checkpoints import CheckpointRow
 from projector.storage.database import Connection
@@ -49,7 +48,7 @@ def _owned(row: HeldStream, owners: list[CheckpointRow]) -> OwnedHeldStream:
         if (
             owner.group == row.group
             and owner.category == row.category
-            and owns(owner.member, owner.size, row.stream_name)
+            and owner.share.owns(row.stream_name)
         ):
             return OwnedHeldStream(row, owner.member, owner.name)
     return OwnedHeldStream(row, None, None)

@@ -18,6 +18,7 @@ import anyio
 from anyio.abc import TaskStatus
 
 from projector.errors import DatabaseUnavailableError
+from projector.model.share import Share
 from projector.storage import database, message_store
 from projector.storage.database import Pool
 from projector.storage.message_store import Partition
@@ -65,8 +66,7 @@ class LagTracker:
         pool: Pool,
         positions: Callable[[], dict[str, int]],
         *,
-        member: int,
-        size: int,
+        share: Share,
         on_measured: Callable[[LagReading], None],
         on_failed: Callable[[DatabaseUnavailableError], None],
         handled_ahead: Callable[[], Mapping[str, int]] = dict,
@@ -74,8 +74,7 @@ class LagTracker:
         self._pool = pool
         self._positions = positions
         self._handled_ahead = handled_ahead
-        self._member = member
-        self._size = size
+        self._share = share
         self._on_measured = on_measured
         self._on_failed = on_failed
 
@@ -106,7 +105,7 @@ class LagTracker:
         ahead = self._handled_ahead()
         async with database.pooled(self._pool, doing="measuring the lag") as conn:
             for category, position in positions.items():
-                partition = Partition(category, self._member, self._size, position)
+                partition = Partition(category, self._share, position)
                 lag = await message_store.lag(conn, partition)
                 found[category] = CategoryLag(
                     category,

@@ -11,7 +11,8 @@ import json
 from dataclasses import dataclass
 from datetime import datetime
 
-from projector.model.events import member_name, owns, validate_group
+from projector.model.events import member_name, validate_group
+from projector.model.share import Share
 from projector.storage import buckets, checkpoints, database, held, leases, message_store
 from projector.storage.checkpoints import CheckpointRow, check_schema
 from projector.storage.database import Connection
@@ -68,7 +69,7 @@ async def collect(conn: Connection, group: str | None = None) -> list[MemberStat
 async def _member_status(
     conn: Connection, row: CheckpointRow, running: dict[tuple[str, int], bool]
 ) -> MemberStatus:
-    partition = Partition(row.category, row.member, row.size, row.position)
+    partition = Partition(row.category, row.share, row.position)
     lag = await message_store.lag(conn, partition)
     # A member has one lock for all its categories: look it up once.
     key = (row.group, row.member)
@@ -96,7 +97,7 @@ def _with_held(member: MemberStatus, held_streams: list[HeldStream]) -> MemberSt
         for found in held_streams
         if found.group == member.group
         and found.category == member.category
-        and owns(member.member, member.size, found.stream_name)
+        and Share.member(member.member, member.size).owns(found.stream_name)
     ]
     if not mine:
         return member

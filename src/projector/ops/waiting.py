@@ -13,7 +13,7 @@ from __future__ import annotations
 import anyio
 
 from projector.errors import ConfigurationError, ParkedStreamsError, ProjectorError
-from projector.model.events import category, owns, validate_group
+from projector.model.events import category, validate_group
 from projector.storage import checkpoints, database, held, message_store, stream_positions
 from projector.storage.database import Connection
 from projector.storage.held import HeldState
@@ -123,6 +123,6 @@ async def _applied(conn: Connection, group: str, stream_name: str, position: int
 async def _handled_below(conn: Connection, group: str, stream_name: str) -> int | None:
     """The checkpoint of the member of ``group`` that owns ``stream_name``, if it has one."""
     for row in await checkpoints.rows(conn, group):
-        if row.category == category(stream_name) and owns(row.member, row.size, stream_name):
+        if row.category == category(stream_name) and row.share.owns(stream_name):
             return row.position
     return None

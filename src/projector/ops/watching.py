@@ -15,6 +15,7 @@ from functools import partial
 import anyio
 from anyio.abc import TaskGroup
 
+from projector.model.share import Share
 from projector.ops import health, progress
 from projector.ops.health import Health, HeldStreamsView
 from projector.ops.lag import LAG_INTERVAL, LagTracker
@@ -74,6 +75,7 @@ class Watchers:
         settings: Settings,
         *,
         pool: Pool,
+        share: Share,
         handled: Callable[[], dict[str, int]],
         sink: StreamsSink,
         recovery: Recovery,
@@ -83,8 +85,7 @@ class Watchers:
         tracker = LagTracker(
             pool,
             handled,
-            member=settings.member,
-            size=settings.group_size,
+            share=share,
             on_measured=self.health.lag_measured,
             on_failed=self.health.lag_failed,
             handled_ahead=sink.handled_in_flight,

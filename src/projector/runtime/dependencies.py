@@ -31,6 +31,7 @@ from anyio.abc import TaskStatus
 
 from projector.model.dependencies import Dependency, PauseCallback
 from projector.model.events import FIRST_POSITION, Event, member_name
+from projector.model.share import Share
 from projector.reconnecting import outlasting
 from projector.storage import buckets, checkpoints, database, leases, message_store
 from projector.storage.checkpoints import CheckpointRow
@@ -73,7 +74,9 @@ def _partitions(rows: list[CheckpointRow]) -> list[Partition]:
     size = max(row.size for row in rows)
     positions = {(row.category, row.member): row.position for row in rows}
     return [
-        Partition(category, member, size, positions.get((category, member), FIRST_POSITION))
+        Partition(
+            category, Share.member(member, size), positions.get((category, member), FIRST_POSITION)
+        )
         for category in sorted({row.category for row in rows})
         for member in range(size)
     ]
@@ -82,7 +85,7 @@ def _partitions(rows: list[CheckpointRow]) -> list[Partition]:
 async def _pause_reason(
     conn: Connection, dependency: Dependency, partitions: list[Partition]
 ) -> str | None:
-    group, size = dependency.group, partitions[0].size
+    group, size = dependency.group, partitions[0].share.size
     held = await buckets.held(conn, group)  # an elastic upstream's buckets run under leases
     down = [
         member_name(group, member, size)

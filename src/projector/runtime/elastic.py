@@ -34,14 +34,15 @@ import anyio
 from projector import cleanup
 from projector.errors import DatabaseUnavailableError
 from projector.model.buckets import target
-from projector.model.events import FIRST_POSITION, consumer_group_member
+from projector.model.events import FIRST_POSITION
+from projector.model.share import Share
 from projector.runtime.checkpoint_writer import CheckpointWriter
 from projector.storage import buckets, database
 from projector.storage.buckets import Identity
 from projector.storage.database import Connection, Pool
 from projector.storage.held import HeldStreams
 from projector.storage.leases import LeaseLostError
-from projector.storage.message_store import BucketStore
+from projector.storage.message_store import MessageStore
 
 logger = logging.getLogger(__name__)
 
@@ -59,8 +60,10 @@ class Tenure:
     def connection(self) -> Connection:
         return self.member.connection
 
-    def owns(self, stream_name: str) -> bool:
-        return consumer_group_member(stream_name, self.member.buckets) in self.owned
+    @property
+    def share(self) -> Share:
+        """The streams of the tenure's buckets."""
+        return Share.buckets(self.owned, self.member.buckets)
 
     async def watch(self) -> None:
         """Raise LeaseLostError once a heartbeat finds a bucket of this tenure taken."""
@@ -395,7 +398,7 @@ class TenureStart:
     starts each where its checkpoint is, and the care of its buckets' held streams."""
 
     writer: CheckpointWriter
-    store: BucketStore
+    store: MessageStore
     held: HeldStreams
 
 
@@ -418,8 +421,8 @@ async def start_tenure(
     }
     for category, positions in by_category.items():
         writer.start_at(category, _read_start(tenure, category, positions, heads[category]))
-    store = BucketStore(pool, size=member.buckets, buckets=tenure.owned, starts=by_category)
-    return TenureStart(writer, store, HeldStreams(pool, member.group, owner=tenure.owns))
+    store = MessageStore(pool, tenure.share, starts=by_category)
+    return TenureStart(writer, store, HeldStreams(pool, member.group, tenure.share))
 
 
 def _read_start(

@@ -16,6 +16,7 @@ import psycopg
 
 from projector.errors import SchemaMissingError
 from projector.model.events import hash_64, member_name
+from projector.model.share import Share
 from projector.storage import database
 from projector.storage.database import Connection
 
@@ -81,6 +82,11 @@ class CheckpointRow:
     def name(self) -> str:
         """The checkpoints' owner: ``<group>`` or ``<group>-<member>``."""
         return member_name(self.group, self.member, self.size)
+
+    @property
+    def share(self) -> Share:
+        """The streams the row checkpoints (an elastic group's rows are per bucket)."""
+        return Share.member(self.member, self.size)
 
 
 async def check_schema(conn: Connection) -> None:

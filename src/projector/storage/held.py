@@ -18,14 +18,13 @@ from __future__ import annotations
 import enum
 import traceback
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from functools import partial
 from typing import LiteralString
 
 from projector.errors import ConfigurationError
-from projector.model.events import Event, category, owns, validate_group
+from projector.model.events import Event, category, validate_group
+from projector.model.share import EVERY_STREAM, Share
 from projector.storage.database import Connection, Pool, pooled
 
 
@@ -162,18 +161,14 @@ class HeldStreams:
         self,
         pool: Pool,
         group: str,
-        *,
-        member: int = 0,
-        size: int = 1,
-        owner: Callable[[str], bool] | None = None,
+        share: Share = EVERY_STREAM,
     ) -> None:
-        """``owner`` replaces the member rule (an elastic tenure owns a set of buckets)."""
         self._pool = pool
         self._group = group
-        self._owns = owner or partial(owns, member, size)
+        self._share = share
 
     def owns(self, stream_name: str) -> bool:
-        return self._owns(stream_name)
+        return self._share.owns(stream_name)
 
     async def look(self) -> Look:
         """Every held stream this runner owns, with the server's time."""

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from itertools import starmap
 from typing import Any, LiteralString
@@ -25,7 +25,8 @@ from psycopg import errors as pg_errors
 from psycopg import sql
 
 from projector.errors import MessageStoreError, SchemaMissingError, WrongExpectedVersionError
-from projector.model.events import Event, Read, consumer_group_member
+from projector.model.events import Event, Read
+from projector.model.share import EVERY_STREAM, Share
 from projector.storage import database
 from projector.storage.database import Connection, Pool
 
@@ -49,13 +50,15 @@ _MEMBER_HASH = """mod(abs(('x' || left(md5(split_part(
 _MEMBER_OF = """strpos(stream_name, '-') > 0
       AND {member_hash} = %(member)s::bigint"""
 
-# The partition with the size as a parameter, for statements that run now and then.
-MEMBER_PARTITION = _MEMBER_OF.format(member_hash=_MEMBER_HASH.format(size="%(size)s"))
-
-# Whether a row is one that member %(member)s of a group of %(size)s reads: the ownership rule,
-# written once for statements that run now and then (a plain group, size 1, reads every row of
-# its category, id-less names included). `events.owns` is the same rule in Python.
-MEMBER_READS = f"(%(size)s = 1 OR ({MEMBER_PARTITION}))"
+# Whether a row is one of a share's (see `projector.model.share`): in a partition %(owned)s of
+# %(size)s, the ownership rule written once for statements that run now and then (a plain
+# group, size 1, reads every row of its category, id-less names included). `Share.owns` is the
+# same rule in Python.
+_SHARE_PARTITIONS = """strpos(stream_name, '-') > 0
+      AND {member_hash} = ANY (%(owned)s::bigint[])""".format(
+    member_hash=_MEMBER_HASH.format(size="%(size)s")
+)
+MEMBER_READS = f"(%(size)s = 1 OR ({_SHARE_PARTITIONS}))"
 
 # The head comes from the same statement, hence the same snapshot: every row of the category
 # up to it is visible (write_message locks the category while it draws a position), so a member
@@ -202,14 +205,40 @@ SELECT message_store.write_message(
 
 
 class MessageStore:
-    """Reads of one message store through a connection pool, optionally as one member of a
-    consumer group (``member`` of ``size``)."""
+    """Reads of one message store through a connection pool, of the streams in one `Share`:
+    every stream (a plain group), a fixed group's member, or an elastic member's buckets.
 
-    def __init__(self, pool: Pool, *, member: int = 0, size: int = 1) -> None:
+    ``starts`` (category -> partition -> position) is where each owned partition starts in a
+    category when they differ (an elastic member's buckets keep their own checkpoints): a
+    read drops the rows of a partition before its start."""
+
+    def __init__(
+        self,
+        pool: Pool,
+        share: Share = EVERY_STREAM,
+        *,
+        starts: Mapping[str, Mapping[int, int]] | None = None,
+    ) -> None:
         self._pool = pool
-        self._member = member
-        self._size = size
-        self._member_statement = read_member(size) if size > 1 else ""
+        self._share = share
+        self._single = next(iter(share.owned)) if len(share.owned) == 1 else None
+        if share.size == 1:
+            self._statement: LiteralString = ""
+        elif self._single is not None:
+            self._statement = read_member(share.size)
+        else:
+            self._statement = read_buckets(share.size)
+        # A range, not a set, is what the bucket read asks for (see `_IN_BUCKETS`).
+        self._range = (min(share.owned, default=0), max(share.owned, default=-1))
+        self._exact = len(share.owned) == self._range[1] - self._range[0] + 1
+        self._starts = {category: dict(by_part) for category, by_part in (starts or {}).items()}
+        self._highest = {
+            category: max(by_part.values(), default=0) for category, by_part in self._starts.items()
+        }
+
+    @property
+    def share(self) -> Share:
+        return self._share
 
     async def check_schema(self) -> None:
         """Raise SchemaMissingError unless the store's table and write function exist."""
@@ -223,23 +252,29 @@ class MessageStore:
             )
 
     async def read_category(self, category: str, position: int, batch_size: int) -> Read:
-        """Up to ``batch_size`` events of ``category`` (of this member's streams) from global
+        """Up to ``batch_size`` events of ``category`` (of this share's streams) from global
         ``position`` on, in global order."""
-        if self._size > 1:
-            return await self._read_member(category, position, batch_size)
+        if self._share.size == 1:
+            params = {"category": category, "position": position, "batch_size": batch_size}
+            events = list(starmap(Event, await self._fetch(READ_CATEGORY, params)))
+            return Read(events, events[-1].global_position + 1 if events else position)
         params = {"category": category, "position": position, "batch_size": batch_size}
-        events = list(starmap(Event, await self._fetch(READ_CATEGORY, params)))
-        return Read(events, events[-1].global_position + 1 if events else position)
-
-    async def _read_member(self, category: str, position: int, batch_size: int) -> Read:
-        params = {
-            "category": category,
-            "position": position,
-            "batch_size": batch_size,
-            "member": self._member,
-            "size": self._size,
-        }
-        return await self._read_partition(self._member_statement, params, position, batch_size)
+        if self._single is not None:
+            params["member"] = self._single
+        else:
+            params["low"], params["high"] = self._range
+        read = await self._read_partition(self._statement, params, position, batch_size)
+        if self._exact and position >= self._highest.get(category, 0):
+            return read  # every row read is of an owned partition, past its start
+        starts = self._starts.get(category, {})
+        kept = [
+            event
+            for event in read.events
+            if (part := self._share.partition_of(event.stream_name)) is not None
+            and part in self._share.owned
+            and event.global_position >= starts.get(part, 0)
+        ]
+        return Read(kept, read.resume_at)
 
     async def _read_partition(
         self, statement: LiteralString, params: dict[str, object], position: int, batch_size: int
@@ -271,51 +306,6 @@ class MessageStore:
         async with database.pooled(self._pool, doing=f"finding the head of {category}") as conn:
             row = await (await conn.execute(CATEGORY_HEAD, {"category": category})).fetchone()
         return None if row is None else int(row[0])
-
-
-class BucketStore(MessageStore):
-    """Reads of an elastic member: the rows of the buckets it owns (of a group of ``size``),
-    each category's bucket from its own start (``starts``: category -> bucket -> position)."""
-
-    def __init__(
-        self,
-        pool: Pool,
-        *,
-        size: int,
-        buckets: Iterable[int],
-        starts: Mapping[str, Mapping[int, int]],
-    ) -> None:
-        super().__init__(pool)
-        self._statement = read_buckets(size)
-        self._size = size
-        self._buckets = frozenset(buckets)
-        self._range = (min(self._buckets, default=0), max(self._buckets, default=-1))
-        self._contiguous = len(self._buckets) == self._range[1] - self._range[0] + 1
-        self._starts = {category: dict(by_bucket) for category, by_bucket in starts.items()}
-        self._highest = {
-            category: max(by_bucket.values(), default=0) for category, by_bucket in starts.items()
-        }
-
-    async def read_category(self, category: str, position: int, batch_size: int) -> Read:
-        low, high = self._range
-        params = {
-            "category": category,
-            "position": position,
-            "batch_size": batch_size,
-            "low": low,
-            "high": high,
-        }
-        read = await self._read_partition(self._statement, params, position, batch_size)
-        if self._contiguous and position >= self._highest[category]:
-            return read  # every row read is of an owned bucket, past its bucket's start
-        starts = self._starts[category]
-        kept = [
-            event
-            for event in read.events
-            if (bucket := consumer_group_member(event.stream_name, self._size)) in self._buckets
-            and event.global_position >= starts[bucket]
-        ]
-        return Read(kept, read.resume_at)
 
 
 async def write_message(
@@ -368,20 +358,19 @@ async def global_position_of(conn: Connection, stream_name: str, position: int) 
 
 @dataclass(frozen=True, slots=True)
 class Partition:
-    """The rows one member of a group reads in a category, from global ``position`` on (its
-    checkpoint): member ``member`` of ``size``."""
+    """The rows a share of a group's streams holds in a category, from global ``position`` on
+    (its checkpoint)."""
 
     category: str
-    member: int
-    size: int
+    share: Share
     position: int
 
     def params(self) -> dict[str, object]:
         return {
             "category": self.category,
             "position": self.position,
-            "member": self.member,
-            "size": self.size,
+            "size": self.share.size,
+            "owned": sorted(self.share.owned),
         }
 
 
