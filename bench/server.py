@@ -79,11 +79,11 @@ def choose_store(requested: str) -> tuple[str, Path | None]:
         return "own", None
     # The tests' helper, reused: it fetches Message DB once into .cache/ with npm.
     from tests.support import messagedb
-    from tests.support.postgres import Unavailable
+    from tests.support.postgres import NoTestServerError
 
     try:
         return "messagedb", messagedb.database_scripts(MESSAGE_DB_CACHE)
-    except Unavailable as exc:
+    except NoTestServerError as exc:
         if requested == "messagedb":
             raise SystemExit(f"bench: cannot install Message DB: {exc}") from exc
         print(f"bench: no Message DB ({exc}); using projector's own store", file=sys.stderr)

@@ -26,7 +26,7 @@ from projector.storage import database, migrate
 from projector.storage.database import Connection
 from projector.testing.server import Templates
 from tests.support import messagedb
-from tests.support.postgres import PgServer, Unavailable, give_up, require_server_binaries
+from tests.support.postgres import NoTestServerError, PgServer, give_up, require_server_binaries
 
 STORE_KINDS = ("own", "messagedb")
 FAULT_REPORT_PROPERTY = "fault_report"  # a test's user property: the lines it reports
@@ -109,7 +109,7 @@ def messagedb_template(pg_server: PgServer, pytestconfig: pytest.Config) -> Iter
     """Eventide Message DB (from npm, cached in .cache/) and projector's tables, built once."""
     try:
         scripts = messagedb.database_scripts(pytestconfig.rootpath / ".cache" / "message-db")
-    except Unavailable as exc:
+    except NoTestServerError as exc:
         give_up(str(exc))
 
     def install(url: str) -> None:
@@ -155,7 +155,7 @@ def cluster_dir() -> Iterator[Path]:
     user may pass through); any server left on it is stopped, and the folder removed."""
     try:
         require_server_binaries()
-    except Unavailable as exc:
+    except NoTestServerError as exc:
         give_up(str(exc))
     as_root = os.geteuid() == 0
     base = Path(tempfile.mkdtemp(prefix="projector-test-", dir="/tmp" if as_root else None))
@@ -170,7 +170,7 @@ def throwaway_cluster() -> Iterator[LocalCluster]:
     """A started server of the test's own, to stop and restart at will; stopped at teardown."""
     try:
         require_server_binaries()
-    except Unavailable as exc:
+    except NoTestServerError as exc:
         give_up(str(exc))
     with temporary_cluster() as cluster:
         yield cluster

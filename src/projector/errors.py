@@ -71,6 +71,39 @@ class HandlerError(ProjectorError):
     """A projection handler raised; the message names the stream and the event."""
 
 
+class GroupSizeMismatchError(ConfigurationError):
+    """A member was started with a group size other than its group's checkpoints were written
+    with."""
+
+class BucketCountMismatchError(ConfigurationError):
+    """An elastic member was started with another bucket count than its group's."""
+
+class PastTheHeadError(ConfigurationError):
+    """A checkpoint was asked for past the category's head: every event written until the store
+    reaches it would be skipped."""
+
+class MemberBusyError(ProjectorError):
+    """The group member is already running in another process."""
+
+class LeaseLostError(ProjectorError):
+    """The session holding this member's lock ended: the runner's tenure is over."""
+
+class PositionMovedError(ProjectorError):
+    """A transactional call found its stream's recorded position moved by someone else; its
+    writes were rolled back."""
+
+class ViewsBusyError(ProjectorError):
+    """A view swap waited too long for a reader's lock, and changed nothing."""
+
+class WaitTimeoutError(ProjectorError):
+    """The group did not handle the position in time."""
+
+
+class NoTestServerError(ProjectorError):
+    """Something the tests need (a PostgreSQL server, a tool, a download) cannot be had here;
+    the message says what to install or set (e.g. PROJECTOR_TEST_DATABASE_URL)."""
+
+
 def find_error(exc: BaseException, kind: type[E]) -> E | None:
     """``exc`` if it is a ``kind``, else the first ``kind`` inside it when it is a task group's
     exception group (however deeply nested); None when there is none."""

@@ -40,6 +40,7 @@ from projector.errors import (
     ConfigurationError,
     DatabaseLoginError,
     DatabaseUnavailableError,
+    LeaseLostError,
     ProjectorError,
     find_error,
 )
@@ -75,7 +76,7 @@ from projector.storage import checkpoints, database, member_index, notify
 from projector.storage.checkpoints import Checkpoints
 from projector.storage.database import Connection, Pool, RevivingPool
 from projector.storage.held import HeldStreams
-from projector.storage.leases import LeaseLostError, MemberLease
+from projector.storage.leases import MemberLease
 from projector.storage.message_store import MessageStore
 
 logger = logging.getLogger(__name__)

@@ -13,7 +13,12 @@ from typing import Any
 import pytest
 
 from bench.scenarios import SMOKE
-from tests.support.postgres import ADMIN_URL_VARIABLE, Unavailable, give_up, require_server_binaries
+from tests.support.postgres import (
+    ADMIN_URL_VARIABLE,
+    NoTestServerError,
+    give_up,
+    require_server_binaries,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 SCENARIOS = {
@@ -67,7 +72,7 @@ def bench_env() -> dict[str, str]:
     else:
         try:
             require_server_binaries()
-        except Unavailable as exc:
+        except NoTestServerError as exc:
             give_up(str(exc))
     return env
 

@@ -10,7 +10,7 @@ from projector.localpg import LocalCluster
 from tests.conftest import FAULT_REPORT_PROPERTY
 from tests.faults.harness import Server
 from tests.support import messagedb
-from tests.support.postgres import Unavailable, give_up
+from tests.support.postgres import NoTestServerError, give_up
 
 # Beyond the faults themselves: start-up, rebalances, the catch-up and the checks.
 OVERHEAD = 300.0
@@ -34,7 +34,7 @@ def fault_server(throwaway_cluster: LocalCluster, pytestconfig: pytest.Config) -
     """A server of the suite's own (it is restarted) with Message DB 1.3.1 and the tables."""
     try:
         scripts = messagedb.database_scripts(pytestconfig.rootpath / ".cache" / "message-db")
-    except Unavailable as exc:
+    except NoTestServerError as exc:
         give_up(str(exc))
     return Server.install(throwaway_cluster, scripts)
 

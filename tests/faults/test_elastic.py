@@ -40,7 +40,7 @@ from tests.faults.harness import (
 )
 from tests.faults.projections import CALLS_TABLE
 from tests.support import messagedb
-from tests.support.postgres import Unavailable, give_up, require_server_binaries
+from tests.support.postgres import NoTestServerError, give_up, require_server_binaries
 from tests.support.waiting import wait_until
 
 WRITE_RATE = 40.0  # events per second per writer
@@ -56,7 +56,7 @@ def shared_server(pytestconfig: pytest.Config) -> Iterator[Server]:
     try:
         require_server_binaries()
         scripts = messagedb.database_scripts(pytestconfig.rootpath / ".cache" / "message-db")
-    except Unavailable as exc:
+    except NoTestServerError as exc:
         give_up(str(exc))
     with temporary_cluster() as cluster:
         server = Server.install(cluster, scripts)

@@ -7,11 +7,10 @@ from datetime import timedelta
 
 import pytest
 
-from projector.errors import ConfigurationError
+from projector.errors import ConfigurationError, LeaseLostError
 from projector.storage import buckets, checkpoints
 from projector.storage.buckets import Identity
 from projector.storage.database import Connection
-from projector.storage.leases import LeaseLostError
 from tests.support.waiting import eventually
 
 GROUP = "elastic"

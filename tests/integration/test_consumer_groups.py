@@ -15,15 +15,18 @@ import anyio
 import psycopg
 import pytest
 
-from projector.errors import ConfigurationError, ProjectorError
+from projector.errors import (
+    ConfigurationError,
+    GroupSizeMismatchError,
+    MemberBusyError,
+    ProjectorError,
+)
 from projector.model.events import Event, consumer_group_member
 from projector.model.share import Share
 from projector.ops import groups
-from projector.ops.groups import GroupSizeMismatchError
 from projector.settings import Settings
 from projector.storage import database, leases
 from projector.storage.checkpoints import COMMIT
-from projector.storage.leases import MemberBusyError
 from projector.storage.message_store import MessageStore
 from tests.support.groups import (
     CATEGORY,

@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import pytest
 
-from projector.errors import ConfigurationError
+from projector.errors import ConfigurationError, MemberBusyError
 from projector.model.dependencies import Dependency
 from projector.ops import groups, status
 from projector.runtime import dependencies
 from projector.storage import buckets, checkpoints
 from projector.storage.buckets import Identity
 from projector.storage.database import Connection
-from projector.storage.leases import MemberBusyError
 
 GROUP = "elastic_admin"
 MEMBER = Identity(GROUP, "a", "host-a", 1)

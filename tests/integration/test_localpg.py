@@ -11,7 +11,7 @@ import pytest
 from projector import localpg
 from projector.errors import ConfigurationError
 from projector.localpg import MARKER, LocalCluster, temporary_cluster
-from tests.support.postgres import Unavailable, give_up, require_server_binaries
+from tests.support.postgres import NoTestServerError, give_up, require_server_binaries
 
 AS_ROOT = os.geteuid() == 0
 
@@ -77,7 +77,7 @@ def test_a_restarted_server_keeps_its_url(throwaway_cluster: LocalCluster) -> No
 def test_a_throwaway_cluster_is_fast_loopback_only_and_leaves_nothing_behind() -> None:
     try:
         require_server_binaries()
-    except Unavailable as exc:
+    except NoTestServerError as exc:
         give_up(str(exc))
     with temporary_cluster() as cluster:
         settings = [
@@ -105,7 +105,7 @@ def test_missing_server_binaries_say_what_to_do(
 def test_the_local_binaries_come_first(monkeypatch: pytest.MonkeyPatch) -> None:
     try:
         require_server_binaries()
-    except Unavailable as exc:
+    except NoTestServerError as exc:
         give_up(str(exc))
     local = localpg.local_bindir()
     if local is None:

@@ -15,13 +15,12 @@ import psycopg
 import pytest
 
 from projector import Event, Projection, replaying, write_message
-from projector.errors import ConfigurationError, RebuildRefusedError
+from projector.errors import ConfigurationError, MemberBusyError, RebuildRefusedError
 from projector.model.versions import VersionState
 from projector.ops import rebuild, rebuild_status, replay
 from projector.ops.verify import verify
 from projector.runner import Runner
 from projector.storage.database import Connection, connect
-from projector.storage.leases import MemberBusyError
 from tests.support.balances import balances_projection, write_transactions
 from tests.support.ledger import balances_in, folded, ledger
 from tests.support.projecting import Recorder, run_projection, settings_for, write_events

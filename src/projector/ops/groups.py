@@ -10,7 +10,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from projector.errors import ConfigurationError
+from projector.errors import (
+    ConfigurationError,
+    GroupSizeMismatchError,
+    MemberBusyError,
+    PastTheHeadError,
+)
 from projector.model.buckets import MAX_BUCKETS, converted_positions
 from projector.model.events import (
     FIRST_POSITION,
@@ -23,12 +28,7 @@ from projector.storage import buckets, checkpoints, message_store
 from projector.storage.buckets import Lease, Member
 from projector.storage.checkpoints import CheckpointRow
 from projector.storage.database import Connection
-from projector.storage.leases import MemberBusyError, busy_members
-
-
-class GroupSizeMismatchError(ConfigurationError):
-    """A member was started with a group size other than its group's checkpoints were written
-    with."""
+from projector.storage.leases import busy_members
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,11 +76,6 @@ async def list_checkpoints(conn: Connection, group: str | None = None) -> list[C
     if group is not None:
         validate_group(group)
     return await checkpoints.rows(conn, group)
-
-
-class PastTheHeadError(ConfigurationError):
-    """A checkpoint was asked for past the category's head: every event written until the store
-    reaches it would be skipped."""
 
 
 async def set_checkpoint(

@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 
 import anyio
 
-from projector.errors import ConfigurationError, RebuildRefusedError
+from projector.errors import ConfigurationError, RebuildRefusedError, ViewsBusyError
 from projector.model.events import validate_group
 from projector.model.projection import Projection
 from projector.model.versions import Version, VersionState
@@ -26,7 +26,6 @@ from projector.ops.verify import Verification, verify
 from projector.runtime import versions as running_versions
 from projector.storage import checkpoints, versions
 from projector.storage.database import Connection
-from projector.storage.versions import ViewsBusyError
 
 WAIT_POLL = 1.0  # seconds between lag readings while a cutover waits
 SWAP_RETRY = 0.5  # seconds before a swap that met a busy reader is made again

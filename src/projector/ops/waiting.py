@@ -12,7 +12,11 @@ from __future__ import annotations
 
 import anyio
 
-from projector.errors import ConfigurationError, ParkedStreamsError, ProjectorError
+from projector.errors import (
+    ConfigurationError,
+    ParkedStreamsError,
+    WaitTimeoutError,
+)
 from projector.model.events import category, validate_group
 from projector.storage import checkpoints, database, held, message_store, stream_positions
 from projector.storage.database import Connection
@@ -20,10 +24,6 @@ from projector.storage.held import HeldState
 
 DEFAULT_POLL = 0.05
 MAX_WAIT = 86_400.0  # seconds: a day
-
-
-class WaitTimeoutError(ProjectorError):
-    """The group did not handle the position in time."""
 
 
 async def wait_for(

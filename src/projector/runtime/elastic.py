@@ -32,7 +32,7 @@ from typing import Self
 import anyio
 
 from projector import cleanup
-from projector.errors import DatabaseUnavailableError
+from projector.errors import DatabaseUnavailableError, LeaseLostError
 from projector.model.buckets import target
 from projector.model.events import FIRST_POSITION
 from projector.model.share import Share
@@ -41,7 +41,6 @@ from projector.storage import buckets, database
 from projector.storage.buckets import Identity
 from projector.storage.database import Connection, Pool
 from projector.storage.held import HeldStreams
-from projector.storage.leases import LeaseLostError
 from projector.storage.message_store import MessageStore
 
 logger = logging.getLogger(__name__)

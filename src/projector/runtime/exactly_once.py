@@ -21,10 +21,11 @@ from typing import Self
 
 import anyio
 
+from projector.errors import PositionMovedError
 from projector.model.events import Event
 from projector.model.projection import Projection
 from projector.storage.database import Pool
-from projector.storage.stream_positions import NO_ROW, PositionMovedError, Session, Transactions
+from projector.storage.stream_positions import NO_ROW, Session, Transactions
 from projector.storage.versions import begin_statement
 
 logger = logging.getLogger(__name__)

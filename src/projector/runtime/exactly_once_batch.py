@@ -24,10 +24,11 @@ from __future__ import annotations
 
 import logging
 
+from projector.errors import PositionMovedError
 from projector.model.events import Event
 from projector.model.projection import Spans
 from projector.runtime.exactly_once import Transactional
-from projector.storage.stream_positions import PositionMovedError, Session
+from projector.storage.stream_positions import Session
 
 logger = logging.getLogger(__name__)
 

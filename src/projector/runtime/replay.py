@@ -22,18 +22,13 @@ from __future__ import annotations
 
 import logging
 
-from projector.errors import ConfigurationError, HandlerError, ProjectorError
+from projector.errors import ConfigurationError, HandlerError, PositionMovedError, ProjectorError
 from projector.model.events import Event
 from projector.model.projection import Projection
 from projector.model.versions import Replaying, answering
 from projector.storage import message_store
 from projector.storage.database import Connection
-from projector.storage.stream_positions import (
-    PositionMovedError,
-    Session,
-    is_conflict,
-    session_on,
-)
+from projector.storage.stream_positions import Session, is_conflict, session_on
 from projector.storage.versions import begin_statement
 
 logger = logging.getLogger(__name__)

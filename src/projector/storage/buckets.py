@@ -23,9 +23,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 
-from projector.errors import ConfigurationError
+from projector.errors import BucketCountMismatchError, LeaseLostError
 from projector.storage.database import Connection
-from projector.storage.leases import LeaseLostError
 
 REGISTER = """
 INSERT INTO projector.elastic_groups (group_name, buckets) VALUES (%(group)s, %(buckets)s)
@@ -165,10 +164,6 @@ class Member:
     started_at: datetime
     heartbeat_at: datetime
     heartbeat_age: float  # seconds since its last heartbeat
-
-
-class BucketCountMismatchError(ConfigurationError):
-    """An elastic member was started with another bucket count than its group's."""
 
 
 async def register(conn: Connection, group: str, buckets: int) -> None:

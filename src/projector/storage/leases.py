@@ -56,7 +56,7 @@ import anyio
 import psycopg
 
 from projector import cleanup
-from projector.errors import ProjectorError
+from projector.errors import LeaseLostError, MemberBusyError
 from projector.model.events import hash_64, member_name
 from projector.storage import database
 from projector.storage.database import Connection
@@ -82,14 +82,6 @@ IDLE_SESSION_TIMEOUT_SINCE = 140_000  # server_version_num of PostgreSQL 14
 DEFAULT_STANDBY_POLL = 1.0
 DEFAULT_WATCH_INTERVAL = 2.0
 DEFAULT_LEASE_TIMEOUT = 30.0
-
-
-class MemberBusyError(ProjectorError):
-    """The group member is already running in another process."""
-
-
-class LeaseLostError(ProjectorError):
-    """The session holding this member's lock ended: the runner's tenure is over."""
 
 
 def lock_key(group: str, member: int) -> int:

@@ -23,7 +23,7 @@ from psycopg_pool import PoolTimeout
 
 from projector import cleanup
 from projector.cleanup import CONNECTION_RETURN
-from projector.errors import ProjectorError
+from projector.errors import PositionMovedError
 from projector.storage import database
 from projector.storage.database import Connection, Pool
 
@@ -96,11 +96,6 @@ BEGIN = b"BEGIN"
 ROLL_BACK = b"ROLLBACK"
 
 IDLE_RELEASE = 1.0  # seconds a connection may wait in its fresh transaction before release
-
-
-class PositionMovedError(ProjectorError):
-    """A transactional call found its stream's recorded position moved by someone else; its
-    writes were rolled back."""
 
 
 async def recorded_position(conn: Connection, group: str, stream_name: str) -> int | None:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import psycopg
 from psycopg import sql
 
-from projector.errors import ConfigurationError, ProjectorError
+from projector.errors import ConfigurationError, ViewsBusyError
 from projector.model.events import hash_64
 from projector.model.versions import Version, VersionState
 from projector.storage import database
@@ -103,10 +103,6 @@ SNAPSHOT = "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY"
 CURRENT_SEARCH_PATH = "SELECT current_setting('search_path')"
 RESTORE_SEARCH_PATH = "SELECT set_config('search_path', %(path)s, true)"
 LOCK_TIMEOUT = "SELECT set_config('lock_timeout', %(timeout)s, true)"
-
-
-class ViewsBusyError(ProjectorError):
-    """A view swap waited too long for a reader's lock, and changed nothing."""
 
 
 def search_path(schema: str | None) -> sql.Composed:

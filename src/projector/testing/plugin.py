@@ -21,8 +21,9 @@ from typing import NoReturn
 
 import pytest
 
+from projector.errors import NoTestServerError
 from projector.testing.database import Database
-from projector.testing.server import PgServer, Schema, Templates, Unavailable, open_server
+from projector.testing.server import PgServer, Schema, Templates, open_server
 
 
 def give_up(reason: str) -> NoReturn:
@@ -38,7 +39,7 @@ def projector_server() -> Iterator[PgServer]:
     with ExitStack() as stack:
         try:
             server = open_server(stack)
-        except Unavailable as exc:
+        except NoTestServerError as exc:
             give_up(str(exc))
         yield server
 

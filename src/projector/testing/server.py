@@ -16,17 +16,13 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from functools import partial
 
-from projector.errors import ConfigurationError
+from projector.errors import ConfigurationError, NoTestServerError
 from projector.localpg import server_bindir, temporary_cluster
 from projector.storage import scratch
 
 ADMIN_URL_VARIABLE = "PROJECTOR_TEST_DATABASE_URL"
 CONTAINER_IMAGE = "postgres:15"
 DOCKER_PING_TIMEOUT = 2
-
-
-class Unavailable(Exception):
-    """Something the tests need (a server, a tool, a download) cannot be had here."""
 
 
 @dataclass(frozen=True)
@@ -102,7 +98,7 @@ def install_store(url: str, *, schema: Schema | None = None) -> None:
 
 
 def open_server(stack: ExitStack) -> PgServer:
-    """The first server to be had, stopped when ``stack`` closes; Unavailable when none is."""
+    """The first server to be had, stopped when ``stack`` closes; NoTestServerError when none is."""
     admin_url = os.environ.get(ADMIN_URL_VARIABLE)
     if admin_url:
         return PgServer(admin_url)
@@ -111,8 +107,8 @@ def open_server(stack: ExitStack) -> PgServer:
         return PgServer(container_url)
     try:
         require_server_binaries()
-    except Unavailable as exc:
-        raise Unavailable(
+    except NoTestServerError as exc:
+        raise NoTestServerError(
             f"no PostgreSQL server for the tests: set {ADMIN_URL_VARIABLE}, start Docker, "
             f"or install the server binaries ({exc})"
         ) from exc
@@ -120,11 +116,11 @@ def open_server(stack: ExitStack) -> PgServer:
 
 
 def require_server_binaries() -> None:
-    """Unavailable when there are no local server binaries; a failure to start is an error."""
+    """NoTestServerError when there are no local server binaries; a failure to start is an error."""
     try:
         server_bindir()
     except ConfigurationError as exc:
-        raise Unavailable(str(exc)) from exc
+        raise NoTestServerError(str(exc)) from exc
 
 
 def _container_url(stack: ExitStack) -> str | None:
