@@ -13,7 +13,7 @@ import anyio
 import pytest
 
 from projector import Event, Projection
-from projector.errors import ConfigurationError
+from projector.errors import ConfigurationError, LeaseLostError
 from projector.localpg import free_port
 from projector.model.events import consumer_group_member
 from projector.model.share import Share
@@ -242,6 +242,34 @@ async def test_a_member_stopped_during_a_heartbeat_still_releases_its_buckets(
             )
         ).fetchone()
     assert held == (0,), "the buckets are still held: they wait out their lease"
+
+
+async def test_a_member_whose_heartbeats_stall_stops_before_its_buckets_can_be_taken(
+    own_store_url: str,
+) -> None:
+    """A member that cannot renew its leases (here its heartbeat waits on a lock; in life a
+    server restart or a partition) ends its tenure by its own clock while its leases still
+    run: no other member can have taken a bucket yet, so no stream is handled by two
+    processes at once. (It used to go on projecting until a heartbeat got through.)"""
+    member = ElasticMember(own_store_url, GROUP, buckets=BUCKETS, heartbeat=0.5, lease=2.0)
+    other = buckets.Identity(GROUP, "other", "host-other", 1)
+    blocker = await database.connect(own_store_url)
+    observer = await database.connect(own_store_url)
+    await observer.set_autocommit(True)
+    async with blocker, observer, member:
+        tenure = await member.next_tenure()
+        await blocker.execute(
+            "SELECT 1 FROM projector.elastic_members WHERE member_id = %s FOR UPDATE",
+            (member.identity.member_id,),
+        )
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(member.heartbeats)
+            with pytest.raises(LeaseLostError, match="lost buckets"):
+                await tenure.watch()
+            taken = await buckets.acquire(observer, other, range(BUCKETS), lease=2.0)
+            await blocker.rollback()
+            tasks.cancel_scope.cancel()
+    assert taken == {}, "a bucket could be taken while its member still projected it"
 
 
 async def _within(scope: anyio.CancelScope, run: Callable[[], Awaitable[None]]) -> None:

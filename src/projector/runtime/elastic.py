@@ -21,6 +21,7 @@ Heartbeats go on between tenures and while one drains, so a long drain keeps its
 from __future__ import annotations
 
 import logging
+import math
 import os
 import socket
 import uuid
@@ -65,17 +66,27 @@ class Tenure:
         return Share.buckets(self.owned, self.member.buckets)
 
     async def watch(self) -> None:
-        """Raise LeaseLostError once a heartbeat finds a bucket of this tenure taken."""
-        await self.lost.wait()
+        """Raise LeaseLostError once a heartbeat finds a bucket of this tenure taken, or once
+        the leases may have run out unrenewed (see `ElasticMember.stop_by`)."""
+        reason = "taken"
+        while not self.lost.is_set():
+            left = self.member.stop_by() - anyio.current_time()
+            if left <= 0:
+                reason = "expired"
+                self.lost.set()
+                break
+            with anyio.move_on_after(left):
+                await self.lost.wait()
         logger.warning(
-            "%s lost buckets of %s (silent past its lease): starting over from the committed "
-            "checkpoints",
+            "%s lost buckets of %s (%s): starting over from the committed checkpoints",
             self.member.identity.member_id,
             self.member.group,
+            "silent past its lease" if reason == "taken" else "no heartbeat renewed its lease",
             extra={
                 "action": "buckets_lost",
                 "group": self.member.group,
                 "member": self.member.identity.member_id,
+                "reason": reason,
             },
         )
         raise LeaseLostError(
@@ -148,6 +159,7 @@ class ElasticMember:
         self._conn: Connection | None = None
         self._connecting = anyio.Lock()  # the heartbeat and a commit may both find it broken
         self._tenure: Tenure | None = None
+        self._renewed_at = -math.inf  # when the last heartbeat that renewed the leases was sent
         self.rebalances = 0
 
     @property
@@ -155,6 +167,24 @@ class ElasticMember:
         if self._conn is None:
             raise RuntimeError("the elastic member has not joined")
         return self._conn
+
+    def stop_by(self) -> float:
+        """When (``anyio.current_time()``) this member must have stopped projecting its
+        buckets unless a heartbeat renews them first.
+
+        A lease runs for ``lease`` seconds from when the server renewed it, which is after the
+        heartbeat was sent, so another member can take a bucket no sooner than ``lease`` after
+        the send. Stopping a heartbeat interval before that leaves the tenure time to cancel
+        its handlers: without it, a member cut off from the database (a restart, a network
+        partition) would go on handling what it had read beside the bucket's next owner."""
+        return self._renewed_at + self._lease - min(self._heartbeat, self._lease / 4)
+
+    async def _renew(self, conn: Connection) -> dict[int, int]:
+        """A heartbeat: the buckets this member still holds, with their generations."""
+        sent = anyio.current_time()
+        renewed = await buckets.heartbeat(conn, self.identity, lease=self._lease)
+        self._renewed_at = sent
+        return renewed
 
     @property
     def owned(self) -> frozenset[int]:
@@ -165,7 +195,7 @@ class ElasticMember:
         try:
             with database.unavailable_as(f"joining elastic group {self.group}"):
                 await buckets.register(conn, self.group, self.buckets)
-                await buckets.heartbeat(conn, self.identity, lease=self._lease)
+                await self._renew(conn)
         except BaseException:
             with cleanup.shielded(
                 f"closing the connection of {self.identity.member_id}", cleanup.LEASE_RELEASE
@@ -258,7 +288,7 @@ class ElasticMember:
 
     async def _beat(self) -> None:
         conn, tenure = self.connection, self._tenure
-        renewed = await buckets.heartbeat(conn, self.identity, lease=self._lease)
+        renewed = await self._renew(conn)
         if tenure is None:
             return
         if any(renewed.get(bucket) != generation for bucket, generation in tenure.owned.items()):
@@ -300,7 +330,7 @@ class ElasticMember:
         previous = self._tenure
         with database.unavailable_as(f"rebalancing {self.group}"):
             conn = self.connection
-            held = await buckets.heartbeat(conn, self.identity, lease=self._lease)
+            held = await self._renew(conn)
             if previous is not None and previous.lost.is_set():
                 # What the lost tenure held and still is ours: kept, reloaded from the database.
                 held = {b: g for b, g in held.items() if previous.owned.get(b) == g}
