@@ -13,15 +13,15 @@ import click
 
 from projector.cli import main
 from projector.model.events import Event
-from projector.ops.health import Health
-from projector.ops.lag import CategoryLag, LagReading
-from projector.ops.metrics import Metrics, RunnerState
 from projector.pipeline.sink import StreamsSink
 from projector.pipeline.streams import TroubledStream
 from projector.runtime.checkpoint_writer import CheckpointWriter, CommitsCheckpoints
 from projector.runtime.recovery import HeldCount
 from projector.settings import DEPRECATED_ENV, INVERTED_ENV, Settings, value_range
 from projector.storage.held import HeldState
+from projector.telemetry.health import Health
+from projector.telemetry.lag import CategoryLag, LagReading
+from projector.telemetry.metrics import Metrics, RunnerState
 
 # -- settings ---------------------------------------------------------------------------------
 

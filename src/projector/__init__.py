@@ -1,5 +1,6 @@
 """projector: keeps read models up to date from a Message DB-style event store in Postgres."""
 
+from projector.admin.waiting import wait_for
 from projector.errors import (
     ConfigurationError,
     DatabaseError,
@@ -20,7 +21,6 @@ from projector.model.events import Event
 from projector.model.failures import OnExhausted, PoisonEvent, RetryAfter, RetryPolicy
 from projector.model.projection import Projection, StreamResult, idempotency_key
 from projector.model.versions import replaying
-from projector.ops.waiting import wait_for
 from projector.storage.database import connect
 from projector.storage.message_store import global_position_of, write_message
 from projector.storage.read_models import Column, GuardedUpsert

@@ -19,7 +19,7 @@ database away for longer than ``outage_limit``, or a start that cannot complete.
 A projection with dependencies gets a `DependencyGate`, measured by a task of its own and asked
 by every source before it submits a batch.
 
-Watching the run (health, metrics, summary, progress) is `projector.ops.watching.Watchers`'
+Watching the run (health, metrics, summary, progress) is `projector.telemetry.watching.Watchers`'
 business.
 """
 
@@ -49,19 +49,13 @@ from projector.model.failures import RESTART
 from projector.model.projection import Projection
 from projector.model.share import Share
 from projector.model.versions import Replaying, Version, VersionState, answering
-from projector.ops import groups
-from projector.ops.health import State
-from projector.ops.metrics import RunnerState
-from projector.ops.progress import BarFactory
-from projector.ops.tracing import traced
-from projector.ops.watching import Watchers
 from projector.pipeline.batch_sink import BatchesSink
 from projector.pipeline.calls import Batches, SpanHandler
 from projector.pipeline.lane import Lane
 from projector.pipeline.sink import StreamsSink
 from projector.pipeline.source import OPEN_GATE, CategorySource
 from projector.reconnecting import Reconnecting, outlasting
-from projector.runtime import versions
+from projector.runtime import group_kind, versions
 from projector.runtime.batching import BatchRun, one_stream, split_on_failure
 from projector.runtime.checkpoint_writer import CheckpointWriter
 from projector.runtime.dependencies import DependencyGate, UpstreamMeter
@@ -78,6 +72,11 @@ from projector.storage.database import Connection, Pool, RevivingPool
 from projector.storage.held import HeldStreams
 from projector.storage.leases import MemberLease
 from projector.storage.message_store import MessageStore
+from projector.telemetry.health import State
+from projector.telemetry.metrics import RunnerState
+from projector.telemetry.progress import BarFactory
+from projector.telemetry.tracing import traced
+from projector.telemetry.watching import Watchers
 
 logger = logging.getLogger(__name__)
 
@@ -304,7 +303,7 @@ class Runner:
             )
             async with conn:
                 await checkpoints.check_schema(conn)
-                await groups.check_elastic(conn, self.group)
+                await group_kind.check_elastic(conn, self.group)
         return await stack.enter_async_context(
             ElasticMember(
                 self.database_url,
@@ -513,7 +512,7 @@ class Runner:
             conn = lease.connection
             async with conn.transaction():
                 await checkpoints.lock_group_start(conn, self.group)
-                await groups.check_size(conn, self.group, settings.group_size)
+                await group_kind.check_size(conn, self.group, settings.group_size)
                 for category in self.categories:
                     position = await self._start_position(store, member_checkpoints, category)
                     writer.start_at(category, position)

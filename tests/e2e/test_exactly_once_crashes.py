@@ -11,7 +11,7 @@ from pathlib import Path
 import anyio
 import psycopg
 
-from projector.ops.groups import rebalance, reset_group
+from projector.admin.groups import rebalance, reset_group
 from tests.support.balances import projected_and_folded, write_transactions
 from tests.support.cli import EXACTLY_ONCE, ProjectorProcess
 from tests.support.waiting import wait_until

@@ -17,7 +17,7 @@ from pathlib import Path
 import anyio
 import psycopg
 
-from projector.ops import rebuild_status
+from projector.admin import rebuild_status
 from projector.storage.database import connect
 from tests.support.balances import write_transactions
 from tests.support.cli import BALANCES, ProjectorProcess, handled, run_projector

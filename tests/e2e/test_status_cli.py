@@ -12,9 +12,9 @@ import anyio
 import psycopg
 import pytest
 
+from projector.admin import groups
 from projector.cli.render import COLUMNS
 from projector.model.events import consumer_group_member
-from projector.ops import groups
 from projector.storage.database import connect
 from tests.support.cli import run_projector
 from tests.support.projecting import write_events

@@ -14,9 +14,9 @@ import psycopg
 import pytest
 from click.testing import CliRunner, Result
 
+from projector.admin import groups
 from projector.cli import main
 from projector.errors import ConfigurationError
-from projector.ops import groups
 from projector.storage.database import Connection
 from tests.support.failures import append
 from tests.support.projecting import Recorder, checkpoint, run_projection, settings_for

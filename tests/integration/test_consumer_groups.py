@@ -15,6 +15,7 @@ import anyio
 import psycopg
 import pytest
 
+from projector.admin import groups
 from projector.errors import (
     ConfigurationError,
     GroupSizeMismatchError,
@@ -23,7 +24,6 @@ from projector.errors import (
 )
 from projector.model.events import Event, consumer_group_member
 from projector.model.share import Share
-from projector.ops import groups
 from projector.settings import Settings
 from projector.storage import database, leases
 from projector.storage.checkpoints import COMMIT

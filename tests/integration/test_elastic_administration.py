@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import pytest
 
+from projector.admin import groups, status
 from projector.errors import ConfigurationError, MemberBusyError
 from projector.model.dependencies import Dependency
-from projector.ops import groups, status
 from projector.runtime import dependencies
 from projector.storage import buckets, checkpoints
 from projector.storage.buckets import Identity

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from projector.admin import groups
 from projector.errors import ConfigurationError, GroupSizeMismatchError
 from projector.model.events import consumer_group_member
-from projector.ops import groups
 from projector.storage import database
 from projector.storage.checkpoints import CheckpointRow
 from tests.integration.test_elastic import elastic_settings, streams

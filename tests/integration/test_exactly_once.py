@@ -9,9 +9,9 @@ import psycopg
 import pytest
 
 from projector import Event, Projection, StreamResult
+from projector.admin.groups import rebalance, reset_group, set_checkpoint
 from projector.errors import ConfigurationError
 from projector.model.projection import idempotency_key
-from projector.ops.groups import rebalance, reset_group, set_checkpoint
 from projector.storage import database
 from projector.storage.database import Connection
 from projector.storage.stream_positions import NO_ROW, Session

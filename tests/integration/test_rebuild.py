@@ -15,10 +15,10 @@ import psycopg
 import pytest
 
 from projector import Event, Projection, replaying, write_message
+from projector.admin import rebuild, rebuild_status, replay
+from projector.admin.verify import verify
 from projector.errors import ConfigurationError, MemberBusyError, RebuildRefusedError
 from projector.model.versions import VersionState
-from projector.ops import rebuild, rebuild_status, replay
-from projector.ops.verify import verify
 from projector.runner import Runner
 from projector.storage.database import Connection, connect
 from tests.support.balances import balances_projection, write_transactions

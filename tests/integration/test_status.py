@@ -8,10 +8,10 @@ from datetime import datetime
 import anyio
 import pytest
 
+from projector.admin import groups, status
+from projector.admin.status import MemberStatus
 from projector.errors import InvalidNameError, SchemaMissingError
 from projector.model.events import consumer_group_member
-from projector.ops import groups, status
-from projector.ops.status import MemberStatus
 from projector.storage import leases
 from projector.storage.database import connect
 from tests.support.projecting import Recorder, run_projection, settings_for, write_events

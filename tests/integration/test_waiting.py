@@ -7,9 +7,9 @@ import psycopg
 import pytest
 
 from projector import WaitTimeoutError, global_position_of, wait_for, write_message
+from projector.admin.groups import rebalance, set_checkpoint
 from projector.errors import ConfigurationError
 from projector.model.events import consumer_group_member
-from projector.ops.groups import rebalance, set_checkpoint
 from projector.storage.database import connect
 from tests.support.balances import balances_projection, projected_and_folded, write_transactions
 from tests.support.projecting import Recorder, run_projection, settings_for, write_events

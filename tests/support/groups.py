@@ -9,7 +9,7 @@ from typing import Any
 import anyio
 
 from projector import Projection
-from projector.ops import groups
+from projector.admin import groups
 from projector.storage import database
 from projector.storage.checkpoints import CheckpointRow
 from tests.support.projecting import Recorder, run_projection, settings_for

@@ -27,7 +27,8 @@ ALLOWED: dict[str, set[str]] = {
     "projector.pipeline": {"projector.model", "projector.errors", "projector.reconnecting"},
     "projector.storage": {"projector.model", *LEAVES},
     "projector.runtime": {"projector.model", "projector.pipeline", "projector.storage", *LEAVES},
-    "projector.ops": {
+    "projector.admin": {"projector.model", "projector.storage", "projector.runtime", *LEAVES},
+    "projector.telemetry": {
         "projector.model",
         "projector.pipeline",
         "projector.storage",
@@ -170,6 +171,15 @@ def test_the_model_does_no_io_and_the_pipeline_has_no_driver(part: str) -> None:
 def test_nothing_below_the_runner_imports_the_runner_or_the_cli() -> None:
     above = {"projector.runner", "projector.process", "projector.cli", "projector.demo"}
     assert _imports(lambda importer: importer in ALLOWED, lambda n: _part_of(n) in above) == []
+
+
+def test_the_runner_does_no_administration() -> None:
+    """A run is watched by telemetry; administration (status, checkpoints, rebuilds) is what
+    operators ask of a group from outside it, and the runner never calls it."""
+    administration = _imports(
+        lambda part: part == "projector.runner", lambda n: _part_of(n) == "projector.admin"
+    )
+    assert administration == []
 
 
 def test_nothing_in_projector_imports_the_testing_kit() -> None:

@@ -20,9 +20,9 @@ from projector.errors import ConfigurationError, InvalidNameError
 from projector.model.dependencies import Dependency, PauseCallback
 from projector.model.events import Event, Read
 from projector.model.projection import Projection
-from projector.ops.health import Health, State
 from projector.pipeline.source import CategorySource
 from projector.runtime.dependencies import DependencyGate, Upstream
+from projector.telemetry.health import Health, State
 
 TIMEOUT = 2.0
 _EVENT_ID = "7f0c5f1e-1d52-4a0e-9d0c-1f3a4c8e2b6d"

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from projector.ops import logs
-from projector.ops.logs import JsonFormatter, TextFormatter
+from projector.telemetry import logs
+from projector.telemetry.logs import JsonFormatter, TextFormatter
 
 
 def _record(**extra: object) -> logging.LogRecord:

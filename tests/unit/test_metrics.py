@@ -12,11 +12,11 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from projector.model.events import Event
 from projector.model.failures import HandlerTimeout, Hold
-from projector.ops.health import Health, HeldStreamsView, State
-from projector.ops.lag import CategoryLag, LagReading
-from projector.ops.metrics import Metrics
-from projector.ops.summary import Summary
 from projector.pipeline.sink import StreamsSink
+from projector.telemetry.health import Health, HeldStreamsView, State
+from projector.telemetry.lag import CategoryLag, LagReading
+from projector.telemetry.metrics import Metrics
+from projector.telemetry.summary import Summary
 
 pytestmark = pytest.mark.anyio
 

@@ -7,9 +7,9 @@ from dataclasses import dataclass, field
 import anyio
 import pytest
 
-from projector.ops import progress
-from projector.ops.lag import CategoryLag, LagReading
-from projector.ops.progress import CatchUpProgress
+from projector.telemetry import progress
+from projector.telemetry.lag import CategoryLag, LagReading
+from projector.telemetry.progress import CatchUpProgress
 
 TOTAL = 1_000
 

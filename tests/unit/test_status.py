@@ -8,8 +8,8 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from rich.console import Console
 
+from projector.admin.status import MemberStatus, to_json
 from projector.cli.render import COLUMNS, human_duration, status_table
-from projector.ops.status import MemberStatus, to_json
 
 NOW = datetime(2026, 11, 24, 12, 0, 0, tzinfo=UTC)
 

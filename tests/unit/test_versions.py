@@ -10,10 +10,10 @@ import anyio
 import pytest
 
 from projector import Projection, replaying
+from projector.admin.rebuild_status import VersionStatus, _eta
+from projector.admin.status import MemberStatus
 from projector.errors import ConfigurationError
 from projector.model.versions import Replaying, Version, VersionState, answering
-from projector.ops.rebuild_status import VersionStatus, _eta
-from projector.ops.status import MemberStatus
 
 pytestmark = pytest.mark.anyio
 

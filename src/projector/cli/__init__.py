@@ -17,9 +17,9 @@ from click.exceptions import NoArgsIsHelpError
 from projector import DISTRIBUTION
 from projector.cli import commands, operations, rebuild
 from projector.cli.options import fail
-from projector.ops import logs
 from projector.process import stop_now
 from projector.settings import requested_log_format
+from projector.telemetry import logs
 
 
 @click.group()

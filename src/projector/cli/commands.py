@@ -12,6 +12,8 @@ from typing import Any
 import anyio
 import click
 
+from projector.admin import groups, status, waiting
+from projector.admin.waiting import MAX_WAIT
 from projector.cli import render
 from projector.cli.options import (
     EXIT_PARKED,
@@ -31,13 +33,12 @@ from projector.errors import ConfigurationError
 from projector.model.buckets import MAX_BUCKETS
 from projector.model.events import FIRST_POSITION, MAX_GROUP_SIZE, MAX_POSITION
 from projector.model.projection import load_projection
-from projector.ops import groups, logs, status, waiting
-from projector.ops.waiting import MAX_WAIT
 from projector.process import collect_garbage_less_often
 from projector.runner import Runner
 from projector.settings import deprecated, load_settings
 from projector.storage import database, member_index
 from projector.storage import notify as notifications
+from projector.telemetry import logs
 
 DEMO_MAX_EVENTS = 1_000_000  # written one by one: minutes at most
 DEMO_MAX_ACCOUNTS = 100_000

@@ -10,6 +10,8 @@ from typing import Any
 
 import click
 
+from projector.admin import failing as failing_streams
+from projector.admin import groups, status
 from projector.cli.options import (
     console,
     database_call,
@@ -21,8 +23,6 @@ from projector.cli.options import (
 from projector.errors import ConfigurationError
 from projector.model.buckets import DEFAULT_BUCKETS, MAX_BUCKETS
 from projector.model.events import MAX_GROUP_SIZE, MAX_POSITION
-from projector.ops import failing as failing_streams
-from projector.ops import groups, status
 from projector.storage.checkpoints import CheckpointRow
 from projector.storage.database import Connection
 

@@ -24,11 +24,11 @@ from projector.errors import (
     ProjectorError,
     find_error,
 )
-from projector.ops import logs
 from projector.process import backend_options, serve
 from projector.settings import Settings, flag_for, load_settings, value_range
 from projector.storage import database
 from projector.storage.database import Connection
+from projector.telemetry import logs
 
 if TYPE_CHECKING:
     from rich.console import Console

@@ -1,5 +1,5 @@
 """The catch-up progress bar on an interactive terminal (rich): the figures are
-`projector.ops.progress`'.
+`projector.telemetry.progress`'.
 
 Log lines written meanwhile go through rich's live display (see `logs.configure`, whose
 handler writes to whatever ``sys.stderr`` is now), above the bar, instead of through it.
@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
-from projector.ops.progress import Bar
+from projector.telemetry.progress import Bar
 
 if TYPE_CHECKING:
     from rich.progress import Progress, TaskID

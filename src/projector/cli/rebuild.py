@@ -1,6 +1,6 @@
 """The commands that rebuild a projection beside its live version (``projector rebuild``) and
-replay one stream (``projector replay``); the logic is `projector.ops.rebuild`'s,
-`projector.ops.verify`'s and `projector.ops.replay`'s."""
+replay one stream (``projector replay``); the logic is `projector.admin.rebuild`'s,
+`projector.admin.verify`'s and `projector.admin.replay`'s."""
 
 from __future__ import annotations
 
@@ -11,6 +11,10 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from projector.admin import rebuild as rebuilding
+from projector.admin import rebuild_status, replay
+from projector.admin.rebuild_status import VersionStatus
+from projector.admin.verify import Verification, verify
 from projector.cli.options import (
     console,
     database_call,
@@ -21,10 +25,6 @@ from projector.cli.options import (
 from projector.cli.render import human_duration
 from projector.model.projection import Projection, load_projection
 from projector.model.versions import VersionState
-from projector.ops import rebuild as rebuilding
-from projector.ops import rebuild_status, replay
-from projector.ops.rebuild_status import VersionStatus
-from projector.ops.verify import Verification, verify
 from projector.runtime.versions import VIEW_LOCK_TIMEOUT
 
 if TYPE_CHECKING:

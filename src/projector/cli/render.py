@@ -8,7 +8,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
-from projector.ops.status import MemberStatus
+from projector.admin.status import MemberStatus
 
 if TYPE_CHECKING:
     from rich.table import Table

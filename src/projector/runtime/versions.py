@@ -3,7 +3,7 @@ pointing the readers' views at the live version, the check a runner makes before
 (`admit`), and keeping `projector.replaying` current while it runs (`VersionWatch`).
 
 The statements are `projector.storage.versions`'; the state machine the operator drives
-(start, cutover, rollback, retire) is `projector.ops.rebuild`'.
+(start, cutover, rollback, retire) is `projector.admin.rebuild`'.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 Every event below a committed checkpoint has been handled. A running member's loads and commits
 (`Checkpoints`) go through the connection that holds the member's lock (see `leases`): a
 runner that lost its lock cannot commit. The statements after it are the group's as a whole,
-for administration (`projector.ops.groups`), status and dependencies.
+for administration (`projector.admin.groups`), status and dependencies.
 """
 
 from __future__ import annotations

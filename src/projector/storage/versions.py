@@ -340,6 +340,6 @@ async def group_used(conn: Connection, group: str) -> bool:
 
 async def forget_group(conn: Connection, group: str) -> None:
     """Delete a group's stream positions, held streams and elastic registration (its
-    checkpoints are `projector.ops.groups`' to delete, under the members' locks)."""
+    checkpoints are `projector.admin.groups`' to delete, under the members' locks)."""
     for statement in (FORGET_POSITIONS, FORGET_HELD, FORGET_ELASTIC):
         await conn.execute(statement, {"group": group})

@@ -17,9 +17,9 @@ import inspect
 from collections.abc import Callable, Sequence
 from typing import Any, LiteralString
 
+from projector.admin.groups import reset_group
 from projector.model.events import Event
 from projector.model.projection import Projection
-from projector.ops.groups import reset_group
 from projector.storage import stream_positions
 from projector.testing.database import Database, as_database
 from projector.testing.running import DEFAULT_WITHIN, run_until_caught_up

@@ -7,9 +7,9 @@ from collections.abc import Awaitable, Callable
 
 import anyio
 
-from projector.ops.health import HeldStreamsView
-from projector.ops.lag import LagReading
 from projector.pipeline.sink import StreamsSink
+from projector.telemetry.health import HeldStreamsView
+from projector.telemetry.lag import LagReading
 
 logger = logging.getLogger(__name__)
 

@@ -11,11 +11,11 @@ import json
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+from projector.admin import status
+from projector.admin.status import MemberStatus
 from projector.errors import ConfigurationError, RebuildRefusedError
 from projector.model.events import FIRST_POSITION, validate_group
 from projector.model.versions import Version, VersionState
-from projector.ops import status
-from projector.ops.status import MemberStatus
 from projector.storage import versions
 from projector.storage.database import Connection
 

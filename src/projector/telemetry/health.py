@@ -25,8 +25,8 @@ from prometheus_client import CollectorRegistry
 
 from projector import cleanup
 from projector.errors import ConfigurationError, DatabaseUnavailableError
-from projector.ops.lag import LagReading
 from projector.pipeline.observe import Observer
+from projector.telemetry.lag import LagReading
 
 if TYPE_CHECKING:
     from aiohttp import web

@@ -16,13 +16,13 @@ from datetime import UTC, datetime
 
 import anyio
 
+from projector.admin import groups
+from projector.admin.rebuild_status import VersionStatus, in_state, pick_version, status_of
+from projector.admin.verify import Verification, verify
 from projector.errors import ConfigurationError, RebuildRefusedError, ViewsBusyError
 from projector.model.events import validate_group
 from projector.model.projection import Projection
 from projector.model.versions import Version, VersionState
-from projector.ops import groups
-from projector.ops.rebuild_status import VersionStatus, in_state, pick_version, status_of
-from projector.ops.verify import Verification, verify
 from projector.runtime import versions as running_versions
 from projector.storage import checkpoints, versions
 from projector.storage.database import Connection

@@ -12,11 +12,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from projector.admin.failing import runner_up
 from projector.errors import ConfigurationError
 from projector.model.events import category, validate_group
 from projector.model.projection import Projection
 from projector.model.versions import VersionState
-from projector.ops.failing import runner_up
 from projector.runtime.replay import replay_stream
 from projector.storage import held, message_store, versions
 from projector.storage.database import Connection

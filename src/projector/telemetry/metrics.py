@@ -31,7 +31,6 @@ from prometheus_client.utils import floatToGoString
 
 from projector.model.events import category
 from projector.model.failures import HandlerTimeout
-from projector.ops.health import Health
 from projector.pipeline.lane import Lane
 from projector.pipeline.observe import Observer
 from projector.pipeline.sink import StreamsSink
@@ -39,6 +38,7 @@ from projector.pipeline.streams import TroubledStream
 from projector.runtime.checkpoint_writer import CheckpointWriter
 from projector.runtime.recovery import HeldCount
 from projector.storage.held import HeldState
+from projector.telemetry.health import Health
 
 # From a quick upsert (1 ms) to a call near the default handler_timeout.
 HANDLER_BUCKETS = (

@@ -14,7 +14,7 @@ from typing import Protocol
 
 import anyio
 
-from projector.ops.lag import LagReading
+from projector.telemetry.lag import LagReading
 
 REFRESH = 0.5  # seconds between redraws
 MEASURE_EVERY = 5  # redraws between lag measurements

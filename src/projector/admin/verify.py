@@ -15,10 +15,10 @@ from dataclasses import dataclass
 
 import anyio
 
+from projector.admin.rebuild_status import in_state, pick_version
 from projector.errors import ConfigurationError, RebuildRefusedError
 from projector.model.events import validate_group
 from projector.model.versions import Version, VersionState
-from projector.ops.rebuild_status import in_state, pick_version
 from projector.runtime.versions import tables_of
 from projector.storage import versions
 from projector.storage.database import Connection

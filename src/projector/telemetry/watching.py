@@ -16,18 +16,18 @@ import anyio
 from anyio.abc import TaskGroup
 
 from projector.model.share import Share
-from projector.ops import health, progress
-from projector.ops.health import Health, HeldStreamsView
-from projector.ops.lag import LAG_INTERVAL, LagTracker
-from projector.ops.metrics import Metrics
-from projector.ops.progress import BarFactory, CatchUpProgress
-from projector.ops.summary import Summary
 from projector.pipeline.observe import Observer, Observers
 from projector.pipeline.sink import StreamsSink
 from projector.runtime.recovery import Recovery
 from projector.settings import Settings
 from projector.storage.database import Pool
 from projector.storage.held import HeldState
+from projector.telemetry import health, progress
+from projector.telemetry.health import Health, HeldStreamsView
+from projector.telemetry.lag import LAG_INTERVAL, LagTracker
+from projector.telemetry.metrics import Metrics
+from projector.telemetry.progress import BarFactory, CatchUpProgress
+from projector.telemetry.summary import Summary
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,4 +1,4 @@
-"""A group's checkpoints as a whole: the size check, listing, setting, resetting, rebalancing.
+"""A group's checkpoints as a whole: listing, setting, resetting, rebalancing.
 
 Every change here takes the locks of the members it touches (see `projector.storage.leases`)
 for its transaction: it refuses while a runner holds one, and no runner can start until it
@@ -12,7 +12,6 @@ from datetime import UTC, datetime
 
 from projector.errors import (
     ConfigurationError,
-    GroupSizeMismatchError,
     MemberBusyError,
     PastTheHeadError,
 )
@@ -40,36 +39,6 @@ class RebalancePlan:
     new_size: int
     positions: dict[str, int]
     notes: list[str]
-
-
-async def check_size(conn: Connection, group: str, size: int) -> None:
-    """Raise GroupSizeMismatchError unless the group's checkpoints were written at ``size``
-    (and it is not an elastic group, whose buckets are not members)."""
-    if await buckets.stored_buckets(conn, group) is not None:
-        raise GroupSizeMismatchError(
-            f"group {group!r} is an elastic group: start its members with --elastic (and no "
-            "--member / --group-size)"
-        )
-    sizes = await checkpoints.group_sizes(conn, group)
-    if sizes and sizes != [size]:
-        stored = " and ".join(map(str, sizes))
-        raise GroupSizeMismatchError(
-            f"group {group!r} has checkpoints for a group of size {stored}, but this runner "
-            f"was started with size {size}: stop every member, run "
-            f"`projector rebalance --group {group} --group-size {size}`, then start them again"
-        )
-
-
-async def check_elastic(conn: Connection, group: str) -> None:
-    """Refuse to start an elastic member on a fixed group's checkpoints (convert it first)."""
-    if await buckets.stored_buckets(conn, group) is not None:
-        return
-    sizes = await checkpoints.group_sizes(conn, group)
-    if sizes:
-        raise GroupSizeMismatchError(
-            f"group {group!r} is a fixed group of {max(sizes)} member(s): stop its members, "
-            f"run `projector group convert {group} --to-elastic`, then start them with --elastic"
-        )
 
 
 async def list_checkpoints(conn: Connection, group: str | None = None) -> list[CheckpointRow]:
