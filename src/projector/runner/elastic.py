@@ -1,0 +1,94 @@
+"""An elastic group's member: it joins the group and heartbeats for the whole run
+(`projector.runtime.elastic`); each tenure projects the buckets it holds, and ends when a
+rebalance asks it to hand some over (it drains and commits first) or when it loses one."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from contextlib import AsyncExitStack
+from functools import partial
+
+import anyio
+
+from projector.reconnecting import outlasting
+from projector.runner.job import Job
+from projector.runner.starts import empty_category
+from projector.runner.tenancy import Term
+from projector.runtime import group_kind
+from projector.runtime.elastic import ElasticMember, start_tenure
+from projector.storage import checkpoints, database
+from projector.storage.database import Pool
+from projector.storage.message_store import MessageStore
+from projector.telemetry.watching import Watchers
+
+
+class ElasticTenancy:
+    """A member of elastic group ``job.group`` of ``settings.buckets`` buckets."""
+
+    def __init__(self, job: Job, pool: Pool) -> None:
+        self._job = job
+        self._pool = pool
+        self._heads = MessageStore(pool)  # where each category ends, for buckets new to it
+        self._member: ElasticMember | None = None
+
+    @property
+    def name(self) -> str:
+        return self._job.group
+
+    async def join(self, stack: AsyncExitStack, watchers: Watchers) -> None:
+        """Join the group, and heartbeat until the run ends; leaving releases the buckets
+        after the last tenure's final commit (the stack closes in reverse). A join cut short
+        by the database going away is tried again, for up to ``outage_limit``: this process
+        reached the database already."""
+        member = await outlasting(
+            partial(self._joined, stack),
+            doing=f"joining {self._job.group}",
+            limit=self._job.settings.outage_limit,
+            on_retry=watchers.observer.reconnecting,
+        )
+        beating = await stack.enter_async_context(anyio.create_task_group())
+        stack.callback(beating.cancel_scope.cancel)
+        beating.start_soon(member.heartbeats, name="projector-heartbeats")
+        if watchers.metrics is not None:
+            watchers.metrics.watch_buckets(member)
+        self._member = member
+
+    async def _joined(self, stack: AsyncExitStack) -> ElasticMember:
+        job, settings = self._job, self._job.settings
+        with database.unavailable_as(f"joining {job.group}"):
+            conn = await database.connect(
+                job.database_url, connect_timeout=settings.connect_timeout
+            )
+            async with conn:
+                await checkpoints.check_schema(conn)
+                await group_kind.check_elastic(conn, job.group)
+        return await stack.enter_async_context(
+            ElasticMember(
+                job.database_url,
+                job.group,
+                buckets=settings.buckets,
+                heartbeat=settings.heartbeat,
+                lease=settings.bucket_lease,
+                connect_timeout=settings.connect_timeout,
+            )
+        )
+
+    async def begin(self, stack: AsyncExitStack, connected: Callable[[], None]) -> Term:
+        """The tenure's buckets, where each starts, and a reader of them."""
+        if self._member is None:
+            raise RuntimeError("an elastic tenancy begins a tenure only once joined")
+        job = self._job
+        tenure = await self._member.next_tenure()
+        connected()
+        heads = {c: await self._heads.category_head(c) for c in job.categories}
+        for category, head in heads.items():
+            if head is None:
+                empty_category(job, job.group, category)
+        start = await start_tenure(
+            tenure,
+            self._pool,
+            heads,
+            from_tail=job.settings.from_tail,
+            checkpoint_interval=job.settings.checkpoint_interval,
+        )
+        return Term(start.store, start.writer, tenure, start.held, tenure.ending)
