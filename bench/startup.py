@@ -18,7 +18,7 @@ COMMANDS = {
     "projector run's imports": [
         sys.executable,
         "-c",
-        "import projector.cli.commands, projector.runner, projector.runtime.exactly_once",
+        "import projector.cli.running, projector.runner, projector.runtime.exactly_once",
     ],
 }
 

@@ -238,8 +238,8 @@ async def _families() -> list[Any]:
     writer = CheckpointWriter(cast(CommitsCheckpoints, _NoCommits()), interval=1)
     writer.start_at("account", 1)
     lanes = {"account": sink.lane("account")}
-    metrics.watch(RunnerState(sink, lanes, writer, health, _Held(), 60))
-    metrics.watch_buckets(_Buckets())
+    metrics.collect_from(RunnerState(sink, lanes, writer, health, _Held(), 60))
+    metrics.collect_buckets(_Buckets())
     return list(metrics.registry.collect())
 
 

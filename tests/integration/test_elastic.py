@@ -265,7 +265,7 @@ async def test_a_member_whose_heartbeats_stall_stops_before_its_buckets_can_be_t
         async with anyio.create_task_group() as tasks:
             tasks.start_soon(member.heartbeats)
             with pytest.raises(LeaseLostError, match="lost buckets"):
-                await tenure.watch()
+                await tenure.until_lost()
             taken = await buckets.acquire(observer, other, range(BUCKETS), lease=2.0)
             await blocker.rollback()
             tasks.cancel_scope.cancel()

@@ -229,7 +229,7 @@ class _Holder:
 def test_an_elastic_member_reports_its_buckets_and_rebalances() -> None:
     metrics = Metrics("shop", Health(max_db_age=30, ready_max_lag=0))
     member = _Holder()
-    metrics.watch_buckets(member)
+    metrics.collect_buckets(member)
     group = frozenset({("group", "shop")})
     assert scrape(metrics)[("projector_buckets_owned", group)] == 0
 

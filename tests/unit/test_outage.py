@@ -105,7 +105,7 @@ async def test_an_outage_found_by_many_failing_calls_is_probed_once_and_ends_whe
         assert database.probes == 1
         assert outage.ongoing
         async with anyio.create_task_group() as tasks:
-            tasks.start_soon(outage.watch)
+            tasks.start_soon(outage.probe_while_away)
 
             await anyio.sleep(0.1)
             database.up = True
@@ -131,7 +131,7 @@ async def test_an_outage_longer_than_the_limit_ends_the_run() -> None:
     assert await outage.confirm()
 
     with anyio.fail_after(5), pytest.raises(DatabaseUnavailableError, match="outage_limit"):
-        await outage.watch()
+        await outage.probe_while_away()
 
 
 async def test_a_retry_waits_for_the_probe_to_find_the_database_back_which_revives_the_pool() -> (
@@ -144,7 +144,7 @@ async def test_a_retry_waits_for_the_probe_to_find_the_database_back_which_reviv
 
     with anyio.fail_after(5):
         async with anyio.create_task_group() as tasks:
-            tasks.start_soon(outage.watch)
+            tasks.start_soon(outage.probe_while_away)
             retrying = anyio.Event()
 
             async def retry() -> None:

@@ -15,7 +15,7 @@ import click
 from click.exceptions import NoArgsIsHelpError
 
 from projector import DISTRIBUTION
-from projector.cli import commands, operations, rebuild
+from projector.cli import failing, groups, rebuild, running
 from projector.cli.options import fail
 from projector.process import stop_now
 from projector.settings import requested_log_format
@@ -31,16 +31,16 @@ def main() -> None:
 
 
 for command in (
-    commands.run,
-    commands.migrate_command,
-    commands.demo_command,
-    commands.rebalance,
-    commands.status_command,
-    commands.wait_command,
-    operations.checkpoints,
-    operations.failing,
-    operations.parked,
-    operations.group_command,
+    running.run,
+    running.migrate_command,
+    running.demo_command,
+    groups.rebalance,
+    groups.status_command,
+    groups.wait_command,
+    groups.checkpoints,
+    failing.failing,
+    failing.parked,
+    groups.group_command,
     rebuild.rebuild,
     rebuild.replay_command,
 ):

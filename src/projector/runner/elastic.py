@@ -19,7 +19,7 @@ from projector.runtime.elastic import ElasticMember, start_tenure
 from projector.storage import checkpoints, database
 from projector.storage.database import Pool
 from projector.storage.message_store import MessageStore
-from projector.telemetry.watching import Watchers
+from projector.telemetry.run_telemetry import RunTelemetry
 
 
 class ElasticTenancy:
@@ -35,7 +35,7 @@ class ElasticTenancy:
     def name(self) -> str:
         return self._job.group
 
-    async def join(self, stack: AsyncExitStack, watchers: Watchers) -> None:
+    async def join(self, stack: AsyncExitStack, telemetry: RunTelemetry) -> None:
         """Join the group, and heartbeat until the run ends; leaving releases the buckets
         after the last tenure's final commit (the stack closes in reverse). A join cut short
         by the database going away is tried again, for up to ``outage_limit``: this process
@@ -44,13 +44,13 @@ class ElasticTenancy:
             partial(self._joined, stack),
             doing=f"joining {self._job.group}",
             limit=self._job.settings.outage_limit,
-            on_retry=watchers.observer.reconnecting,
+            on_retry=telemetry.observer.reconnecting,
         )
         beating = await stack.enter_async_context(anyio.create_task_group())
         stack.callback(beating.cancel_scope.cancel)
         beating.start_soon(member.heartbeats, name="projector-heartbeats")
-        if watchers.metrics is not None:
-            watchers.metrics.watch_buckets(member)
+        if telemetry.metrics is not None:
+            telemetry.metrics.collect_buckets(member)
         self._member = member
 
     async def _joined(self, stack: AsyncExitStack) -> ElasticMember:

@@ -20,7 +20,7 @@ from projector.storage.database import Pool
 from projector.storage.held import HeldStreams
 from projector.storage.leases import MemberLease
 from projector.storage.message_store import MessageStore
-from projector.telemetry.watching import Watchers
+from projector.telemetry.run_telemetry import RunTelemetry
 
 
 class FixedTenancy:
@@ -38,7 +38,7 @@ class FixedTenancy:
         settings = self._job.settings
         return member_name(self._job.group, settings.member, settings.group_size)
 
-    async def join(self, stack: AsyncExitStack, watchers: Watchers) -> None:
+    async def join(self, stack: AsyncExitStack, telemetry: RunTelemetry) -> None:
         """Nothing: a fixed member is a lock, taken at each tenure's start."""
 
     async def begin(self, stack: AsyncExitStack, connected: Callable[[], None]) -> Term:

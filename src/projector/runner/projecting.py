@@ -30,13 +30,13 @@ from projector.runtime.checkpoint_writer import CheckpointWriter
 from projector.runtime.dependencies import DependencyGate
 from projector.runtime.outage import Outage
 from projector.runtime.recovery import Recovery
-from projector.runtime.versions import VersionWatch
+from projector.runtime.versions import VersionFollower
 from projector.storage import notify
 from projector.storage.database import Pool
 from projector.storage.message_store import MessageStore
 from projector.telemetry.health import State
 from projector.telemetry.metrics import RunnerState
-from projector.telemetry.watching import Watchers
+from projector.telemetry.run_telemetry import RunTelemetry
 
 logger = logging.getLogger(__name__)
 
@@ -51,7 +51,7 @@ class TenureParts:
     lease: Lease
     recovery: Recovery
     outage: Outage
-    watchers: Watchers
+    telemetry: RunTelemetry
     handle: SpanHandler | Batches  # what the sink calls
     gate: DependencyGate | None
     wake_up: bool  # the wake-up trigger is installed: listen for its notifications
@@ -80,13 +80,13 @@ class Projecting:
         async with sink:
             lanes = {c: sink.lane(c, parts.writer) for c in self._job.categories}
             sources = [self._source(lanes[category], category) for category in lanes]
-            if parts.watchers.metrics is not None:
-                parts.watchers.metrics.watch(
+            if parts.telemetry.metrics is not None:
+                parts.telemetry.metrics.collect_from(
                     RunnerState(
                         sink,
                         lanes,
                         parts.writer,
-                        parts.watchers.health,
+                        parts.telemetry.health,
                         parts.recovery,
                         settings.stuck_after,
                     )
@@ -115,7 +115,7 @@ class Projecting:
             "on_failure": parts.recovery.on_failure,
             "handler_timeout": settings.handler_timeout,
             "held": self._held,
-            "observer": parts.watchers.observer,
+            "observer": parts.telemetry.observer,
         }
         if isinstance(parts.handle, Batches):
             return BatchesSink(parts.handle, **common)
@@ -133,7 +133,7 @@ class Projecting:
             batch_size=settings.batch_size,
             tail_sleep=settings.tail_sleep,
             outage_limit=settings.outage_limit,
-            observer=parts.watchers.observer,
+            observer=parts.telemetry.observer,
             gate=parts.gate or OPEN_GATE,
         )
 
@@ -142,7 +142,7 @@ class Projecting:
     ) -> None:
         """Read with every source, the tasks beside them running, until cancelled, handed
         over, or (``until_caught_up``) caught up."""
-        settings, parts, health = self._job.settings, self._parts, self._parts.watchers.health
+        settings, parts, health = self._job.settings, self._parts, self._parts.telemetry.health
         async with anyio.create_task_group() as tasks:
             await self._start_beside(tasks, sink, sources)
             health.state = State.RUNNING
@@ -173,9 +173,9 @@ class Projecting:
         settings, parts = self._job.settings, self._parts
         writer, recovery = parts.writer, parts.recovery
         tasks.start_soon(writer.run, name="projector-checkpoint-writer")
-        tasks.start_soon(parts.lease.watch, name="projector-lease-watch")
+        tasks.start_soon(parts.lease.until_lost, name="projector-lease-lost")
         tasks.start_soon(recovery.serve, sink, name="projector-held-streams")
-        watch = VersionWatch(parts.pool, self._job.group, self._replaying)
+        watch = VersionFollower(parts.pool, self._job.group, self._replaying)
         tasks.start_soon(watch.run, name="projector-version-watch")
         tasks.start_soon(
             partial(recovery.report_stuck, sink, stuck_after=settings.stuck_after),
@@ -183,7 +183,7 @@ class Projecting:
         )
         if parts.gate is not None:
             await tasks.start(parts.gate.run, name="projector-dependencies")
-        await parts.watchers.start(
+        await parts.telemetry.start(
             tasks,
             settings,
             pool=parts.pool,
@@ -205,7 +205,7 @@ class Projecting:
             self._parts.recovery.settled,
             doing="waiting for held streams",
             limit=self._job.settings.outage_limit,
-            on_retry=self._parts.watchers.observer.reconnecting,
+            on_retry=self._parts.telemetry.observer.reconnecting,
         )
         for lane in lanes:
             await lane.wait_empty()

@@ -19,8 +19,8 @@ database away for longer than ``outage_limit``, or a start that cannot complete.
 A projection with dependencies gets a `DependencyGate`, measured by a task of its own and asked
 by every source before it submits a batch.
 
-Watching the run (health, metrics, summary, progress) is `projector.telemetry.watching.Watchers`'
-business.
+Watching the run (health, metrics, summary, progress) is the business of
+`projector.telemetry.run_telemetry.RunTelemetry`.
 """
 
 from __future__ import annotations
@@ -64,8 +64,8 @@ from projector.storage import checkpoints, database, notify
 from projector.storage.database import Pool, RevivingPool
 from projector.storage.message_store import MessageStore
 from projector.telemetry.progress import BarFactory
+from projector.telemetry.run_telemetry import RunTelemetry
 from projector.telemetry.tracing import traced
-from projector.telemetry.watching import Watchers
 
 logger = logging.getLogger(__name__)
 
@@ -78,7 +78,7 @@ class AcrossTenures:
 
     pool: Pool
     tenancy: Tenancy
-    watchers: Watchers
+    telemetry: RunTelemetry
     outage: Outage
 
 
@@ -131,16 +131,16 @@ class Runner:
             tenancy: Tenancy = (
                 ElasticTenancy(self.job, pool) if settings.elastic else FixedTenancy(self.job, pool)
             )
-            watchers = Watchers.for_run(settings, tenancy.name, progress_bar=self.progress_bar)
-            await watchers.serve_endpoint(stack, settings)
+            telemetry = RunTelemetry.for_run(settings, tenancy.name, progress_bar=self.progress_bar)
+            await telemetry.serve_endpoint(stack, settings)
             outage = Outage(
                 partial(database.probe, self.database_url, connect_timeout=PROBE_TIMEOUT),
                 limit=settings.outage_limit,
-                observer=watchers.observer,
+                observer=telemetry.observer,
                 on_back=pool.reconnect_now,
             )
-            await tenancy.join(stack, watchers)
-            await self._tenures(AcrossTenures(pool, tenancy, watchers, outage), pool)
+            await tenancy.join(stack, telemetry)
+            await self._tenures(AcrossTenures(pool, tenancy, telemetry, outage), pool)
 
     async def _tenures(self, across: AcrossTenures, pool: RevivingPool) -> None:
         """Tenure after tenure, until one ends the run, with one outage probe throughout: an
@@ -150,7 +150,7 @@ class Runner:
         retries = Reconnecting(
             f"starting {across.tenancy.name}",
             limit=self.settings.outage_limit,
-            on_retry=across.watchers.observer.reconnecting,
+            on_retry=across.telemetry.observer.reconnecting,
             policy=RESTART,
             pause=across.outage.retry_after,
         )
@@ -163,7 +163,7 @@ class Runner:
 
         failure: Exception | None = None
         async with anyio.create_task_group() as watching:
-            watching.start_soon(across.outage.watch, name="projector-outage-watch")
+            watching.start_soon(across.outage.probe_while_away, name="projector-outage-probe")
             try:
                 while True:
                     try:
@@ -213,7 +213,7 @@ class Runner:
 
     async def _admit(self, stack: AsyncExitStack, pool: Pool) -> None:
         """Check that the projection's version may run (setting up the first one), and make
-        `projector.replaying` answer for it until the run ends (each tenure's `VersionWatch`
+        `projector.replaying` answer for it until the run ends (each tenure's `VersionFollower`
         keeps the answer current)."""
         async with database.pooled(pool, doing="checking the projection's version") as conn:
             await checkpoints.check_schema(conn)
@@ -262,7 +262,7 @@ class Runner:
             batch_size=settings.batch_size,
             handler_timeout=settings.handler_timeout,
         )
-        gate = self._dependency_gate(pool, across.watchers, writer.name)
+        gate = self._dependency_gate(pool, across.telemetry, writer.name)
         # Asked here, not once projecting: the database going away now starts the tenure again.
         wake_up = await notify.installed(term.lease.connection)
         parts = TenureParts(
@@ -272,7 +272,7 @@ class Runner:
             term.lease,
             recovery,
             across.outage,
-            across.watchers,
+            across.telemetry,
             handle,
             gate,
             wake_up,
@@ -341,9 +341,11 @@ class Runner:
         exactly_once = ExactlyOnceBatch.running(projection, pool, self.group)
         return (await stack.enter_async_context(exactly_once)).run
 
-    def _dependency_gate(self, pool: Pool, watchers: Watchers, name: str) -> DependencyGate | None:
+    def _dependency_gate(
+        self, pool: Pool, telemetry: RunTelemetry, name: str
+    ) -> DependencyGate | None:
         """The gate of a projection with dependencies; health shows its pauses."""
-        projection, health = self.projection, watchers.health
+        projection, health = self.projection, telemetry.health
         if not projection.depends_on:
             return None
         return DependencyGate(
@@ -352,7 +354,7 @@ class Runner:
             on_pause=(health.dependency_paused, projection.on_pause),
             on_resume=(health.dependency_resumed, projection.on_resume),
             outage_limit=self.settings.outage_limit,
-            on_retry=watchers.observer.reconnecting,
+            on_retry=telemetry.observer.reconnecting,
         )
 
     async def _final_flush(self, writer: CheckpointWriter, *, failing: bool) -> None:

@@ -22,7 +22,7 @@ from projector.runtime.checkpoint_writer import CheckpointWriter
 from projector.storage.database import Connection
 from projector.storage.held import HeldStreams
 from projector.storage.message_store import MessageStore
-from projector.telemetry.watching import Watchers
+from projector.telemetry.run_telemetry import RunTelemetry
 
 
 class Lease(Protocol):
@@ -31,7 +31,7 @@ class Lease(Protocol):
     @property
     def connection(self) -> Connection: ...
 
-    async def watch(self) -> None:
+    async def until_lost(self) -> None:
         """Return never; raise LeaseLostError once the right is lost."""
         ...
 
@@ -59,7 +59,7 @@ class Tenancy(Protocol):
         ``<group>-<member>``."""
         ...
 
-    async def join(self, stack: AsyncExitStack, watchers: Watchers) -> None:
+    async def join(self, stack: AsyncExitStack, telemetry: RunTelemetry) -> None:
         """What comes before the first tenure and lasts until ``stack`` closes."""
         ...
 

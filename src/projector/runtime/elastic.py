@@ -12,7 +12,7 @@ ends it when:
   what it no longer should own and takes what is free. A joining member thus gets a bucket
   only once its previous owner has committed it: a graceful rebalance delivers nothing twice;
 - a heartbeat finds a bucket of the tenure owned by someone else (this member was silent past
-  its lease): ``lost`` is set, `watch` raises LeaseLostError and the tenure ends with nothing
+  its lease): ``lost`` is set, `until_lost` raises LeaseLostError and the tenure ends with nothing
   more committed. Its commits were fenced anyway (`projector.storage.buckets`).
 
 Heartbeats go on between tenures and while one drains, so a long drain keeps its leases.
@@ -65,7 +65,7 @@ class Tenure:
         """The streams of the tenure's buckets."""
         return Share.buckets(self.owned, self.member.buckets)
 
-    async def watch(self) -> None:
+    async def until_lost(self) -> None:
         """Raise LeaseLostError once a heartbeat finds a bucket of this tenure taken, or once
         the leases may have run out unrenewed (see `ElasticMember.stop_by`)."""
         reason = "taken"

@@ -43,7 +43,7 @@ Probe = Callable[[], Awaitable[None]]
 class Outage:
     """Whether projector's database is away now, and a way to wait for it to be back.
 
-    Run `watch` in a task for as long as streams may wait on it.
+    Run `probe_while_away` in a task for as long as streams may wait on it.
     """
 
     def __init__(
@@ -99,14 +99,14 @@ class Outage:
 
     async def retry_after(self, delay: float) -> None:
         """Wait before trying again an operation that lost the database: while the database is
-        away, until a probe finds it back (`watch` must run); while it answers (the failure
-        was not its absence), ``delay`` seconds, the operation's own backoff."""
+        away, until a probe finds it back (`probe_while_away` must run); while it answers (the
+        failure was not its absence), ``delay`` seconds, the operation's own backoff."""
         if await self.confirm():
             await self.wait_until_back()
         else:
             await anyio.sleep(delay)
 
-    async def watch(self) -> None:
+    async def probe_while_away(self) -> None:
         """Probe while an outage lasts, and end it when the database answers; raise
         DatabaseUnavailableError once one outlasts ``limit``. Cancel to stop."""
         while True:

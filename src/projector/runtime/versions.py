@@ -1,6 +1,6 @@
 """A projection's versions as a run meets them: setting a version up (its schema and tables),
 pointing the readers' views at the live version, the check a runner makes before it projects
-(`admit`), and keeping `projector.replaying` current while it runs (`VersionWatch`).
+(`admit`), and keeping `projector.replaying` current while it runs (`VersionFollower`).
 
 The statements are `projector.storage.versions`'; the state machine the operator drives
 (start, cutover, rollback, retire) is `projector.admin.rebuild`'.
@@ -179,7 +179,7 @@ async def _first_goes_live(conn: Connection, projection: Projection, group: str)
     return version
 
 
-class VersionWatch:
+class VersionFollower:
     """Reads a version's state every REFRESH seconds, and sets ``holder`` (what
     `projector.replaying` answers) to whether it is building."""
 

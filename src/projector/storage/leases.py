@@ -12,7 +12,7 @@ sets ``idle_session_timeout`` to ``lease_timeout``, and the runner speaks on it 
 ``lease_timeout / 4`` seconds at most, so a runner silent for longer than its lease loses it
 and a standby takes over. That is the lease timeout.
 
-A runner's tenure is the life of one session: when `watch` finds the session broken (the
+A runner's tenure is the life of one session: when `until_lost` finds the session broken (the
 server restarted or crashed, the session was terminated or timed out), it raises
 LeaseLostError and the runner starts over, as a new start would, from the checkpoints the
 database holds (or waits as the standby of whoever took the member meanwhile). It never takes
@@ -225,7 +225,7 @@ class MemberLease:
                 )
             await anyio.sleep(poll)
 
-    async def watch(self) -> None:
+    async def until_lost(self) -> None:
         """Check the lock's session every `watch_interval` s; raise LeaseLostError once it is
         broken (or silent for ``lease_timeout``), which ends the runner's tenure. Cancel to
         stop."""

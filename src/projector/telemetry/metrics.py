@@ -125,11 +125,11 @@ class Metrics(Observer):
         )
         self._outage_seconds.labels(group)
 
-    def watch(self, state: RunnerState) -> None:
+    def collect_from(self, state: RunnerState) -> None:
         """Report the gauges of a running pipeline from now on (once per runner)."""
         self.registry.register(_StateCollector(self.group, state))
 
-    def watch_buckets(self, member: BucketHolder) -> None:
+    def collect_buckets(self, member: BucketHolder) -> None:
         """Report an elastic member's buckets and rebalances from now on (once per process)."""
         self.registry.register(_BucketCollector(self.group, member))
 

@@ -31,7 +31,7 @@ from projector.telemetry.summary import Summary
 
 
 @dataclass(frozen=True, slots=True)
-class Watchers:
+class RunTelemetry:
     health: Health
     metrics: Metrics | None
     summary: Summary | None
@@ -40,8 +40,8 @@ class Watchers:
     @classmethod
     def for_run(
         cls, settings: Settings, name: str, *, progress_bar: BarFactory | None = None
-    ) -> Watchers:
-        """The watchers the settings ask for, for the member ``name``; the catch-up progress
+    ) -> RunTelemetry:
+        """The telemetry the settings ask for, for the member ``name``; the catch-up progress
         is drawn with ``progress_bar`` (the CLI's), if given and wanted."""
         wanted = progress_bar is not None and progress.wanted(disabled=not settings.progress)
         status = Health(max_db_age=settings.health_max_db_age, ready_max_lag=settings.ready_max_lag)

@@ -1,30 +1,78 @@
-"""The operator's commands for checkpoints and failing streams: list, change, replay."""
+"""What operators ask of a group: `status`, `wait`, `checkpoints list|set|reset`,
+`rebalance`, `group show|convert`."""
 
 from __future__ import annotations
 
-import dataclasses
-import uuid
 from datetime import datetime
 from functools import partial
 from typing import Any
 
+import anyio
 import click
 
-from projector.admin import failing as failing_streams
-from projector.admin import groups, status
+from projector.admin import groups, status, waiting
+from projector.admin.waiting import MAX_WAIT
+from projector.cli import render
 from projector.cli.options import (
+    Seconds,
     console,
     database_call,
+    given,
     iso_time,
     json_line,
     reporting_errors,
+    require_url,
     settings_options,
 )
 from projector.errors import ConfigurationError
 from projector.model.buckets import DEFAULT_BUCKETS, MAX_BUCKETS
-from projector.model.events import MAX_GROUP_SIZE, MAX_POSITION
+from projector.model.events import FIRST_POSITION, MAX_GROUP_SIZE, MAX_POSITION
+from projector.settings import deprecated, load_settings
 from projector.storage.checkpoints import CheckpointRow
 from projector.storage.database import Connection
+from projector.telemetry import logs
+
+
+@click.command("status")
+@click.option("--group", help="only this group")
+@click.option("--json", "as_json", is_flag=True, help="one JSON object per line, for scripts")
+@settings_options("database_url", "log_level")
+def status_command(group: str | None, as_json: bool, **flags: Any) -> None:
+    """How far behind each group member is, per category (reads the database only)."""
+    with reporting_errors():
+        rows = database_call(flags, partial(status.collect, group=group))
+    if as_json:
+        click.echo(status.to_json(rows), nl=False)
+    else:
+        console().print(render.status_table(rows))
+
+
+@click.command("wait")
+@click.option("--group", required=True, help="the group that must have handled it")
+@click.option(
+    "--position",
+    type=click.IntRange(FIRST_POSITION, MAX_POSITION),
+    required=True,
+    help="the global position of the event",
+)
+@click.option(
+    "--timeout",
+    type=Seconds(0, MAX_WAIT),
+    default=30.0,
+    show_default=True,
+    envvar="PROJECTOR_WAIT_TIMEOUT",
+    show_envvar=True,
+    help="seconds to wait (0: look once)",
+)
+@settings_options("database_url", "log_level")
+def wait_command(group: str, position: int, timeout: float, **flags: Any) -> None:
+    """Wait until GROUP has handled the event at global POSITION (exit 1 on timeout, 3 when
+    the event's stream is parked)."""
+    with reporting_errors():
+        settings = load_settings(**given(flags))
+        url = require_url(settings)
+        anyio.run(partial(waiting.wait_for, url, group, position, timeout=timeout))
+    click.echo(f"{group} has handled global position {position}")
 
 
 @click.group()
@@ -134,112 +182,62 @@ def checkpoints_reset(group: str, category: str | None, yes: bool, **flags: Any)
     click.echo(f"deleted {len(rows)} checkpoint(s) of group {group}")
 
 
-@click.group()
-def failing() -> None:
-    """Streams whose handler failed: retrying, or parked once their attempts ran out (see the
-    docs: Failing streams). Their events are not handled until they succeed again."""
-
-
-@click.group()
-def parked() -> None:
-    """The old name of `projector failing`, kept: it says so on stderr."""
-    click.echo("`projector parked` is now `projector failing`; the old name still works", err=True)
-
-
-@click.command("list")
-@click.option("--group", help="only this group")
-@click.option("--json", "as_json", is_flag=True, help="one JSON object per line")
+@click.command()
+@click.option("--group", required=True, help="the consumer group to resize")
+@click.option(
+    "--group-size",
+    "size",
+    type=click.IntRange(1, MAX_GROUP_SIZE),
+    help="its new number of members (the --group-size its members then run with)",
+)
+@click.option(
+    "--size",
+    "old_size",
+    type=click.IntRange(1, MAX_GROUP_SIZE),
+    hidden=True,
+    help="the old spelling of --group-size",
+)
+@click.option("--dry-run", is_flag=True, help="print what would change, change nothing")
 @settings_options("database_url", "log_level")
-def failing_list(group: str | None, as_json: bool, **flags: Any) -> None:
-    """Every failing stream: its state, where it stands, the event, the error, its owner."""
+def rebalance(
+    group: str, size: int | None, old_size: int | None, dry_run: bool, **flags: Any
+) -> None:
+    """Change a consumer group's size (every member must be stopped; --dry-run may look while
+    they run).
+
+    Each category restarts, for every new member, from the lowest checkpoint of the old ones:
+    events between it and a member's old checkpoint are delivered again.
+    """
     with reporting_errors():
-        rows = database_call(flags, partial(failing_streams.list_owned, group=group))
-    if as_json:
-        for row in rows:
-            owner = {"member": row.member, "name": row.name}
-            click.echo(json_line({**dataclasses.asdict(row.held), **owner}))
+        size = _group_size(size, old_size, flags)
+        plan = database_call(
+            flags, partial(groups.rebalance, group=group, size=size, dry_run=dry_run)
+        )
+    if plan.old_size == plan.new_size:
+        click.echo(f"group {group} already has {size} member(s): nothing changed")
         return
-    from rich.table import Table
-
-    table = Table(
-        "member",
-        "stream",
-        "state",
-        "next attempt",
-        "position",
-        "event id",
-        "type",
-        "attempts",
-        "failing since",
-        "error",
-        box=None,
-    )
-    for row in rows:
-        held = row.held
-        attempt = held.next_attempt_at
-        table.add_row(
-            row.name or held.group,
-            held.stream_name,
-            held.state.value,
-            "-" if attempt is None else attempt.isoformat(timespec="seconds"),
-            str(held.position),
-            str(held.event_id),
-            held.event_type,
-            str(held.attempts),
-            held.held_at.isoformat(timespec="seconds"),
-            held.error,
-        )
-    console().print(table)
+    verb = "would restart" if dry_run else "restarted"
+    click.echo(f"group {group}: {plan.old_size} -> {plan.new_size} members")
+    for category, position in plan.positions.items():
+        click.echo(f"  {category}: members 0..{size - 1} {verb} at {position}")
+    for note in plan.notes:
+        click.echo(f"  note: {note}")
+    if dry_run:
+        click.echo("dry run: nothing changed")
 
 
-@click.command("retry")
-@click.argument("stream", required=False)
-@click.option("--all", "every", is_flag=True, help="every failing stream of the group")
-@click.option("--group", required=True, help="the group that holds the stream")
-@settings_options("database_url", "log_level")
-def failing_retry(stream: str | None, every: bool, group: str, **flags: Any) -> None:
-    """Replay STREAM (or --all) now from its first unhandled event, by the runner that owns
-    it; a parked stream gets one more attempt."""
-    with reporting_errors():
-        if (stream is not None) == every:
-            raise ConfigurationError("give one STREAM or --all")
-        request = database_call(
-            flags, partial(failing_streams.request_retry, group=group, stream_name=stream)
-        )
-    acts = _who_acts(group, request.runner_up)
-    click.echo(f"retry requested for {len(request.streams)} stream(s); {acts}")
-
-
-@click.command("skip")
-@click.argument("stream")
-@click.argument("event_id", type=click.UUID)
-@click.option("--group", required=True, help="the group that holds the stream")
-@settings_options("database_url", "log_level")
-def failing_skip(stream: str, event_id: uuid.UUID, group: str, **flags: Any) -> None:
-    """Skip a failing STREAM's event EVENT_ID on purpose, and replay what follows it."""
-    with reporting_errors():
-        row, runner_up = database_call(
-            flags,
-            partial(failing_streams.skip_event, group=group, stream_name=stream, event_id=event_id),
-        )
-    click.echo(
-        f"{row.stream_name}: skipping event {event_id}; replay from position {row.position}; "
-        f"{_who_acts(group, runner_up)}"
-    )
-
-
-def _who_acts(group: str, runner_up: bool) -> str:
-    if runner_up:
-        return "the running projector replays it within seconds"
-    return (
-        f"no runner of group {group} is running: the next `projector run` of the group "
-        "replays it as it starts (`--until-caught-up` waits for it)"
-    )
-
-
-for _command in (failing_list, failing_retry, failing_skip):
-    failing.add_command(_command)
-    parked.add_command(_command)
+def _group_size(size: int | None, old_size: int | None, flags: dict[str, Any]) -> int:
+    """``--group-size``, or its old spelling ``--size`` (logged ``setting_deprecated``)."""
+    if old_size is not None:
+        if size is not None:
+            raise ConfigurationError("give --group-size once (--size is its old spelling)")
+        settings = load_settings(**given(flags))
+        logs.configure(settings.log_level, settings.log_format)
+        deprecated("--size", "--group-size")
+        return old_size
+    if size is None:
+        raise ConfigurationError("give the group's new size: --group-size N")
+    return size
 
 
 @click.group("group")

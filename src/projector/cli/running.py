@@ -1,4 +1,4 @@
-"""The commands that run a projection, install its tables, and answer how far along it is."""
+"""The commands that set projector up and run a projection: `run`, `migrate`, `demo`."""
 
 from __future__ import annotations
 
@@ -12,15 +12,9 @@ from typing import Any
 import anyio
 import click
 
-from projector.admin import groups, status, waiting
-from projector.admin.waiting import MAX_WAIT
-from projector.cli import render
 from projector.cli.options import (
     EXIT_PARKED,
     RUN_SETTINGS,
-    Seconds,
-    console,
-    database_call,
     fail,
     given,
     reporting_errors,
@@ -31,11 +25,11 @@ from projector.cli.options import (
 from projector.cli.progress import terminal_bar
 from projector.errors import ConfigurationError
 from projector.model.buckets import MAX_BUCKETS
-from projector.model.events import FIRST_POSITION, MAX_GROUP_SIZE, MAX_POSITION
+from projector.model.events import MAX_GROUP_SIZE
 from projector.model.projection import load_projection
 from projector.process import collect_garbage_less_often
 from projector.runner import Runner
-from projector.settings import deprecated, load_settings
+from projector.settings import load_settings
 from projector.storage import database, member_index
 from projector.storage import notify as notifications
 from projector.telemetry import logs
@@ -249,103 +243,3 @@ def _projector_command() -> str:
     if found is not None and Path(found).resolve() == started.resolve():
         return "projector"
     return str(started)
-
-
-@click.command()
-@click.option("--group", required=True, help="the consumer group to resize")
-@click.option(
-    "--group-size",
-    "size",
-    type=click.IntRange(1, MAX_GROUP_SIZE),
-    help="its new number of members (the --group-size its members then run with)",
-)
-@click.option(
-    "--size",
-    "old_size",
-    type=click.IntRange(1, MAX_GROUP_SIZE),
-    hidden=True,
-    help="the old spelling of --group-size",
-)
-@click.option("--dry-run", is_flag=True, help="print what would change, change nothing")
-@settings_options("database_url", "log_level")
-def rebalance(
-    group: str, size: int | None, old_size: int | None, dry_run: bool, **flags: Any
-) -> None:
-    """Change a consumer group's size (every member must be stopped; --dry-run may look while
-    they run).
-
-    Each category restarts, for every new member, from the lowest checkpoint of the old ones:
-    events between it and a member's old checkpoint are delivered again.
-    """
-    with reporting_errors():
-        size = _group_size(size, old_size, flags)
-        plan = database_call(
-            flags, partial(groups.rebalance, group=group, size=size, dry_run=dry_run)
-        )
-    if plan.old_size == plan.new_size:
-        click.echo(f"group {group} already has {size} member(s): nothing changed")
-        return
-    verb = "would restart" if dry_run else "restarted"
-    click.echo(f"group {group}: {plan.old_size} -> {plan.new_size} members")
-    for category, position in plan.positions.items():
-        click.echo(f"  {category}: members 0..{size - 1} {verb} at {position}")
-    for note in plan.notes:
-        click.echo(f"  note: {note}")
-    if dry_run:
-        click.echo("dry run: nothing changed")
-
-
-def _group_size(size: int | None, old_size: int | None, flags: dict[str, Any]) -> int:
-    """``--group-size``, or its old spelling ``--size`` (logged ``setting_deprecated``)."""
-    if old_size is not None:
-        if size is not None:
-            raise ConfigurationError("give --group-size once (--size is its old spelling)")
-        settings = load_settings(**given(flags))
-        logs.configure(settings.log_level, settings.log_format)
-        deprecated("--size", "--group-size")
-        return old_size
-    if size is None:
-        raise ConfigurationError("give the group's new size: --group-size N")
-    return size
-
-
-@click.command("status")
-@click.option("--group", help="only this group")
-@click.option("--json", "as_json", is_flag=True, help="one JSON object per line, for scripts")
-@settings_options("database_url", "log_level")
-def status_command(group: str | None, as_json: bool, **flags: Any) -> None:
-    """How far behind each group member is, per category (reads the database only)."""
-    with reporting_errors():
-        rows = database_call(flags, partial(status.collect, group=group))
-    if as_json:
-        click.echo(status.to_json(rows), nl=False)
-    else:
-        console().print(render.status_table(rows))
-
-
-@click.command("wait")
-@click.option("--group", required=True, help="the group that must have handled it")
-@click.option(
-    "--position",
-    type=click.IntRange(FIRST_POSITION, MAX_POSITION),
-    required=True,
-    help="the global position of the event",
-)
-@click.option(
-    "--timeout",
-    type=Seconds(0, MAX_WAIT),
-    default=30.0,
-    show_default=True,
-    envvar="PROJECTOR_WAIT_TIMEOUT",
-    show_envvar=True,
-    help="seconds to wait (0: look once)",
-)
-@settings_options("database_url", "log_level")
-def wait_command(group: str, position: int, timeout: float, **flags: Any) -> None:
-    """Wait until GROUP has handled the event at global POSITION (exit 1 on timeout, 3 when
-    the event's stream is parked)."""
-    with reporting_errors():
-        settings = load_settings(**given(flags))
-        url = require_url(settings)
-        anyio.run(partial(waiting.wait_for, url, group, position, timeout=timeout))
-    click.echo(f"{group} has handled global position {position}")
