@@ -272,6 +272,41 @@ async def test_a_member_whose_heartbeats_stall_stops_before_its_buckets_can_be_t
     assert taken == {}, "a bucket could be taken while its member still projected it"
 
 
+async def test_a_member_that_loses_its_leases_cancels_its_running_calls_at_once(
+    own_store_url: str,
+) -> None:
+    """Once its leases may have run out, a member's running calls are cancelled, not given
+    ``shutdown_timeout`` to finish as a stop would: the buckets' next owner may already be
+    handling the same streams. (They were let finish: a call waiting out the outage that cost
+    the leases then ran beside the next owner's.)"""
+    url = own_store_url
+    await write_events(url, streams(0, count=1, events=1))
+    called, cancelled = anyio.Event(), anyio.Event()
+    stalled = Projection(GROUP)
+
+    @stalled.handler
+    async def wait(stream_name: str, events: list[Event]) -> None:
+        called.set()
+        try:
+            await anyio.sleep_forever()
+        except anyio.get_cancelled_exc_class():
+            cancelled.set()
+            raise
+
+    settings = elastic_settings(url, heartbeat=0.2, bucket_lease=1.0, shutdown_timeout=60)
+    blocker = await database.connect(url)
+    async with blocker, anyio.create_task_group() as tasks:
+        tasks.start_soon(run_projection, stalled, settings)
+        await eventually(called.is_set, within=30)
+        # Every heartbeat of the member now waits for this lock: its leases run out unrenewed.
+        await blocker.execute(
+            "SELECT 1 FROM projector.elastic_members WHERE group_name = %s FOR UPDATE", (GROUP,)
+        )
+        await eventually(cancelled.is_set, within=20)
+        await blocker.rollback()
+        tasks.cancel_scope.cancel()
+
+
 async def _within(scope: anyio.CancelScope, run: Callable[[], Awaitable[None]]) -> None:
     with scope:
         await run()

@@ -41,7 +41,7 @@ async def runner(url: str, projection: Projection) -> AsyncIterator[ExactlyOnce]
     """One runner's transactional span handler, with a pool of its own."""
     async with (
         open_pool(url, max_size=4) as pool,
-        ExactlyOnce.running(projection, pool, "g") as handler,
+        ExactlyOnce(projection, pool, "g") as handler,
     ):
         yield handler
 
@@ -51,7 +51,7 @@ async def batch_runner(url: str, projection: Projection) -> AsyncIterator[Exactl
     """One runner's transactional batch handler, with a pool of its own."""
     async with (
         open_pool(url, max_size=4) as pool,
-        ExactlyOnceBatch.running(projection, pool, "g") as handler,
+        ExactlyOnceBatch(projection, pool, "g") as handler,
     ):
         yield handler
 

@@ -247,6 +247,23 @@ def test_only_the_cli_renders_with_rich() -> None:
     assert outside_cli == []
 
 
+def test_no_public_function_takes_its_callers_task_group_or_exit_stack() -> None:
+    """Lifetimes have two shapes (docs: How it is built): a thing with a lifetime is an async
+    context manager, a loop is ``run(..., task_status)``; nothing public borrows its caller's
+    task group or exit stack to hang its own work on."""
+    borrowed = {"TaskGroup", "AsyncExitStack"}
+    wrong = [
+        f"{module.name}:{node.lineno} {node.name}({arg.arg})"
+        for module in MODULES
+        for node in ast.walk(module.tree)
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef)
+        and not node.name.startswith("_")
+        for arg in [*node.args.args, *node.args.kwonlyargs]
+        if arg.annotation is not None and ast.unparse(arg.annotation) in borrowed
+    ]
+    assert wrong == []
+
+
 def test_every_package_says_what_may_import_it() -> None:
     silent = [
         module.name

@@ -180,9 +180,15 @@ class StreamsSink:
 
     # -- lifecycle --------------------------------------------------------------------------
 
-    async def start(self, exit_stack: AsyncExitStack) -> Self:
-        """Start the workers in a task group that ``exit_stack`` closes: first cancelling
+    async def __aenter__(self) -> Self:
+        """Start the workers, in a task group that leaving the block closes: first cancelling
         every call still running (`stop` first lets them finish), then waiting for them."""
+        async with AsyncExitStack() as stack:
+            await self._start(stack)
+            self._exit_stack = stack.pop_all()
+        return self
+
+    async def _start(self, exit_stack: AsyncExitStack) -> None:
         tasks = await exit_stack.enter_async_context(anyio.create_task_group())
         exit_stack.callback(self._cancel_everything, tasks)
         self._task_group = tasks
@@ -194,13 +200,6 @@ class StreamsSink:
             tasks.start_soon(
                 self._watch_timeouts, self._handler_timeout, name="projector-sink-timeouts"
             )
-        return self
-
-    async def __aenter__(self) -> Self:
-        async with AsyncExitStack() as stack:
-            await self.start(stack)
-            self._exit_stack = stack.pop_all()
-        return self
 
     async def __aexit__(
         self,

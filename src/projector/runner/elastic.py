@@ -4,8 +4,8 @@ rebalance asks it to hand some over (it drains and commits first) or when it los
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from contextlib import AsyncExitStack
+from collections.abc import AsyncIterator, Callable
+from contextlib import AsyncExitStack, asynccontextmanager
 from functools import partial
 
 import anyio
@@ -35,23 +35,29 @@ class ElasticTenancy:
     def name(self) -> str:
         return self._job.group
 
-    async def join(self, stack: AsyncExitStack, telemetry: RunTelemetry) -> None:
-        """Join the group, and heartbeat until the run ends; leaving releases the buckets
-        after the last tenure's final commit (the stack closes in reverse). A join cut short
-        by the database going away is tried again, for up to ``outage_limit``: this process
+    @asynccontextmanager
+    async def joined(self, telemetry: RunTelemetry) -> AsyncIterator[None]:
+        """Join the group, and heartbeat for the block; leaving releases the buckets, after
+        the last tenure's final commit (the runner leaves the block last). A join cut short by
+        the database going away is tried again, for up to ``outage_limit``: this process
         reached the database already."""
-        member = await outlasting(
-            partial(self._joined, stack),
-            doing=f"joining {self._job.group}",
-            limit=self._job.settings.outage_limit,
-            on_retry=telemetry.observer.reconnecting,
-        )
-        beating = await stack.enter_async_context(anyio.create_task_group())
-        stack.callback(beating.cancel_scope.cancel)
-        beating.start_soon(member.heartbeats, name="projector-heartbeats")
-        if telemetry.metrics is not None:
-            telemetry.metrics.collect_buckets(member)
-        self._member = member
+        async with AsyncExitStack() as stack:
+            member = await outlasting(
+                partial(self._joined, stack),
+                doing=f"joining {self._job.group}",
+                limit=self._job.settings.outage_limit,
+                on_retry=telemetry.observer.reconnecting,
+            )
+            async with anyio.create_task_group() as beating:
+                beating.start_soon(member.heartbeats, name="projector-heartbeats")
+                if telemetry.metrics is not None:
+                    telemetry.metrics.collect_buckets(member)
+                self._member = member
+                try:
+                    yield
+                finally:
+                    self._member = None
+                    beating.cancel_scope.cancel()
 
     async def _joined(self, stack: AsyncExitStack) -> ElasticMember:
         job, settings = self._job, self._job.settings
@@ -73,8 +79,10 @@ class ElasticTenancy:
             )
         )
 
-    async def begin(self, stack: AsyncExitStack, connected: Callable[[], None]) -> Term:
-        """The tenure's buckets, where each starts, and a reader of them."""
+    @asynccontextmanager
+    async def tenure(self, connected: Callable[[], None]) -> AsyncIterator[Term]:
+        """The tenure's buckets, where each starts, and a reader of them (the buckets are
+        given up at the next tenure's start, or as the member leaves)."""
         if self._member is None:
             raise RuntimeError("an elastic tenancy begins a tenure only once joined")
         job = self._job
@@ -91,4 +99,4 @@ class ElasticTenancy:
             from_tail=job.settings.from_tail,
             checkpoint_interval=job.settings.checkpoint_interval,
         )
-        return Term(start.store, start.writer, tenure, start.held, tenure.ending)
+        yield Term(start.store, start.writer, tenure, start.held, tenure.ending)

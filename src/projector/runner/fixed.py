@@ -4,8 +4,8 @@ does; the next tenure takes the lock again, or waits as the standby of whoever t
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from contextlib import AsyncExitStack
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 
 from projector.model.events import member_name
 from projector.model.share import Share
@@ -38,26 +38,28 @@ class FixedTenancy:
         settings = self._job.settings
         return member_name(self._job.group, settings.member, settings.group_size)
 
-    async def join(self, stack: AsyncExitStack, telemetry: RunTelemetry) -> None:
+    @asynccontextmanager
+    async def joined(self, telemetry: RunTelemetry) -> AsyncIterator[None]:
         """Nothing: a fixed member is a lock, taken at each tenure's start."""
+        yield
 
-    async def begin(self, stack: AsyncExitStack, connected: Callable[[], None]) -> Term:
+    @asynccontextmanager
+    async def tenure(self, connected: Callable[[], None]) -> AsyncIterator[Term]:
         job, settings = self._job, self._job.settings
-        lease = await stack.enter_async_context(
-            MemberLease(
-                job.database_url,
-                job.group,
-                member=settings.member,
-                size=settings.group_size,
-                connect_timeout=settings.connect_timeout,
-                lease_timeout=settings.lease_timeout,
-            )
+        lease = MemberLease(
+            job.database_url,
+            job.group,
+            member=settings.member,
+            size=settings.group_size,
+            connect_timeout=settings.connect_timeout,
+            lease_timeout=settings.lease_timeout,
         )
-        connected()
-        writer = await self._checkpoint_writer(lease)
-        if settings.group_size > 1:
-            await member_index.report(self._pool, size=settings.group_size, member=writer.name)
-        return Term(self._store, writer, lease, HeldStreams(self._pool, job.group, self._share))
+        async with lease:
+            connected()
+            writer = await self._checkpoint_writer(lease)
+            if settings.group_size > 1:
+                await member_index.report(self._pool, size=settings.group_size, member=writer.name)
+            yield Term(self._store, writer, lease, HeldStreams(self._pool, job.group, self._share))
 
     async def _checkpoint_writer(self, lease: MemberLease) -> CheckpointWriter:
         """Take the member's lock, check the group's size, and settle where each category starts.

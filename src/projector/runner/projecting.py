@@ -17,6 +17,7 @@ from typing import Any
 import anyio
 from anyio.abc import TaskGroup
 
+from projector.errors import LeaseLostError, find_error
 from projector.model.versions import Replaying
 from projector.pipeline.batch_sink import BatchesSink
 from projector.pipeline.calls import Batches, SpanHandler
@@ -91,21 +92,28 @@ class Projecting:
                         settings.stuck_after,
                     )
                 )
+            lost = False
             try:
                 await self._read_until_done(sources, sink, list(lanes.values()))
+            except BaseException as exc:
+                lost = find_error(exc, LeaseLostError) is not None
+                raise
             finally:
                 with anyio.CancelScope(shield=True):
-                    await self._stop(sink, list(lanes.values()))
+                    await self._stop(sink, list(lanes.values()), lost=lost)
         return self.parked
 
-    async def _stop(self, sink: StreamsSink, lanes: list[Lane]) -> None:
-        grace = self._job.settings.shutdown_timeout
-        if self._parts.ending is not None:
+    async def _stop(self, sink: StreamsSink, lanes: list[Lane], *, lost: bool) -> None:
+        """Let the calls running finish within ``shutdown_timeout``, except when the right to
+        project was ``lost``: then another runner may own these streams already, so the calls
+        are cancelled at once (nothing they did could be committed anyway)."""
+        grace = 0.0 if lost else self._job.settings.shutdown_timeout
+        if self._parts.ending is not None and not lost:
             # An elastic tenure ends by handing its buckets over: it finishes what it has
             # read, so that the next owner is given none of it again.
             grace = await _drain(lanes, grace_period=grace)
         if not await sink.stop(grace_period=grace):
-            _abandoned(self._parts.writer.name, sink, self._job.settings.shutdown_timeout)
+            _abandoned(self._parts.writer.name, sink, grace, lost=lost)
 
     def _sink(self) -> StreamsSink:
         settings, parts = self._job.settings, self._parts
@@ -183,14 +191,17 @@ class Projecting:
         )
         if parts.gate is not None:
             await tasks.start(parts.gate.run, name="projector-dependencies")
-        await parts.telemetry.start(
-            tasks,
-            settings,
-            pool=parts.pool,
-            share=parts.store.share,
-            handled=lambda: writer.completed,
-            sink=sink,
-            recovery=recovery,
+        await tasks.start(
+            partial(
+                parts.telemetry.run,
+                settings,
+                pool=parts.pool,
+                share=parts.store.share,
+                handled=lambda: writer.completed,
+                sink=sink,
+                recovery=recovery,
+            ),
+            name="projector-telemetry",
         )
         await self._listen(tasks, sources)
 
@@ -256,23 +267,30 @@ async def _drain(lanes: list[Lane], *, grace_period: float) -> float:
     return max(0.0, deadline - anyio.current_time())
 
 
-def _abandoned(name: str, sink: StreamsSink, grace_period: float) -> None:
-    """Say which handler calls a stop cancels, having waited ``grace_period`` for them."""
+def _abandoned(name: str, sink: StreamsSink, grace_period: float, *, lost: bool) -> None:
+    """Say which handler calls a stop cancels, having waited ``grace_period`` for them (none,
+    when the right to project was ``lost``)."""
     running = sorted(
         (stream for stream in sink.troubled(longer_than=0) if stream.state == "running"),
         key=lambda stream: -stream.seconds,
     )
     calls = ", ".join(f"{stream.stream_name} ({stream.seconds:.1f} s)" for stream in running)
+    message = (
+        "%s: %d handler call(s) are cancelled at once, the right to project their streams "
+        "lost (their next owner delivers their events again): %s"
+        if lost
+        else f"%s: %d handler call(s) still running after shutdown_timeout ({grace_period:g} s) "
+        "are cancelled, their events delivered again at the next start: %s"
+    )
     logger.warning(
-        "%s: %d handler call(s) still running after shutdown_timeout (%g s) are cancelled, "
-        "their events delivered again at the next start: %s",
+        message,
         name,
         len(running),
-        grace_period,
         calls,
         extra={
             "action": "calls_abandoned",
             "group": name,
+            "lost": lost,
             "calls": {stream.stream_name: round(stream.seconds, 1) for stream in running},
         },
     )

@@ -132,14 +132,14 @@ class Runner:
                 ElasticTenancy(self.job, pool) if settings.elastic else FixedTenancy(self.job, pool)
             )
             telemetry = RunTelemetry.for_run(settings, tenancy.name, progress_bar=self.progress_bar)
-            await telemetry.serve_endpoint(stack, settings)
+            await stack.enter_async_context(telemetry.endpoint(settings))
             outage = Outage(
                 partial(database.probe, self.database_url, connect_timeout=PROBE_TIMEOUT),
                 limit=settings.outage_limit,
                 observer=telemetry.observer,
                 on_back=pool.reconnect_now,
             )
-            await tenancy.join(stack, telemetry)
+            await stack.enter_async_context(tenancy.joined(telemetry))
             await self._tenures(AcrossTenures(pool, tenancy, telemetry, outage), pool)
 
     async def _tenures(self, across: AcrossTenures, pool: RevivingPool) -> None:
@@ -242,7 +242,7 @@ class Runner:
         """Everything before the first read: the right to project (a member's lock, or
         buckets), the checkpoints, the held streams, the span handler. Nothing is handled yet,
         so all of it can be done again."""
-        term = await across.tenancy.begin(stack, connected)
+        term = await stack.enter_async_context(across.tenancy.tenure(connected))
         return await self._parts(stack, across, term)
 
     async def _parts(
@@ -325,7 +325,7 @@ class Runner:
                 linger=settings.batch_linger,
             )
         if projection.is_transactional:
-            exactly_once = ExactlyOnce.running(projection, pool, self.group)
+            exactly_once = ExactlyOnce(projection, pool, self.group)
             return (await stack.enter_async_context(exactly_once)).handle
         return projection.handle
 
@@ -336,9 +336,9 @@ class Runner:
         if not projection.is_transactional:
             return projection.handle_batch
         if projection.positions == "read_model":
-            guarded = GuardedBatch.running(projection, pool, self.group)
+            guarded = GuardedBatch(projection, pool, self.group)
             return (await stack.enter_async_context(guarded)).run
-        exactly_once = ExactlyOnceBatch.running(projection, pool, self.group)
+        exactly_once = ExactlyOnceBatch(projection, pool, self.group)
         return (await stack.enter_async_context(exactly_once)).run
 
     def _dependency_gate(

@@ -12,7 +12,7 @@ what its tenures project with (`Term`).
 from __future__ import annotations
 
 from collections.abc import Callable
-from contextlib import AsyncExitStack
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -59,14 +59,14 @@ class Tenancy(Protocol):
         ``<group>-<member>``."""
         ...
 
-    async def join(self, stack: AsyncExitStack, telemetry: RunTelemetry) -> None:
-        """What comes before the first tenure and lasts until ``stack`` closes."""
+    def joined(self, telemetry: RunTelemetry) -> AbstractAsyncContextManager[None]:
+        """What comes before the first tenure and lasts for the block: the run's."""
         ...
 
-    async def begin(self, stack: AsyncExitStack, connected: Callable[[], None]) -> Term:
-        """Take the right to project (waiting as a standby, where that applies), call
-        ``connected()`` once the database answered, and settle where each category starts.
-        Nothing is handled yet, so all of it can be done again: DatabaseUnavailableError
-        when the database goes away meanwhile. What it holds is released as ``stack``
-        closes."""
+    def tenure(self, connected: Callable[[], None]) -> AbstractAsyncContextManager[Term]:
+        """One tenure, for the block: take the right to project (waiting as a standby, where
+        that applies), call ``connected()`` once the database answered, and settle where each
+        category starts; leaving releases what it holds. Nothing is handled on entry, so all
+        of it can be done again: DatabaseUnavailableError when the database goes away
+        meanwhile."""
         ...

@@ -16,7 +16,8 @@ from __future__ import annotations
 import logging
 from collections import OrderedDict
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
+from types import TracebackType
 from typing import Self
 
 import anyio
@@ -72,21 +73,41 @@ async def transactions_for(pool: Pool, *, schema: str | None = None) -> AsyncIte
 
 class Transactional:
     """What a transactional handler runs with: its projection, sessions on the pool, and the
-    positions it remembers; make one with `running`."""
+    positions it remembers. Use it as ``async with``: its transactions (see
+    `transactions_for`), in the schema of the projection's version if it has one, last for
+    the length of the block."""
 
-    def __init__(self, projection: Projection, transactions: Transactions, group: str) -> None:
+    def __init__(self, projection: Projection, pool: Pool, group: str) -> None:
         self._projection = projection
-        self._transactions = transactions
+        self._pool = pool
         self._group = group
         self._known = KnownPositions()
+        self._exit_stack = AsyncExitStack()
+        self._opened: Transactions | None = None
 
-    @classmethod
-    @asynccontextmanager
-    async def running(cls, projection: Projection, pool: Pool, group: str) -> AsyncIterator[Self]:
-        """One for the length of the block (see `transactions_for`), its transactions in the
-        schema of the projection's version, if it has one."""
-        async with transactions_for(pool, schema=projection.schema) as transactions:
-            yield cls(projection, transactions, group)
+    @property
+    def _transactions(self) -> Transactions:
+        if self._opened is None:
+            raise RuntimeError(f"{type(self).__name__} is used outside its `async with` block")
+        return self._opened
+
+    async def __aenter__(self) -> Self:
+        async with AsyncExitStack() as stack:
+            opening = transactions_for(self._pool, schema=self._projection.schema)
+            self._opened = await stack.enter_async_context(opening)
+            self._exit_stack = stack.pop_all()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool | None:
+        try:
+            return await self._exit_stack.__aexit__(exc_type, exc, tb)
+        finally:
+            self._opened = None
 
     @asynccontextmanager
     async def _session(self) -> AsyncIterator[Session]:
@@ -106,8 +127,8 @@ class Transactional:
 
 
 class ExactlyOnce(Transactional):
-    """The sink's span handler for a transactional projection (`handle`); make one with
-    `running`.
+    """The sink's span handler for a transactional projection (`handle`), inside its
+    ``async with`` block.
 
     Why each event is applied once, even with two runners on one stream at the same time (a
     zombie: paused past its lease, or cut off from its lock's session, then resumed while its

@@ -34,8 +34,8 @@ logger = logging.getLogger(__name__)
 
 
 class ExactlyOnceBatch(Transactional):
-    """Runs a transactional batch handler (`run`, split on failure by `batching`); make one with
-    `running`."""
+    """Runs a transactional batch handler (`run`, split on failure by `batching`), inside its
+    ``async with`` block."""
 
     async def run(self, spans: Spans) -> dict[str, int]:
         """Apply the spans' events not applied yet, in one transaction; each stream's next
@@ -113,7 +113,7 @@ def _fresh(spans: Spans, applied: dict[str, int]) -> tuple[Spans, dict[str, int]
 class GuardedBatch(Transactional):
     """Runs a transactional batch handler whose read model holds each stream's position
     (``positions="read_model"``): one transaction per call, and nothing recorded beside the
-    handler's own guarded writes; make one with `running`."""
+    handler's own guarded writes; used inside its ``async with`` block."""
 
     async def run(self, spans: Spans) -> dict[str, int]:
         async with self._session() as session:

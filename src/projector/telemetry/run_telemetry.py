@@ -7,13 +7,13 @@ probes too; the lag measurements, summary and progress start with the projecting
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from contextlib import AsyncExitStack
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from functools import partial
 
 import anyio
-from anyio.abc import TaskGroup
+from anyio.abc import TaskGroup, TaskStatus
 
 from projector.model.share import Share
 from projector.pipeline.observe import Observer, Observers
@@ -56,22 +56,26 @@ class RunTelemetry:
     def observer(self) -> Observer:
         return Observers(self.health, *([] if self.metrics is None else [self.metrics]))
 
-    async def serve_endpoint(self, stack: AsyncExitStack, settings: Settings) -> None:
-        """Serve /metrics, /health and /ready (with ``metrics_port``) until the run ends, from a
-        task group of its own that closes last (the stack closes in reverse)."""
+    @asynccontextmanager
+    async def endpoint(self, settings: Settings) -> AsyncIterator[None]:
+        """Serve /metrics, /health and /ready (with ``metrics_port``) for the length of the
+        block; the runner opens it first, so that it closes last."""
         if self.metrics is None or settings.metrics_port is None:
+            yield
             return
-        tasks: TaskGroup = await stack.enter_async_context(anyio.create_task_group())
-        stack.callback(tasks.cancel_scope.cancel)
         app = health.application(self.health, self.metrics.registry)
-        await tasks.start(
-            partial(health.serve, app, host=settings.metrics_host, port=settings.metrics_port),
-            name="projector-metrics-endpoint",
-        )
+        async with anyio.create_task_group() as tasks:
+            await tasks.start(
+                partial(health.serve, app, host=settings.metrics_host, port=settings.metrics_port),
+                name="projector-metrics-endpoint",
+            )
+            try:
+                yield
+            finally:
+                tasks.cancel_scope.cancel()
 
-    async def start(
+    async def run(
         self,
-        tasks: TaskGroup,
         settings: Settings,
         *,
         pool: Pool,
@@ -79,9 +83,24 @@ class RunTelemetry:
         handled: Callable[[], dict[str, int]],
         sink: StreamsSink,
         recovery: Recovery,
+        task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
     ) -> None:
-        """Start the lag measurements (once the first is taken), the progress bar and the
-        summary line, as far as they are enabled."""
+        """Run the lag measurements, the progress bar and the summary line, as far as they
+        are enabled, until cancelled; started once the first lag measurement is taken."""
+        async with anyio.create_task_group() as tasks:
+            await self._start(tasks, settings, pool, share, handled, sink, recovery)
+            task_status.started()
+
+    async def _start(
+        self,
+        tasks: TaskGroup,
+        settings: Settings,
+        pool: Pool,
+        share: Share,
+        handled: Callable[[], dict[str, int]],
+        sink: StreamsSink,
+        recovery: Recovery,
+    ) -> None:
         tracker = LagTracker(
             pool,
             handled,
