@@ -297,13 +297,10 @@ class Runner:
 
     async def _joined(self, stack: AsyncExitStack) -> ElasticMember:
         settings = self.settings
-        with database.unavailable_as(f"joining {self.group}"):
-            conn = await database.connect(
-                self.database_url, connect_timeout=settings.connect_timeout
-            )
-            async with conn:
-                await checkpoints.check_schema(conn)
-                await groups.check_elastic(conn, self.group)
+        conn = await database.connect(self.database_url, connect_timeout=settings.connect_timeout)
+        async with conn:
+            await checkpoints.check_schema(conn)
+            await groups.check_elastic(conn, self.group)
         return await stack.enter_async_context(
             ElasticMember(
                 self.database_url,
@@ -506,16 +503,15 @@ class Runner:
             lambda: lease.connection, self.group, member=settings.member, size=settings.group_size
         )
         writer = CheckpointWriter(member_checkpoints, interval=settings.checkpoint_interval)
-        with database.unavailable_as(f"starting {writer.name}"):
-            await checkpoints.check_schema(lease.connection)
-            await lease.acquire(standby=settings.standby)
-            conn = lease.connection
-            async with conn.transaction():
-                await checkpoints.lock_group_start(conn, self.group)
-                await groups.check_size(conn, self.group, settings.group_size)
-                for category in self.categories:
-                    position = await self._start_position(store, member_checkpoints, category)
-                    writer.start_at(category, position)
+        await checkpoints.check_schema(lease.connection)
+        await lease.acquire(standby=settings.standby)
+        conn = lease.connection
+        async with conn.transaction():
+            await checkpoints.lock_group_start(conn, self.group)
+            await groups.check_size(conn, self.group, settings.group_size)
+            for category in self.categories:
+                position = await self._start_position(store, member_checkpoints, category)
+                writer.start_at(category, position)
         return writer
 
     async def _final_flush(self, writer: CheckpointWriter, *, failing: bool) -> None:

@@ -280,15 +280,6 @@ def unavailable_during(doing: str, exc: Exception) -> DatabaseUnavailableError:
     return DatabaseUnavailableError(f"lost the database while {doing}: {first_line(exc)}")
 
 
-@contextmanager
-def unavailable_as(doing: str) -> Iterator[None]:
-    """The database going away inside the block becomes DatabaseUnavailableError."""
-    try:
-        yield
-    except psycopg.OperationalError as exc:
-        raise unavailable_during(doing, exc) from exc
-
-
 STATEMENT = "running a statement"  # what a connection was doing, as far as it knows
 
 
