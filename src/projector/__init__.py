@@ -21,7 +21,7 @@ from projector.model.events import Event
 from projector.model.failures import OnExhausted, PoisonEvent, RetryAfter, RetryPolicy
 from projector.model.projection import Projection, StreamResult, idempotency_key
 from projector.model.versions import replaying
-from projector.storage.database import connect
+from projector.storage.database import connect_lent as connect
 from projector.storage.message_store import global_position_of, write_message
 from projector.storage.read_models import Column, GuardedUpsert
 

@@ -8,10 +8,10 @@ within the tests' guard; one that reconnects once its own probe finds the databa
 from __future__ import annotations
 
 import anyio
-import psycopg
 import pytest
 from psycopg_pool.base import AttemptWithBackoff
 
+from projector.errors import DatabaseUnavailableError
 from projector.localpg import LocalCluster
 from projector.storage import database, migrate
 from tests.support.projecting import Recorder, run_projection, settings_for, write_events
@@ -41,8 +41,8 @@ async def test_the_pool_makes_the_attempts_its_backoff_put_off_when_told_the_dat
         await anyio.to_thread.run_sync(throwaway_cluster.stop)
         # The pool finds its connection broken, fails to replace it, and puts the next try
         # off by POOL_BACKOFF.
-        with pytest.raises(psycopg.OperationalError):
-            async with pool.connection(timeout=1) as conn:
+        with pytest.raises(DatabaseUnavailableError):
+            async with database.pooled(pool, doing="reading") as conn:
                 await conn.execute("SELECT 1")
         await eventually(lambda: pool.get_stats().get("connections_errors", 0) > 0)
         await anyio.to_thread.run_sync(throwaway_cluster.start)

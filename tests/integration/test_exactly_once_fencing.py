@@ -20,6 +20,7 @@ import psycopg
 import pytest
 
 from projector import Event, Projection, write_message
+from projector.errors import DatabaseUnavailableError
 from projector.localpg import LocalCluster
 from projector.model.projection import Spans
 from projector.runtime.exactly_once import ExactlyOnce
@@ -225,7 +226,7 @@ async def _cut_while_committing(
             else:
                 await eventually(lambda: _waiting_commits(url), within=10)
                 tasks.cancel_scope.cancel()
-    except* psycopg.OperationalError:
+    except* DatabaseUnavailableError:
         pass  # the terminated session's call fails: the runner retries it
     finally:
         _set_system(url, "synchronous_standby_names", None)

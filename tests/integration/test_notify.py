@@ -101,5 +101,5 @@ async def test_asking_for_the_trigger_on_a_lost_session_is_an_outage_not_a_drive
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
             " WHERE application_name = 'projector trigger-check'"
         )
-        with pytest.raises(DatabaseUnavailableError, match="looking for the wake-up trigger"):
+        with pytest.raises(DatabaseUnavailableError, match="lost the database"):
             await notify.installed(conn)

@@ -193,9 +193,10 @@ def test_nothing_in_projector_imports_the_testing_kit() -> None:
 
 
 def test_only_storage_speaks_to_the_driver() -> None:
-    """Driver errors become projector's in storage only (the CLI's last-resort reporting and
-    the demo's own read-model pool aside)."""
-    speakers = {"projector.storage", "projector.cli", "projector.demo"}
+    """Driver errors become projector's in storage only, so nothing else can name (and so
+    catch) psycopg's or the pool's error types (the demo's handler, which keeps a read-model
+    pool of its own as a user's would, aside)."""
+    speakers = {"projector.storage", "projector.demo"}
     drivers = {"psycopg", "psycopg_pool"}
     assert (
         _imports(lambda importer: importer not in speakers, lambda n: n.split(".")[0] in drivers)
@@ -227,6 +228,26 @@ def test_every_error_type_lives_in_the_errors_module() -> None:
         )
     ]
     assert elsewhere == []
+
+
+# Ways to open a connection or a pool that would not be a translating one.
+_OPENERS = re.compile(
+    r"\b(psycopg\.(connect|Connection\.connect|AsyncConnection\.connect)|"
+    r"(Async)?ConnectionPool)\("
+)
+
+
+def test_storage_opens_connections_only_through_its_database_module() -> None:
+    """Every connection storage opens translates the driver's errors: `storage.database` opens
+    them all (its connection classes, its pool), so no other module may open one itself."""
+    opened = [
+        f"{module.name}:{node.lineno}: {ast.unparse(node)[:60]}"
+        for module in MODULES
+        if module.part == "projector.storage" and module.name != "projector.storage.database"
+        for node in _runtime_nodes(module.tree)
+        if isinstance(node, ast.Call) and _OPENERS.search(ast.unparse(node).split("(")[0] + "(")
+    ]
+    assert opened == []
 
 
 def test_every_sql_statement_is_in_the_storage_package() -> None:

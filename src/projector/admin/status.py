@@ -13,7 +13,7 @@ from datetime import datetime
 
 from projector.model.events import member_name, validate_group
 from projector.model.share import Share
-from projector.storage import buckets, checkpoints, database, held, leases, message_store
+from projector.storage import buckets, checkpoints, held, leases, message_store
 from projector.storage.checkpoints import CheckpointRow, check_schema
 from projector.storage.database import Connection
 from projector.storage.held import HeldState, HeldStream
@@ -54,16 +54,12 @@ async def collect(conn: Connection, group: str | None = None) -> list[MemberStat
     """The status of every checkpoint (of ``group`` only, if given), in one transaction."""
     if group is not None:
         validate_group(group)
-    with database.unavailable_as("reading the status"):
-        async with conn.transaction():
-            await check_schema(conn)
-            rows = await checkpoints.rows(conn, group)
-            running: dict[tuple[str, int], bool] = {}
-            held_streams = await held.list_held(conn, group)
-            return [
-                _with_held(await _member_status(conn, row, running), held_streams)
-                for row in rows
-            ]
+    async with conn.transaction():
+        await check_schema(conn)
+        rows = await checkpoints.rows(conn, group)
+        running: dict[tuple[str, int], bool] = {}
+        held_streams = await held.list_held(conn, group)
+        return [_with_held(await _member_status(conn, row, running), held_streams) for row in rows]
 
 
 async def _member_status(

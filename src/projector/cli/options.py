@@ -15,7 +15,6 @@ from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import anyio
 import click
-import psycopg
 
 from projector.errors import (
     ConfigurationError,
@@ -166,17 +165,15 @@ EXIT_PARKED = 3  # caught up, but streams were parked on the way (or the event w
 
 @contextmanager
 def reporting_errors() -> Iterator[None]:
-    """Turn projector's errors, and any statement the database refused, into one line on stderr
-    and an exit code (EXIT_FAILED, or EXIT_USAGE for bad input)."""
+    """Turn projector's errors (a statement the database refused included: storage translates
+    the driver's) into one line on stderr and an exit code (EXIT_FAILED, or EXIT_USAGE for bad
+    input)."""
     try:
         yield
-    except (ProjectorError, psycopg.Error, BaseExceptionGroup) as exc:
+    except (ProjectorError, BaseExceptionGroup) as exc:
         error = find_error(exc, ProjectorError)
         if error is None:
-            refusal = find_error(exc, psycopg.Error)
-            if refusal is None:
-                raise
-            error = database.refused(refusal, f"running `{_command_path()}`")
+            raise
         if isinstance(error, HandlerError):
             logger.error(
                 "stopped: %s", error, exc_info=error.__cause__, extra={"action": "handler_failed"}
@@ -196,11 +193,6 @@ def fail(error: BaseException | str, code: int) -> NoReturn:
     """Report ``error`` on stderr (a JSON object under ``--log-format json``) and exit."""
     logs.report_error(str(error))
     sys.exit(code)
-
-
-def _command_path() -> str:
-    context = click.get_current_context(silent=True)
-    return context.command_path if context is not None else "projector"
 
 
 async def on_connection(url: str, work: Callable[[Connection], Awaitable[T]]) -> T:

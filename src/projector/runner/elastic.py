@@ -61,13 +61,10 @@ class ElasticTenancy:
 
     async def _joined(self, stack: AsyncExitStack) -> ElasticMember:
         job, settings = self._job, self._job.settings
-        with database.unavailable_as(f"joining {job.group}"):
-            conn = await database.connect(
-                job.database_url, connect_timeout=settings.connect_timeout
-            )
-            async with conn:
-                await checkpoints.check_schema(conn)
-                await group_kind.check_elastic(conn, job.group)
+        conn = await database.connect(job.database_url, connect_timeout=settings.connect_timeout)
+        async with conn:
+            await checkpoints.check_schema(conn)
+            await group_kind.check_elastic(conn, job.group)
         return await stack.enter_async_context(
             ElasticMember(
                 job.database_url,

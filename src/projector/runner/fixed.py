@@ -14,7 +14,7 @@ from projector.runner.starts import start_position
 from projector.runner.tenancy import Term
 from projector.runtime import group_kind
 from projector.runtime.checkpoint_writer import CheckpointWriter
-from projector.storage import checkpoints, database, member_index
+from projector.storage import checkpoints, member_index
 from projector.storage.checkpoints import Checkpoints
 from projector.storage.database import Pool
 from projector.storage.held import HeldStreams
@@ -59,7 +59,8 @@ class FixedTenancy:
             writer = await self._checkpoint_writer(lease)
             if settings.group_size > 1:
                 await member_index.report(self._pool, size=settings.group_size, member=writer.name)
-            yield Term(self._store, writer, lease, HeldStreams(self._pool, job.group, self._share))
+            held = HeldStreams(self._pool, job.group, self._share, lease.fence())
+            yield Term(self._store, writer, lease, held)
 
     async def _checkpoint_writer(self, lease: MemberLease) -> CheckpointWriter:
         """Take the member's lock, check the group's size, and settle where each category starts.
@@ -71,14 +72,13 @@ class FixedTenancy:
             lambda: lease.connection, job.group, member=settings.member, size=settings.group_size
         )
         writer = CheckpointWriter(member_checkpoints, interval=settings.checkpoint_interval)
-        with database.unavailable_as(f"starting {writer.name}"):
-            await checkpoints.check_schema(lease.connection)
-            await lease.acquire(standby=settings.standby)
-            conn = lease.connection
-            async with conn.transaction():
-                await checkpoints.lock_group_start(conn, job.group)
-                await group_kind.check_size(conn, job.group, settings.group_size)
-                for category in job.categories:
-                    position = await start_position(job, self._store, member_checkpoints, category)
-                    writer.start_at(category, position)
+        await checkpoints.check_schema(lease.connection)
+        await lease.acquire(standby=settings.standby)
+        conn = lease.connection
+        async with conn.transaction():
+            await checkpoints.lock_group_start(conn, job.group)
+            await group_kind.check_size(conn, job.group, settings.group_size)
+            for category in job.categories:
+                position = await start_position(job, self._store, member_checkpoints, category)
+                writer.start_at(category, position)
         return writer

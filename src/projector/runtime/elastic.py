@@ -41,7 +41,7 @@ from projector.runtime.checkpoint_writer import CheckpointWriter
 from projector.storage import buckets, database
 from projector.storage.buckets import Identity
 from projector.storage.database import Connection, Pool
-from projector.storage.held import HeldStreams
+from projector.storage.held import BucketFence, HeldStreams
 from projector.storage.message_store import MessageStore
 
 logger = logging.getLogger(__name__)
@@ -113,14 +113,13 @@ class BucketCheckpoints:
         member = self._tenure.member
         await member.reconnect()  # a commit is fenced by the lease rows, on any session
         try:
-            with database.unavailable_as("committing bucket checkpoints"):
-                await buckets.commit_fenced(
-                    member.connection,
-                    member.identity,
-                    size=member.buckets,
-                    owned=self._tenure.owned,
-                    positions=rows,
-                )
+            await buckets.commit_fenced(
+                member.connection,
+                member.identity,
+                size=member.buckets,
+                owned=self._tenure.owned,
+                positions=rows,
+            )
         except LeaseLostError:
             logger.warning(
                 "%s's checkpoint commit was refused: it no longer holds all its buckets",
@@ -193,9 +192,8 @@ class ElasticMember:
     async def __aenter__(self) -> Self:
         conn = await self._connect()
         try:
-            with database.unavailable_as(f"joining elastic group {self.group}"):
-                await buckets.register(conn, self.group, self.buckets)
-                await self._renew(conn)
+            await buckets.register(conn, self.group, self.buckets)
+            await self._renew(conn)
         except BaseException:
             with cleanup.shielded(
                 f"closing the connection of {self.identity.member_id}", cleanup.LEASE_RELEASE
@@ -226,8 +224,7 @@ class ElasticMember:
             owned = self._tenure.owned if self._tenure is not None else {}
             await self.reconnect()  # the buckets are released by member id, on any session
             try:
-                with database.unavailable_as(f"releasing the buckets of {self.identity.member_id}"):
-                    await buckets.leave(self._conn, self.identity, owned)
+                await buckets.leave(self._conn, self.identity, owned)
                 self._released(owned, reason="left")
             except DatabaseUnavailableError as exc:
                 logger.warning(
@@ -250,10 +247,7 @@ class ElasticMember:
             try:
                 # Uninterrupted: the last tenure's final commit and the leave need the
                 # connection once the run is cancelled.
-                with (
-                    database.unavailable_as(f"the heartbeat of {self.identity.member_id}"),
-                    database.uninterrupted(self._lease),
-                ):
+                with database.uninterrupted(self._lease):
                     await self._beat()
             except (DatabaseUnavailableError, TimeoutError) as exc:
                 failed += 1
@@ -328,19 +322,16 @@ class ElasticMember:
         start a tenure with the result (perhaps short of its target: owners still draining
         release later, and a later heartbeat starts the tenure that takes them)."""
         previous = self._tenure
-        with database.unavailable_as(f"rebalancing {self.group}"):
-            conn = self.connection
-            held = await self._renew(conn)
-            if previous is not None and previous.lost.is_set():
-                # What the lost tenure held and still is ours: kept, reloaded from the database.
-                held = {b: g for b, g in held.items() if previous.owned.get(b) == g}
-            wanted = await self._target(conn)
-            giving_up = {b: g for b, g in held.items() if b not in wanted}
-            await buckets.release(conn, self.identity, giving_up)
-            self._released(giving_up, reason="rebalance")
-            taken = await buckets.acquire(
-                conn, self.identity, wanted - set(held), lease=self._lease
-            )
+        conn = self.connection
+        held = await self._renew(conn)
+        if previous is not None and previous.lost.is_set():
+            # What the lost tenure held and still is ours: kept, reloaded from the database.
+            held = {b: g for b, g in held.items() if previous.owned.get(b) == g}
+        wanted = await self._target(conn)
+        giving_up = {b: g for b, g in held.items() if b not in wanted}
+        await buckets.release(conn, self.identity, giving_up)
+        self._released(giving_up, reason="rebalance")
+        taken = await buckets.acquire(conn, self.identity, wanted - set(held), lease=self._lease)
         self._acquired(taken)
         owned = {**{b: g for b, g in held.items() if b in wanted}, **taken}
         self._tenure = Tenure(self, owned)
@@ -401,23 +392,22 @@ async def start_positions(
     """Where each owned bucket starts in each category: its checkpoint, else the beginning (or
     the tail with ``from_tail``), written at once so that a restart does not replay history."""
     member = tenure.member
-    with database.unavailable_as(f"loading the checkpoints of {member.group}"):
-        loaded = await buckets.load(tenure.connection, member.group, tenure.owned)
-        missing = {}
-        for bucket in tenure.owned:
-            for category in categories:
-                if (bucket, category) not in loaded:
-                    head = heads[category]
-                    tail = FIRST_POSITION if head is None else head + 1
-                    missing[(bucket, category)] = tail if from_tail else FIRST_POSITION
-        if missing:
-            await buckets.commit_fenced(
-                tenure.connection,
-                member.identity,
-                size=member.buckets,
-                owned=tenure.owned,
-                positions=missing,
-            )
+    loaded = await buckets.load(tenure.connection, member.group, tenure.owned)
+    missing = {}
+    for bucket in tenure.owned:
+        for category in categories:
+            if (bucket, category) not in loaded:
+                head = heads[category]
+                tail = FIRST_POSITION if head is None else head + 1
+                missing[(bucket, category)] = tail if from_tail else FIRST_POSITION
+    if missing:
+        await buckets.commit_fenced(
+            tenure.connection,
+            member.identity,
+            size=member.buckets,
+            owned=tenure.owned,
+            positions=missing,
+        )
     return {**loaded, **missing}
 
 
@@ -451,7 +441,8 @@ async def start_tenure(
     for category, positions in by_category.items():
         writer.start_at(category, _read_start(tenure, category, positions, heads[category]))
     store = MessageStore(pool, tenure.share, starts=by_category)
-    return TenureStart(writer, store, HeldStreams(pool, member.group, tenure.share))
+    fence = BucketFence(member.identity.member_id, member.buckets, dict(tenure.owned))
+    return TenureStart(writer, store, HeldStreams(pool, member.group, tenure.share, fence))
 
 
 def _read_start(

@@ -25,6 +25,7 @@ import anyio
 from projector.errors import PositionMovedError
 from projector.model.events import Event
 from projector.model.projection import Projection
+from projector.storage import database
 from projector.storage.database import Pool
 from projector.storage.stream_positions import NO_ROW, Session, Transactions
 from projector.storage.versions import begin_statement
@@ -200,9 +201,8 @@ class ExactlyOnce(Transactional):
             if locked:
                 await session.discard()  # lets go of the row's lock
             return max(events[-1].position, applied) + 1, applied
-        next_position = await self._projection.handle_in_transaction(
-            session.conn, stream_name, fresh
-        )
+        with database.lent(session.conn) as conn:
+            next_position = await self._projection.handle_in_transaction(conn, stream_name, fresh)
         if next_position <= fresh[0].position:
             await session.discard()  # it handled none of them: keep nothing
             return next_position, applied

@@ -28,6 +28,7 @@ from projector.errors import PositionMovedError
 from projector.model.events import Event
 from projector.model.projection import Spans
 from projector.runtime.exactly_once import Transactional
+from projector.storage import database
 from projector.storage.stream_positions import Session
 
 logger = logging.getLogger(__name__)
@@ -77,7 +78,8 @@ class ExactlyOnceBatch(Transactional):
             if unknown:
                 await session.discard()  # lets go of the rows' locks
             return next_positions, applied
-        handled = await self._projection.handle_batch_in_transaction(session.conn, fresh)
+        with database.lent(session.conn) as conn:
+            handled = await self._projection.handle_batch_in_transaction(conn, fresh)
         next_positions.update(handled)
         recorded = {}  # each stream that got anywhere: the last position it handled
         for name, events in fresh.items():
@@ -117,8 +119,7 @@ class GuardedBatch(Transactional):
 
     async def run(self, spans: Spans) -> dict[str, int]:
         async with self._session() as session:
-            next_positions = await self._projection.handle_batch_in_transaction(
-                session.conn, spans
-            )
+            with database.lent(session.conn) as conn:
+                next_positions = await self._projection.handle_batch_in_transaction(conn, spans)
             await session.commit()
         return next_positions

@@ -26,7 +26,7 @@ from projector.errors import ConfigurationError, HandlerError, PositionMovedErro
 from projector.model.events import Event
 from projector.model.projection import Projection
 from projector.model.versions import Replaying, answering
-from projector.storage import message_store
+from projector.storage import database, message_store
 from projector.storage.database import Connection
 from projector.storage.stream_positions import Session, is_conflict, session_on
 from projector.storage.versions import begin_statement
@@ -91,7 +91,8 @@ async def _replay(session: Session, projection: Projection, group: str, stream_n
     recorded = projection.positions == "projector"
     expected = await session.lock_position(group, stream_name) if recorded else None
     assert projection.reset_stream is not None
-    await projection.reset_stream(session.conn, stream_name)
+    with database.lent(session.conn) as conn:
+        await projection.reset_stream(conn, stream_name)
     position = applied = 0
     while True:
         events = await message_store.read_stream(session.conn, stream_name, position, READ_SIZE)
@@ -117,7 +118,8 @@ async def _replay(session: Session, projection: Projection, group: str, stream_n
 async def _apply(
     conn: Connection, projection: Projection, stream_name: str, events: list[Event]
 ) -> int:
-    if projection.is_batch:
-        handled = await projection.handle_batch_in_transaction(conn, {stream_name: events})
-        return handled.get(stream_name, events[-1].position + 1)  # left out: handled whole
-    return await projection.handle_in_transaction(conn, stream_name, events)
+    with database.lent(conn):
+        if projection.is_batch:
+            handled = await projection.handle_batch_in_transaction(conn, {stream_name: events})
+            return handled.get(stream_name, events[-1].position + 1)  # left out: handled whole
+        return await projection.handle_in_transaction(conn, stream_name, events)

@@ -98,25 +98,24 @@ async def admit(conn: Connection, projection: Projection, group: str) -> Version
     1, or any version of a projection that has never run (nothing recorded, and no checkpoint
     of its version 1's group). The first version of a projection with ``setup`` is set up
     here and goes live: its schema, its tables, the readers' views."""
-    with database.unavailable_as(f"checking the version of {projection.name}"):
-        async with conn.transaction():
-            if not await versions.may_read(conn):
-                _refuse_unreadable(projection)
-                return None
-            await versions.lock_projection(conn, projection.name)
-            recorded = await versions.versions(conn, projection.name)
-            mine = next((v for v in recorded if v.version == projection.version), None)
-            if mine is not None:
-                return await _recorded(conn, mine, group)
-            if recorded or not await _first(conn, projection):
-                raise ConfigurationError(
-                    f"version {projection.version} of {projection.name} is not recorded: start "
-                    f"it with `projector rebuild start` (it is set up beside the live version, "
-                    "which keeps serving), then run it"
-                )
-            if projection.setup is None and projection.version == 1:
-                return None
-            return await _first_goes_live(conn, projection, group)
+    async with conn.transaction():
+        if not await versions.may_read(conn):
+            _refuse_unreadable(projection)
+            return None
+        await versions.lock_projection(conn, projection.name)
+        recorded = await versions.versions(conn, projection.name)
+        mine = next((v for v in recorded if v.version == projection.version), None)
+        if mine is not None:
+            return await _recorded(conn, mine, group)
+        if recorded or not await _first(conn, projection):
+            raise ConfigurationError(
+                f"version {projection.version} of {projection.name} is not recorded: start "
+                f"it with `projector rebuild start` (it is set up beside the live version, "
+                "which keeps serving), then run it"
+            )
+        if projection.setup is None and projection.version == 1:
+            return None
+        return await _first_goes_live(conn, projection, group)
 
 
 def _refuse_unreadable(projection: Projection) -> None:

@@ -12,12 +12,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
-import psycopg
-
 from projector.errors import SchemaMissingError
 from projector.model.events import hash_64, member_name
 from projector.model.share import Share
-from projector.storage import database
 from projector.storage.database import Connection
 
 LOAD = """
@@ -115,21 +112,15 @@ class Checkpoints:
 
     async def load(self, category: str) -> int | None:
         params = {"group": self.group, "member": self.member, "category": category}
-        try:
-            row = await (await self._connection().execute(LOAD, params)).fetchone()
-        except psycopg.OperationalError as exc:
-            raise database.unavailable_during("loading checkpoints", exc) from exc
+        row = await (await self._connection().execute(LOAD, params)).fetchone()
         return None if row is None else int(row[0])
 
     async def commit(self, positions: dict[str, int]) -> None:
         """Write several categories' positions in one transaction."""
-        try:
-            conn = self._connection()
-            async with conn.transaction():
-                for category, position in positions.items():
-                    await write(conn, self.group, self.member, self.size, category, position)
-        except psycopg.OperationalError as exc:
-            raise database.unavailable_during("committing a checkpoint", exc) from exc
+        conn = self._connection()
+        async with conn.transaction():
+            for category, position in positions.items():
+                await write(conn, self.group, self.member, self.size, category, position)
 
 
 async def write(

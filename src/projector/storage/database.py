@@ -4,6 +4,32 @@ Every connection gets ``message_store`` at the end of its ``search_path``: Messa
 functions call each other by unqualified name, so only its own role finds them without it.
 JIT is turned off because the planner's estimates switch it on for every batch read, where it
 costs more than it saves.
+
+Driver errors become projector's here, once, on the connection itself: every connection storage
+opens (the pool's, `connect`'s, `connect_sync`'s) is a translating one. psycopg runs every round
+trip of an open connection through its ``wait`` (a cursor's execute or stream, commit, rollback,
+a transaction's begin and end, notifications) and checks that the connection is open before it
+makes a cursor; those are the two places the database's errors come from, and where they are
+translated (what psycopg raises elsewhere is a misuse of it, a bug: fetching with no result):
+
+- a lost connection (`is_connection_error`, or the connection left broken) becomes
+  DatabaseUnavailableError, which runners wait out;
+- any other error becomes `refused`'s: SchemaMissingError, PrivilegeError,
+  DatabaseUnavailableError for a statement the server could not run then (a deadlock, a lock or
+  statement timeout), DatabaseError for the rest.
+
+The driver's error is the translation's ``__cause__``. Storage code that expects a particular
+refusal (a unique violation, Message DB's wrong expected version) finds it with `refusal`, which
+also finds it raised as psycopg raises it, on a connection that is not translated (the user's
+own, or a lent one). The pool's own errors (no connection to be had) are translated where
+storage asks it for a connection (`pooled`, `take`). No psycopg error type leaves storage (the
+architecture test keeps the driver out of every other package).
+
+The one exception is a connection lent to user code (`lent`): a transactional handler's
+connection, `projector.connect`'s, the testing kit's. Its statements' errors reach that code as
+psycopg raises them, to be caught as on any psycopg connection; one that escapes a handler is
+that handler's failure, for its stream. A lost connection is translated even then: it is no
+statement's fault, and the runtime waits it out as an outage.
 """
 
 from __future__ import annotations
@@ -13,14 +39,15 @@ import math
 import select
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import anyio
 import psycopg
 from psycopg.abc import PQGen
 from psycopg.conninfo import conninfo_to_dict
+from psycopg.pq.abc import PGconn
 from psycopg.waiting import Ready, Wait
-from psycopg_pool import AsyncConnectionPool, PoolTimeout
+from psycopg_pool import AsyncConnectionPool, PoolClosed, PoolTimeout, TooManyRequests
 from psycopg_pool.pool_async import AddConnection, MaintenanceTask
 
 from projector.errors import (
@@ -34,6 +61,7 @@ from projector.errors import (
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
+E = TypeVar("E", bound=BaseException)
 
 # message_store goes last: Message DB's functions find each other there, while tables that
 # handlers create or use unqualified still land where the connection's own path says (public).
@@ -52,8 +80,55 @@ Pool = AsyncConnectionPool[Connection]
 SyncConnection = psycopg.Connection[tuple[Any, ...]]
 
 
-class EagerConnection(psycopg.AsyncConnection[tuple[Any, ...]]):
-    """An async connection that takes data already waiting in its socket at once.
+class TranslatingConnection(psycopg.AsyncConnection[tuple[Any, ...]]):
+    """An async connection whose driver errors are projector's (see the module's docstring),
+    unless it is `lent`."""
+
+    lent = False  # set by `lent` while user code holds the connection
+
+    async def wait(self, gen: PQGen[T], *args: Any, **kwargs: Any) -> T:
+        try:
+            return await super().wait(gen, *args, **kwargs)
+        except psycopg.errors._WaitTimeout:
+            raise  # not an error: psycopg's own signal, to itself, that a timed wait ended
+        except psycopg.Error as exc:
+            _raise_translated(exc, broken=self.broken, lent=self.lent)
+
+    def _check_connection_ok(self) -> None:
+        # psycopg's check before it makes a cursor: a connection lost earlier says so here.
+        try:
+            super()._check_connection_ok()
+        except psycopg.Error as exc:
+            _raise_translated(exc, broken=self.broken, lent=self.lent)
+
+
+class TranslatingSyncConnection(psycopg.Connection[tuple[Any, ...]]):
+    """A blocking connection whose driver errors are projector's, for one-off commands."""
+
+    def wait(self, gen: PQGen[T], *args: Any, **kwargs: Any) -> T:
+        try:
+            return super().wait(gen, *args, **kwargs)
+        except psycopg.errors._WaitTimeout:
+            raise
+        except psycopg.Error as exc:
+            _raise_translated(exc, broken=self.broken, lent=False)
+
+    def _check_connection_ok(self) -> None:
+        try:
+            super()._check_connection_ok()
+        except psycopg.Error as exc:
+            _raise_translated(exc, broken=self.broken, lent=False)
+
+
+def _raise_translated(exc: psycopg.Error, *, broken: bool, lent: bool) -> NoReturn:
+    translation = translated(exc, broken=broken, lent=lent)
+    if translation is None:
+        raise exc
+    raise translation from exc
+
+
+class EagerConnection(TranslatingConnection):
+    """A translating connection that takes data already waiting in its socket at once.
 
     libpq reads a result at most a buffer (about 16 kB) at a time, so a batch of 500 events
     takes five or more reads, and psycopg sends every one of them through the event loop (a
@@ -64,14 +139,15 @@ class EagerConnection(psycopg.AsyncConnection[tuple[Any, ...]]):
     """
 
     async def wait(self, gen: PQGen[T], *args: Any, **kwargs: Any) -> T:
-        return await super().wait(_eagerly(gen, self.pgconn.socket), *args, **kwargs)
+        return await super().wait(_eagerly(gen, self.pgconn), *args, **kwargs)
 
 
-def _eagerly(gen: PQGen[T], fileno: int) -> PQGen[T]:
+def _eagerly(gen: PQGen[T], pgconn: PGconn) -> PQGen[T]:
     """``gen``, fed directly with what the socket holds already, after each wait through the
     loop, up to EAGER_READS times in a row (so that a long result cannot keep the loop from
     other tasks). Never before the first wait: the answer to a statement just sent is not
-    there yet, and a short result needs no second read."""
+    there yet, and a short result needs no second read. (The socket is looked up only then,
+    inside the wait, where a connection lost meanwhile is translated.)"""
     poller: select.poll | None = None
     try:
         wanted = next(gen)
@@ -81,7 +157,7 @@ def _eagerly(gen: PQGen[T], fileno: int) -> PQGen[T]:
             while wanted == Wait.R and reads < EAGER_READS:
                 if poller is None:
                     poller = select.poll()
-                    poller.register(fileno, select.POLLIN)
+                    poller.register(pgconn.socket, select.POLLIN)
                 if not poller.poll(0):
                     break
                 wanted = gen.send(Ready.R)
@@ -108,7 +184,7 @@ def first_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
-def unavailable(url: str, exc: Exception) -> DatabaseUnavailableError:
+def unavailable(url: str, exc: BaseException) -> DatabaseUnavailableError:
     """The one error users see for a database that is down, unreachable or refuses us: a
     DatabaseLoginError when the URL itself cannot work (see `cannot_work`)."""
     kind = DatabaseLoginError if cannot_work(exc) else DatabaseUnavailableError
@@ -150,7 +226,9 @@ _SESSION_ENDED = frozenset({"57P01", "57P02", "57P03"})  # admin/crash shutdown,
 def is_connection_error(error: BaseException) -> bool:
     """Whether ``error``, or an exception it was raised from, is a lost or refused connection
     (of psycopg, of the pool, of projector, or an OS-level one), as opposed to a statement
-    that failed (a deadlock, a timeout, a constraint, a bug)."""
+    that failed (a deadlock, a timeout, a constraint, a bug). A DatabaseUnavailableError always
+    counts: it also stands for a statement of projector's that the server could not run then
+    (see `translated`), which is no event's fault either."""
     seen: set[int] = set()
     current: BaseException | None = error
     while current is not None and id(current) not in seen:
@@ -202,13 +280,45 @@ def unavailable_during(doing: str, exc: Exception) -> DatabaseUnavailableError:
     return DatabaseUnavailableError(f"lost the database while {doing}: {first_line(exc)}")
 
 
+STATEMENT = "running a statement"  # what a connection was doing, as far as it knows
+
+
+def translated(
+    exc: psycopg.Error, *, broken: bool = False, lent: bool = False
+) -> ProjectorError | None:
+    """What a translating connection raises for a driver error (None: psycopg's own error goes
+    on, a statement's refusal on a `lent` connection). ``broken``: the error left the
+    connection unusable, whatever it says."""
+    if broken or _is_lost_connection(exc):
+        return unavailable_during(STATEMENT, exc)
+    if lent:
+        return None
+    return refused(exc, STATEMENT)
+
+
+def refusal(error: BaseException, kind: type[E] | tuple[type[E], ...]) -> E | None:
+    """The driver's error of ``kind`` that ``error`` is, or was translated from (its cause);
+    None when neither. How storage recognises a refusal it expects, whether the connection
+    translated it or not (a lent one, or the user's own)."""
+    for candidate in (error, error.__cause__):
+        if isinstance(candidate, kind):
+            return candidate
+    return None
+
+
 @contextmanager
-def unavailable_as(doing: str) -> Iterator[None]:
-    """The database going away inside the block becomes DatabaseUnavailableError."""
+def lent(conn: Connection) -> Iterator[Connection]:
+    """``conn`` lent to user code (a handler, an operator's query) for the block: the errors
+    of its statements reach that code as psycopg raises them (see the module's docstring).
+    Any other connection (the user's own) is left as it is."""
+    if not isinstance(conn, TranslatingConnection) or conn.lent:
+        yield conn
+        return
+    conn.lent = True
     try:
-        yield
-    except psycopg.OperationalError as exc:
-        raise unavailable_during(doing, exc) from exc
+        yield conn
+    finally:
+        conn.lent = False
 
 
 @contextmanager
@@ -239,33 +349,42 @@ def is_connection_string(value: str) -> bool:
     return True
 
 
+# What the pool itself raises when it has no connection to give.
+_POOL_ERRORS = (PoolTimeout, PoolClosed, TooManyRequests)
+
+
 @asynccontextmanager
 async def pooled(pool: Pool, *, doing: str) -> AsyncIterator[Connection]:
-    """A pool connection; the database going away (or no connection to be had) while it is
-    used becomes DatabaseUnavailableError, which outages are retried on."""
+    """A pool connection; no connection to be had becomes DatabaseUnavailableError, which
+    outages are retried on (the connection translates its own errors)."""
     try:
         async with pool.connection() as conn:
             yield conn
-    except (psycopg.OperationalError, PoolTimeout) as exc:
+    except _POOL_ERRORS as exc:
+        raise unavailable_during(doing, exc) from exc
+
+
+async def take(pool: Pool, *, doing: str) -> Connection:
+    """A pool connection to give back with ``pool.putconn``, as `pooled` gives one."""
+    try:
+        return await pool.getconn()
+    except _POOL_ERRORS as exc:
         raise unavailable_during(doing, exc) from exc
 
 
 async def probe(url: str, *, connect_timeout: float) -> None:
     """Raise DatabaseUnavailableError unless a new connection to ``url`` answers a query (the
     session settings `connect` sends are that query)."""
-    try:
-        conn = await connect(
-            url, connect_timeout=connect_timeout, application_name="projector probe"
-        )
-    except psycopg.OperationalError as exc:  # connect wraps only a refused connection
-        raise unavailable(url, exc) from exc
+    conn = await connect(url, connect_timeout=connect_timeout, application_name="projector probe")
     await conn.close()
 
 
-def connect_sync(url: str) -> SyncConnection:
-    """A plain blocking connection, for one-off commands (migrations, installs)."""
+def connect_sync(url: str, *, translating: bool = True) -> SyncConnection:
+    """A plain blocking connection, for one-off commands (migrations, installs); not
+    ``translating`` for SQLAlchemy, which wraps psycopg's errors itself (see `migrate`)."""
+    kind = TranslatingSyncConnection if translating else psycopg.Connection
     try:
-        return psycopg.connect(url, connect_timeout=math.ceil(DEFAULT_CONNECT_TIMEOUT))
+        return kind.connect(url, connect_timeout=math.ceil(DEFAULT_CONNECT_TIMEOUT))
     except psycopg.OperationalError as exc:
         raise unavailable(url, exc) from exc
 
@@ -282,8 +401,27 @@ async def connect(
     application_name: str = "projector",
 ) -> Connection:
     """One configured connection, outside any pool (for locks and one-off commands)."""
+    return await _connect(url, connect_timeout=connect_timeout, application_name=application_name)
+
+
+async def connect_lent(
+    url: str,
+    *,
+    connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
+    application_name: str = "projector",
+) -> Connection:
+    """One configured connection for the user's own statements (`projector.connect`): lent for
+    its whole life, its statements' errors are psycopg's (see `lent`)."""
+    conn = await _connect(url, connect_timeout=connect_timeout, application_name=application_name)
+    conn.lent = True
+    return conn
+
+
+async def _connect(
+    url: str, *, connect_timeout: float, application_name: str
+) -> TranslatingConnection:
     try:
-        conn = await psycopg.AsyncConnection.connect(
+        conn = await TranslatingConnection.connect(
             url,
             connect_timeout=max(1, math.ceil(connect_timeout)),
             application_name=application_name,
@@ -292,10 +430,10 @@ async def connect(
         raise unavailable(url, exc) from exc
     try:
         await configure(conn)
-    except psycopg.OperationalError as exc:
+    except DatabaseUnavailableError as exc:
         # The session ended as soon as it began (a restart, a terminated backend).
         await conn.close()
-        raise unavailable(url, exc) from exc
+        raise unavailable(url, exc.__cause__ or exc) from exc
     return conn
 
 

@@ -18,12 +18,13 @@ from __future__ import annotations
 import enum
 import traceback
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import LiteralString
 
-from projector.errors import ConfigurationError
-from projector.model.events import Event, category, validate_group
+from projector.errors import ConfigurationError, LeaseLostError
+from projector.model.events import Event, category, consumer_group_member, validate_group
 from projector.model.share import EVERY_STREAM, Share
 from projector.storage.database import Connection, Pool, pooled
 
@@ -34,18 +35,40 @@ class HeldState(enum.StrEnum):
 
 
 # A new episode starts now; a stream failing again keeps the start of its episode.
-HOLD = """
+# A runner writes its held streams' rows only while it still holds the right to project them
+# (the fence): a runner cut off from its member's lock or buckets (a "zombie", until it notices)
+# must not release a row that the streams' next owner has loaded, since that owner, holding the
+# stream out of its read path, moves its checkpoint past the stream's events and relies on the
+# row alone to replay them. One fence per kind of right; each holds in the statement's snapshot.
+FENCE_NONE: LiteralString = "true"
+# A fixed member: its lock session (%(fence_pid)s) still holds the member's advisory lock
+# (pg_locks shows a bigint key as its high and low 32 bits, with objsubid 1).
+FENCE_LOCK: LiteralString = """EXISTS (
+    SELECT 1 FROM pg_locks
+    WHERE locktype = 'advisory' AND granted AND pid = %(fence_pid)s AND objsubid = 1
+      AND ((classid::bigint << 32) | objid::bigint) = %(fence_key)s)"""
+# An elastic member: the stream's bucket is still its own, at the generation it took it at,
+# and unexpired (as its fenced checkpoint commit requires).
+FENCE_BUCKET: LiteralString = """EXISTS (
+    SELECT 1 FROM projector.bucket_leases
+    WHERE group_name = %(group)s AND bucket = %(fence_bucket)s AND owner = %(fence_member)s
+      AND generation = %(fence_generation)s AND expires_at > now())"""
+
+# One row when written, none when the fence refused it.
+_HOLD = """
 INSERT INTO projector.held_streams AS h (group_name, stream_name, category, position,
     global_position, event_id, event_type, error, traceback, attempts, state, held_at, failed_at,
     next_attempt_at)
-VALUES (%(group)s, %(stream)s, %(category)s, %(position)s, %(global_position)s, %(event_id)s,
+SELECT %(group)s, %(stream)s, %(category)s, %(position)s, %(global_position)s, %(event_id)s,
     %(event_type)s, %(error)s, %(traceback)s, %(attempts)s, %(state)s, now(), now(),
-    now() + make_interval(secs => %(delay)s))
+    now() + make_interval(secs => %(delay)s)
+WHERE {fence}
 ON CONFLICT (group_name, stream_name) DO UPDATE
 SET position = EXCLUDED.position, global_position = EXCLUDED.global_position,
     event_id = EXCLUDED.event_id, event_type = EXCLUDED.event_type, error = EXCLUDED.error,
     traceback = EXCLUDED.traceback, attempts = EXCLUDED.attempts, state = EXCLUDED.state,
     failed_at = now(), next_attempt_at = EXCLUDED.next_attempt_at, retry_requested_at = NULL
+RETURNING 1
 """
 
 COLUMNS = """group_name, stream_name, category, position, global_position, event_id, event_type,
@@ -96,11 +119,59 @@ SET position = EXCLUDED.position, global_position = EXCLUDED.global_position,
     retry_requested_at = now()
 """
 
-# Only the failure that was replayed: one recorded meanwhile has a newer failed_at.
-RELEASE = """
-DELETE FROM projector.held_streams
-WHERE group_name = %(group)s AND stream_name = %(stream)s AND failed_at = %(failed_at)s
+# Only the failure that was replayed: one recorded meanwhile has a newer failed_at. Whether the
+# fence passed, whatever was deleted.
+_RELEASE = """
+WITH fence AS (SELECT {fence} AS passed),
+released AS (
+    DELETE FROM projector.held_streams
+    WHERE group_name = %(group)s AND stream_name = %(stream)s AND failed_at = %(failed_at)s
+      AND (SELECT passed FROM fence)
+)
+SELECT passed FROM fence
 """
+
+HOLD = {fence: _HOLD.format(fence=fence) for fence in (FENCE_NONE, FENCE_LOCK, FENCE_BUCKET)}
+RELEASE = {fence: _RELEASE.format(fence=fence) for fence in (FENCE_NONE, FENCE_LOCK, FENCE_BUCKET)}
+
+
+@dataclass(frozen=True, slots=True)
+class LockFence:
+    """A fixed member's right: the advisory lock ``key`` held by the session ``pid``."""
+
+    pid: int
+    key: int
+
+    def statement_and_params(self, stream_name: str) -> tuple[LiteralString, dict[str, object]]:
+        return FENCE_LOCK, {"fence_pid": self.pid, "fence_key": self.key}
+
+
+@dataclass(frozen=True, slots=True)
+class BucketFence:
+    """An elastic tenure's right: its buckets (of ``size``) at the generations it took them."""
+
+    member_id: str
+    size: int
+    generations: Mapping[int, int]
+
+    def statement_and_params(self, stream_name: str) -> tuple[LiteralString, dict[str, object]]:
+        bucket = consumer_group_member(stream_name, self.size)
+        params: dict[str, object] = {
+            "fence_member": self.member_id,
+            "fence_bucket": bucket,
+            "fence_generation": self.generations.get(bucket, 0) if bucket is not None else 0,
+        }
+        return FENCE_BUCKET, params
+
+
+class NoFence:
+    """No right to check: a plain run of the testing kit or a one-off replay."""
+
+    def statement_and_params(self, stream_name: str) -> tuple[LiteralString, dict[str, object]]:
+        return FENCE_NONE, {}
+
+
+Fence = LockFence | BucketFence | NoFence
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,10 +233,14 @@ class HeldStreams:
         pool: Pool,
         group: str,
         share: Share = EVERY_STREAM,
+        fence: Fence | None = None,
     ) -> None:
+        """``fence``: the right to project the share, checked by every write of a row (see
+        `FENCE_LOCK`); a write the fence refuses raises LeaseLostError."""
         self._pool = pool
         self._group = group
         self._share = share
+        self._fence: Fence = fence or NoFence()
 
     def owns(self, stream_name: str) -> bool:
         return self._share.owns(stream_name)
@@ -203,16 +278,26 @@ class HeldStreams:
             "state": HeldState.PARKED if retry_in is None else HeldState.RETRYING,
             "delay": retry_in,
         }
-        await self._execute(HOLD, params)
+        await self._fenced(HOLD, stream_name, params)
 
     async def release(self, held: HeldStream) -> None:
         """Forget a stream replayed to its end, unless it failed again since ``held``."""
         params = {"group": self._group, "stream": held.stream_name, "failed_at": held.failed_at}
-        await self._execute(RELEASE, params)
+        await self._fenced(RELEASE, held.stream_name, params)
 
-    async def _execute(self, query: LiteralString, params: dict[str, object]) -> None:
+    async def _fenced(
+        self, statements: dict[str, LiteralString], stream_name: str, params: dict[str, object]
+    ) -> None:
+        fence, fence_params = self._fence.statement_and_params(stream_name)
         async with pooled(self._pool, doing="writing held streams") as conn:
-            await conn.execute(query, params)
+            cursor = await conn.execute(statements[fence], {**params, **fence_params})
+            row = await cursor.fetchone()
+        if row is None or not row[0]:
+            raise LeaseLostError(
+                f"{stream_name}'s held row was not written: this runner no longer holds the "
+                f"right to project it (group {self._group!r}); starting over from the "
+                "committed checkpoints"
+            )
 
 
 async def list_held(conn: Connection, group: str | None = None) -> list[HeldStream]:

@@ -53,13 +53,17 @@ from types import TracebackType
 from typing import Self
 
 import anyio
-import psycopg
 
 from projector import cleanup
-from projector.errors import LeaseLostError, MemberBusyError
+from projector.errors import (
+    DatabaseUnavailableError,
+    LeaseLostError,
+    MemberBusyError,
+)
 from projector.model.events import hash_64, member_name
 from projector.storage import database
 from projector.storage.database import Connection
+from projector.storage.held import LockFence
 
 logger = logging.getLogger(__name__)
 
@@ -152,6 +156,10 @@ class MemberLease:
             raise RuntimeError("the lease is not held")
         return self._conn
 
+    def fence(self) -> LockFence:
+        """What a write of this member's must find to pass: its lock, held by its session."""
+        return LockFence(self.connection.info.backend_pid, lock_key(self.group, self.member))
+
     async def __aenter__(self) -> Self:
         self._conn = await self._connect()
         return self
@@ -166,11 +174,9 @@ class MemberLease:
             try:
                 ms = str(max(1, round(self._lease_timeout * 1000)))
                 await conn.execute(SET_LEASE_TIMEOUT, {"ms": ms})
-            except psycopg.OperationalError as exc:
+            except DatabaseUnavailableError:
                 await conn.close()
-                raise database.unavailable_during(
-                    f"opening {self.name}'s lock session", exc
-                ) from exc
+                raise
         return conn
 
     async def __aexit__(
@@ -187,7 +193,7 @@ class MemberLease:
             # member is free (an operator's rebalance right after a stop must not be refused).
             try:
                 await self._conn.execute(UNLOCK, {"key": lock_key(self.group, self.member)})
-            except psycopg.OperationalError as exc:
+            except DatabaseUnavailableError as exc:
                 logger.debug(
                     "could not unlock %s before closing its session (closing releases it): %s",
                     self.name,
@@ -198,8 +204,7 @@ class MemberLease:
 
     async def acquire(self, *, standby: bool) -> None:
         """Take the member's lock; wait for it as a hot standby, or raise MemberBusyError."""
-        with database.unavailable_as(f"taking {self.name}'s lock"):
-            await self._acquire(standby=standby)
+        await self._acquire(standby=standby)
         logger.info(
             "%s acquired", self.name, extra={"action": "member_acquired", "member": self.name}
         )
@@ -234,7 +239,7 @@ class MemberLease:
             try:
                 with database.uninterrupted(self._lease_timeout):
                     await self.connection.execute(PING)
-            except (psycopg.OperationalError, TimeoutError) as exc:
+            except (DatabaseUnavailableError, TimeoutError) as exc:
                 logger.warning(
                     "lost the session holding %s's lock (%s): starting over from the "
                     "committed checkpoints",

@@ -332,19 +332,30 @@ async def write_message(
     }
     try:
         row = await (await conn.execute(WRITE_MESSAGE, params)).fetchone()
-    except pg_errors.RaiseException as exc:
-        if "Wrong expected version" in str(exc):
-            raise WrongExpectedVersionError(database.first_line(exc)) from exc
-        raise MessageStoreError(database.first_line(exc)) from exc
-    except pg_errors.UniqueViolation as exc:
-        if exc.diag.constraint_name != "messages_id":
-            raise MessageStoreError(database.first_line(exc)) from exc
-        raise MessageStoreError(
-            f"a message with id {params['id']} is in the store already: each message has an "
-            "id of its own (write a new one, or leave id out for a random one)"
-        ) from exc
+    except Exception as exc:
+        refusal = _write_refused(exc, str(params["id"]))
+        if refusal is None:
+            raise
+        raise refusal from exc
     assert row is not None
     return int(row[0])
+
+
+def _write_refused(exc: Exception, message_id: str) -> MessageStoreError | None:
+    """The store's refusal of a write as projector's error; None when ``exc`` is not one. Found
+    whether the connection translated it or not: the caller's may be any (see `database`)."""
+    if (raised := database.refusal(exc, pg_errors.RaiseException)) is not None:
+        if "Wrong expected version" in str(raised):
+            return WrongExpectedVersionError(database.first_line(raised))
+        return MessageStoreError(database.first_line(raised))
+    if (duplicate := database.refusal(exc, pg_errors.UniqueViolation)) is not None:
+        if duplicate.diag.constraint_name != "messages_id":
+            return MessageStoreError(database.first_line(duplicate))
+        return MessageStoreError(
+            f"a message with id {message_id} is in the store already: each message has an "
+            "id of its own (write a new one, or leave id out for a random one)"
+        )
+    return None
 
 
 async def global_position_of(conn: Connection, stream_name: str, position: int) -> int:

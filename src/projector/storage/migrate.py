@@ -39,7 +39,9 @@ def upgrade(url: str, revision: str = "head") -> list[str]:
     """Bring projector's own tables (schema ``projector``) up to ``revision``; return what
     was applied, one line per migration (none when they were up to date)."""
     database.connect_sync(url).close()  # fail with our message before SQLAlchemy wraps the error
-    engine = create_engine("postgresql+psycopg://", creator=lambda: database.connect_sync(url))
+    engine = create_engine(
+        "postgresql+psycopg://", creator=lambda: database.connect_sync(url, translating=False)
+    )
     try:
         with engine.begin() as connection:
             config = _alembic_config()

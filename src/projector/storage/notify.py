@@ -11,10 +11,10 @@ import logging
 from collections.abc import Callable
 from importlib import resources
 
-import psycopg
 from anyio import TASK_STATUS_IGNORED
 from anyio.abc import TaskStatus
 
+from projector.errors import DatabaseUnavailableError
 from projector.reconnecting import outlasting
 from projector.storage import database
 from projector.storage.database import Connection
@@ -42,8 +42,7 @@ def install(url: str) -> None:
 
 async def installed(conn: Connection) -> bool:
     """Whether the wake-up trigger is installed (`projector migrate --notify`)."""
-    with database.unavailable_as("looking for the wake-up trigger"):
-        row = await (await conn.execute(INSTALLED)).fetchone()
+    row = await (await conn.execute(INSTALLED)).fetchone()
     return bool(row and row[0])
 
 
@@ -68,7 +67,7 @@ async def listen(
             try:
                 async for notification in conn.notifies():
                     wake(notification.payload)
-            except psycopg.OperationalError as exc:
+            except DatabaseUnavailableError as exc:
                 logger.warning(
                     "lost the connection listening for new events: %s",
                     exc,

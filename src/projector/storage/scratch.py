@@ -11,9 +11,10 @@ from __future__ import annotations
 from typing import LiteralString
 from urllib.parse import quote, urlsplit, urlunsplit
 
-import psycopg
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
+
+from projector.storage import database
 
 CREATE = "CREATE DATABASE {} TEMPLATE {}"
 # FORCE: a test may leave connections (or a pool) open on its database.
@@ -40,5 +41,6 @@ def drop_database(admin_url: str, name: str) -> None:
 
 def _admin(admin_url: str, statement: LiteralString, *names: str) -> None:
     query = sql.SQL(statement).format(*(sql.Identifier(name) for name in names))
-    with psycopg.connect(admin_url, autocommit=True) as conn:
+    with database.connect_sync(admin_url) as conn:
+        conn.autocommit = True  # CREATE and DROP DATABASE refuse to run in a transaction
         conn.execute(query)

@@ -19,11 +19,10 @@ import time
 
 import anyio
 import psycopg
-from psycopg_pool import PoolTimeout
 
 from projector import cleanup
 from projector.cleanup import CONNECTION_RETURN
-from projector.errors import PositionMovedError
+from projector.errors import PositionMovedError, ProjectorError
 from projector.storage import database
 from projector.storage.database import Connection, Pool
 
@@ -108,7 +107,8 @@ async def recorded_position(conn: Connection, group: str, stream_name: str) -> i
 def is_conflict(error: BaseException) -> bool:
     """Whether a transaction failed for meeting another (a deadlock, a serialization failure),
     so that making it again may succeed."""
-    return isinstance(error, psycopg.errors.DeadlockDetected | psycopg.errors.SerializationFailure)
+    conflicts = (psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailure)
+    return database.refusal(error, conflicts) is not None
 
 
 async def session_on(conn: Connection, begin: bytes = BEGIN) -> Session:
@@ -165,7 +165,9 @@ class Session:
         params = {"group": group, "stream": stream_name, "position": position}
         try:
             await self._cursor.execute(self._record, {**params, "expected": expected})
-        except psycopg.errors.NotNullViolation as exc:
+        except Exception as exc:
+            if database.refusal(exc, psycopg.errors.NotNullViolation) is None:
+                raise
             raise PositionMovedError(
                 f"its recorded position is no longer {expected}: another runner applied its "
                 "events meanwhile (a takeover), or a commit whose outcome was lost went through"
@@ -191,7 +193,9 @@ class Session:
         }
         try:
             await self.conn.execute(RECORD_POSITIONS, params)
-        except psycopg.errors.NotNullViolation as exc:
+        except Exception as exc:
+            if database.refusal(exc, psycopg.errors.NotNullViolation) is None:
+                raise
             raise PositionMovedError(
                 "the recorded position of one of its streams moved: another runner applied "
                 "its events meanwhile (a takeover), or a commit whose outcome was lost went "
@@ -212,10 +216,7 @@ class Transactions:
     async def take(self) -> Session:
         if self._idle:
             return self._idle.pop()
-        try:
-            conn = await self._pool.getconn()
-        except (psycopg.OperationalError, PoolTimeout) as exc:
-            raise database.unavailable_during("starting a transactional call", exc) from exc
+        conn = await database.take(self._pool, doing="starting a transactional call")
         try:
             await conn.execute(self._begin)
         except BaseException:
@@ -232,7 +233,7 @@ class Transactions:
         """After a failed call: undo its writes and keep the connection, unless it is broken."""
         try:
             await session.discard()
-        except psycopg.Error:
+        except ProjectorError:
             # Broken (the call most likely failed because of it): the pool discards it, and the
             # next call starts on another.
             await self.give_back(session)
@@ -266,7 +267,7 @@ class Transactions:
     async def _release(self, session: Session) -> None:
         try:
             await session.conn.execute(ROLL_BACK)
-        except psycopg.Error as exc:
+        except ProjectorError as exc:
             # Lost while it waited (e.g. the server restarted): the pool discards it.
             logger.debug(
                 "a transactional connection was lost while idle: %s",

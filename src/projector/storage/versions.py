@@ -175,7 +175,9 @@ async def create_schema(conn: Connection, schema: str) -> None:
     try:
         async with conn.transaction():
             await conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema)))
-    except psycopg.errors.DuplicateSchema:
+    except Exception as exc:
+        if database.refusal(exc, psycopg.errors.DuplicateSchema) is None:
+            raise
         raise ConfigurationError(
             f"schema {schema} exists already, but no version of the projection records it: "
             f"drop it (DROP SCHEMA {schema} CASCADE) if it is a leftover, or rename it"
@@ -251,7 +253,9 @@ async def point_views(
     await conn.execute(LOCK_TIMEOUT, {"timeout": f"{round(lock_timeout * 1000)}ms"})
     try:
         await _point_views(conn, stable, source, tables)
-    except psycopg.errors.LockNotAvailable as exc:
+    except Exception as exc:
+        if database.refusal(exc, psycopg.errors.LockNotAvailable) is None:
+            raise
         raise ViewsBusyError(
             f"a reader held a view of schema {stable} for longer than {lock_timeout:g} s: "
             "the views were left as they were"
@@ -319,14 +323,15 @@ async def one_snapshot(conn: Connection) -> None:
 
 async def user_query(conn: Connection, query: str) -> list[tuple[object, ...]]:
     """Run a query an operator gave, in the caller's (read-only) transaction, in a savepoint:
-    a query that fails says so, and leaves the transaction usable."""
+    a query that fails says so, and leaves the transaction usable. The connection is lent to
+    the query: what it refuses is the operator's to fix, whatever projector would call it (a
+    lost connection is DatabaseUnavailableError still)."""
     try:
-        async with conn.transaction():
-            cursor = await conn.execute(query.encode())
-            return list(await cursor.fetchall()) if cursor.description is not None else []
+        with database.lent(conn):
+            async with conn.transaction():
+                cursor = await conn.execute(query.encode())
+                return list(await cursor.fetchall()) if cursor.description is not None else []
     except psycopg.Error as exc:
-        if isinstance(exc, psycopg.OperationalError):
-            raise
         raise ConfigurationError(
             f"the query failed: {database.first_line(exc)} (query: {query!r})"
         ) from exc

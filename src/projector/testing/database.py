@@ -26,8 +26,9 @@ class Database:
 
     @asynccontextmanager
     async def connect(self) -> AsyncIterator[Connection]:
-        """A connection in autocommit, with ``message_store`` on its path (as handlers get)."""
-        conn = await database.connect(self.url)
+        """A connection in autocommit, with ``message_store`` on its path (as handlers get): its
+        statements raise psycopg's errors, as a handler's do (a lost connection aside)."""
+        conn = await database.connect_lent(self.url)
         async with conn:
             await conn.set_autocommit(True)
             yield conn
