@@ -28,7 +28,7 @@ import psycopg
 from projector.errors import ConfigurationError
 from projector.localpg import LocalCluster
 from projector.model.events import consumer_group_member
-from projector.storage import checkpoints, leases
+from projector.storage import checkpoints, member_locks
 from projector.storage.migrate import upgrade
 from tests.support import messagedb
 from tests.support.waiting import wait_until
@@ -279,7 +279,7 @@ class Group:
 
     def holder(self, member: int) -> Process | None:
         """The process holding the member's lock now, if the suite knows it."""
-        rows = self.server.query(leases.HOLDER, leases.lock_ids(self.name, member))
+        rows = self.server.query(member_locks.HOLDER, member_locks.lock_ids(self.name, member))
         if not rows:
             return None
         found = re.search(r"pid (\d+)", rows[0][0] or "")
@@ -287,7 +287,7 @@ class Group:
         return next((p for p in self.processes[member] if p.pid == pid), None)
 
     def _lock_free(self, member: int) -> bool:
-        return not self.server.query(leases.HOLDER, leases.lock_ids(self.name, member))
+        return not self.server.query(member_locks.HOLDER, member_locks.lock_ids(self.name, member))
 
     def resize(self, size: int) -> None:
         """Kill every runner, rebalance the group to ``size``, start the new members."""

@@ -25,7 +25,7 @@ from projector.errors import (
 from projector.model.events import Event, consumer_group_member
 from projector.model.share import Share
 from projector.settings import Settings
-from projector.storage import database, leases
+from projector.storage import database, member_locks
 from projector.storage.checkpoints import COMMIT
 from projector.storage.message_store import MessageStore
 from tests.support.groups import (
@@ -359,18 +359,19 @@ async def _run_until_taken_over(
 async def _take_over_member(conn: database.Connection, group: str, member: int) -> None:
     """End the session holding a member's lock and take the lock on ``conn``, as a standby
     would, before the runner can take it back."""
-    holder = await (await conn.execute(leases.HOLDER, leases.lock_ids(group, member))).fetchone()
+    ids = member_locks.lock_ids(group, member)
+    holder = await (await conn.execute(member_locks.HOLDER, ids)).fetchone()
     assert holder is not None, f"nobody holds {group} member {member}"
     # With a timeout, pg_terminate_backend returns once the session (and its lock) is gone.
     await conn.execute("SELECT pg_terminate_backend(%s, 5000)", (holder[2],))
-    key = {"key": leases.lock_key(group, member)}
-    taken = await (await conn.execute(leases.TRY_LOCK, key)).fetchone()
+    key = {"key": member_locks.lock_key(group, member)}
+    taken = await (await conn.execute(member_locks.TRY_LOCK, key)).fetchone()
     assert taken == (True,)
 
 
 async def _holds_member(url: str, member: int) -> bool:
     async with _connection(url) as conn:
-        return await leases.is_held(conn, GROUP, member)
+        return await member_locks.is_held(conn, GROUP, member)
 
 
 async def _has_checkpoints(url: str) -> bool:

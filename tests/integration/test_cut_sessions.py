@@ -12,7 +12,7 @@ import pytest
 from projector.errors import DatabaseUnavailableError
 from projector.storage import database
 from projector.storage.database import Connection
-from projector.storage.leases import MemberLease
+from projector.storage.member_locks import MemberLock
 from tests.support.proxy import cutting_proxy
 from tests.support.waiting import eventually
 
@@ -54,8 +54,8 @@ async def test_a_standby_whose_session_is_cut_while_it_waits_gets_a_clear_error(
     own_store_url: str, own_store_conn: Connection
 ) -> None:
     async with (
-        MemberLease(own_store_url, "cut", lease_timeout=2) as running,
-        MemberLease(own_store_url, "cut", lease_timeout=2) as standby,
+        MemberLock(own_store_url, "cut", lease_timeout=2) as running,
+        MemberLock(own_store_url, "cut", lease_timeout=2) as standby,
     ):
         await running.acquire(standby=False)
         waiting_pid = standby.connection.info.backend_pid

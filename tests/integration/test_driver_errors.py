@@ -24,7 +24,7 @@ from projector.storage.buckets import Identity
 from projector.storage.checkpoints import Checkpoints
 from projector.storage.database import Connection, Pool
 from projector.storage.held import HeldStreams
-from projector.storage.leases import MemberLease
+from projector.storage.member_locks import MemberLock
 from projector.storage.message_store import MessageStore
 from projector.storage.stream_positions import Transactions, session_on
 from tests.support.projecting import run_projection, settings_for, write_events
@@ -116,7 +116,7 @@ async def test_a_pool_session_ended_under_an_entry_point_is_unavailable_not_a_dr
 async def test_a_lock_session_ended_while_taking_the_lock_is_unavailable(
     own_store_url: str, own_store_conn: Connection
 ) -> None:
-    async with MemberLease(own_store_url, "boundary") as lease:
+    async with MemberLock(own_store_url, "boundary") as lease:
         await _terminate(own_store_conn, lease.connection.info.backend_pid)
 
         await _unavailable(lambda: lease.acquire(standby=False))

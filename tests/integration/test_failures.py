@@ -21,7 +21,7 @@ from projector.model import failures
 from projector.model.projection import Projection
 from projector.runtime import recovery
 from projector.settings import Settings
-from projector.storage import held, leases
+from projector.storage import held, member_locks
 from projector.storage.database import connect
 from projector.storage.held import HeldState, HeldStream, HeldStreams
 from tests.support.balances import balances_projection, projected_and_folded, write_transactions
@@ -615,8 +615,8 @@ async def _member_sessions(url: str, count: int) -> bool:
 async def _terminate_standby_session(url: str) -> None:
     conn = await connect(url)
     async with conn:
-        ids = leases.lock_ids("recorder", 0)
-        holder = await (await conn.execute(leases.HOLDER, ids)).fetchone()
+        ids = member_locks.lock_ids("recorder", 0)
+        holder = await (await conn.execute(member_locks.HOLDER, ids)).fetchone()
         assert holder is not None
         cursor = await conn.execute(
             "SELECT pg_terminate_backend(pid, 5000) FROM pg_stat_activity"

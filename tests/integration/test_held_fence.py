@@ -16,7 +16,7 @@ from projector.model.share import Share
 from projector.storage import buckets, database
 from projector.storage.buckets import Identity
 from projector.storage.held import BucketFence, HeldStreams
-from projector.storage.leases import MemberLease
+from projector.storage.member_locks import MemberLock
 from projector.testing.events import event
 from tests.support.waiting import eventually
 
@@ -53,7 +53,7 @@ async def test_a_member_that_lost_its_lock_neither_writes_nor_releases_a_held_ro
     async with (
         observer,
         database.open_pool(url, max_size=2) as pool,
-        MemberLease(url, GROUP) as lease,
+        MemberLock(url, GROUP) as lease,
     ):
         await lease.acquire(standby=False)
         mine = HeldStreams(pool, GROUP, fence=lease.fence())
@@ -63,7 +63,7 @@ async def test_a_member_that_lost_its_lock_neither_writes_nor_releases_a_held_ro
         await observer.execute("SELECT pg_terminate_backend(%s)", (pid,))
         await eventually(lambda: _gone(observer, pid))
         # The next owner takes the lock and loads the row; the zombie must leave it be.
-        async with MemberLease(url, GROUP) as successor:
+        async with MemberLock(url, GROUP) as successor:
             await successor.acquire(standby=False)
             with pytest.raises(LeaseLostError, match="no longer holds the right"):
                 await mine.release(row)

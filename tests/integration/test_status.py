@@ -12,7 +12,7 @@ from projector.admin import groups, status
 from projector.admin.status import MemberStatus
 from projector.errors import InvalidNameError, SchemaMissingError
 from projector.model.events import consumer_group_member
-from projector.storage import leases
+from projector.storage import member_locks
 from projector.storage.database import connect
 from tests.support.projecting import Recorder, run_projection, settings_for, write_events
 
@@ -142,7 +142,7 @@ async def test_a_member_shows_running_exactly_while_its_lock_is_held(database_ur
     await write_events(database_url, {f"account-{i}": 2 for i in range(10)})
     await _set_group(database_url, "balances", 3, {"account": [1, 1, 1], "invoice": [1, 1, 1]})
 
-    async with leases.MemberLease(database_url, "balances", member=1, size=3) as held:
+    async with member_locks.MemberLock(database_url, "balances", member=1, size=3) as held:
         await held.acquire(standby=False)
         rows = await _collect(database_url)
         assert [(r.name, r.category, r.running) for r in rows] == [

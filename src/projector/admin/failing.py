@@ -3,7 +3,7 @@ and asking for a replay, saying whether a runner is up to act on it.
 
 Everything comes from the database, so it works with no runner up: a held stream's row, the
 group's checkpoints (which member or bucket a stream belongs to) and ``pg_locks`` / the bucket
-leases (whether that member runs).
+locks (whether that member runs).
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 
-from projector.storage import buckets, checkpoints, held, leases
+from projector.storage import buckets, checkpoints, held, member_locks
 from projector.storage.checkpoints import CheckpointRow
 from projector.storage.database import Connection
 from projector.storage.held import HeldStream
@@ -74,6 +74,6 @@ async def runner_up(conn: Connection, group: str) -> bool:
         return True
     members = {row.member for row in await checkpoints.rows(conn, group)}
     for member in sorted(members):
-        if await leases.is_held(conn, group, member):
+        if await member_locks.is_held(conn, group, member):
             return True
     return False

@@ -1,6 +1,6 @@
 """A group's checkpoints as a whole: listing, setting, resetting, rebalancing.
 
-Every change here takes the locks of the members it touches (see `projector.storage.leases`)
+Every change here takes the locks of the members it touches (see `projector.storage.member_locks`)
 for its transaction: it refuses while a runner holds one, and no runner can start until it
 commits. The statements are `projector.storage.checkpoints`'.
 """
@@ -27,7 +27,7 @@ from projector.storage import buckets, checkpoints, message_store
 from projector.storage.buckets import Lease, Member
 from projector.storage.checkpoints import CheckpointRow
 from projector.storage.database import Connection
-from projector.storage.leases import busy_members
+from projector.storage.member_locks import busy_members
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,7 +13,7 @@ from datetime import datetime
 
 from projector.model.events import member_name, validate_group
 from projector.model.share import Share
-from projector.storage import buckets, checkpoints, held, leases, message_store
+from projector.storage import buckets, checkpoints, held, member_locks, message_store
 from projector.storage.checkpoints import CheckpointRow, check_schema
 from projector.storage.database import Connection
 from projector.storage.held import HeldState, HeldStream
@@ -71,7 +71,7 @@ async def _member_status(
     key = (row.group, row.member)
     if key not in running:
         held = await buckets.held(conn, row.group)  # an elastic group's buckets
-        running[key] = row.member in held or await leases.is_held(conn, row.group, row.member)
+        running[key] = row.member in held or await member_locks.is_held(conn, row.group, row.member)
     return MemberStatus(
         row.group,
         row.member,

@@ -1,5 +1,5 @@
 """A fixed group's member (member ``i`` of ``n``, or the one member of a plain group): its
-tenure holds the member's lock (`projector.storage.leases`), and ends when the lock's session
+tenure holds the member's lock (`projector.storage.member_locks`), and ends when the lock's session
 does; the next tenure takes the lock again, or waits as the standby of whoever took it."""
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from projector.storage import checkpoints, member_index
 from projector.storage.checkpoints import Checkpoints
 from projector.storage.database import Pool
 from projector.storage.held import HeldStreams
-from projector.storage.leases import MemberLease
+from projector.storage.member_locks import MemberLock
 from projector.storage.message_store import MessageStore
 from projector.telemetry.run_telemetry import RunTelemetry
 
@@ -46,7 +46,7 @@ class FixedTenancy:
     @asynccontextmanager
     async def tenure(self, connected: Callable[[], None]) -> AsyncIterator[Term]:
         job, settings = self._job, self._job.settings
-        lease = MemberLease(
+        lease = MemberLock(
             job.database_url,
             job.group,
             member=settings.member,
@@ -62,7 +62,7 @@ class FixedTenancy:
             held = HeldStreams(self._pool, job.group, self._share, lease.fence())
             yield Term(self._store, writer, lease, held)
 
-    async def _checkpoint_writer(self, lease: MemberLease) -> CheckpointWriter:
+    async def _checkpoint_writer(self, lease: MemberLock) -> CheckpointWriter:
         """Take the member's lock, check the group's size, and settle where each category starts.
 
         The size check and a new member's first checkpoints are one transaction under the

@@ -119,14 +119,16 @@ class Runner:
         ends the run at once with its error. After that, a start cut short by the database
         going away (a standby's wait included) starts again, for up to ``outage_limit``, and
         so does a runner whose lock's session was lost (the end of its tenure, see
-        `projector.storage.leases`): from the committed checkpoints, or as the standby of
+        `projector.storage.member_locks`): from the committed checkpoints, or as the standby of
         whoever took the member meanwhile. How the projecting ends is
         `projector.runner.projecting`'s business (and this module's docstring).
         """
         settings = self.settings
         async with AsyncExitStack() as stack:
             pool = await self._first_contact(stack)
-            await self._admit(stack, pool)
+            # `projector.replaying` answers for this projection until the run ends (each
+            # tenure's `VersionFollower` keeps the answer current).
+            stack.enter_context(answering(self._replaying))
             # The one place a runner tells a fixed group from an elastic one.
             tenancy: Tenancy = (
                 ElasticTenancy(self.job, pool) if settings.elastic else FixedTenancy(self.job, pool)
@@ -178,10 +180,12 @@ class Runner:
             raise failure
 
     async def _first_contact(self, stack: AsyncExitStack) -> RevivingPool:
-        """The pool, once the database answers and has projector's tables. A database that
-        does not answer yet (a restart, a server still starting) is waited for, for up to
-        ``start_wait`` seconds (`reconnecting` logged); a URL that cannot work
-        (DatabaseLoginError) and missing tables fail at once. The pool closes with ``stack``."""
+        """The pool, once the database answers, has projector's tables and admits the
+        projection's version (`_admit`). A database that does not answer yet (a restart, a
+        server still starting, or one that went away again between these steps) is waited
+        for, for up to ``start_wait`` seconds (`reconnecting` logged); a URL that cannot work
+        (DatabaseLoginError), missing tables and a refused version fail at once. The pool
+        closes with ``stack``."""
         settings = self.settings
         retries = Reconnecting(
             "connecting to the database to start",
@@ -200,6 +204,7 @@ class Runner:
                         )
                     )
                     await MessageStore(pool).check_schema()
+                    await self._admit(pool)
                     stack.push_async_exit(attempt.pop_all())
             except DatabaseLoginError:
                 raise
@@ -211,17 +216,14 @@ class Runner:
             retries.succeeded()
             return pool
 
-    async def _admit(self, stack: AsyncExitStack, pool: Pool) -> None:
-        """Check that the projection's version may run (setting up the first one), and make
-        `projector.replaying` answer for it until the run ends (each tenure's `VersionFollower`
-        keeps the answer current)."""
+    async def _admit(self, pool: Pool) -> None:
+        """Check that the projection's version may run (setting up the first one)."""
         async with database.pooled(pool, doing="checking the projection's version") as conn:
             await checkpoints.check_schema(conn)
             self.version = await versions.admit(conn, self.projection, self.group)
         self._replaying.value = (
             self.version is not None and self.version.state is VersionState.BUILDING
         )
-        stack.enter_context(answering(self._replaying))
 
     async def _attempt(self, across: AcrossTenures, connected: Callable[[], None]) -> bool:
         """One tenure: take the member and project; True when the lock's session was lost.
@@ -282,8 +284,9 @@ class Runner:
         return parts, frozenset(stream.stream_name for stream in look.streams)
 
     async def _project_and_flush(self, parts: TenureParts, held: frozenset[str]) -> bool:
-        """Project, then commit the checkpoint a last time; True when the lock's session was
-        lost, which ends the tenure with nothing more committed (see `projector.storage.leases`)."""
+        """Project, then commit the checkpoint a last time; True when the right to project was
+        lost (the lock's session, or buckets), which ends the tenure with nothing more
+        committed (see `projector.storage.member_locks`)."""
         try:
             self.parked = await Projecting(self.job, parts, held, self._replaying).run()
         except BaseException as exc:

@@ -33,7 +33,7 @@ from projector.model.dependencies import Dependency, PauseCallback
 from projector.model.events import FIRST_POSITION, Event, member_name
 from projector.model.share import Share
 from projector.reconnecting import outlasting
-from projector.storage import buckets, checkpoints, database, leases, message_store
+from projector.storage import buckets, checkpoints, database, member_locks, message_store
 from projector.storage.checkpoints import CheckpointRow
 from projector.storage.database import Connection, Pool
 from projector.storage.message_store import Partition
@@ -90,7 +90,7 @@ async def _pause_reason(
     down = [
         member_name(group, member, size)
         for member in range(size)
-        if member not in held and not await leases.is_held(conn, group, member)
+        if member not in held and not await member_locks.is_held(conn, group, member)
     ]
     if down:
         return f"upstream {', '.join(down)} not running"

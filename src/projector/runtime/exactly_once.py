@@ -155,7 +155,7 @@ class ExactlyOnce(Transactional):
     call to read the row again. A call whose write finds the position moved is logged
     (``stream_position_moved``) and made once more from the row, under lock. Hints are
     forgotten oldest first past MAX_KNOWN_POSITIONS, and with the runner's tenure (see
-    `projector.storage.leases`).
+    `projector.storage.member_locks`).
     """
 
     async def handle(self, stream_name: str, events: list[Event]) -> int:

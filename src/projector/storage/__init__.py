@@ -1,5 +1,5 @@
 """Storage: every SQL statement projector runs, one module per table or concern (the message
-store, checkpoints, stream positions, parked streams, member leases, the member index,
+store, checkpoints, stream positions, parked streams, member locks, the member index,
 notifications, migrations, throwaway databases for tests), and the only place driver errors
 are turned into projector's.
 

@@ -1,7 +1,7 @@
 """``projector.checkpoints``: per group member and category, the next global position to read.
 
 Every event below a committed checkpoint has been handled. A running member's loads and commits
-(`Checkpoints`) go through the connection that holds the member's lock (see `leases`): a
+(`Checkpoints`) go through the connection that holds the member's lock (see `member_locks`): a
 runner that lost its lock cannot commit. The statements after it are the group's as a whole,
 for administration (`projector.admin.groups`), status and dependencies.
 """

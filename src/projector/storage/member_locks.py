@@ -123,7 +123,7 @@ async def busy_members(conn: Connection, group: str, members: range) -> list[str
     return busy
 
 
-class MemberLease:
+class MemberLock:
     """Holds one member's lock on a connection of its own; use as ``async with``."""
 
     def __init__(
