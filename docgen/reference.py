@@ -16,7 +16,7 @@ from projector.model.events import Event
 from projector.pipeline.sink import StreamsSink
 from projector.pipeline.streams import TroubledStream
 from projector.runtime.checkpoint_writer import CheckpointWriter, CommitsCheckpoints
-from projector.runtime.recovery import HeldCount
+from projector.runtime.replays import HeldCount
 from projector.settings import DEPRECATED_ENV, INVERTED_ENV, Settings, value_range
 from projector.storage.held import HeldState
 from projector.telemetry.health import Health

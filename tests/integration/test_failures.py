@@ -19,7 +19,7 @@ from projector.errors import ConfigurationError, DatabaseUnavailableError, Handl
 from projector.localpg import LocalCluster
 from projector.model import failures
 from projector.model.projection import Projection
-from projector.runtime import recovery
+from projector.runtime import replays
 from projector.settings import Settings
 from projector.storage import held, member_locks
 from projector.storage.database import connect
@@ -54,7 +54,7 @@ BAD = "account-bad"
 @pytest.fixture(autouse=True)
 def quick_retry_requests(monkeypatch: pytest.MonkeyPatch) -> None:
     """Runners look for `projector failing retry` requests every 0.05 s instead of 2 s."""
-    monkeypatch.setattr(recovery, "LOOK_EVERY", 0.05)
+    monkeypatch.setattr(replays, "LOOK_EVERY", 0.05)
 
 
 def parking(url: str, **overrides: object) -> Settings:

@@ -5,7 +5,7 @@ runner fenced out (`projector.runtime.replay`). An at-least-once projection's st
 delivered again by the runner that owns it: the stream is held from its first event with its
 replay due now (`projector.storage.held`), and that runner takes it out of its read path once
 no call of it runs, replays it from the stream itself, and lets it rejoin (see
-`projector.runtime.recovery`); with no runner up, the group's next run does it as it starts.
+`projector.runtime.replays`); with no runner up, the group's next run does it as it starts.
 """
 
 from __future__ import annotations

@@ -29,8 +29,9 @@ from projector.runner.job import Job
 from projector.runner.tenancy import Lease
 from projector.runtime.checkpoint_writer import CheckpointWriter
 from projector.runtime.dependencies import DependencyGate
+from projector.runtime.failure_decisions import FailureDecisions
 from projector.runtime.outage import Outage
-from projector.runtime.recovery import Recovery
+from projector.runtime.replays import Replays
 from projector.runtime.versions import VersionFollower
 from projector.storage import notify
 from projector.storage.database import Pool
@@ -38,6 +39,7 @@ from projector.storage.message_store import MessageStore
 from projector.telemetry.health import State
 from projector.telemetry.metrics import RunnerState
 from projector.telemetry.run_telemetry import RunTelemetry
+from projector.telemetry.stuck import report_stuck
 
 logger = logging.getLogger(__name__)
 
@@ -50,7 +52,8 @@ class TenureParts:
     store: MessageStore
     writer: CheckpointWriter
     lease: Lease
-    recovery: Recovery
+    decisions: FailureDecisions  # what a failed call becomes
+    replays: Replays  # held streams replayed when due
     outage: Outage
     telemetry: RunTelemetry
     handle: SpanHandler | Batches  # what the sink calls
@@ -88,7 +91,7 @@ class Projecting:
                         lanes,
                         parts.writer,
                         parts.telemetry.health,
-                        parts.recovery,
+                        parts.replays,
                         settings.stuck_after,
                     )
                 )
@@ -120,7 +123,7 @@ class Projecting:
         common: dict[str, Any] = {
             # Counted in events: the same memory bound at the head as in a catch-up (`lane`).
             "max_read_ahead": settings.max_read_ahead * settings.batch_size,
-            "on_failure": parts.recovery.on_failure,
+            "on_failure": parts.decisions.on_failure,
             "handler_timeout": settings.handler_timeout,
             "held": self._held,
             "observer": parts.telemetry.observer,
@@ -179,16 +182,14 @@ class Projecting:
     ) -> None:
         """The tasks that run beside the reading, for as long as it lasts."""
         settings, parts = self._job.settings, self._parts
-        writer, recovery = parts.writer, parts.recovery
+        writer, replays = parts.writer, parts.replays
         tasks.start_soon(writer.run, name="projector-checkpoint-writer")
         tasks.start_soon(parts.lease.until_lost, name="projector-lease-lost")
-        tasks.start_soon(recovery.serve, sink, name="projector-held-streams")
-        watch = VersionFollower(parts.pool, self._job.group, self._replaying)
-        tasks.start_soon(watch.run, name="projector-version-watch")
-        tasks.start_soon(
-            partial(recovery.report_stuck, sink, stuck_after=settings.stuck_after),
-            name="projector-stuck-report",
-        )
+        tasks.start_soon(replays.serve, sink, name="projector-held-streams")
+        follower = VersionFollower(parts.pool, self._job.group, self._replaying)
+        tasks.start_soon(follower.run, name="projector-version-follower")
+        stuck = partial(report_stuck, group=writer.name, stuck_after=settings.stuck_after)
+        tasks.start_soon(stuck, sink, replays, name="projector-stuck-report")
         if parts.gate is not None:
             await tasks.start(parts.gate.run, name="projector-dependencies")
         await tasks.start(
@@ -199,7 +200,7 @@ class Projecting:
                 share=parts.store.share,
                 handled=lambda: writer.completed,
                 sink=sink,
-                recovery=recovery,
+                replays=replays,
             ),
             name="projector-telemetry",
         )
@@ -213,7 +214,7 @@ class Projecting:
         for lane in lanes:
             await lane.wait_empty()
         parked = await outlasting(
-            self._parts.recovery.settled,
+            self._parts.replays.settled,
             doing="waiting for held streams",
             limit=self._job.settings.outage_limit,
             on_retry=self._parts.telemetry.observer.reconnecting,

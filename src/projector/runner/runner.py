@@ -6,7 +6,7 @@ committed once more, shielded and time-boxed (`projector.cleanup`), whatever end
 signal, a handler error, caught-up).
 
 How a handler error ends a run: it does not, by itself. The sink hands every failed call to
-`Recovery.on_failure`, which retries the stream with backoff, waits out an outage of
+`FailureDecisions.on_failure`, which retries the stream with backoff, waits out an outage of
 projector's database without counting it (`outage`), or parks the stream once its attempts are
 used up; the other streams go on meanwhile. Only a `Stop` decision (``on_exhausted="stop"``
 once the attempts are used up, or at once for a `PoisonEvent` under it) ends the run: the sink
@@ -57,8 +57,9 @@ from projector.runtime.checkpoint_writer import CheckpointWriter
 from projector.runtime.dependencies import DependencyGate, UpstreamMeter
 from projector.runtime.exactly_once import ExactlyOnce
 from projector.runtime.exactly_once_batch import ExactlyOnceBatch, GuardedBatch
+from projector.runtime.failure_decisions import FailureDecisions
 from projector.runtime.outage import PROBE_TIMEOUT, Outage
-from projector.runtime.recovery import Recovery
+from projector.runtime.replays import Replays
 from projector.settings import Settings, retry_policy
 from projector.storage import checkpoints, database, notify
 from projector.storage.database import Pool, RevivingPool
@@ -254,12 +255,18 @@ class Runner:
         the dependency gate, and the streams held now."""
         settings, pool, writer = self.settings, across.pool, term.writer
         handle = traced(await self._handler(stack, pool), group=writer.name)
-        recovery = Recovery(
+        decisions = FailureDecisions(
             retry_policy(settings, self.projection.retry),
+            term.held,
+            across.outage,
+            group=writer.name,
+        )
+        replays = Replays(
             term.held,
             term.store,
             one_stream(handle.handle) if isinstance(handle, Batches) else handle,
             across.outage,
+            decisions,
             group=writer.name,
             batch_size=settings.batch_size,
             handler_timeout=settings.handler_timeout,
@@ -272,7 +279,8 @@ class Runner:
             term.store,
             writer,
             term.lease,
-            recovery,
+            decisions,
+            replays,
             across.outage,
             across.telemetry,
             handle,

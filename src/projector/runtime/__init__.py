@@ -1,5 +1,5 @@
 """The runtime: the parts of a running process that join the pipeline to storage (the
-checkpoint writer, exactly-once transactions, batch calls made of span calls, recovery of
+checkpoint writer, exactly-once transactions, batch calls made of span calls, care of
 failing streams, outages, dependency gates).
 
 It imports `projector.model`, `projector.pipeline`, `projector.storage` and

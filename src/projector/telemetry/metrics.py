@@ -36,7 +36,7 @@ from projector.pipeline.observe import Observer
 from projector.pipeline.sink import StreamsSink
 from projector.pipeline.streams import TroubledStream
 from projector.runtime.checkpoint_writer import CheckpointWriter
-from projector.runtime.recovery import HeldCount
+from projector.runtime.replays import HeldCount
 from projector.storage.held import HeldState
 from projector.telemetry.health import Health
 
@@ -62,7 +62,7 @@ HANDLER_BUCKETS = (
 
 
 class HeldView(Protocol):
-    """What a scrape reads of the streams a runner holds (`Recovery`'s view)."""
+    """What a scrape reads of the streams a runner holds (`Replays`' view)."""
 
     def held(self, state: HeldState) -> HeldCount: ...
 
@@ -77,7 +77,7 @@ class RunnerState:
     lanes: Mapping[str, Lane]
     writer: CheckpointWriter
     health: Health
-    recovery: HeldView
+    replays: HeldView
     stuck_after: float
 
 
@@ -228,10 +228,10 @@ class _StateCollector(Collector):
         yield from self._lag()
 
     def _streams(self) -> Iterable[Metric]:
-        sink, recovery, group = self._state.sink, self._state.recovery, self._group
+        sink, replays, group = self._state.sink, self._state.replays, self._group
         busy = _gauge("projector_streams_busy", "Streams with a handler call running")
         busy.add_metric((group,), sink.busy_streams)
-        retrying, parked = recovery.held(HeldState.RETRYING), recovery.held(HeldState.PARKED)
+        retrying, parked = replays.held(HeldState.RETRYING), replays.held(HeldState.PARKED)
         retrying_gauge = _gauge(
             "projector_streams_retrying",
             "Streams held out of the read path by this runner, waiting for their next attempt",
@@ -256,7 +256,7 @@ class _StateCollector(Collector):
         )
         stuck.add_metric(
             (group,),
-            len(sink.troubled(longer_than=after)) + len(recovery.troubled(longer_than=after)),
+            len(sink.troubled(longer_than=after)) + len(replays.troubled(longer_than=after)),
         )
         batches = _gauge(
             "projector_batches_in_flight", "Batches read and not yet fully handled", "category"

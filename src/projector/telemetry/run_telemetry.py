@@ -18,7 +18,7 @@ from anyio.abc import TaskGroup, TaskStatus
 from projector.model.share import Share
 from projector.pipeline.observe import Observer, Observers
 from projector.pipeline.sink import StreamsSink
-from projector.runtime.recovery import Recovery
+from projector.runtime.replays import Replays
 from projector.settings import Settings
 from projector.storage.database import Pool
 from projector.storage.held import HeldState
@@ -82,13 +82,13 @@ class RunTelemetry:
         share: Share,
         handled: Callable[[], dict[str, int]],
         sink: StreamsSink,
-        recovery: Recovery,
+        replays: Replays,
         task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
     ) -> None:
         """Run the lag measurements, the progress bar and the summary line, as far as they
         are enabled, until cancelled; started once the first lag measurement is taken."""
         async with anyio.create_task_group() as tasks:
-            await self._start(tasks, settings, pool, share, handled, sink, recovery)
+            await self._start(tasks, settings, pool, share, handled, sink, replays)
             task_status.started()
 
     async def _start(
@@ -99,7 +99,7 @@ class RunTelemetry:
         share: Share,
         handled: Callable[[], dict[str, int]],
         sink: StreamsSink,
-        recovery: Recovery,
+        replays: Replays,
     ) -> None:
         tracker = LagTracker(
             pool,
@@ -109,7 +109,7 @@ class RunTelemetry:
             on_failed=self.health.lag_failed,
             handled_ahead=sink.handled_in_flight,
         )
-        held = partial(_held, sink, recovery)
+        held = partial(_held, sink, replays)
         self.health.held = held
         if self.metrics is not None:
             # Often enough that a healthy database never looks silent to /health.
@@ -135,8 +135,8 @@ class RunTelemetry:
             )
 
 
-def _held(sink: StreamsSink, recovery: Recovery) -> HeldStreamsView:
-    retrying, parked = recovery.held(HeldState.RETRYING), recovery.held(HeldState.PARKED)
+def _held(sink: StreamsSink, replays: Replays) -> HeldStreamsView:
+    retrying, parked = replays.held(HeldState.RETRYING), replays.held(HeldState.PARKED)
     return HeldStreamsView(
         # Streams waiting in place (a lost connection) retry too, without being held.
         retrying=retrying.streams + sink.failing_streams,

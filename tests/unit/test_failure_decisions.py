@@ -12,8 +12,8 @@ import pytest
 from projector.errors import DatabaseUnavailableError
 from projector.model.events import Event
 from projector.model.failures import Hold, OnExhausted, Retry, RetryPolicy, RetryWhen, Stop
+from projector.runtime.failure_decisions import FailureDecisions
 from projector.runtime.outage import Outage
-from projector.runtime.recovery import Recovery
 from tests.support.sink import ev
 
 pytestmark = pytest.mark.anyio
@@ -50,25 +50,18 @@ class Held:
         self.held.append((stream_name, first.position, attempts, retry_in))
 
 
-def recovery(
+def decisions(
     database: Database,
     held: Held,
     *,
     max_attempts: int = 3,
     on_exhausted: OnExhausted = OnExhausted.PARK,
-) -> Recovery:
-    async def unused(stream_name: str, events: list[object]) -> int:
-        raise AssertionError("no replay here")
-
-    return Recovery(
+) -> FailureDecisions:
+    return FailureDecisions(
         RetryPolicy(base=0.01, cap=0.05, max_attempts=max_attempts, on_exhausted=on_exhausted),
         held,  # type: ignore[arg-type]
-        None,  # type: ignore[arg-type]
-        unused,  # type: ignore[arg-type]
         Outage(database.probe, limit=60),
         group="balances",
-        batch_size=100,
-        handler_timeout=None,
     )
 
 
@@ -77,7 +70,7 @@ LOST = psycopg.OperationalError("server closed the connection unexpectedly")
 
 async def test_a_lost_connection_while_the_database_is_away_waits_for_it() -> None:
     held = Held()
-    decision = await recovery(Database(up=False), held).on_failure(
+    decision = await decisions(Database(up=False), held).on_failure(
         "account-1", [ev("account-1", 0)], LOST, attempt=1
     )
 
@@ -87,7 +80,7 @@ async def test_a_lost_connection_while_the_database_is_away_waits_for_it() -> No
 
 async def test_a_lost_connection_while_the_database_answers_is_retried_and_never_held() -> None:
     held = Held()
-    decision = await recovery(Database(up=True), held, max_attempts=1).on_failure(
+    decision = await decisions(Database(up=True), held, max_attempts=1).on_failure(
         "account-1", [ev("account-1", 0)], LOST, attempt=50
     )
 
@@ -98,7 +91,7 @@ async def test_a_lost_connection_while_the_database_answers_is_retried_and_never
 
 async def test_a_failing_stream_is_held_as_retrying_then_parked_once_retries_run_out() -> None:
     held = Held()
-    failing = recovery(Database(up=True), held, max_attempts=3)
+    failing = decisions(Database(up=True), held, max_attempts=3)
     events = [ev("account-1", 4), ev("account-1", 5)]
 
     early = await failing.on_failure("account-1", events, ValueError("bad"), attempt=2)
@@ -115,7 +108,7 @@ async def test_a_failing_stream_is_held_as_retrying_then_parked_once_retries_run
 
 async def test_under_the_stop_policy_a_failing_stream_retries_in_place_then_stops() -> None:
     held = Held()
-    failing = recovery(Database(up=True), held, max_attempts=2, on_exhausted=OnExhausted.STOP)
+    failing = decisions(Database(up=True), held, max_attempts=2, on_exhausted=OnExhausted.STOP)
     events = [ev("account-1", 0)]
 
     early = await failing.on_failure("account-1", events, ValueError("bad"), attempt=1)
@@ -127,7 +120,7 @@ async def test_under_the_stop_policy_a_failing_stream_retries_in_place_then_stop
 
 
 async def test_a_hold_the_database_cannot_take_becomes_a_wait_for_it() -> None:
-    failing = recovery(Database(up=False), Held(reachable=False), max_attempts=1)
+    failing = decisions(Database(up=False), Held(reachable=False), max_attempts=1)
 
     decision = await failing.on_failure(
         "account-1", [ev("account-1", 0)], ValueError("bad"), attempt=1

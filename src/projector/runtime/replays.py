@@ -1,19 +1,11 @@
-"""A runner's care for failing streams: holding them out of the read path, replaying them when
-their next attempt is due, parking them once their attempts run out, reporting stuck ones.
+"""Held streams' replays: a held stream is replayed from the stream itself, in order, from its
+first unhandled event, when its next attempt is due (or an operator asks), and rejoins the live
+flow at the stream's end; a replay that fails again goes back to `FailureDecisions`. A held
+stream costs a row write when it fails, and a delete when it rejoins; nothing in memory grows
+with its events.
 
-The sink decides nothing itself about a failed call; `Recovery.on_failure` does, with the
-retry policy:
-
-- A lost connection is nobody's stream's fault: the stream waits in the sink (its batches, and
-  the checkpoint, with it) until the database is back, or retries within seconds (`outage`).
-- Under the ``stop`` policy the stream retries in the sink, its batches waiting, until its
-  attempts run out and the run stops: nothing may pass a failing event, as the user asked.
-- Otherwise the stream is recorded as held (`projector.storage.held`: retrying, or parked once
-  its attempts are used up) and only then taken out of the read path, so its batches complete
-  without it and the checkpoint moves on; its events are dropped as read. `serve` replays it
-  from the stream itself when its next attempt is due (or an operator asks), and it rejoins the
-  live flow at the stream's end. A held stream costs a row write when it fails, and a delete
-  when it rejoins; nothing in memory grows with its events.
+What the last look saw is also what telemetry reports of the held streams (`held`,
+`troubled`), and what a catch-up waits on (`settled`).
 """
 
 from __future__ import annotations
@@ -24,22 +16,12 @@ from datetime import datetime
 
 import anyio
 
-from projector.errors import DatabaseUnavailableError, HandlerError
+from projector.errors import DatabaseUnavailableError
 from projector.model.events import Event
-from projector.model.failures import (
-    RECONNECT,
-    Decision,
-    Hold,
-    OnExhausted,
-    Park,
-    Retry,
-    RetryPolicy,
-    RetryWhen,
-    Stop,
-)
 from projector.pipeline.calls import SpanHandler
 from projector.pipeline.sink import StreamsSink
 from projector.pipeline.streams import TroubledStream
+from projector.runtime.failure_decisions import FailureDecisions
 from projector.runtime.outage import Outage, is_connection_error
 from projector.storage.held import HeldState, HeldStream, HeldStreams, Look
 from projector.storage.message_store import MessageStore
@@ -47,7 +29,6 @@ from projector.storage.message_store import MessageStore
 logger = logging.getLogger(__name__)
 
 LOOK_EVERY = 2.0  # seconds between looks for due attempts and operators' retry requests
-STUCK_REPORT_EVERY = 60.0  # seconds between reports of the same stuck stream
 
 
 @dataclass
@@ -65,154 +46,40 @@ class HeldCount:
     next_attempt_seconds: float | None  # until the next attempt (retrying streams)
 
 
-class Recovery:
-    """Failure decisions and held-stream replays for one runner."""
+class Replays:
+    """Replays a runner's held streams as they come due (`serve`)."""
 
     def __init__(
         self,
-        policy: RetryPolicy,
         held: HeldStreams,
         store: MessageStore,
         handle: SpanHandler,
         outage: Outage,
+        decisions: FailureDecisions,
         *,
         group: str,
         batch_size: int,
         handler_timeout: float | None,
     ) -> None:
-        self.policy = policy
         self._held = held
         self._store = store
         self._handle = handle
         self._outage = outage
+        self._decisions = decisions
         self._group = group
         self._batch_size = batch_size
         self._handler_timeout = handler_timeout
-        # Set when a stream is held: its attempt may be due before the next look.
-        self._changed = anyio.Event()
         self._looked = anyio.Event()  # set after each round of `serve`, then replaced
         self._last: tuple[Look, float] | None = None  # the last look, and its anyio time
         # Streams replayed and back in the live flow whose row's release failed, with the
         # row's failed_at: the row is only to be deleted when met again.
         self._unreleased: dict[str, datetime] = {}
 
-    # -- deciding ---------------------------------------------------------------------------
-
-    async def on_failure(
-        self, stream_name: str, events: list[Event], error: Exception, attempt: int
-    ) -> Decision:
-        fields = {
-            "group": self._group,
-            "stream": stream_name,
-            "position": events[0].position,
-            "global_position": events[0].global_position,
-            "attempt": attempt,
-            "error": f"{type(error).__name__}: {error}",
-        }
-        if is_connection_error(error):
-            return await self._connection_lost(stream_name, error, attempt, fields)
-        verdict = self.policy.decide(error, attempt)
-        if isinstance(verdict, Stop):
-            return verdict
-        if isinstance(verdict, Retry) and self.policy.on_exhausted is OnExhausted.STOP:
-            self._log_retry(stream_name, attempt, verdict.delay, error, fields)
-            return verdict
-        return await self._hold(stream_name, events[0], error, attempt, verdict, fields)
-
-    async def _connection_lost(
-        self, stream_name: str, error: Exception, attempt: int, fields: dict[str, object]
-    ) -> Decision:
-        """Never the event's fault, so never held (see `_wait_or_retry_soon`)."""
-        decision = await self._wait_or_retry_soon(attempt)
-        if isinstance(decision, Retry):
-            self._log_retry(stream_name, attempt, decision.delay, error, fields)
-        else:
-            logger.debug(
-                "%s waits for the database: %r",
-                stream_name,
-                error,
-                extra={"action": "stream_waiting_for_database", **fields},
-            )
-        return decision
-
-    async def _wait_or_retry_soon(self, attempt: int) -> Retry | RetryWhen:
-        """After a lost connection: wait for the database while it is away (see `outage`),
-        else retry within seconds (the handler's own connection broke, or a service it calls
-        is away)."""
-        if await self._outage.confirm():
-            return RetryWhen(self._outage.wait_until_back)
-        return Retry(RECONNECT.backoff(attempt))
-
-    async def _hold(
-        self,
-        stream_name: str,
-        first: Event,
-        error: Exception,
-        attempt: int,
-        verdict: Retry | Park,
-        fields: dict[str, object],
-    ) -> Decision:
-        """Record the stream as held, then take it out of the read path."""
-        retry_in = verdict.delay if isinstance(verdict, Retry) else None
-        try:
-            await self._held.hold(stream_name, first, error, attempts=attempt, retry_in=retry_in)
-        except DatabaseUnavailableError as exc:
-            # Holding needs the database: the stream waits in place until it is back.
-            logger.warning(
-                "%s could not be held, retrying it in place instead: %s",
-                stream_name,
-                exc,
-                extra={"action": "stream_retry_scheduled", **fields},
-            )
-            return await self._wait_or_retry_soon(attempt)
-        self._changed.set()
-        if isinstance(verdict, Retry):
-            self._log_retry(stream_name, attempt, verdict.delay, error, fields)
-        else:
-            self._log_parked(stream_name, first.position, verdict.reason, error, fields)
-        return Hold(f"held at position {first.position}")
-
-    def _log_retry(
-        self,
-        stream_name: str,
-        attempt: int,
-        delay: float,
-        error: Exception,
-        fields: dict[str, object],
-    ) -> None:
-        logger.warning(
-            "%s failed (attempt %d), retrying in %.2f s: %r",
-            stream_name,
-            attempt,
-            delay,
-            error,
-            extra={"action": "stream_retry_scheduled", "delay": delay, **fields},
-        )
-
-    def _log_parked(
-        self,
-        stream_name: str,
-        position: int,
-        reason: str,
-        error: Exception,
-        fields: dict[str, object],
-    ) -> None:
-        logger.error(
-            "%s parked at position %d: %s (`projector failing retry` replays it)",
-            stream_name,
-            position,
-            reason,
-            exc_info=error,
-            extra={"action": "stream_parked", **fields},
-        )
-
-    # -- replaying --------------------------------------------------------------------------
-
     async def serve(self, sink: StreamsSink) -> None:
         """Replay held streams as their attempts come due or an operator asks for it (what is
         due already at once, when a runner starts); cancel to stop."""
         while True:
-            self._changed = anyio.Event()
+            changed = self._decisions.rearm()
             try:
                 look = await self._held.look()
             except DatabaseUnavailableError as exc:
@@ -232,7 +99,7 @@ class Recovery:
                 continue  # the replays moved the rows: look again at once
             wait = look.seconds_to_next()
             with anyio.move_on_after(LOOK_EVERY if wait is None else min(wait, LOOK_EVERY)):
-                await self._changed.wait()
+                await changed.wait()
 
     async def _wait_for_database(self, error: DatabaseUnavailableError) -> None:
         logger.warning(
@@ -268,7 +135,7 @@ class Recovery:
                 raise
             if is_connection_error(error):
                 raise DatabaseUnavailableError(f"replaying {name}: {error}") from error
-            await self._failed_again(held, progress, error)
+            await self._decisions.failed_again(held, progress.failing, error)
             return
         sink.rejoin(name, progress.position)
         self._unreleased[name] = held.failed_at  # until its row is gone
@@ -316,29 +183,6 @@ class Recovery:
             if next_position <= progress.position:
                 raise RuntimeError("the handler handled none of the replayed events")
             progress.position, progress.failing = next_position, None
-
-    async def _failed_again(self, held: HeldStream, progress: _Progress, error: Exception) -> None:
-        first = progress.failing
-        if first is None:
-            raise error  # reading the stream failed, not the handler: projector's own failure
-        attempt = held.attempts + 1
-        verdict = self.policy.decide(error, attempt)
-        if isinstance(verdict, Stop):
-            raise HandlerError(
-                f"handler failed on stream {held.stream_name!r} at position {first.position} "
-                f"(global {first.global_position}) when replayed: {error!r}; {verdict.reason}"
-            ) from error
-        fields = {
-            "group": self._group,
-            "stream": held.stream_name,
-            "position": first.position,
-            "global_position": first.global_position,
-            "attempt": attempt,
-            "error": f"{type(error).__name__}: {error}",
-        }
-        await self._hold(held.stream_name, first, error, attempt, verdict, fields)
-
-    # -- reporting --------------------------------------------------------------------------
 
     def held(self, state: HeldState) -> HeldCount:
         """This runner's held streams in ``state``, as of its last look (every few seconds)."""
@@ -389,35 +233,3 @@ class Recovery:
                 return frozenset(held.stream_name for held in look.streams)
             looked = self._looked
             await looked.wait()
-
-    async def report_stuck(self, sink: StreamsSink, *, stuck_after: float) -> None:
-        """Log streams running or failing for longer than ``stuck_after``: once, then every
-        ``STUCK_REPORT_EVERY`` seconds while they stay stuck."""
-        reported: dict[str, float] = {}
-        while True:
-            await anyio.sleep(min(stuck_after, STUCK_REPORT_EVERY) / 2)
-            now = anyio.current_time()
-            troubled = sink.troubled(longer_than=stuck_after)
-            troubled += self.troubled(longer_than=stuck_after)
-            for stream in troubled:
-                if now - reported.get(stream.stream_name, -STUCK_REPORT_EVERY) < STUCK_REPORT_EVERY:
-                    continue
-                reported[stream.stream_name] = now
-                logger.warning(
-                    "%s stuck: %s for %.0f s (%d failed calls in a row)",
-                    stream.stream_name,
-                    stream.state,
-                    stream.seconds,
-                    stream.failures,
-                    extra={
-                        "action": "stream_stuck",
-                        "group": self._group,
-                        "stream": stream.stream_name,
-                        "state": stream.state,
-                        "seconds": round(stream.seconds, 1),
-                        "failures": stream.failures,
-                    },
-                )
-            names = {stream.stream_name for stream in troubled}
-            for name in [n for n in reported if n not in names]:
-                del reported[name]
