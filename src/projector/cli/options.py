@@ -37,50 +37,9 @@ logger = logging.getLogger("projector")
 F = TypeVar("F", bound=Callable[..., Any])
 T = TypeVar("T")
 
-RUN_SETTINGS = (
-    "database_url",
-    "categories",
-    "group",
-    "member",
-    "group_size",
-    "standby",
-    "elastic",
-    "buckets",
-    "heartbeat",
-    "bucket_lease",
-    "on_failure",
-    "retry_base",
-    "retry_cap",
-    "retry_max_attempts",
-    "handler_timeout",
-    "stuck_after",
-    "outage_limit",
-    "start_wait",
-    "lease_timeout",
-    "batch_size",
-    "tail_sleep",
-    "max_concurrent_streams",
-    "max_read_ahead",
-    "batch_max_streams",
-    "batch_linger",
-    "max_concurrent_batches",
-    "checkpoint_interval",
-    "shutdown_timeout",
-    "from_tail",
-    "require_events",
-    "until_caught_up",
-    "pool_size",
-    "connect_timeout",
-    "event_loop",
-    "log_level",
-    "log_format",
-    "summary_interval",
-    "progress",
-    "metrics_port",
-    "metrics_host",
-    "ready_max_lag",
-    "health_max_db_age",
-)
+# Every setting is a flag of `projector run`, in the order `Settings` declares them (grouped
+# there by concern): a new setting needs no second list.
+RUN_SETTINGS = tuple(Settings.model_fields)
 
 
 def settings_options(*names: str) -> Callable[[F], F]:

@@ -296,9 +296,7 @@ class BatchesSink(StreamsSink):
         self._busy -= in_place
         if self._busy == 0 and self._stopping:
             self._idle.set()  # `stop` waits for it
-        unit.batch.remaining -= 1
-        if unit.batch.remaining == 0:
-            unit.batch.lane.complete(unit.batch)
+        unit.batch.stream_done()
 
     def _settle_stream(
         self,

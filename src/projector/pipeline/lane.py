@@ -47,6 +47,13 @@ class Batch:
         self.size = size  # its events
         self.weight = max(size, 1)  # what it counts for against the read-ahead limit
 
+    def stream_done(self) -> None:
+        """One more of its streams has handled past its events; the last one completes the
+        batch (its lane may then pass it to the checkpoint)."""
+        self.remaining -= 1
+        if self.remaining == 0:
+            self.lane.complete(self)
+
 
 Schedule = Callable[[Batch, Sequence[Event]], None]
 """Takes a batch's events into the sink's streams, counting in ``remaining`` those it waits on."""

@@ -388,9 +388,7 @@ class StreamsSink:
         # The call took the whole buffer, so every batch waiting on the stream needs a position
         # it handled: all of them are released, and the stream can be forgotten.
         for batch, _ in stream.pending:
-            batch.remaining -= 1
-            if batch.remaining == 0:
-                batch.lane.complete(batch)
+            batch.stream_done()
         stream.pending.clear()
         if self._streams.get(stream.name) is stream:
             del self._streams[stream.name]
@@ -483,9 +481,7 @@ class StreamsSink:
         stream.buffer, stream.phase = [], HELD
         pending, stream.pending = stream.pending, []
         for batch, _ in pending:
-            batch.remaining -= 1
-            if batch.remaining == 0:
-                batch.lane.complete(batch)
+            batch.stream_done()
         if self._streams.get(stream.name) is stream:
             del self._streams[stream.name]
 
@@ -544,7 +540,5 @@ class StreamsSink:
             if needed >= handled_below:
                 break
             released += 1
-            batch.remaining -= 1
-            if batch.remaining == 0:
-                batch.lane.complete(batch)
+            batch.stream_done()
         del pending[:released]

@@ -191,26 +191,20 @@ class ElasticMember:
 
     async def __aenter__(self) -> Self:
         conn = await self._connect()
-        try:
+        async with database.closed_on_failure(
+            conn, f"closing the connection of {self.identity.member_id}"
+        ):
             await buckets.register(conn, self.group, self.buckets)
             await self._renew(conn)
-        except BaseException:
-            with cleanup.shielded(
-                f"closing the connection of {self.identity.member_id}", cleanup.LEASE_RELEASE
-            ):
-                await conn.close()
-            raise
         self._conn = conn
         return self
 
     async def _connect(self) -> Connection:
-        conn = await database.connect(
+        return await database.own_session(
             self._url,
             connect_timeout=self._connect_timeout,
             application_name=f"projector {self.identity.member_id}",
         )
-        await conn.set_autocommit(True)
-        return conn
 
     async def __aexit__(
         self,

@@ -15,10 +15,10 @@ from __future__ import annotations
 
 import logging
 from collections import OrderedDict
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from types import TracebackType
-from typing import Self
+from typing import Self, TypeVar
 
 import anyio
 
@@ -31,6 +31,7 @@ from projector.storage.stream_positions import NO_ROW, Session, Transactions
 from projector.storage.versions import begin_statement
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 MAX_KNOWN_POSITIONS = 100_000  # streams whose recorded position a runner remembers
 
@@ -110,6 +111,28 @@ class Transactional:
         finally:
             self._opened = None
 
+    async def _once_more_if_moved(
+        self,
+        call: Callable[[bool], Awaitable[T]],
+        what: str,
+        fields: dict[str, object],
+    ) -> T:
+        """``call(True)``, trusting the positions this runner remembers; if a position moved
+        meanwhile (another runner recorded the stream's events), ``call(False)``: once more
+        from the rows, under their locks. (A call that read the rows already can find one
+        moved only if it had none: another runner recorded the stream's first events
+        meanwhile, and now there is a row to lock.)"""
+        try:
+            return await call(True)
+        except PositionMovedError as moved:
+            logger.warning(
+                "%s: %s; reading again",
+                what,
+                moved,
+                extra={"action": "stream_position_moved", "group": self._group, **fields},
+            )
+            return await call(False)
+
     @asynccontextmanager
     async def _session(self) -> AsyncIterator[Session]:
         """A session for one call, kept for the next after a clean end or a failure (rolled
@@ -160,23 +183,11 @@ class ExactlyOnce(Transactional):
 
     async def handle(self, stream_name: str, events: list[Event]) -> int:
         hint = self._known.take(stream_name)  # put back only after a clean end
-        try:
-            return await self._call(stream_name, events, hint)
-        except PositionMovedError as moved:
-            # Once more from the row, under its lock. (A call that read the row already can
-            # find it moved only if it had none: another runner recorded the stream's first
-            # events meanwhile, and now there is a row to lock.)
-            logger.warning(
-                "%s: %s; reading it again",
-                stream_name,
-                moved,
-                extra={
-                    "action": "stream_position_moved",
-                    "group": self._group,
-                    "stream": stream_name,
-                },
-            )
-            return await self._call(stream_name, events, None)
+
+        async def call(trusting: bool) -> int:
+            return await self._call(stream_name, events, hint if trusting else None)
+
+        return await self._once_more_if_moved(call, stream_name, {"stream": stream_name})
 
     async def _call(self, stream_name: str, events: list[Event], hint: int | None) -> int:
         async with self._session() as session:

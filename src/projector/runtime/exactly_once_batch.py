@@ -22,16 +22,11 @@ batch (after a crash, or a commit whose outcome was lost) changes nothing twice.
 
 from __future__ import annotations
 
-import logging
-
-from projector.errors import PositionMovedError
 from projector.model.events import Event
 from projector.model.projection import Spans
 from projector.runtime.exactly_once import Transactional
 from projector.storage import database
 from projector.storage.stream_positions import Session
-
-logger = logging.getLogger(__name__)
 
 
 class ExactlyOnceBatch(Transactional):
@@ -42,20 +37,12 @@ class ExactlyOnceBatch(Transactional):
         """Apply the spans' events not applied yet, in one transaction; each stream's next
         position to expect."""
         hints = {name: self._known.take(name) for name in spans}  # put back after a clean end
-        try:
-            return await self._call(spans, hints)
-        except PositionMovedError as moved:
-            logger.warning(
-                "a batch of %d streams: %s; reading them again",
-                len(spans),
-                moved,
-                extra={
-                    "action": "stream_position_moved",
-                    "group": self._group,
-                    "streams": len(spans),
-                },
-            )
-            return await self._call(spans, dict.fromkeys(spans))
+
+        async def call(trusting: bool) -> dict[str, int]:
+            return await self._call(spans, hints if trusting else dict.fromkeys(spans))
+
+        what = f"a batch of {len(spans)} streams"
+        return await self._once_more_if_moved(call, what, {"streams": len(spans)})
 
     async def _call(self, spans: Spans, hints: dict[str, int | None]) -> dict[str, int]:
         async with self._session() as session:

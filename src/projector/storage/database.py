@@ -50,6 +50,7 @@ from psycopg.waiting import Ready, Wait
 from psycopg_pool import AsyncConnectionPool, PoolClosed, PoolTimeout, TooManyRequests
 from psycopg_pool.pool_async import AddConnection, MaintenanceTask
 
+from projector import cleanup
 from projector.errors import (
     DatabaseError,
     DatabaseLoginError,
@@ -370,6 +371,27 @@ async def take(pool: Pool, *, doing: str) -> Connection:
         return await pool.getconn()
     except _POOL_ERRORS as exc:
         raise unavailable_during(doing, exc) from exc
+
+
+async def own_session(url: str, *, connect_timeout: float, application_name: str) -> Connection:
+    """A connection of its own, in autocommit, for what lives on one session (a member's lock,
+    an elastic membership); its application name says whose it is in pg_stat_activity."""
+    conn = await connect(url, connect_timeout=connect_timeout, application_name=application_name)
+    async with closed_on_failure(conn, f"closing the session of {application_name}"):
+        await conn.set_autocommit(True)
+    return conn
+
+
+@asynccontextmanager
+async def closed_on_failure(conn: Connection, doing: str) -> AsyncIterator[Connection]:
+    """``conn``, closed (shielded, time-boxed) if the block fails, so that a session set up
+    halfway is not left open; the failure goes on."""
+    try:
+        yield conn
+    except BaseException:
+        with cleanup.shielded(doing, cleanup.LEASE_RELEASE):
+            await conn.close()
+        raise
 
 
 async def probe(url: str, *, connect_timeout: float) -> None:

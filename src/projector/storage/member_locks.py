@@ -166,17 +166,13 @@ class MemberLock:
 
     async def _connect(self) -> Connection:
         application = f"projector {self.name} {socket.gethostname()} pid {os.getpid()}"
-        conn = await database.connect(
+        conn = await database.own_session(
             self._url, connect_timeout=self._connect_timeout, application_name=application
         )
-        await conn.set_autocommit(True)
         if conn.info.server_version >= IDLE_SESSION_TIMEOUT_SINCE:
-            try:
+            async with database.closed_on_failure(conn, f"closing {self.name}'s lock session"):
                 ms = str(max(1, round(self._lease_timeout * 1000)))
                 await conn.execute(SET_LEASE_TIMEOUT, {"ms": ms})
-            except DatabaseUnavailableError:
-                await conn.close()
-                raise
         return conn
 
     async def __aexit__(
