@@ -1,4 +1,5 @@
-"""A runner writes its held streams' rows only while it holds the right to project them.
+"""A runner reads and writes the held-stream rows of its own share only, and writes them only
+while it holds the right to project them.
 
 Found by the random fault suite: a fixed member whose lock session had been cut (a "zombie",
 until its next check of the session) replayed a held stream and deleted its row, while the
@@ -100,3 +101,31 @@ async def test_an_elastic_tenure_writes_held_rows_only_for_buckets_it_still_hold
         with pytest.raises(LeaseLostError):
             await mine.release(row)
         assert await _rows(url) == [(STREAM, 3)]
+
+
+async def test_each_runner_looks_at_the_held_rows_of_its_own_share_only(
+    own_store_url: str,
+) -> None:
+    """The look filters rows by the same ownership rule as every read (in SQL): each member
+    of a group of 2 sees its own streams' rows, a plain group all of them, id-less names
+    included, and an elastic share the rows of its buckets."""
+    url = own_store_url
+    names = [f"account-{i}" for i in range(12)] + ["account"]
+    async with database.open_pool(url, max_size=2) as pool:
+        every = HeldStreams(pool, GROUP)
+        for index, name in enumerate(names):
+            first = event("Deposited", stream=name, position=index, global_position=index + 1)
+            await every.hold(name, first, RuntimeError("refused"), attempts=1, retry_in=60)
+
+        async def seen(share: Share) -> set[str]:
+            look = await HeldStreams(pool, GROUP, share).look()
+            return {held.stream_name for held in look.streams}
+
+        assert await seen(Share.member(0, 1)) == set(names)
+        halves = [await seen(Share.member(member, 2)) for member in (0, 1)]
+        assert halves[0] | halves[1] == set(names) - {"account"}
+        assert not halves[0] & halves[1]
+        for member, half in enumerate(halves):
+            assert half == {n for n in names if consumer_group_member(n, 2) == member}
+        buckets_seen = await seen(Share.buckets({1, 3}, 4))
+        assert buckets_seen == {n for n in names if consumer_group_member(n, 4) in {1, 3}}

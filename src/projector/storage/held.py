@@ -27,6 +27,7 @@ from projector.errors import ConfigurationError, LeaseLostError
 from projector.model.events import Event, category, consumer_group_member, validate_group
 from projector.model.share import EVERY_STREAM, Share
 from projector.storage.database import Connection, Pool, pooled
+from projector.storage.message_store import MEMBER_READS
 
 
 class HeldState(enum.StrEnum):
@@ -80,12 +81,14 @@ WHERE %(group)s::text IS NULL OR group_name = %(group)s
 ORDER BY group_name, held_at
 """
 
-# With the server's clock, which next_attempt_at was set by: one row of NULLs when none.
-OF_GROUP = """
+# A runner's own rows (its share's, by the ownership rule every read uses), with the
+# server's clock, which next_attempt_at was set by: one row of NULLs when there are none.
+OF_SHARE = f"""
 SELECT now(), h.group_name, h.stream_name, h.category, h.position, h.global_position,
     h.event_id, h.event_type, h.error, h.traceback, h.attempts, h.state, h.held_at, h.failed_at,
     h.next_attempt_at, h.retry_requested_at
-FROM (SELECT) AS server LEFT JOIN projector.held_streams AS h ON h.group_name = %(group)s
+FROM (SELECT) AS server LEFT JOIN projector.held_streams AS h
+    ON h.group_name = %(group)s AND {MEMBER_READS}
 """
 
 ONE = f"""
@@ -242,16 +245,17 @@ class HeldStreams:
         self._share = share
         self._fence: Fence = fence or NoFence()
 
-    def owns(self, stream_name: str) -> bool:
-        return self._share.owns(stream_name)
-
     async def look(self) -> Look:
         """Every held stream this runner owns, with the server's time."""
+        params = {
+            "group": self._group,
+            "size": self._share.size,
+            "owned": sorted(self._share.owned),
+        }
         async with pooled(self._pool, doing="reading held streams") as conn:
-            cursor = await conn.execute(OF_GROUP, {"group": self._group})
+            cursor = await conn.execute(OF_SHARE, params)
             rows = await cursor.fetchall()
-        streams = [HeldStream.of_row(row[1:]) for row in rows if row[1] is not None]
-        return Look(rows[0][0], [held for held in streams if self.owns(held.stream_name)])
+        return Look(rows[0][0], [HeldStream.of_row(row[1:]) for row in rows if row[1] is not None])
 
     async def hold(
         self,
