@@ -214,12 +214,22 @@ class LocalCluster:
         """Stop the server, cutting sessions short (``-m fast``; ``immediate`` skips the clean
         shutdown, as a crash would, and the next start recovers); a stopped one is left so,
         and so is a server this launcher did not make."""
-        if self.made_here and self.running_port() is not None:
+        # A server still shutting down (a fast stop that outlasted pg_ctl's wait) is not ready
+        # but is running: an immediate stop must still reach it.
+        if self.made_here and self._postmaster_alive():
             result = self._pg_ctl("stop", "-m", mode)
             if result.returncode != 0:
                 raise ConfigurationError(
                     f"pg_ctl could not stop the server in {self.data_dir}: {_tail(result.stderr)}"
                 )
+
+    def _postmaster_alive(self) -> bool:
+        """Whether a postmaster of this data folder's runs, ready or not (starting, stopping)."""
+        try:
+            pid = int((self.data_dir / "postmaster.pid").read_text().splitlines()[0])
+        except (FileNotFoundError, IndexError, ValueError):
+            return False
+        return _alive(pid)
 
     def running_port(self) -> int | None:
         """The port of a live, ready server on this data folder; None when none runs.
