@@ -125,6 +125,21 @@ async def test_a_read_batch_is_one_call_with_each_streams_span_grouped_once() ->
     assert done.order == [0]
 
 
+async def test_a_spans_events_reordered_or_repeated_in_a_batch_reach_the_call_in_order_once() -> (
+    None
+):
+    handler = BatchHandler()
+    done = Completions()
+    async with batch_sink(handler) as sink:
+        lane = sink.lane("l", done)
+        batch = [ev("a-1", 2), ev("b-1", 0), ev("a-1", 0), ev("a-1", 2), ev("a-1", 1)]
+        await done.submit(lane, 0, batch)
+        await lane.wait_empty()
+
+    assert handler.calls == [{"a-1": [0, 1, 2], "b-1": [0]}]
+    assert done.order == [0]
+
+
 async def test_a_call_holds_at_most_max_streams_and_the_rest_join_the_next_call() -> None:
     handler = BatchHandler()
     async with batch_sink(handler, max_streams=2) as sink:

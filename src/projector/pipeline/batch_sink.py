@@ -37,7 +37,6 @@ from projector.pipeline.streams import (
     StreamState,
     TroubledStream,
     by_stream,
-    in_order,
 )
 
 Outcomes = dict[str, "int | Exception"]
@@ -110,16 +109,21 @@ class BatchesSink(StreamsSink):
     # -- scheduling -------------------------------------------------------------------------
 
     def _schedule(self, batch: Batch, events: Sequence[Event]) -> None:
+        fresh = by_stream(events)
         streams, held, hints, in_calls = self._streams, self._held, self._skip_hints, self._in_calls
-        fresh: dict[str, list[Event]] = {}
+        # The streams that have state, or are held: found with set operations, which cost far
+        # less than a look per stream; in a catch-up they are few or none.
+        names = fresh.keys()
+        special = (names & streams.keys()) if streams else set()
+        for among in (held, in_calls.keys(), hints.keys()):
+            if among:
+                special |= names & among
         waiting = 0
-        for name, span in by_stream(events).items():
+        for name in [name for name in fresh if name in special] if special else ():
+            span = fresh.pop(name)
             if name in held:
                 continue
             stream = streams.get(name)
-            if stream is None and name not in in_calls and not (hints and name in hints):
-                fresh[name] = in_order(span)
-                continue
             if stream is None:
                 stream = streams[name] = StreamState(name)
                 if name in in_calls:
@@ -269,13 +273,28 @@ class BatchesSink(StreamsSink):
         their own since: the hot path of a catch-up, kept flat); the others the per-stream way,
         with the unit's batch waiting on them too. Then the unit's batch is done with it."""
         in_calls, streams, held, hook = self._in_calls, self._streams, self._held, self._call_hook
+        spans = unit.spans
+        # Each of the unit's streams is in `_in_calls`, for this unit alone (a stream goes to a
+        # unit only when it is in none): when the counts agree, there is nothing else there.
+        if len(in_calls) == len(spans):
+            in_calls.clear()
+        else:
+            for name in spans:
+                del in_calls[name]
+        names = spans.keys()
+        special = (names & outcomes.keys()) if outcomes else set()
+        for among in (held, streams.keys()):
+            if among:
+                special |= names & among
+        if hook is None and not special:
+            # Every stream handled all of its span and has no state of its own.
+            self._unit_done(unit, sum(map(len, spans.values())), len(spans))
+            return
         handled = in_place = 0
-        for name, events in unit.spans.items():
+        for name, events in spans.items():
             outcome: int | Exception | None = outcomes.get(name)
             if hook is not None:
                 outcome = self._outcome(outcomes, name, events, elapsed)
-            if in_calls.get(name) is unit:
-                del in_calls[name]
             if name in held:
                 in_place += 1  # held meanwhile: what it left is dropped
                 continue
@@ -292,6 +311,11 @@ class BatchesSink(StreamsSink):
             stream.pending.insert(0, (unit.batch, events[-1].position))
             unit.batch.remaining += 1
             self._settle_stream(stream, events, outcome, failed)
+        self._unit_done(unit, handled, in_place)
+
+    def _unit_done(self, unit: Unit, handled: int, in_place: int) -> None:
+        """The unit's batch is done with it: ``in_place`` of its streams are settled, having
+        handled ``handled`` events (the others went the per-stream way)."""
         self._handled += handled
         self._busy -= in_place
         if self._busy == 0 and self._stopping:

@@ -58,7 +58,6 @@ from projector.pipeline.streams import (
     StreamState,
     TroubledStream,
     by_stream,
-    in_order,
     merge,
 )
 
@@ -256,7 +255,6 @@ class StreamsSink:
                 # stream never has state (holding drops it; `rejoining` takes it out of `_held`).
                 if name in held:
                     continue
-                span = in_order(span)
                 stream = streams[name] = StreamState(name, span, [(batch, span[-1].position)])
                 waiting += 1
                 if not self._stopping:

@@ -112,14 +112,22 @@ class TroubledStream:
 
 
 def by_stream(events: Sequence[Event]) -> dict[str, list[Event]]:
-    """A batch's events grouped by stream, streams in order of their first event."""
+    """A batch's events grouped by stream, streams in order of their first event, each span in
+    stream order without duplicates (a read in global order already is: the check is one
+    comparison per event after a stream's first)."""
     spans: dict[str, list[Event]] = {}
+    disordered: list[str] = []
     for event in events:
-        span = spans.get(event.stream_name)
+        name = event.stream_name
+        span = spans.get(name)
         if span is None:
-            spans[event.stream_name] = [event]
+            spans[name] = [event]
         else:
+            if event.position <= span[-1].position:
+                disordered.append(name)
             span.append(event)
+    for name in disordered:
+        spans[name] = merge([], spans[name])
     return spans
 
 
