@@ -405,10 +405,11 @@ async def _member_read(store: MessageStore, batch_size: int) -> list[Event]:
     position = 1
     while True:
         read = await store.read_category(CATEGORY, position, batch_size)
-        if not read.events:
+        found = await read.load()
+        if not found:
             return events
         assert read.resume_at > position
-        events.extend(read.events)
+        events.extend(found)
         position = read.resume_at
 
 

@@ -165,7 +165,7 @@ async def _read_all(store: MessageStore, position: int = 1) -> list[tuple[str, i
     found: list[tuple[str, int]] = []
     while True:
         read = await store.read_category(CATEGORY, position, 7)
-        found.extend((event.stream_name, event.global_position) for event in read.events)
+        found.extend((event.stream_name, event.global_position) for event in await read.load())
         if read.resume_at == position:
             return found
         position = read.resume_at

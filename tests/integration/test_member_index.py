@@ -38,7 +38,7 @@ async def _member_reads(url: str, member: int) -> list[tuple[str, int, int]]:
         position = 1
         while True:
             read = await store.read_category(CATEGORY, position, 7)
-            found += [(e.stream_name, e.position, e.global_position) for e in read.events]
+            found += [(e.stream_name, e.position, e.global_position) for e in await read.load()]
             if read.resume_at == position:
                 return found
             position = read.resume_at

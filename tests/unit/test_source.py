@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import UTC, datetime
+from functools import partial
 
 import anyio
 import pytest
@@ -58,9 +59,7 @@ def source(store: Store, sink: Sink, **overrides: object) -> CategorySource:
     return CategorySource(store, sink, "invoice", **options)  # type: ignore[arg-type]
 
 
-async def test_a_catch_up_reads_batch_after_batch_without_sleeping_and_stops_at_the_tail() -> (
-    None
-):
+async def test_a_catch_up_reads_batch_after_batch_without_sleeping_and_stops_at_the_tail() -> None:
     store = Store(Read(events_at(1, 2), 3), Read(events_at(3), 4))
     sink = Sink()
 
@@ -119,3 +118,43 @@ async def test_an_outage_past_the_limit_ends_the_source() -> None:
 
     with anyio.fail_after(TIMEOUT), pytest.raises(DatabaseUnavailableError, match="outage_limit"):
         await source(store, Sink(), outage_limit=0.01).run(stop_at_tail=True)
+
+
+class BlockingSink(Sink):
+    """A sink whose ``submit`` waits until released: a read-ahead limit that is full."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.release = anyio.Event()
+
+    async def submit(self, events: Sequence[Event], position: int) -> None:
+        await self.release.wait()
+        await super().submit(events, position)
+
+
+async def test_the_next_read_is_on_its_way_while_the_sink_takes_the_last_batch() -> None:
+    store = Store(Read(events_at(1, 2), 3), Read(events_at(3, 4), 5))
+    sink = BlockingSink()
+
+    with anyio.fail_after(TIMEOUT):
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(partial(source(store, sink).run, stop_at_tail=True))
+            await anyio.wait_all_tasks_blocked()
+            # The first batch waits for the sink, and the server already has the next read;
+            # but only one: what is read waits in memory for the sink, not batch after batch.
+            assert store.reads == [(1, 2), (3, 2)]
+            assert sink.batches == []
+            sink.release.set()
+
+    assert sink.batches == [([1, 2], 3), ([3, 4], 5)]
+    assert store.reads == [(1, 2), (3, 2), (5, 2)]
+
+
+async def test_a_read_ahead_that_fails_ends_the_source_with_its_own_error_once_reached() -> None:
+    store = Store(Read(events_at(1, 2), 3), ValueError("malformed row"))
+    sink = Sink()
+
+    with anyio.fail_after(TIMEOUT), pytest.raises(ValueError, match="malformed row"):
+        await source(store, sink).run(stop_at_tail=True)
+
+    assert sink.batches == [([1, 2], 3)]  # what was read before it went to the sink

@@ -11,7 +11,7 @@ import hashlib
 import json
 import re
 import uuid
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Any
 
@@ -28,6 +28,7 @@ FIRST_POSITION = 1  # Message DB's global positions start at 1
 MAX_POSITION = 2**63 - 1  # positions are bigint
 # Members of a fixed group: each holds an advisory lock, and administration takes them all.
 MAX_GROUP_SIZE = 10_000
+
 
 def category(stream_name: str) -> str:
     """The category of a stream: everything before the first ``-``."""
@@ -197,11 +198,39 @@ def _decode(text: str | None) -> Any:
     return json.loads(text)
 
 
-@dataclass(frozen=True, slots=True)
 class Read:
-    """One read: the events found, and ``resume_at``, the global position the next read starts
-    from (past the events, and past rows of other members the read went over). A "next
-    position" elsewhere is always a stream position."""
+    """One read of a category: its events, and ``resume_at``, the global position the next read
+    starts from (past the events, and past rows of other members the read went over). A "next
+    position" elsewhere is always a stream position.
 
-    events: list[Event]
-    resume_at: int
+    A store's read knows ``resume_at``, and whether it ``found`` rows at all, as soon as the
+    rows are in, before any of them is made into an `Event`: `load` does that, so that a source
+    can send its next read first (see `projector.pipeline.source`).
+    """
+
+    __slots__ = ("_events", "_load", "found", "resume_at")
+
+    def __init__(self, events: list[Event], resume_at: int) -> None:
+        self._events: list[Event] | None = events
+        self._load: Callable[[], Awaitable[list[Event]]] | None = None
+        self.resume_at = resume_at
+        self.found = bool(events)
+
+    @classmethod
+    def loading(cls, load: Callable[[], Awaitable[list[Event]]], resume_at: int) -> Read:
+        """A read that found rows, whose events ``load`` makes from them (already in memory)
+        when asked."""
+        read = cls([], resume_at)
+        read._events, read._load, read.found = None, load, True
+        return read
+
+    async def load(self) -> list[Event]:
+        """The read's events (made from its rows the first time)."""
+        if self._events is None:
+            assert self._load is not None
+            self._events, self._load = await self._load(), None
+        return self._events
+
+    def __repr__(self) -> str:
+        events = "not loaded" if self._events is None else f"{len(self._events)} events"
+        return f"Read({events}, resume_at={self.resume_at})"

@@ -18,11 +18,12 @@ import json
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import partial
 from itertools import starmap
 from typing import Any, LiteralString
 
+from psycopg import AsyncCursor, sql
 from psycopg import errors as pg_errors
-from psycopg import sql
 
 from projector.errors import MessageStoreError, SchemaMissingError, WrongExpectedVersionError
 from projector.model.events import Event, Read
@@ -253,53 +254,60 @@ class MessageStore:
 
     async def read_category(self, category: str, position: int, batch_size: int) -> Read:
         """Up to ``batch_size`` events of ``category`` (of this share's streams) from global
-        ``position`` on, in global order."""
-        if self._share.size == 1:
-            params = {"category": category, "position": position, "batch_size": batch_size}
-            events = list(starmap(Event, await self._fetch(READ_CATEGORY, params)))
-            return Read(events, events[-1].global_position + 1 if events else position)
+        ``position`` on, in global order; made into events by `Read.load`."""
         params = {"category": category, "position": position, "batch_size": batch_size}
+        if self._share.size == 1:
+            rows = await self._rows(READ_CATEGORY, params)
+            if not rows.count:
+                return Read([], position)
+            last = await rows.at(rows.count - 1)
+            return Read.loading(partial(_events, rows, 0), last[0] + 1)
         if self._single is not None:
             params["member"] = self._single
         else:
             params["low"], params["high"] = self._range
-        read = await self._read_partition(self._statement, params, position, batch_size)
-        if self._exact and position >= self._highest.get(category, 0):
-            return read  # every row read is of an owned partition, past its start
-        starts = self._starts.get(category, {})
-        kept = [
-            event
-            for event in read.events
-            if (part := self._share.partition_of(event.stream_name)) is not None
-            and part in self._share.owned
-            and event.global_position >= starts.get(part, 0)
-        ]
-        return Read(kept, read.resume_at)
+        rows = await self._rows(self._statement, params)
+        return await self._read_partition(rows, category, position, batch_size)
 
     async def _read_partition(
-        self, statement: LiteralString, params: dict[str, object], position: int, batch_size: int
+        self, rows: _Rows, category: str, position: int, batch_size: int
     ) -> Read:
-        """A read of part of a category that also returns the category's head (`_READ_MEMBER`)."""
-        rows = await self._fetch(statement, params)
-        head = rows[0][0]
-        events = [Event(*row[1:]) for row in rows if row[1] is not None]
-        if len(events) == batch_size:
-            return Read(events, events[-1].global_position + 1)
-        # A short read scanned the whole category up to the head of its snapshot.
-        return Read(events, position if head is None else max(position, head + 1))
+        """A read of part of a category, whose rows start with the category's head
+        (`_READ_MEMBER`; a row of nulls after it when the read found none of the part's)."""
+        head, first = (await rows.at(0))[:2]
+        found = 0 if first is None else rows.count
+        if found == batch_size:
+            resume_at = (await rows.at(found - 1))[1] + 1
+        else:
+            # A short read scanned the whole category up to the head of its snapshot.
+            resume_at = position if head is None else max(position, head + 1)
+        if not found:
+            return Read([], resume_at)
+        if self._exact and position >= self._highest.get(category, 0):
+            # every row read is of an owned partition, past its start
+            return Read.loading(partial(_events, rows, 1), resume_at)
+        return Read.loading(partial(self._kept, rows, category), resume_at)
+
+    async def _kept(self, rows: _Rows, category: str) -> list[Event]:
+        """The events of the rows that are of an owned partition, past its start."""
+        starts, share = self._starts.get(category, {}), self._share
+        return [
+            event
+            for event in await _events(rows, 1)
+            if (part := share.partition_of(event.stream_name)) is not None
+            and part in share.owned
+            and event.global_position >= starts.get(part, 0)
+        ]
 
     async def read_stream(self, stream_name: str, position: int, batch_size: int) -> list[Event]:
         """Up to ``batch_size`` events of one stream from stream ``position`` on, in order."""
         params = {"stream_name": stream_name, "position": position, "batch_size": batch_size}
-        return [Event(*row) for row in await self._fetch(READ_STREAM, params)]
+        return await _events(await self._rows(READ_STREAM, params), 0)
 
-    async def _fetch(
-        self, query: LiteralString, params: dict[str, object]
-    ) -> list[tuple[Any, ...]]:
+    async def _rows(self, query: LiteralString, params: dict[str, object]) -> _Rows:
         async with database.pooled(self._pool, doing="reading the message store") as conn:
             # Binary results: integers and timestamps cost less to load than their text.
-            cursor = await conn.execute(query, params, binary=True)
-            return await cursor.fetchall()
+            return _Rows(await conn.execute(query, params, binary=True))
 
     async def category_head(self, category: str) -> int | None:
         """The last global position written to ``category``, or None when it is empty."""
@@ -365,6 +373,36 @@ async def global_position_of(conn: Connection, stream_name: str, position: int) 
     if row is None:
         raise MessageStoreError(f"{stream_name} has no message at position {position}")
     return int(row[0])
+
+
+class _Rows:
+    """A read's result, in memory once the statement returns (its connection back in the pool),
+    its rows made into Python values only as they are asked for."""
+
+    __slots__ = ("_cursor", "count")
+
+    def __init__(self, cursor: AsyncCursor[tuple[Any, ...]]) -> None:
+        self._cursor = cursor
+        self.count = cursor.rowcount
+
+    async def at(self, index: int) -> tuple[Any, ...]:
+        """Row ``index`` alone."""
+        await self._cursor.scroll(index, "absolute")
+        row = await self._cursor.fetchone()
+        assert row is not None
+        return row
+
+    async def all(self) -> list[tuple[Any, ...]]:
+        if self.count:  # back to the first, from wherever `at` left it
+            await self._cursor.scroll(0, "absolute")
+        return await self._cursor.fetchall()
+
+
+async def _events(rows: _Rows, skip: int) -> list[Event]:
+    """The rows as events, each row's first ``skip`` columns left out."""
+    if skip:
+        return [Event(*row[skip:]) for row in await rows.all() if row[skip] is not None]
+    return list(starmap(Event, await rows.all()))
 
 
 @dataclass(frozen=True, slots=True)
