@@ -27,7 +27,7 @@ from projector import Column, Event, GuardedUpsert, Projection
 from projector.process import backend_options, collect_garbage_less_often
 from projector.runner import Runner
 from projector.settings import Settings
-from projector.storage import member_index, notify
+from projector.storage import member_index, notify, read_models
 from projector.storage.database import SESSION_SETTINGS
 from projector.storage.message_store import READ_CATEGORY, read_member
 from projector.storage.stream_positions import BEGIN, ROLL_BACK, Session
@@ -355,9 +355,11 @@ async def _statements(
       statements around it: the streams' positions locked and read on first meeting, and all
       recorded in one compare-and-set statement before ``COMMIT; BEGIN``;
     - ``read_model_batch``: the `GuardedUpsert` statement of the same rows (one array element
-      per event, the batch's rows locked), then ``COMMIT; BEGIN``."""
+      per event; the server's form: a MERGE from PostgreSQL 15 on), then ``COMMIT; BEGIN``."""
     upsert_all = _upsert_statement(job.table, UPSERT_ALL)
-    guarded = guarded_upsert(job.table).statement
+    merging = conn.info.server_version >= read_models.MERGE_SINCE
+    upsert = guarded_upsert(job.table)
+    guarded = upsert.merge_statement if merging else upsert.statement
     session, known = Session(conn), dict[str, int]()
 
     async def timed(phase: str, statement: Awaitable[object]) -> None:
@@ -372,7 +374,8 @@ async def _statements(
         if job.handler == "batch":
             await timed("upsert", conn.execute(upsert_all, batch.rows))
         elif job.handler == "read_model_batch":
-            await timed("guarded_upsert", conn.execute(guarded, batch.events))
+            events = batch.events[:-1] if merging else batch.events  # MERGE needs no names
+            await timed("guarded_upsert", conn.execute(guarded, events))
             await timed("commit", session.commit())
         else:
             unknown = [name for name in names if name not in known]

@@ -6,13 +6,25 @@ checkpoints are reset leaves its read model equal to the fold. Written with the 
 
 from __future__ import annotations
 
+import anyio
+import psycopg
 import pytest
 
 from projector import Column, ConfigurationError, Event, GuardedUpsert, Projection
+from projector.storage import read_models
 from projector.storage.database import Connection
 from projector.testing import Database, assert_idempotent, call_handler, event, snapshot
 
 pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture(autouse=True, params=["merge", "upsert"])
+def statement(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Each test with both forms of the statement, on the same server: the MERGE of PostgreSQL
+    15 and later, and the locking upsert older servers get."""
+    if request.param == "upsert":
+        monkeypatch.setattr(read_models, "MERGE_SINCE", 10**9)
+    return str(request.param)
 
 TABLE = """
 CREATE TABLE totals (stream text PRIMARY KEY, position bigint NOT NULL, total bigint NOT NULL,
@@ -99,3 +111,61 @@ async def test_a_projection_whose_rows_hold_positions_applies_each_event_once_af
     assert read_model == snapshot(COLUMNS, [(f"account-{i}", 6, 210, 7, 6) for i in range(40)])
     assert await db.rows("SELECT count(*) AS n FROM projector.stream_positions") == [{"n": 0}]
     assert max(calls) > 1
+
+
+async def test_a_write_waiting_on_another_applies_only_what_the_other_did_not(
+    own_store_url: str, statement: str
+) -> None:
+    db = Database(own_store_url)
+    await db.execute(TABLE)
+    async with db.connect() as setup:
+        await UPSERT.execute(setup, {"s-1": at("s-1", range(2))})
+
+    async with db.connect() as first, db.connect() as second:
+        await first.execute("BEGIN")
+        await UPSERT.execute(first, {"s-1": at("s-1", range(2, 5))})
+        async with anyio.create_task_group() as tasks:
+            await second.execute("BEGIN")
+            tasks.start_soon(UPSERT.execute, second, {"s-1": at("s-1", range(3, 8))})
+            await anyio.sleep(0.2)  # the second waits for the first's row lock
+            await first.execute("COMMIT")
+        await second.execute("COMMIT")
+
+    assert await db.snapshot(TOTALS) == (
+        "stream | position | total | events | last_n\n"
+        "s-1    | 7        | 280   | 8      | 7\n"  # each of 0..7 once
+    )
+
+
+async def test_two_first_writes_of_a_stream_at_once_never_apply_an_event_twice(
+    own_store_url: str, statement: str
+) -> None:
+    if statement == "upsert":
+        pytest.skip("before PostgreSQL 15 the member's lock keeps first writes apart (see docs)")
+    db = Database(own_store_url)
+    await db.execute(TABLE)
+    second_failed: list[BaseException] = []
+
+    async def second_write(conn: Connection) -> None:
+        try:
+            await UPSERT.execute(conn, {"s-1": at("s-1", range(5))})
+        except psycopg.errors.UniqueViolation as exc:
+            second_failed.append(exc)
+
+    async with db.connect() as first, db.connect() as second:
+        await first.execute("BEGIN")
+        await UPSERT.execute(first, {"s-1": at("s-1", range(3))})
+        async with anyio.create_task_group() as tasks:
+            await second.execute("BEGIN")
+            tasks.start_soon(second_write, second)
+            await anyio.sleep(0.2)
+            await first.execute("COMMIT")
+        await second.execute("ROLLBACK")
+        # The second fails on the key; tried again, it sees the first's row.
+        assert len(second_failed) == 1
+        await UPSERT.execute(second, {"s-1": at("s-1", range(5))})
+
+    assert await db.snapshot(TOTALS) == (
+        "stream | position | total | events | last_n\n"
+        "s-1    | 4        | 100   | 5      | 4\n"  # each of 0..4 once
+    )
