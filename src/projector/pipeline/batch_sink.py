@@ -286,8 +286,11 @@ class BatchesSink(StreamsSink):
         for among in (held, streams.keys()):
             if among:
                 special |= names & among
-        if hook is None and not special:
+        if not special:
             # Every stream handled all of its span and has no state of its own.
+            if hook is not None:
+                for name, events in spans.items():
+                    hook(name, len(events), elapsed, None)
             self._unit_done(unit, sum(map(len, spans.values())), len(spans))
             return
         handled = in_place = 0
