@@ -13,9 +13,8 @@ lookup per update, several microseconds, which a per-call update would pay on th
 from __future__ import annotations
 
 from bisect import bisect_left
-from collections import defaultdict
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from itertools import accumulate
 from typing import Protocol
 
@@ -95,7 +94,7 @@ class Metrics(Observer):
             by_category,
             registry=self.registry,
         )
-        self._calls = _Calls()
+        self._calls: dict[str, _CategoryCalls] = {}
         self.registry.register(_CallCollector(group, self._calls))
         self._failures = Counter(
             "projector_handler_failures",
@@ -142,9 +141,14 @@ class Metrics(Observer):
         self, stream_name: str, count: int, seconds: float, error: BaseException | None
     ) -> None:
         name = category(stream_name)
-        self._calls.durations[name].observe(seconds)
+        calls = self._calls.get(name)
+        if calls is None:
+            calls = self._calls[name] = _CategoryCalls()
+        # Most calls of a catch-up take less than the first bound: no search for them.
+        calls.counts[0 if seconds <= FIRST_BOUND else bisect_left(HANDLER_BUCKETS, seconds)] += 1
+        calls.total += seconds
         if error is None:
-            self._calls.handled[name] += count
+            calls.handled += count
         else:
             self._failures.labels(self.group, name, failure_kind(error)).inc()
 
@@ -158,34 +162,26 @@ class Metrics(Observer):
         self._outage_seconds.labels(self.group).inc(seconds)
 
 
-class _Durations:
-    """A histogram of one category's handler calls: counts per bucket (not cumulative), with
-    the last for calls longer than every bound."""
+class _CategoryCalls:
+    """One category's handler calls: a histogram of their durations, as counts per bucket (not
+    cumulative, the last for calls longer than every bound), and the events of those that
+    succeeded."""
 
-    __slots__ = ("counts", "total")
+    __slots__ = ("counts", "handled", "total")
 
     def __init__(self) -> None:
         self.counts = [0] * (len(HANDLER_BUCKETS) + 1)
         self.total = 0.0
-
-    def observe(self, seconds: float) -> None:
-        # The first bound at or above it: Prometheus buckets count observations <= le.
-        self.counts[bisect_left(HANDLER_BUCKETS, seconds)] += 1
-        self.total += seconds
+        self.handled = 0
 
 
-@dataclass
-class _Calls:
-    """Handler calls by category: their durations, and the events of those that succeeded."""
-
-    durations: defaultdict[str, _Durations] = field(default_factory=lambda: defaultdict(_Durations))
-    handled: defaultdict[str, int] = field(default_factory=lambda: defaultdict(int))
+FIRST_BOUND = HANDLER_BUCKETS[0]
 
 
 class _CallCollector(Collector):
     """The per-call counts, as Prometheus metrics, at each scrape."""
 
-    def __init__(self, group: str, calls: _Calls) -> None:
+    def __init__(self, group: str, calls: dict[str, _CategoryCalls]) -> None:
         self._group = group
         self._calls = calls
 
@@ -195,18 +191,17 @@ class _CallCollector(Collector):
             "Events given to handler calls that returned without error",
             labels=("group", "category"),
         )
-        for name, events in list(self._calls.handled.items()):
-            handled.add_metric((self._group, name), events)
         duration = HistogramMetricFamily(
             "projector_handler_duration_seconds",
             "Duration of handler calls, failed ones included",
             labels=("group", "category"),
         )
         bounds = [*map(floatToGoString, HANDLER_BUCKETS), "+Inf"]
-        for name, durations in list(self._calls.durations.items()):
-            cumulative = list(accumulate(durations.counts))
+        for name, calls in list(self._calls.items()):
+            handled.add_metric((self._group, name), calls.handled)
+            cumulative = list(accumulate(calls.counts))
             duration.add_metric(
-                (self._group, name), list(zip(bounds, cumulative, strict=True)), durations.total
+                (self._group, name), list(zip(bounds, cumulative, strict=True)), calls.total
             )
         return (handled, duration)
 
