@@ -88,17 +88,14 @@ class GuardedUpsert:
 
     async def execute(self, conn: Connection, spans: Mapping[str, list[Event]]) -> None:
         """Write ``spans`` (each stream's events in stream order) in one statement."""
-        names = list(self.add) + list(self.latest)
-        columns = {**self.add, **self.latest}
-        streams: list[str] = []
-        positions: list[int] = []
-        values: list[list[object]] = [[] for _ in names]
-        for stream_name, events in spans.items():
-            for event in events:
-                streams.append(stream_name)
-                positions.append(event.position)
-                for index, name in enumerate(names):
-                    values[index].append(columns[name].value(event))
+        # One array element per event, each column's built by one `map` over all the events.
+        events = [event for span in spans.values() for event in span]
+        streams = [name for name, span in spans.items() for _ in span]
+        positions = [event.position for event in events]
+        values = [
+            list(map(column.value, events))
+            for column in (*self.add.values(), *self.latest.values())
+        ]
         if conn.info.server_version >= MERGE_SINCE:
             await conn.execute(self.merge_statement, [streams, positions, *values])
         else:
