@@ -9,6 +9,7 @@ writers write with ``write_message``, faults are signals, ``pg_ctl`` and
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -85,6 +86,8 @@ class Server:
     url: str
     # Fast shutdowns that outlasted pg_ctl's wait, each with the server log's last lines.
     slow_stops: list[str] = field(default_factory=list)
+    # Immediate stops that outlasted it too: what the server's processes were doing.
+    hung_stops: list[str] = field(default_factory=list)
 
     @classmethod
     def install(cls, cluster: LocalCluster, scripts: Path) -> Server:
@@ -118,7 +121,12 @@ class Server:
             # A fast shutdown waits for every session to end and for a checkpoint: on a loaded
             # machine that can outlast pg_ctl's minute. A supervisor would then kill it.
             self.slow_stops.append(self.cluster.log_file.read_text(errors="replace")[-2000:])
-            self.cluster.stop(mode="immediate")
+            try:
+                self.cluster.stop(mode="immediate")
+            except ConfigurationError:
+                # Not even that ended it (seen once, 2026-12-07): a supervisor's last resort,
+                # SIGKILL to every process of the server, keeping what they were doing.
+                self.hung_stops.append(_kill_server(self.cluster.data_dir))
         time.sleep(down_for)
         self.cluster.start()
 
@@ -133,6 +141,46 @@ class Server:
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(0.2)
+
+
+def _kill_server(data_dir: Path) -> str:
+    """SIGKILL the postmaster of ``data_dir`` and its children; what each was doing before
+    (state, kernel wait channel, command line), one line each."""
+    try:
+        postmaster = int((data_dir / "postmaster.pid").read_text().splitlines()[0])
+    except (FileNotFoundError, IndexError, ValueError):
+        return "no postmaster.pid"
+    pids = [postmaster, *_children(postmaster)]
+    seen = [_process_line(pid) for pid in pids]
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while any(Path(f"/proc/{pid}").exists() for pid in pids) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return "\n".join(seen)
+
+
+def _children(parent: int) -> list[int]:
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            # The fields after the command's closing parenthesis: state, then the parent.
+            fields = stat.read_text().rpartition(")")[2].split()
+            if int(fields[1]) == parent:
+                found.append(int(stat.parent.name))
+    return found
+
+
+def _process_line(pid: int) -> str:
+    proc = Path(f"/proc/{pid}")
+    try:
+        state = (proc / "stat").read_text().rpartition(")")[2].split()[0]
+        wchan = (proc / "wchan").read_text()
+        command = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return f"{pid}: gone"
+    return f"{pid} {state} {wchan or '-'} {command.strip()}"
 
 
 @dataclass

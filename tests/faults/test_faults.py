@@ -151,6 +151,8 @@ def test_no_event_is_lost_applied_twice_or_disordered_under_random_faults(
             f"fast restarts that outlasted pg_ctl's wait (stopped immediately instead): "
             f"{len(server.slow_stops)}",
             *(f"server log before a slow stop:\n{log}" for log in server.slow_stops[:1]),
+            f"immediate stops that outlasted it too (killed): {len(server.hung_stops)}",
+            *(f"the server's processes then:\n{ps}" for ps in server.hung_stops[:1]),
             f"caught up {catch_up:.1f} s after the last fault"
             if caught_up
             else f"NOT caught up {CATCH_UP_LIMIT:g} s after the last fault",
