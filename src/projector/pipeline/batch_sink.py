@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Collection, KeysView, Sequence
 
 import anyio
 import anyio.lowlevel
@@ -40,6 +40,16 @@ from projector.pipeline.streams import (
 )
 
 Outcomes = dict[str, "int | Exception"]
+
+
+def _among(names: KeysView[str], *collections: Collection[str]) -> set[str]:
+    """The ``names`` found in any of ``collections``: set operations, which cost far less than
+    a look per name, and none at all for an empty collection."""
+    found: set[str] = set()
+    for collection in collections:
+        if collection:
+            found |= names & collection
+    return found
 
 
 async def _no_span_calls(stream_name: str, events: list[Event]) -> int:
@@ -111,13 +121,8 @@ class BatchesSink(StreamsSink):
     def _schedule(self, batch: Batch, events: Sequence[Event]) -> None:
         fresh = by_stream(events)
         streams, held, hints, in_calls = self._streams, self._held, self._skip_hints, self._in_calls
-        # The streams that have state, or are held: found with set operations, which cost far
-        # less than a look per stream; in a catch-up they are few or none.
-        names = fresh.keys()
-        special = (names & streams.keys()) if streams else set()
-        for among in (held, in_calls.keys(), hints.keys()):
-            if among:
-                special |= names & among
+        # The streams that have state, or are held: in a catch-up few or none.
+        special = _among(fresh.keys(), streams.keys(), held, in_calls.keys(), hints.keys())
         waiting = 0
         for name in [name for name in fresh if name in special] if special else ():
             span = fresh.pop(name)
@@ -281,11 +286,7 @@ class BatchesSink(StreamsSink):
         else:
             for name in spans:
                 del in_calls[name]
-        names = spans.keys()
-        special = (names & outcomes.keys()) if outcomes else set()
-        for among in (held, streams.keys()):
-            if among:
-                special |= names & among
+        special = _among(spans.keys(), outcomes.keys(), held, streams.keys())
         if not special:
             # Every stream handled all of its span and has no state of its own.
             if hook is not None:

@@ -116,7 +116,7 @@ def by_stream(events: Sequence[Event]) -> dict[str, list[Event]]:
     stream order without duplicates (a read in global order already is: the check is one
     comparison per event after a stream's first)."""
     spans: dict[str, list[Event]] = {}
-    disordered: list[str] = []
+    disordered: set[str] = set()
     for event in events:
         name = event.stream_name
         span = spans.get(name)
@@ -124,7 +124,7 @@ def by_stream(events: Sequence[Event]) -> dict[str, list[Event]]:
             spans[name] = [event]
         else:
             if event.position <= span[-1].position:
-                disordered.append(name)
+                disordered.add(name)
             span.append(event)
     for name in disordered:
         spans[name] = merge([], spans[name])

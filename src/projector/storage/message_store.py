@@ -484,5 +484,4 @@ async def read_stream(
 ) -> list[Event]:
     """`MessageStore.read_stream` on a connection of the caller's (e.g. inside a transaction)."""
     params = {"stream_name": stream_name, "position": position, "batch_size": batch_size}
-    cursor = await conn.execute(READ_STREAM, params, binary=True)
-    return [Event(*row) for row in await cursor.fetchall()]
+    return await _events(_Rows(await conn.execute(READ_STREAM, params, binary=True)), 0)

@@ -130,27 +130,24 @@ class GuardedUpsert:
             sql.SQL("(array_agg({0} ORDER BY e_position DESC))[1] AS {0}").format(local)
             for local in locals_[len(add) :]
         ]
-        sets = [
-            sql.SQL("{0} = t.{0} + excluded.{0}").format(sql.Identifier(name)) for name in add
-        ] + [sql.SQL("{0} = excluded.{0}").format(sql.Identifier(name)) for name in latest]
         column_names = [sql.Identifier(name) for name in names]
+        # (column, its local in the statement): summed ones first, then those of the last event.
+        pairs = list(zip(column_names, locals_, strict=True))
+        added, lasts = pairs[: len(add)], pairs[len(add) :]
+        sets = [sql.SQL("{0} = t.{0} + excluded.{0}").format(name) for name, _ in added] + [
+            sql.SQL("{0} = excluded.{0}").format(name) for name, _ in lasts
+        ]
         # MERGE: what a stream's events add, whole (none of them applied yet) or only past the
         # row's position (some were: a batch delivered again in part); the latest values.
-        whole = [
-            sql.SQL("{0} = t.{0} + f.{1}").format(name, local)
-            for name, local in zip(column_names[: len(add)], locals_[: len(add)], strict=True)
-        ]
+        whole = [sql.SQL("{0} = t.{0} + f.{1}").format(name, local) for name, local in added]
         past = [
             sql.SQL(
                 "{0} = t.{0} + (SELECT sum({1}) FROM e "
                 "WHERE e_stream = f.e_stream AND e_position > t.{2})"
             ).format(name, local, position)
-            for name, local in zip(column_names[: len(add)], locals_[: len(add)], strict=True)
+            for name, local in added
         ]
-        newest = [
-            sql.SQL("{0} = f.{1}").format(name, local)
-            for name, local in zip(column_names[len(add) :], locals_[len(add) :], strict=True)
-        ]
+        newest = [sql.SQL("{0} = f.{1}").format(name, local) for name, local in lasts]
         return sql.SQL(template).format(
             table=table,
             stream=stream,
