@@ -163,19 +163,23 @@ def _kill_server(data_dir: Path) -> str:
 
 def _children(parent: int) -> list[int]:
     found = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
+    for proc in Path("/proc").glob("[0-9]*"):
         with contextlib.suppress(OSError, IndexError, ValueError):
-            # The fields after the command's closing parenthesis: state, then the parent.
-            fields = stat.read_text().rpartition(")")[2].split()
-            if int(fields[1]) == parent:
-                found.append(int(stat.parent.name))
+            if int(_stat(proc)[1]) == parent:
+                found.append(int(proc.name))
     return found
+
+
+def _stat(proc: Path) -> list[str]:
+    """A process's /proc stat fields after its command's closing parenthesis: its state, then
+    its parent, and so on."""
+    return (proc / "stat").read_text().rpartition(")")[2].split()
 
 
 def _process_line(pid: int) -> str:
     proc = Path(f"/proc/{pid}")
     try:
-        state = (proc / "stat").read_text().rpartition(")")[2].split()[0]
+        state = _stat(proc)[0]
         wchan = (proc / "wchan").read_text()
         command = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
     except OSError:

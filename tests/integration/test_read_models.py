@@ -6,6 +6,9 @@ checkpoints are reset leaves its read model equal to the fold. Written with the 
 
 from __future__ import annotations
 
+from collections.abc import Callable, Coroutine
+from typing import Any
+
 import anyio
 import psycopg
 import pytest
@@ -125,13 +128,12 @@ async def test_a_write_waiting_on_another_applies_only_what_the_other_did_not(
         await UPSERT.execute(setup, {"s-1": at("s-1", range(2))})
 
     async with db.connect() as first, db.connect() as second:
-        await first.execute("BEGIN")
-        await UPSERT.execute(first, {"s-1": at("s-1", range(2, 5))})
-        async with anyio.create_task_group() as tasks:
-            await second.execute("BEGIN")
-            tasks.start_soon(UPSERT.execute, second, {"s-1": at("s-1", range(3, 8))})
-            await anyio.sleep(0.2)  # the second waits for the first's row lock
-            await first.execute("COMMIT")
+        await _second_waits_for_first(
+            first,
+            second,
+            {"s-1": at("s-1", range(2, 5))},
+            lambda conn: UPSERT.execute(conn, {"s-1": at("s-1", range(3, 8))}),
+        )
         await second.execute("COMMIT")
 
     assert await db.snapshot(TOTALS) == (
@@ -155,13 +157,7 @@ async def test_two_first_writes_of_a_stream_at_once_never_apply_an_event_twice(
             second_failed.append(exc)
 
     async with db.connect() as first, db.connect() as second:
-        await first.execute("BEGIN")
-        await UPSERT.execute(first, {"s-1": at("s-1", range(3))})
-        async with anyio.create_task_group() as tasks:
-            await second.execute("BEGIN")
-            tasks.start_soon(second_write, second)
-            await anyio.sleep(0.2)
-            await first.execute("COMMIT")
+        await _second_waits_for_first(first, second, {"s-1": at("s-1", range(3))}, second_write)
         await second.execute("ROLLBACK")
         # The second fails on the key; tried again, it sees the first's row.
         assert len(second_failed) == 1
@@ -171,3 +167,21 @@ async def test_two_first_writes_of_a_stream_at_once_never_apply_an_event_twice(
         "stream | position | total | events | last_n\n"
         "s-1    | 4        | 100   | 5      | 4\n"  # each of 0..4 once
     )
+
+
+async def _second_waits_for_first(
+    first: Connection,
+    second: Connection,
+    first_spans: dict[str, list[Event]],
+    second_write: Callable[[Connection], Coroutine[Any, Any, None]],
+) -> None:
+    """``first`` writes ``first_spans`` in a transaction; ``second`` starts one and runs
+    ``second_write``, which waits on the first's rows until the first commits. Returns with
+    the second's transaction still open."""
+    await first.execute("BEGIN")
+    await UPSERT.execute(first, first_spans)
+    async with anyio.create_task_group() as tasks:
+        await second.execute("BEGIN")
+        tasks.start_soon(second_write, second)
+        await anyio.sleep(0.2)  # the second is waiting for the first's row (or key) by then
+        await first.execute("COMMIT")
