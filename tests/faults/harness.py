@@ -119,7 +119,8 @@ class Server:
             if mode != "fast":
                 raise
             # A fast shutdown waits for every session to end and for a checkpoint: on a loaded
-            # machine that can outlast pg_ctl's minute. A supervisor would then kill it.
+            # machine that can outlast pg_ctl's wait (the cluster's start_timeout, 30 s). A
+            # supervisor would then kill it.
             self.slow_stops.append(self.cluster.log_file.read_text(errors="replace")[-2000:])
             try:
                 self.cluster.stop(mode="immediate")
